@@ -1,0 +1,176 @@
+"""The run catalog: an embedded tiled server (SQLite + files) by default, any tiled server by URI.
+
+``open_catalog(directory)`` starts tiled's ``SimpleTiledServer`` on 127.0.0.1 in a
+background thread of this process and returns the ``CatalogOfBlueskyRuns`` node that
+runs are written to, so ``cat[scan_id]``, ``cat[uid]``, ``cat[uid[:8]]``, ``cat[-1]``
+and ``cat.search(...)`` work; ``open_catalog("http://host:8000?api_key=...")`` gives
+the same node of a standalone server with the same code. The node needs the spec
+``CatalogOfBlueskyRuns`` version 3.0, or scan_id and partial-uid lookups fail (see
+``shared/reference/stack.md``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from .errors import CatalogError
+
+RUNS_CONTAINER = "runs"
+DETECTOR_SUBDIR = "detector"
+CATALOG_ENV = "NS_BLUESKY_CATALOG"
+
+_servers: dict[Path, Any] = {}
+_servers_lock = threading.Lock()
+
+
+def default_catalog_dir() -> Path:
+    """``$NS_BLUESKY_CATALOG``, else the user's data directory (``~/.local/share/ns-bluesky/catalog``)."""
+    env = os.environ.get(CATALOG_ENV)
+    return Path(env) if env else platformdirs.user_data_path("ns-bluesky") / "catalog"
+
+
+def detector_dir(catalog_dir: str | os.PathLike) -> Path:
+    """Where detectors write their HDF5 files for an embedded catalog (tiled may read them)."""
+    return Path(catalog_dir).resolve() / DETECTOR_SUBDIR
+
+
+def _is_uri(path_or_uri: str | os.PathLike) -> bool:
+    return str(path_or_uri).startswith(("http://", "https://"))
+
+
+def _runs_node(client, container: str):
+    from tiled.structures.core import Spec
+
+    if container not in client:
+        client.create_container(container, specs=[Spec("CatalogOfBlueskyRuns", version="3.0")])
+    node = client[container]
+    if not any(s.name == "CatalogOfBlueskyRuns" for s in node.specs):
+        raise CatalogError(f"node {container!r} exists but is not a CatalogOfBlueskyRuns; choose another name")
+    return node
+
+
+def _embedded_server(directory: Path):
+    from tiled.server import SimpleTiledServer
+
+    with _servers_lock:
+        server = _servers.get(directory)
+        if server is None:
+            directory.mkdir(parents=True, exist_ok=True)
+            detector_dir(directory).mkdir(exist_ok=True)
+            server = SimpleTiledServer(directory=directory, readable_storage=[detector_dir(directory)])
+            _servers[directory] = server
+        return server
+
+
+def open_catalog(path_or_uri: str | os.PathLike | None = None, *, container: str = RUNS_CONTAINER):
+    """The catalog of runs at a directory (embedded server) or an http(s) URI (standalone tiled)."""
+    from tiled.client import from_uri
+
+    target = default_catalog_dir() if path_or_uri is None else path_or_uri
+    if _is_uri(target):
+        try:
+            client = from_uri(str(target))
+        except Exception as exc:
+            raise CatalogError(f"cannot reach the tiled server at {target}: {exc}") from None
+    else:
+        directory = Path(target).expanduser().resolve()
+        if directory.exists() and not directory.is_dir():
+            raise CatalogError(f"catalog path {directory} is a file, not a directory")
+        client = from_uri(_embedded_server(directory).uri)
+    return _runs_node(client, container)
+
+
+def close_catalogs() -> None:
+    """Stop every embedded server this process started (also done at exit)."""
+    with _servers_lock:
+        for server in _servers.values():
+            try:
+                server.close()
+            except Exception:  # already stopped by the interpreter tearing down
+                pass
+        _servers.clear()
+
+
+# Run before the interpreter joins non-daemon threads (plain atexit runs after, and the
+# server's thread would then keep the process alive forever).
+try:
+    threading._register_atexit(close_catalogs)
+except (AttributeError, RuntimeError):  # pragma: no cover - other interpreters
+    atexit.register(close_catalogs)
+
+
+def make_tiled_writer(cat, *, batch_size: int = 25):
+    """TiledWriter into ``cat``.
+
+    Events and frame references are posted ``batch_size`` at a time (and all at the stop
+    document): one HTTP round trip per event caps a scan near 15 frames/s, 25 per batch
+    lets it run at the FCCD's 100 frames/s. Live consumers read the ZeroMQ stream, not
+    the catalog, so the catalog may lag a few seconds behind the scan.
+    """
+    from bluesky_tiled_plugins import TiledWriter
+
+    return TiledWriter(cat, batch_size=batch_size)
+
+
+def _parse_time(value: str | float | datetime) -> float:
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, datetime):
+        return value.timestamp()
+    try:
+        return datetime.fromisoformat(str(value)).timestamp()
+    except ValueError:
+        raise CatalogError(f"cannot read time {value!r}; use ISO 8601 such as 2026-11-25 or 2026-11-25T14:00") from None
+
+
+def search_runs(
+    cat,
+    *,
+    scan_id: int | None = None,
+    uid: str | None = None,
+    sample: str | None = None,
+    plan_name: str | None = None,
+    since: str | float | datetime | None = None,
+    until: str | float | datetime | None = None,
+    text: str | None = None,
+):
+    """The queries users ask for, combined with AND; returns a catalog node of the matching runs."""
+    from bluesky_tiled_plugins.queries import FullText, PartialUID, ScanID, TimeRange
+    from tiled.queries import Key
+
+    results = cat
+    if scan_id is not None:
+        results = results.search(ScanID(int(scan_id)))
+    if uid is not None:
+        results = results.search(PartialUID(uid))
+    if sample is not None:
+        results = results.search(Key("sample_name") == sample)
+    if plan_name is not None:
+        results = results.search(Key("plan_name") == plan_name)
+    if since is not None or until is not None:
+        kwargs = {}
+        if since is not None:
+            kwargs["since"] = _parse_time(since)
+        if until is not None:
+            kwargs["until"] = _parse_time(until)
+        results = results.search(TimeRange(**kwargs))
+    if text is not None:
+        results = results.search(FullText(text))
+    return results
+
+
+def get_run(cat, key: str | int):
+    """A run by scan_id (an integer or digits), uid or uid prefix, with an error that says which."""
+    try:
+        if isinstance(key, int) or (isinstance(key, str) and key.lstrip("-").isdigit()):
+            return cat[int(key)]
+        return cat[key]
+    except (KeyError, IndexError, ValueError):
+        raise CatalogError(f"no run {key!r} in the catalog (give a scan_id, a uid or a uid prefix)") from None

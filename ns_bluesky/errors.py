@@ -1,0 +1,24 @@
+"""One error hierarchy, so callers (and the CLI) can tell a user's mistake from a bug.
+
+Every message names the offending parameter or path and, where there is one, the fix.
+"""
+
+
+class NSBlueskyError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ParameterError(NSBlueskyError, ValueError):
+    """A plan, device or simulation parameter is out of range or inconsistent."""
+
+
+class CatalogError(NSBlueskyError, LookupError):
+    """A run or catalog could not be found or opened."""
+
+
+class CXIError(NSBlueskyError, ValueError):
+    """A CXI file is missing a dataset or holds one of the wrong shape."""
+
+
+class DeviceError(NSBlueskyError, RuntimeError):
+    """A device failed to do what it was asked within its time limit."""

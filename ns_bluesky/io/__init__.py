@@ -1,0 +1,1 @@
+"""File formats: CXI read/write, images."""

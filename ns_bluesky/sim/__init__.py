@@ -1,0 +1,28 @@
+"""Simulated beamline physics: pure numpy, seeded, no I/O.
+
+``PtychoSimulation`` ties a sample, a zone-plate probe, a scan pattern and the FCCD's
+raw-frame model together; ``fccd`` holds the raw layout and its inverse (used by the
+processing as well).
+"""
+
+from .experiment import PtychoSimulation, Truth
+from .fccd import FCCDModel, assemble, disassemble, sample_photons
+from .probe import zone_plate_probe
+from .sample import test_pattern, transmission
+from .scan import fermat_spiral, positions, raster, step_from_overlap
+
+__all__ = [
+    "FCCDModel",
+    "PtychoSimulation",
+    "Truth",
+    "assemble",
+    "disassemble",
+    "fermat_spiral",
+    "positions",
+    "raster",
+    "sample_photons",
+    "step_from_overlap",
+    "test_pattern",
+    "transmission",
+    "zone_plate_probe",
+]

@@ -1,0 +1,181 @@
+"""FCCD raw-frame model: the layout a frame grabber hands over, and the electronics' faults.
+
+Layout (``shared/reference/fccd-cosmic.md``): the 1040 x 1152 uint16 raw frame is the
+readout buffer in ADC clock order. Seen as ``(rows_per_half, 12, 192)`` it is
+``[row, column-within-supercolumn, channel]``: at every clock tick all 192 channels
+deliver one sample; each channel reads its 12 columns (10 data, 2 overscan) row by row.
+Channels 0-95 read the top half, 96-191 the bottom half. Readout row 0 of both halves
+lies next to the central gap; the top half is rotated by 180 degrees when assembled.
+Of each half's 520 rows, the 35 next to the middle form half of the 70-row gap and the
+last 5 (outer edge) carry no image, leaving 2 x 480 image rows: a 960 x 960 image.
+
+Everything here works on any leading batch dimensions: ``(..., 1040, 1152)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..config import DetectorGeometry, DetectorNoise
+
+
+def blocks(raw: np.ndarray, geom: DetectorGeometry) -> np.ndarray:
+    """View a raw frame as ``[..., half, row, supercolumn, column]`` (no copy of the data)."""
+    lead = raw.shape[:-2]
+    r, j, s = geom.rows_per_half, geom.cols_per_channel, geom.channels // 2
+    if raw.shape[-2:] != geom.raw_shape:
+        raise ValueError(f"raw frame must have shape {geom.raw_shape}, got {raw.shape[-2:]}")
+    v = raw.reshape(*lead, r, j, 2, s)
+    n = len(lead)
+    return v.transpose(*range(n), n + 2, n, n + 3, n + 1)
+
+
+def from_blocks(b: np.ndarray, geom: DetectorGeometry) -> np.ndarray:
+    """Inverse of :func:`blocks`: ``[..., half, row, supercolumn, column]`` to a raw frame."""
+    n = b.ndim - 4
+    v = b.transpose(*range(n), n + 1, n + 3, n, n + 2)
+    return np.ascontiguousarray(v).reshape(*b.shape[:n], *geom.raw_shape)
+
+
+def overscan(raw: np.ndarray, geom: DetectorGeometry) -> np.ndarray:
+    """Overscan samples ``[..., channel, row, overscan column]``: the per-channel baseline."""
+    b = blocks(raw, geom)[..., geom.data_cols_per_channel :]
+    lead = b.shape[:-4]
+    moved = np.moveaxis(b, -3, -2)  # [..., half, supercolumn, row, col]
+    return moved.reshape(*lead, geom.channels, geom.rows_per_half, geom.overscan_cols_per_channel)
+
+
+def channel_series(raw: np.ndarray, geom: DetectorGeometry) -> np.ndarray:
+    """Every channel as one time series in readout-clock order: ``[..., channel, clock]``."""
+    lead = raw.shape[:-2]
+    v = raw.reshape(*lead, geom.rows_per_half * geom.cols_per_channel, geom.channels)
+    return np.swapaxes(v, -1, -2)
+
+
+def _halves(geom: DetectorGeometry) -> slice:
+    g = geom.gap_rows // 2
+    return slice(g, g + geom.image_rows_per_half)
+
+
+def assemble(raw: np.ndarray, geom: DetectorGeometry) -> np.ndarray:
+    """Raw readout to the 960 x 960 image: drop overscan, gap and edge rows, rotate the top half."""
+    b = blocks(raw, geom)[..., : geom.data_cols_per_channel]
+    lead = b.shape[:-4]
+    data = b.reshape(*lead, 2, geom.rows_per_half, -1)[..., _halves(geom), :]
+    top = data[..., 0, ::-1, ::-1]
+    bottom = data[..., 1, :, :]
+    return np.concatenate([top, bottom], axis=-2)
+
+
+def disassemble(image: np.ndarray, geom: DetectorGeometry, fill: float = 0, dtype=None) -> np.ndarray:
+    """Image to raw readout order; overscan, gap and edge samples get ``fill``."""
+    lead = image.shape[:-2]
+    dtype = dtype or image.dtype
+    n_img = geom.image_rows_per_half
+    r, s, d = geom.rows_per_half, geom.channels // 2, geom.data_cols_per_channel
+    b = np.full((*lead, 2, r, s, geom.cols_per_channel), fill, dtype=dtype)
+    rows = _halves(geom)
+    top = image[..., :n_img, :][..., ::-1, ::-1]
+    bottom = image[..., n_img:, :]
+    b[..., 0, rows, :, :d] = top.reshape(*lead, n_img, s, d)
+    b[..., 1, rows, :, :d] = bottom.reshape(*lead, n_img, s, d)
+    return from_blocks(b, geom)
+
+
+def sample_photons(expected: np.ndarray, rng: np.random.Generator, dense_above: float = 0.1) -> np.ndarray:
+    """Poisson counts for an expected-photon image, exactly, at a fraction of ``rng.poisson``'s cost.
+
+    Bright pixels are drawn one by one; the many dim ones together as one Poisson
+    total spread multinomially by their expectations, which is the same distribution
+    (independent Poisson variables, conditioned on their sum, are multinomial).
+    """
+    flat = np.ascontiguousarray(expected, dtype=np.float32).ravel()
+    if not (flat.min() >= 0 and np.isfinite(flat.sum())):
+        raise ValueError("expected photon counts must be finite and non-negative")
+    out = np.zeros(flat.size, dtype=np.int32)
+    bright = flat > dense_above
+    dense = np.flatnonzero(bright)
+    out[dense] = rng.poisson(flat[dense])
+    cdf = np.cumsum(np.where(bright, np.float32(0), flat))
+    total = cdf[-1]
+    if total > 0:
+        u = np.sort(rng.random(rng.poisson(total)) * total)
+        idx = np.minimum(np.searchsorted(cdf, u, side="right"), flat.size - 1)
+        np.add.at(out, idx, 1)
+    return out.reshape(np.shape(expected))
+
+
+class FCCDModel:
+    """The detector's electronics: baselines, noise, spikes, bad pixels, saturation.
+
+    Fixed-pattern properties (per-channel offsets and their slope in clock time, hot
+    and dead pixels, the dead channel) are drawn once from ``seed``; each frame then
+    draws its own noise from ``(seed, frame_index)`` so frames are reproducible in any
+    order and from any thread.
+    """
+
+    NOISE_POOL_FRAMES = 4
+
+    def __init__(self, geom: DetectorGeometry, noise: DetectorNoise, energy_eV: float, seed: int = 0):
+        self.geom, self.noise, self.energy_eV = geom, noise, energy_eV
+        rng = np.random.default_rng([seed, 0xFCCD])
+        r, j, ch = geom.rows_per_half, geom.cols_per_channel, geom.channels
+        clock = (np.arange(r)[:, None] * j + np.arange(j)[None, :]).astype(np.float32)  # (r, j)
+        t = clock / clock.max()
+        self.offset_adu = (noise.offset_adu + noise.offset_spread_adu * rng.standard_normal(ch)).astype(np.float32)
+        self.slope_adu = (noise.offset_slope_adu * (0.5 + rng.random(ch))).astype(np.float32)
+        self.drift_phase = rng.uniform(0, 2 * np.pi, ch).astype(np.float32)
+        self.drift_period = (noise.offset_drift_period_frames * rng.uniform(0.7, 1.3, ch)).astype(np.float32)
+        spikes = ((clock.astype(np.int64) % noise.spike_period_clocks) == 0) * noise.spike_amplitude_adu
+        self.spike_adu = spikes.astype(np.float32)  # (r, j): crosstalk common to all channels
+        # static part of the baseline, as a raw-shaped [row, col, channel] array
+        base = self.offset_adu[None, None, :] + self.slope_adu[None, None, :] * t[:, :, None] + self.spike_adu[:, :, None]
+        self._base = base.astype(np.float32)
+        shape = geom.image_shape
+        u = rng.random(shape)
+        self.hot_mask = u < noise.hot_pixel_fraction
+        self.dead_mask = (u >= noise.hot_pixel_fraction) & (u < noise.hot_pixel_fraction + noise.dead_pixel_fraction)
+        dark = np.full(shape, noise.dark_current_adu_per_s, dtype=np.float32)
+        dark[self.hot_mask] *= 200.0
+        dark[self.dead_mask] = 0.0
+        self.dark_current_adu_per_s = dark
+        self.gain_map = np.where(self.dead_mask, 0.0, 1.0).astype(np.float32)
+        pool = rng.standard_normal(self.NOISE_POOL_FRAMES * r * j * ch) * noise.read_noise_adu
+        self._noise_pool = np.round(pool).astype(np.int16)
+
+    @property
+    def adu_per_photon(self) -> float:
+        return self.geom.adu_per_eV * self.energy_eV
+
+    def offsets_at(self, frame_index: int) -> np.ndarray:
+        """True per-channel baseline (ADU, at the start of readout) for a frame: what the overscan measures."""
+        drift = self.noise.offset_drift_adu * np.sin(2 * np.pi * frame_index / self.drift_period + self.drift_phase)
+        return self.offset_adu + drift.astype(np.float32)
+
+    def baseline(self, frame_index: int) -> np.ndarray:
+        """Noise-free raw frame with no light and no dark current: offsets, slope, drift, spikes."""
+        drift = self.offsets_at(frame_index) - self.offset_adu
+        return (self._base + drift).reshape(self.geom.raw_shape)
+
+    def read(
+        self, expected_photons: np.ndarray | None, exposure_s: float, frame_index: int, seed: int = 0
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """One raw frame (uint16) and the photon counts that went into it (None for a dark frame)."""
+        geom = self.geom
+        rng = np.random.default_rng([seed, frame_index])
+        signal = self.dark_current_adu_per_s * np.float32(exposure_s)
+        photons = None
+        if expected_photons is not None:
+            photons = sample_photons(expected_photons, rng)
+            signal = signal + photons.astype(np.float32) * (self.gain_map * np.float32(self.adu_per_photon))
+        raw = disassemble(signal, geom, fill=0.0, dtype=np.float32)
+        r, j, ch = geom.rows_per_half, geom.cols_per_channel, geom.channels
+        view = raw.reshape(r, j, ch)
+        raw += self.baseline(frame_index)
+        n = raw.size
+        start = int(rng.integers(0, self._noise_pool.size - n))
+        raw += self._noise_pool[start : start + n].reshape(raw.shape)
+        np.clip(raw, 0, geom.saturation_adu, out=raw)
+        if self.noise.dead_channel is not None:
+            view[:, :, self.noise.dead_channel] = 0
+        return raw.astype(np.uint16), photons

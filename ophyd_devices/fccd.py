@@ -1,0 +1,144 @@
+"""Simulated FCCD: an ophyd Device that exposes, reads out raw frames and files them in HDF5.
+
+Assembled from collaborators, as ophyd-async's detectors are: a *frame source* says
+what the sensor sees (the physics simulation at the stage's readback, or replayed
+frames), an :class:`HDF5FrameWriter` files the frames and composes their documents.
+The device itself keeps time: a trigger is not done before ``acquire_period`` seconds
+of wall clock have passed (0 = as fast as the source renders), so ``--rate 10`` really
+gives 10 frames/s.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from ophyd import Component as Cpt
+from ophyd import Device, Signal
+from ophyd.status import DeviceStatus
+
+from ns_bluesky.config import DetectorGeometry
+from ns_bluesky.errors import DeviceError, ParameterError
+from ns_bluesky.sim import PtychoSimulation
+
+from .hdf5_writer import HDF5FrameWriter
+
+
+class FrameSource(Protocol):
+    """What the sensor sees; ``render`` must return a raw frame of ``geometry.raw_shape`` uint16."""
+
+    geometry: DetectorGeometry
+
+    def render(self, frame_index: int, exposure_s: float, light: bool) -> np.ndarray: ...
+
+
+class SimulationSource:
+    """Frames from the physics model, at the position the stage actually reached."""
+
+    def __init__(self, sim: PtychoSimulation, stage):
+        self.sim, self.stage, self.geometry = sim, stage, sim.geom
+
+    def render(self, frame_index: int, exposure_s: float, light: bool) -> np.ndarray:
+        translation = (self.stage.y.position, self.stage.x.position) if light else None
+        return self.sim.raw_frame(translation, frame_index, exposure_s)
+
+
+class ReplaySource:
+    """Cycle through pre-rendered frames: for benchmarks of the acquisition stack alone."""
+
+    def __init__(self, light_frames: np.ndarray, dark_frames: np.ndarray, geometry: DetectorGeometry):
+        self.light, self.dark, self.geometry = light_frames, dark_frames, geometry
+
+    def render(self, frame_index: int, exposure_s: float, light: bool) -> np.ndarray:
+        bank = self.light if light else self.dark
+        return bank[frame_index % len(bank)]
+
+
+class SimFCCD(Device):
+    """Fast CCD with COSMIC's raw 1040 x 1152 readout; frames go to HDF5, never into events."""
+
+    acquire_time = Cpt(Signal, value=0.1, kind="config", doc="exposure, s")
+    acquire_period = Cpt(Signal, value=0.1, kind="config", doc="wall-clock frame period, s (0: free-run)")
+    frame_counter = Cpt(Signal, value=0, kind="normal", doc="frames acquired since the device was made")
+    mode = Cpt(Signal, value="dark", kind="normal", doc="'dark' with the shutter closed, else 'light'")
+
+    #: longest a single frame may take before the trigger fails instead of hanging the scan
+    trigger_timeout_s = 30.0
+
+    def __init__(self, prefix: str = "", *, name: str, source: FrameSource, write_dir: str | Path, shutter=None, **kwargs):
+        super().__init__(prefix, name=name, **kwargs)
+        self.source, self.shutter = source, shutter
+        self.geometry: DetectorGeometry = source.geometry
+        self.writer = HDF5FrameWriter(write_dir, self.image_key, self.geometry.raw_shape)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-readout")
+        self._counter = itertools.count()
+
+    @property
+    def image_key(self) -> str:
+        return f"{self.name}_image"
+
+    def validate_settings(self) -> None:
+        """Exposure and period must make sense before any run opens."""
+        exposure, period = self.acquire_time.get(), self.acquire_period.get()
+        if not (np.isfinite(exposure) and exposure > 0):
+            raise ParameterError(f"{self.name}.acquire_time (exposure) must be > 0 s, got {exposure}")
+        if not (np.isfinite(period) and period >= 0):
+            raise ParameterError(f"{self.name}.acquire_period must be >= 0 s (0 = free-run), got {period}")
+        if 0 < period < exposure:
+            raise ParameterError(
+                f"{self.name}: frame period {period} s (rate {1 / period:g} Hz) is shorter than the "
+                f"exposure {exposure} s; lower the rate or the exposure"
+            )
+
+    def stage(self):
+        self.validate_settings()
+        self.writer.open()
+        return super().stage()
+
+    def unstage(self):
+        try:
+            return super().unstage()
+        finally:
+            self.writer.close()
+
+    def trigger(self) -> DeviceStatus:
+        status = DeviceStatus(self, timeout=self.trigger_timeout_s + self.acquire_period.get())
+        light = self.shutter is None or self.shutter.is_open
+        exposure, period = self.acquire_time.get(), self.acquire_period.get()
+        start = time.monotonic()
+        index = next(self._counter)
+
+        def acquire() -> None:
+            try:
+                frame = self.source.render(index, exposure, light)
+                remaining = start + period - time.monotonic()
+                if remaining > 0:
+                    time.sleep(remaining)
+                self.writer.write(frame)
+                self.mode.put("light" if light else "dark")
+                self.frame_counter.put(index + 1)
+            except Exception as exc:  # reported through the status: the RunEngine fails the run, never hangs
+                status.set_exception(DeviceError(f"{self.name}: frame {index} failed: {exc!r}"))
+            else:
+                status.set_finished()
+
+        self._executor.submit(acquire)
+        return status
+
+    def describe(self) -> dict:
+        d = super().describe()
+        d[self.image_key] = {
+            "source": f"sim:{self.name}",
+            "dtype": "array",
+            "shape": list(self.geometry.raw_shape),
+            "dtype_numpy": "<u2",
+            "external": "STREAM:",
+        }
+        return d
+
+    def collect_asset_docs(self):
+        yield from self.writer.collect_docs()

@@ -1,0 +1,83 @@
+"""HDF5 frame files and the StreamResource/StreamDatum documents that announce them.
+
+Frames never travel inside events: one file per run, one dataset growing by one
+frame per trigger (SWMR, so tiled and live readers can follow it), and one
+``stream_datum`` per frame pointing at its index.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import h5py
+import numpy as np
+from event_model import compose_stream_resource
+
+DATASET = "/entry/data/data"
+
+
+class HDF5FrameWriter:
+    """Append frames of a fixed shape and dtype to a new file per run."""
+
+    def __init__(self, write_dir: str | os.PathLike, data_key: str, frame_shape: tuple[int, int], dtype: str = "<u2"):
+        self.write_dir = Path(write_dir)
+        self.data_key, self.frame_shape, self.dtype = data_key, tuple(frame_shape), np.dtype(dtype)
+        self._file: h5py.File | None = None
+        self._docs: list[tuple[str, dict]] = []
+        self.path: Path | None = None
+        self.frames_written = 0
+
+    def open(self) -> Path:
+        """Start a new file; the next documents out are its ``stream_resource``."""
+        self.close()
+        self.write_dir.mkdir(parents=True, exist_ok=True)
+        self.path = (self.write_dir / f"{uuid.uuid4()}.h5").resolve()
+        self._file = h5py.File(self.path, "w", libver="latest")
+        self._ds = self._file.create_dataset(
+            DATASET,
+            shape=(0, *self.frame_shape),
+            maxshape=(None, *self.frame_shape),
+            dtype=self.dtype,
+            chunks=(1, *self.frame_shape),
+        )
+        self._file.swmr_mode = True
+        bundle = compose_stream_resource(
+            mimetype="application/x-hdf5",
+            uri=f"file://localhost{self.path}",
+            data_key=self.data_key,
+            parameters={"dataset": DATASET, "chunk_shape": (1, *self.frame_shape)},
+        )
+        self._compose_datum = bundle.compose_stream_datum
+        self._docs = [("stream_resource", bundle.stream_resource_doc)]
+        self.frames_written = 0
+        return self.path
+
+    def write(self, frame: np.ndarray) -> int:
+        """Append one frame, flush it to disk and queue its ``stream_datum``; returns its index."""
+        if self._file is None:
+            raise RuntimeError(f"{self.data_key}: write() before open(); stage the detector first")
+        if frame.shape != self.frame_shape or frame.dtype != self.dtype:
+            raise ValueError(
+                f"{self.data_key}: frame {frame.shape} {frame.dtype} does not match the file's "
+                f"{self.frame_shape} {self.dtype}"
+            )
+        i = self.frames_written
+        self._ds.resize(i + 1, axis=0)
+        # one uncompressed chunk per frame: hand HDF5 the bytes, skip its selection machinery
+        self._ds.id.write_direct_chunk((i, 0, 0), np.ascontiguousarray(frame).data)
+        self._file.flush()  # SWMR readers (tiled, live viewers) see the frame before its datum goes out
+        self._docs.append(("stream_datum", self._compose_datum(indices={"start": i, "stop": i + 1})))
+        self.frames_written = i + 1
+        return i
+
+    def collect_docs(self):
+        """Hand out the queued documents once each, in order."""
+        docs, self._docs = self._docs, []
+        yield from docs
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

@@ -1,0 +1,47 @@
+"""A fast shutter: the detector's dark/light mode follows it."""
+
+from __future__ import annotations
+
+import threading
+
+from ophyd import Component as Cpt
+from ophyd import Device, Signal
+from ophyd.status import DeviceStatus
+
+from ns_bluesky.errors import ParameterError
+
+_OPEN = {"open", "opened", 1, True}
+_CLOSED = {"close", "closed", 0, False}
+
+
+class Shutter(Device):
+    """``bps.mv(shutter, "open")`` / ``"close"``; the move takes ``actuation_time`` seconds."""
+
+    state = Cpt(Signal, value="closed", kind="normal")
+    actuation_time = Cpt(Signal, value=0.005, kind="config", doc="s")
+
+    @property
+    def is_open(self) -> bool:
+        return self.state.get() == "open"
+
+    def set(self, value, **kwargs) -> DeviceStatus:
+        key = value.lower() if isinstance(value, str) else value
+        if key in _OPEN:
+            target = "open"
+        elif key in _CLOSED:
+            target = "closed"
+        else:
+            raise ParameterError(f"{self.name}: unknown shutter command {value!r}; use 'open' or 'close'")
+        status = DeviceStatus(self)
+        if target == self.state.get():
+            status.set_finished()
+            return status
+
+        def done() -> None:
+            self.state.put(target)
+            status.set_finished()
+
+        timer = threading.Timer(self.actuation_time.get(), done)
+        timer.daemon = True
+        timer.start()
+        return status

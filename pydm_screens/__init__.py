@@ -1,0 +1,1 @@
+"""PyDM displays and the data plugin for live pipeline results (filled by the PyDM screens issue)."""
