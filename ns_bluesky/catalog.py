@@ -56,8 +56,19 @@ def _runs_node(client, container: str):
     return node
 
 
+def _register_document_export() -> None:
+    """Let the embedded server replay a run's documents (``run.documents()``), as a configured server does."""
+    from bluesky_tiled_plugins.exporters import json_seq_exporter
+    from tiled.media_type_registration import default_serialization_registry as registry
+
+    if "application/json-seq" not in registry.media_types("BlueskyRun"):
+        registry.register("BlueskyRun", "application/json-seq", json_seq_exporter)
+
+
 def _embedded_server(directory: Path):
     from tiled.server import SimpleTiledServer
+
+    _register_document_export()
 
     with _servers_lock:
         server = _servers.get(directory)
@@ -174,3 +185,11 @@ def get_run(cat, key: str | int):
         return cat[key]
     except (KeyError, IndexError, ValueError):
         raise CatalogError(f"no run {key!r} in the catalog (give a scan_id, a uid or a uid prefix)") from None
+
+
+def last_scan_id(cat) -> int:
+    """Highest scan_id of the most recent run, so a new RunEngine continues the numbering."""
+    try:
+        return int(cat[-1].metadata["start"].get("scan_id", 0))
+    except (IndexError, KeyError, ValueError):
+        return 0

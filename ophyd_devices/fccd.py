@@ -58,6 +58,17 @@ class ReplaySource:
         return bank[frame_index % len(bank)]
 
 
+class _ExplainedStatus(DeviceStatus):
+    """A status whose text carries its failure, so the run's stop document says why it failed."""
+
+    def __repr__(self) -> str:
+        text = super().__repr__()
+        exc = self.exception(timeout=0) if self.done else None
+        return f"{text}: {exc}" if exc is not None else text
+
+    __str__ = __repr__
+
+
 class SimFCCD(Device):
     """Fast CCD with COSMIC's raw 1040 x 1152 readout; frames go to HDF5, never into events."""
 
@@ -106,7 +117,7 @@ class SimFCCD(Device):
             self.writer.close()
 
     def trigger(self) -> DeviceStatus:
-        status = DeviceStatus(self, timeout=self.trigger_timeout_s + self.acquire_period.get())
+        status = _ExplainedStatus(self, timeout=self.trigger_timeout_s + self.acquire_period.get())
         light = self.shutter is None or self.shutter.is_open
         exposure, period = self.acquire_time.get(), self.acquire_period.get()
         start = time.monotonic()

@@ -139,7 +139,7 @@ class FCCDModel:
         dark[self.hot_mask] *= 200.0
         dark[self.dead_mask] = 0.0
         self.dark_current_adu_per_s = dark
-        self.gain_map = np.where(self.dead_mask, 0.0, 1.0).astype(np.float32)
+        self._dead_pixels = np.flatnonzero(self.dead_mask)
         pool = rng.standard_normal(self.NOISE_POOL_FRAMES * r * j * ch) * noise.read_noise_adu
         self._noise_pool = np.round(pool).astype(np.int16)
 
@@ -163,11 +163,15 @@ class FCCDModel:
         """One raw frame (uint16) and the photon counts that went into it (None for a dark frame)."""
         geom = self.geom
         rng = np.random.default_rng([seed, frame_index])
-        signal = self.dark_current_adu_per_s * np.float32(exposure_s)
         photons = None
         if expected_photons is not None:
             photons = sample_photons(expected_photons, rng)
-            signal = signal + photons.astype(np.float32) * (self.gain_map * np.float32(self.adu_per_photon))
+            photons.ravel()[self._dead_pixels] = 0  # dead pixels do not respond
+            signal = photons.astype(np.float32)
+            signal *= np.float32(self.adu_per_photon)
+            signal += self.dark_current_adu_per_s * np.float32(exposure_s)
+        else:
+            signal = self.dark_current_adu_per_s * np.float32(exposure_s)
         raw = disassemble(signal, geom, fill=0.0, dtype=np.float32)
         r, j, ch = geom.rows_per_half, geom.cols_per_channel, geom.channels
         view = raw.reshape(r, j, ch)

@@ -1,0 +1,199 @@
+"""Command line: ``ns-bluesky <subcommand>`` and ``nsraw2cxi``.
+
+Every subcommand has ``--help``; a user error prints one line starting with the
+program name and exits 1 (argparse's usage errors exit 2). Set ``NS_BLUESKY_DEBUG=1``
+to see the traceback of an unexpected error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from pydantic import ValidationError
+
+from .errors import NSBlueskyError
+
+
+def _fail(prog: str, message: str, code: int = 1) -> int:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return code
+
+
+def _guarded(prog: str, func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        return _fail(prog, "interrupted; open runs were closed with exit_status 'abort'", 130)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "configuration"
+        return _fail(prog, f"invalid {where}: {first.get('msg')}")
+    except (NSBlueskyError, OSError) as exc:
+        return _fail(prog, str(exc))
+    except Exception as exc:  # a bug: still one line, the traceback on request
+        if os.environ.get("NS_BLUESKY_DEBUG"):
+            raise
+        return _fail(prog, f"unexpected {type(exc).__name__}: {exc} (set NS_BLUESKY_DEBUG=1 for the traceback)")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import parse_scan, run_demo
+
+    result = run_demo(
+        scan=parse_scan(args.scan),
+        rate_hz=args.rate,
+        darks=args.darks,
+        pattern=args.pattern,
+        out=args.out,
+        catalog=args.catalog,
+        sample_image=args.sample_image,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    print(
+        f"scan {result.scan_id}: {result.frames} frames in {result.acquisition_s:.1f} s "
+        f"({result.frames_per_s:.1f} frames/s), exit status {result.exit_status}\n"
+        f"  raw run   {result.raw_uid}\n"
+        f"  dark run  {result.dark_uid}\n"
+        f"  catalog   {result.catalog}\n"
+        f"  CXI       {result.cxi}\n"
+        f"  picture   {result.png}\n"
+        f"  summary   {os.path.join(os.path.dirname(result.cxi), 'summary.json')}"
+    )
+    return 0
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from .catalog import open_catalog, search_runs
+
+    cat = open_catalog(args.catalog)
+    results = search_runs(
+        cat,
+        scan_id=args.scan_id,
+        uid=args.uid,
+        sample=args.sample,
+        plan_name=args.plan,
+        since=args.since,
+        until=args.until,
+        text=args.text,
+    )
+    rows = []
+    for uid in list(results)[-args.limit :]:
+        md = results[uid].metadata
+        start, stop = md["start"], md.get("stop") or {}
+        rows.append(
+            {
+                "scan_id": start.get("scan_id"),
+                "uid": uid,
+                "time": datetime.fromtimestamp(start["time"]).isoformat(sep=" ", timespec="seconds"),
+                "plan": start.get("plan_name", ""),
+                "sample": start.get("sample_name", ""),
+                "points": start.get("num_points", ""),
+                "status": stop.get("exit_status", "running"),
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no runs match")
+        return 0
+    header = ("scan_id", "uid", "time", "plan", "sample", "points", "status")
+    table = [header] + [tuple(str(r[k])[:8] if k == "uid" else str(r[k]) for k in header) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def _catalog_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--catalog",
+        metavar="DIR|URI",
+        help="catalog directory (embedded server) or http URI of a tiled server "
+        "(default: $NS_BLUESKY_CATALOG or the user data directory)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ns-bluesky", description="Streaming X-ray ptychography on Bluesky (Nanosurveyor rebuilt)."
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"ns-bluesky {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = sub.add_parser(
+        "demo",
+        help="simulated ptychography scan end to end (darks, scan, catalog, CXI)",
+        description="Take dark frames and a ptychographic scan on the simulated beamline with a real "
+        "RunEngine, store both runs in the catalog, export the scan as CXI and a quick-look PNG.",
+    )
+    demo.add_argument("--scan", default="40x40", help="raster points, rows x columns (default 40x40)")
+    demo.add_argument("--rate", type=float, default=10.0, help="frames per second; 0 = as fast as possible (default 10)")
+    demo.add_argument("--darks", type=int, default=20, help="dark frames before the scan (default 20)")
+    demo.add_argument("--pattern", choices=("raster", "fermat"), default="raster")
+    demo.add_argument("--sample-image", metavar="PNG|TIFF", help="grey-scale image for the sample (default: test pattern)")
+    demo.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
+    demo.add_argument("--out", default="demo-output", help="folder for CXI, PNG and summary (default ./demo-output)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    _catalog_arg(demo)
+    demo.set_defaults(func=_cmd_demo)
+
+    runs = sub.add_parser("runs", help="list runs in the catalog", description="List runs, newest last, as a table.")
+    _catalog_arg(runs)
+    runs.add_argument("--sample", help="sample name")
+    runs.add_argument("--since", help="start time, ISO 8601 (2026-11-25 or 2026-11-25T14:00)")
+    runs.add_argument("--until", help="end time, ISO 8601")
+    runs.add_argument("--plan", help="plan name (ptycho_scan, dark_frames...)")
+    runs.add_argument("--scan-id", type=int, help="scan id")
+    runs.add_argument("--uid", help="uid or uid prefix")
+    runs.add_argument("--text", help="full-text search over the metadata")
+    runs.add_argument("--limit", type=int, default=50, help="show at most this many (default 50)")
+    runs.add_argument("--json", action="store_true", help="machine-readable output")
+    runs.set_defaults(func=_cmd_runs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return _guarded("ns-bluesky", args.func, args)
+
+
+def _cmd_raw2cxi(args: argparse.Namespace) -> int:
+    from .catalog import open_catalog
+    from .io.export import export_run
+
+    out = args.output or f"{args.run}.cxi"
+    path = export_run(open_catalog(args.catalog), args.run, out, raw=args.raw, progress=not args.quiet)
+    print(f"wrote {path}")
+    return 0
+
+
+def build_raw2cxi_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nsraw2cxi",
+        description="Turn a raw ptycho run from the catalog into a CXI file: assembled frames, darks, positions.",
+    )
+    p.add_argument("run", help="scan_id, uid or uid prefix")
+    p.add_argument("-o", "--output", help="CXI file to write (default RUN.cxi)")
+    p.add_argument("--raw", action="store_true", help="keep frames in raw FCCD readout order (1040 x 1152)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _catalog_arg(p)
+    p.set_defaults(func=_cmd_raw2cxi)
+    return p
+
+
+def nsraw2cxi_main(argv: Sequence[str] | None = None) -> int:
+    args = build_raw2cxi_parser().parse_args(argv)
+    return _guarded("nsraw2cxi", args.func, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Shared fixtures: a real RunEngine, the simulated beamline and one embedded tiled catalog per session."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from bluesky import RunEngine
+
+from ns_bluesky.catalog import detector_dir, make_tiled_writer, open_catalog
+from ns_bluesky.config import ScanPattern, SimConfig
+
+
+@pytest.fixture(scope="session")
+def catalog_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("catalog")
+
+
+@pytest.fixture(scope="session")
+def cat(catalog_dir):
+    return open_catalog(catalog_dir)
+
+
+@pytest.fixture(scope="session")
+def small_config():
+    return SimConfig(scan=ScanPattern(shape=(4, 5), overlap=0.7))
+
+
+@pytest.fixture
+def beamline(catalog_dir, small_config):
+    from ns_bluesky.ophyd_devices import make_sim_beamline
+
+    return make_sim_beamline(detector_dir(catalog_dir), small_config, rate_hz=0)
+
+
+@pytest.fixture
+def RE():
+    return RunEngine({}, call_returns_result=False)
+
+
+@pytest.fixture(scope="session")
+def recorded(cat, catalog_dir, small_config):
+    """Two samples' dark + scan runs, written through TiledWriter, with every document kept."""
+    from ns_bluesky.ophyd_devices import make_sim_beamline
+    from ns_bluesky.plans import dark_frames, ptycho_scan
+
+    bl = make_sim_beamline(detector_dir(catalog_dir), small_config, rate_hz=0)
+    RE = RunEngine({}, call_returns_result=False)
+    docs: list[tuple[str, dict]] = []
+    frames: list[np.ndarray] = []
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    writer = make_tiled_writer(cat)
+    RE.subscribe(writer)
+    original_write = bl.fccd.writer.write
+
+    def spy(frame):
+        frames.append(frame.copy())
+        return original_write(frame)
+
+    bl.fccd.writer.write = spy
+    (dark,) = RE(dark_frames(bl.fccd, bl.shutter, 4))
+    n_dark = len(frames)
+    (scan,) = RE(
+        ptycho_scan(
+            bl.fccd, bl.stage, bl.shutter, shape=(4, 5), overlap=0.7, optics=bl.optics, sample="star", dark_uid=dark
+        )
+    )
+    (other,) = RE(ptycho_scan(bl.fccd, bl.stage, bl.shutter, shape=(2, 2), step=50e-9, sample="gold-balls"))
+    return {
+        "dark": dark,
+        "scan": scan,
+        "other": other,
+        "docs": docs,
+        "dark_frames": np.stack(frames[:n_dark]),
+        "scan_frames": np.stack(frames[n_dark : n_dark + 20]),
+        "beamline": bl,
+    }

@@ -1,0 +1,87 @@
+"""The embedded tiled catalog: frames read back lazily equal what the device wrote; queries users need."""
+
+import time
+
+import numpy as np
+import pytest
+from tiled.queries import Key
+
+from ns_bluesky.catalog import get_run, last_scan_id, open_catalog, search_runs
+from ns_bluesky.errors import CatalogError
+
+
+def test_frames_read_back_lazily_equal_what_the_device_wrote(cat, recorded):
+    run = cat[recorded["scan"]]
+    frames = run["primary"]["fccd_image"]
+    assert frames.shape == (20, 1040, 1152) and frames.dtype == np.uint16
+    np.testing.assert_array_equal(frames[7], recorded["scan_frames"][7])  # one frame, fetched alone
+    np.testing.assert_array_equal(frames[2:4, :10, :10], recorded["scan_frames"][2:4, :10, :10])
+    dark = cat[recorded["dark"]]["primary"]["fccd_image"].read()
+    np.testing.assert_array_equal(dark, recorded["dark_frames"])
+
+
+def test_positions_are_the_stage_readbacks(cat, recorded):
+    run = cat[recorded["scan"]]
+    x = np.asarray(run["primary"]["stage_x"].read())
+    x_set = np.asarray(run["primary"]["stage_x_setpoint"].read())
+    planned = np.asarray(run.metadata["start"]["planned_positions_m"])
+    np.testing.assert_allclose(x_set, planned[:, 1])
+    assert np.all(x != x_set) and np.abs(x - x_set).max() < 2e-8
+
+
+def test_lookup_by_scan_id_uid_prefix_and_recency(cat, recorded):
+    run = cat[recorded["scan"]]
+    sid = run.metadata["start"]["scan_id"]
+    assert cat[sid].metadata["start"]["uid"] == recorded["scan"]
+    assert cat[recorded["scan"][:8]].metadata["start"]["uid"] == recorded["scan"]
+    assert get_run(cat, str(sid)).metadata["start"]["uid"] == recorded["scan"]
+    assert last_scan_id(cat) >= sid
+    with pytest.raises(CatalogError, match="no run 'zzzz'"):
+        get_run(cat, "zzzz")
+
+
+def test_queries_users_need(cat, recorded):
+    def uids(node):
+        return set(node)
+
+    sid = cat[recorded["scan"]].metadata["start"]["scan_id"]
+    assert uids(search_runs(cat, scan_id=sid)) == {recorded["scan"]}
+    assert uids(search_runs(cat, uid=recorded["other"][:10])) == {recorded["other"]}
+    assert uids(search_runs(cat, sample="gold-balls")) == {recorded["other"]}
+    assert uids(search_runs(cat, plan_name="dark_frames")) >= {recorded["dark"]}
+    assert recorded["scan"] not in uids(search_runs(cat, plan_name="dark_frames"))
+    t = cat[recorded["scan"]].metadata["start"]["time"]
+    assert recorded["scan"] in uids(search_runs(cat, since=t - 1, until=t + 1))
+    assert recorded["dark"] not in uids(search_runs(cat, since=t - 0.0001, until=t + 0.0001))
+    assert uids(search_runs(cat, since="2000-01-01", until="2000-01-02")) == set()
+    assert recorded["other"] in uids(search_runs(cat, text="gold"))
+    assert uids(cat.search(Key("dark_uid") == recorded["dark"])) == {recorded["scan"]}
+    with pytest.raises(CatalogError, match="ISO 8601"):
+        search_runs(cat, since="last tuesday")
+
+
+def test_documents_replay(cat, recorded):
+    names = [name for name, _ in cat[recorded["scan"]].documents()]
+    assert names[0] == "start" and names[-1] == "stop"
+    assert "stream_resource" in names and names.count("stream_datum") >= 1
+
+
+def test_catalog_reopens_from_disk_in_a_new_server(catalog_dir, recorded, tmp_path):
+    """The SQLite + files catalog persists: another process (here: a second server) sees the runs."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from ns_bluesky.catalog import open_catalog; "
+        f"cat = open_catalog(sys.argv[1]); print(cat[{recorded['scan']!r}].metadata['start']['sample_name'])"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(catalog_dir)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "star"
+
+
+def test_a_file_is_not_a_catalog(tmp_path):
+    f = tmp_path / "x"
+    f.write_text("")
+    with pytest.raises(CatalogError, match="is a file"):
+        open_catalog(f)
