@@ -80,12 +80,26 @@ def _embedded_server(directory: Path):
         return server
 
 
+def _check_reachable(uri: str, timeout_s: float = 3.0) -> None:
+    """Fail in seconds, not after the client's long retry schedule, when nothing answers at ``uri``."""
+    from urllib.parse import urlsplit
+
+    import httpx
+
+    parts = urlsplit(uri)
+    try:
+        httpx.get(f"{parts.scheme}://{parts.netloc}/healthz", timeout=timeout_s, trust_env=False)
+    except httpx.HTTPError as exc:
+        raise CatalogError(f"cannot reach the tiled server at {uri}: {exc}") from None
+
+
 def open_catalog(path_or_uri: str | os.PathLike | None = None, *, container: str = RUNS_CONTAINER):
     """The catalog of runs at a directory (embedded server) or an http(s) URI (standalone tiled)."""
     from tiled.client import from_uri
 
     target = default_catalog_dir() if path_or_uri is None else path_or_uri
     if _is_uri(target):
+        _check_reachable(str(target))
         try:
             client = from_uri(str(target))
         except Exception as exc:

@@ -85,3 +85,44 @@ def test_a_file_is_not_a_catalog(tmp_path):
     f.write_text("")
     with pytest.raises(CatalogError, match="is a file"):
         open_catalog(f)
+
+
+def test_same_code_against_a_standalone_tiled_server(tmp_path, small_config):
+    """An http URI opens a tiled server running in another process; RunEngine writes, queries read."""
+    import socket
+    import subprocess
+    import sys
+
+    from bluesky import RunEngine
+
+    from ns_bluesky.catalog import make_tiled_writer
+    from ns_bluesky.ophyd_devices import make_sim_beamline
+    from ns_bluesky.plans import ptycho_scan
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = tmp_path / "server"
+    code = (
+        "import sys, time; from tiled.server import SimpleTiledServer; "
+        f"srv = SimpleTiledServer({str(data)!r}, api_key='secret', port={port}, readable_storage=[{str(tmp_path / 'det')!r}]); "
+        "print('up', flush=True); time.sleep(600)"
+    )
+    server = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "up"
+        cat = open_catalog(f"http://127.0.0.1:{port}/api?api_key=secret")
+        bl = make_sim_beamline(tmp_path / "det", small_config, rate_hz=0)
+        RE = RunEngine({}, call_returns_result=False)
+        RE.subscribe(make_tiled_writer(cat))
+        (uid,) = RE(ptycho_scan(bl.fccd, bl.stage, bl.shutter, shape=(2, 2), step=5e-8, sample="remote"))
+        assert set(search_runs(cat, sample="remote")) == {uid}
+        assert cat[uid]["primary"]["fccd_image"].shape == (4, 1040, 1152)
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_unreachable_server_is_a_clear_error():
+    with pytest.raises(CatalogError, match="cannot reach the tiled server at http://127.0.0.1:9"):
+        open_catalog("http://127.0.0.1:9/api?api_key=x")

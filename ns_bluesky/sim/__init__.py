@@ -5,7 +5,7 @@ raw-frame model together; ``fccd`` holds the raw layout and its inverse (used by
 processing as well).
 """
 
-from .experiment import PtychoSimulation, Truth
+from .experiment import PtychoSimulation, SimulatedScan, Truth, simulate_scan
 from .fccd import FCCDModel, assemble, disassemble, sample_photons
 from .probe import zone_plate_probe
 from .sample import test_pattern, transmission
@@ -14,6 +14,7 @@ from .scan import fermat_spiral, positions, raster, step_from_overlap
 __all__ = [
     "FCCDModel",
     "PtychoSimulation",
+    "SimulatedScan",
     "Truth",
     "assemble",
     "disassemble",
@@ -21,6 +22,7 @@ __all__ = [
     "positions",
     "raster",
     "sample_photons",
+    "simulate_scan",
     "step_from_overlap",
     "test_pattern",
     "transmission",
