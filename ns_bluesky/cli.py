@@ -24,7 +24,22 @@ def _fail(prog: str, message: str, code: int = 1) -> int:
     return code
 
 
+def _log_to_file() -> None:
+    """Library warnings and tracebacks go to a log file, so the terminal shows only our one-line errors."""
+    import logging
+
+    import platformdirs
+
+    path = os.environ.get("NS_BLUESKY_LOG") or str(platformdirs.user_log_path("ns-bluesky") / "ns-bluesky.log")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    logging.basicConfig(
+        level=logging.INFO, filename=path, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request otherwise
+
+
 def _guarded(prog: str, func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    _log_to_file()
     try:
         return func(args)
     except KeyboardInterrupt:

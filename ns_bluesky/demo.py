@@ -61,7 +61,7 @@ def quicklook_png(path: Path, sim, raw: np.ndarray, positions_m: np.ndarray, pat
     axes[0].imshow(raw, cmap="gray", vmin=np.percentile(raw, 1), vmax=np.percentile(raw, 99.9))
     axes[0].set_title("raw FCCD frame (readout order, ADU)")
     axes[1].imshow(np.log10(np.maximum(pattern, 0.1)), cmap="magma", vmin=-1)
-    axes[1].set_title("mean frame minus mean dark (log10 ADU)")
+    axes[1].set_title("mean frame - mean dark - column median (log10 ADU)")
     obj = sim.object
     extent_px = np.asarray(obj.shape)
     dx = sim.dx
@@ -155,6 +155,7 @@ def run_demo(
         for i in range(0, data.frames.shape[0], 64):
             frames_sum += data.frames[i : i + 64].sum(axis=0)
         pattern = frames_sum / data.frames.shape[0] - data.dark.mean(axis=0)
+        pattern -= np.median(pattern, axis=0)  # baseline drift since the darks, per ADC column
         positions = np.stack([data.translations_m[:, 1], data.translations_m[:, 0]], axis=1)
     finally:
         data.frames.file.close()

@@ -101,6 +101,7 @@ def dark_frames(det, shutter, num: int, *, md: dict | None = None) -> MsgGenerat
     def inner():
         yield from bps.mv(shutter, "close")
         for _ in range(num):
+            yield from bps.checkpoint()
             yield from bps.trigger_and_read([det])
 
     return (yield from inner())
@@ -241,6 +242,7 @@ def ptycho_scan(
     def inner():
         yield from bps.mv(shutter, "open")
         for y, x in planned:
+            yield from bps.checkpoint()  # Ctrl-C pauses here, between points, not at the end of the scan
             yield from bps.mv(stage.y, y, stage.x, x)
             yield from bps.trigger_and_read([det, stage])
         yield from bps.mv(shutter, "close")

@@ -3,8 +3,10 @@
 Assembled from collaborators, as ophyd-async's detectors are: a *frame source* says
 what the sensor sees (the physics simulation at the stage's readback, or replayed
 frames), an :class:`HDF5FrameWriter` files the frames and composes their documents.
-The device itself keeps time: a trigger is not done before ``acquire_period`` seconds
-of wall clock have passed (0 = as fast as the source renders), so ``--rate 10`` really
+The device itself keeps time, like a free-running camera: frames end on a clock of
+``acquire_period`` seconds (0 = as fast as the source renders). A trigger that comes
+less than one period after the last frame ended is done one period after that end,
+so the RunEngine's own overhead between points does not lower the rate: ``--rate 10``
 gives 10 frames/s.
 """
 
@@ -87,6 +89,7 @@ class SimFCCD(Device):
         self.writer = HDF5FrameWriter(write_dir, self.image_key, self.geometry.raw_shape)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{name}-readout")
         self._counter = itertools.count()
+        self._last_frame_end = -float("inf")
 
     @property
     def image_key(self) -> str:
@@ -120,16 +123,18 @@ class SimFCCD(Device):
         status = _ExplainedStatus(self, timeout=self.trigger_timeout_s + self.acquire_period.get())
         light = self.shutter is None or self.shutter.is_open
         exposure, period = self.acquire_time.get(), self.acquire_period.get()
-        start = time.monotonic()
+        now = time.monotonic()
+        start = self._last_frame_end if 0 <= now - self._last_frame_end < period else now
+        end = start + period
+        self._last_frame_end = end
         index = next(self._counter)
 
         def acquire() -> None:
             try:
-                frame = self.source.render(index, exposure, light)
-                remaining = start + period - time.monotonic()
+                self.writer.write(self.source.render(index, exposure, light))
+                remaining = end - time.monotonic()
                 if remaining > 0:
                     time.sleep(remaining)
-                self.writer.write(frame)
                 self.mode.put("light" if light else "dark")
                 self.frame_counter.put(index + 1)
             except Exception as exc:  # reported through the status: the RunEngine fails the run, never hangs

@@ -90,3 +90,28 @@ def test_demo_end_to_end_then_runs_and_nsraw2cxi(tmp_path):
     again = _run("ns-bluesky", "demo", "--scan", "1x2", "--rate", "0", "--darks", "1", "--catalog", str(cat), "--out", str(out_dir), "--quiet")
     assert again.returncode == 0, again.stderr
     assert json.loads((out_dir / "summary.json").read_text())["scan_id"] == summary["scan_id"] + 2
+
+
+@pytest.mark.slow
+def test_ctrl_c_closes_the_run_as_aborted_and_exits_cleanly(tmp_path):
+    import signal
+    import time
+
+    cat = tmp_path / "cat"
+    exe = shutil.which("ns-bluesky", path=str(BIN))
+    env = {**os.environ, "NS_BLUESKY_LOG": str(tmp_path / "log.txt")}
+    proc = subprocess.Popen(
+        [exe, "demo", "--scan", "30x30", "--rate", "10", "--darks", "2", "--catalog", str(cat), "--out", str(tmp_path), "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list((cat / "detector").glob("*.h5"))[1:]:
+        time.sleep(0.5)  # wait until the scan's own file exists (the darks' is the first)
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "ns-bluesky: error: interrupted; open runs were closed with exit_status 'abort'"
+    assert "Traceback" not in err
+    listed = json.loads(_run("ns-bluesky", "runs", "--catalog", str(cat), "--plan", "ptycho_scan", "--json").stdout)
+    assert listed[-1]["status"] == "abort"
