@@ -118,7 +118,6 @@ def run_demo(
     writer = ThreadedCallback(make_tiled_writer(cat), name="catalog")
     RE.subscribe(writer)
     RE.subscribe(ProgressBar(disable=not progress))
-    status = "success"
     try:
         (dark_uid,) = RE(dark_frames(beamline.fccd, beamline.shutter, darks, md={"sample_name": cfg.sample.name}))
         t0 = time.monotonic()
@@ -138,7 +137,6 @@ def run_demo(
         )
         acquisition_s = time.monotonic() - t0
     except (RunEngineInterrupted, KeyboardInterrupt):
-        status = "abort"
         if RE.state != "idle":
             RE.abort("interrupted by the user (Ctrl-C)")
         writer.flush()
@@ -155,7 +153,9 @@ def run_demo(
         for i in range(0, data.frames.shape[0], 64):
             frames_sum += data.frames[i : i + 64].sum(axis=0)
         pattern = frames_sum / data.frames.shape[0] - data.dark.mean(axis=0)
-        pattern -= np.median(pattern, axis=0)  # baseline drift since the darks, per ADC column
+        half = pattern.shape[0] // 2  # baseline drift since the darks: per column of each half (ADC channel)
+        pattern[:half] -= np.median(pattern[:half], axis=0)
+        pattern[half:] -= np.median(pattern[half:], axis=0)
         positions = np.stack([data.translations_m[:, 1], data.translations_m[:, 0]], axis=1)
     finally:
         data.frames.file.close()

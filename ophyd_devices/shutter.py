@@ -10,8 +10,8 @@ from ophyd.status import DeviceStatus
 
 from ns_bluesky.errors import ParameterError
 
-_OPEN = {"open", "opened", 1, True}
-_CLOSED = {"close", "closed", 0, False}
+_OPEN = {"open", "opened", 1}  # 1 == True
+_CLOSED = {"close", "closed", 0}  # 0 == False
 
 
 class Shutter(Device):

@@ -1,6 +1,5 @@
 """The embedded tiled catalog: frames read back lazily equal what the device wrote; queries users need."""
 
-import time
 
 import numpy as np
 import pytest

@@ -28,7 +28,7 @@ def test_pattern(shape: tuple[int, int] = (512, 512), spokes: int = 36) -> np.nd
     rings = (np.abs(r - 0.72) < 0.03) | (np.abs(r - 0.82) < 0.015)
     img = (star | rings).astype(np.float32)
     rng = np.random.default_rng(12345)
-    for cy, cx, rad in zip(rng.uniform(-0.9, 0.9, 24), rng.uniform(-0.9, 0.9, 24), rng.uniform(0.01, 0.04, 24)):
+    for cy, cx, rad in zip(rng.uniform(-0.9, 0.9, 24), rng.uniform(-0.9, 0.9, 24), rng.uniform(0.01, 0.04, 24), strict=True):
         d = np.hypot(y - cy, x - cx)
         if np.hypot(cy, cx) > 0.88:
             img[d < rad] = 0.6
