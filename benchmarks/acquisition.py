@@ -70,6 +70,7 @@ def main() -> None:
     ap.add_argument("--scan", default="20x40", help="scan for the catalog figures (default 20x40 = 800 frames)")
     ap.add_argument("--sim-frames", type=int, default=200, help="frames for the simulation figures")
     ap.add_argument("--batch-size", type=int, default=25, help="TiledWriter batch size (default: the package's)")
+    ap.add_argument("--replay-only", action="store_true", help="skip the physics-in-the-loop catalog figure")
     args = ap.parse_args()
     scan = parse_scan(args.scan)
     print(f"cores: {os.cpu_count()}  numpy {np.__version__}")
@@ -78,7 +79,8 @@ def main() -> None:
         light = simulated_frames_per_s(sim, args.sim_frames, threads)
         dark = simulated_frames_per_s(sim, args.sim_frames, threads, light=False)
         print(f"raw frames simulated, {threads} thread(s): {light:7.1f} light frames/s   {dark:7.1f} dark frames/s")
-    for replay, label in ((True, "replayed frames (acquisition stack alone)"), (False, "physics simulated in the loop")):
+    cases = ((True, "replayed frames (acquisition stack alone)"), (False, "physics simulated in the loop"))
+    for replay, label in cases[: 1 if args.replay_only else 2]:
         plan, total = catalog_frames_per_s(scan, replay, args.batch_size)
         print(
             f"RunEngine + HDF5 + catalog, {label}, {scan[0]}x{scan[1]} at --rate 0: "
