@@ -1,0 +1,33 @@
+"""Echo: returns each frame unchanged. Proves the transport; its knobs make test faults."""
+
+from __future__ import annotations
+
+import time
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..stream.module import Module, register
+from ..stream.protocol import Message
+
+
+class EchoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    delay_s: float = Field(0.0, ge=0, description="pretend work: sleep this long per frame")
+    fail_every: int = Field(0, ge=0, description="raise on every n-th frame (0: never), to test error reporting")
+
+
+@register
+class EchoModule(Module):
+    name = "echo"
+    description = "returns each frame as a result of stage 'echo' (transport tests and benchmarks)"
+    inputs = ("frame",)
+    outputs = ("result",)
+    Params = EchoParams
+
+    def process(self, msg: Message) -> Message:
+        if self.params.delay_s:
+            time.sleep(self.params.delay_s)
+        if self.params.fail_every and msg.seq % self.params.fail_every == 0:
+            raise RuntimeError(f"echo: injected failure on seq {msg.seq}")
+        return Message("result", run=msg.run, seq=msg.seq, stage="echo", meta={"source": "echo"}, arrays=dict(msg.arrays))

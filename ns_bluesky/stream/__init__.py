@@ -1,0 +1,1 @@
+"""ZeroMQ streaming: protocol, handler, worker base class, launcher, clients, CURVE security."""

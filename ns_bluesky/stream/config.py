@@ -1,0 +1,119 @@
+"""Pipeline configuration: which modules, how many workers, which ports; checked before data flows.
+
+A TOML or YAML file, validated by pydantic. The wiring check runs at start: every
+module's inputs must be produced by the ingest stream or by another module, and a
+module's parameters must fit its declared model; the error names both ends.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..errors import ParameterError
+
+#: what the ingest port (the bridge from Bluesky, or ``stream-sim``) produces
+INGEST_KINDS = ("start", "frame", "event", "stop")
+
+DEFAULT_PORTS = {"control": 5560, "ingest": 5561, "workers": 5562, "results": 5563}
+
+
+class ModuleSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="the stage name this module's workers serve")
+    module: str = Field(description="registered module type, e.g. 'echo'")
+    workers: int = Field(1, ge=0, le=256)
+    credits: int = Field(2, ge=1, le=64, description="items a worker may hold at once")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class PipelineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    control_port: int = Field(DEFAULT_PORTS["control"], ge=0, le=65535)
+    ingest_port: int = Field(DEFAULT_PORTS["ingest"], ge=0, le=65535)
+    worker_port: int = Field(DEFAULT_PORTS["workers"], ge=0, le=65535)
+    results_port: int = Field(DEFAULT_PORTS["results"], ge=0, le=65535)
+    heartbeat_s: float = Field(0.25, gt=0, le=10)
+    liveness: int = Field(8, ge=2, description="missed heartbeats before a worker is declared dead")
+    backlog_items: int = Field(2000, ge=1, description="items held in memory per module before spilling to disk")
+    spill_dir: str | None = None
+    log_dir: str | None = None
+    curve_keys: str | None = Field(None, description="directory from 'ns-bluesky keys generate'")
+    modules: list[ModuleSpec] = Field(default_factory=lambda: [ModuleSpec(name="echo", module="echo", workers=2)])
+
+    @model_validator(mode="after")
+    def _check_wiring(self) -> PipelineConfig:
+        from .module import registry
+
+        known = registry()
+        names = [m.name for m in self.modules]
+        if len(set(names)) != len(names):
+            raise ValueError(f"module names must be unique, got {names}")
+        produced = {kind: "ingest" for kind in INGEST_KINDS}
+        for spec in self.modules:
+            if spec.module not in known:
+                raise ValueError(f"module {spec.name!r}: unknown type {spec.module!r}; known: {', '.join(sorted(known))}")
+            cls = known[spec.module]
+            for kind in cls.outputs:
+                produced.setdefault(kind, spec.name)
+        for spec in self.modules:
+            cls = known[spec.module]
+            for kind in cls.inputs:
+                if kind not in produced:
+                    raise ValueError(
+                        f"module {spec.name!r} ({spec.module}) consumes {kind!r}, which nothing produces "
+                        f"(producers: {', '.join(f'{k} from {v}' for k, v in sorted(produced.items()))})"
+                    )
+            try:
+                cls.Params(**spec.params)
+            except Exception as exc:
+                raise ValueError(f"module {spec.name!r} ({spec.module}): bad params: {exc}") from None
+        return self
+
+    def address(self, port: int, *, connect: bool = False) -> str:
+        host = "127.0.0.1" if connect and self.host in ("0.0.0.0", "*") else self.host
+        return f"tcp://{host}:{port}"
+
+
+def load_config(path: str | os.PathLike | None = None, workers: dict[str, int] | None = None) -> PipelineConfig:
+    """Read a TOML/YAML pipeline file (or the defaults) and apply ``--workers name=N`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ParameterError(f"pipeline config not found: {p}")
+        text = p.read_text()
+        try:
+            if p.suffix in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text) or {}
+            else:
+                data = tomllib.loads(text)
+        except Exception as exc:
+            raise ParameterError(f"cannot parse {p}: {exc}") from None
+    cfg = PipelineConfig(**data)
+    for name, n in (workers or {}).items():
+        spec = next((m for m in cfg.modules if m.name == name), None)
+        if spec is None:
+            raise ParameterError(f"--workers {name}={n}: no module {name!r} in the pipeline ({', '.join(m.name for m in cfg.modules)})")
+        spec.workers = n
+    return cfg
+
+
+def parse_counts(items: list[str] | None) -> dict[str, int]:
+    """``["frame=4", "recon=1"]`` to ``{"frame": 4, "recon": 1}``."""
+    out = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not value.isdigit():
+            raise ParameterError(f"expected NAME=COUNT such as frame=4, got {item!r}")
+        out[name] = int(value)
+    return out

@@ -1,0 +1,548 @@
+"""The handler: routes, balances and tracks; does no science.
+
+Four sockets (defaults in README): control (ROUTER; REQ clients send commands),
+ingest (ROUTER; every data message is acknowledged or refused with a reason),
+workers (ROUTER; load-balancing with READY credits and heartbeats, zguide
+``lbbroker``/``ppqueue``), results (PUB; topic = stage).
+
+Guarantees: every ingested item is dispatched until a worker reports it done; a
+worker that misses heartbeats has its items re-queued; results are published once
+per (run, seq, stage), later copies are counted as suppressed duplicates; a
+malformed message is counted by reason and answered, and the loop goes on; a run's
+end reaches every module after all its items are done; abort drops a run's queued
+items (counted as aborted) and its late results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zmq
+
+from ..errors import ParameterError
+from .config import PipelineConfig, load_config, parse_counts
+from .launcher import LocalPool
+from .logs import setup_process_logging
+from .protocol import Message, ProtocolError, decode, encode
+
+log = logging.getLogger(__name__)
+
+BALANCED = ("frame", "event")
+
+
+@dataclass
+class WorkerState:
+    identity: bytes
+    module: str
+    pid: int
+    credits: int
+    last_seen: float
+    in_flight: set = field(default_factory=set)
+    draining: bool = False
+    processed: int = 0
+
+
+@dataclass
+class Item:
+    id: int
+    module: str
+    msg: Message | None
+    broadcast: bool = False
+    worker: bytes | None = None
+    spill: Path | None = None
+
+
+@dataclass
+class RunState:
+    run: str
+    start: Message | None = None
+    pending: int = 0  # balanced items not yet done, all modules
+    stopping: bool = False
+    stop_pending: int = -1
+    aborted: bool = False
+    frames: int = 0
+    seen: set = field(default_factory=set)
+    published: set = field(default_factory=set)
+
+
+class ModuleState:
+    def __init__(self, spec):
+        self.spec = spec
+        self.queue: deque[int] = deque()
+        self.workers: dict[bytes, WorkerState] = {}
+        self.counts: Counter = Counter()
+        self.done_times: deque[float] = deque(maxlen=2000)
+
+    def rate(self, now: float, window: float = 5.0) -> float:
+        recent = [t for t in self.done_times if now - t <= window]
+        if len(recent) < 2:
+            return 0.0
+        return (len(recent) - 1) / max(recent[-1] - recent[0], 1e-6)
+
+
+class Handler:
+    def __init__(self, cfg: PipelineConfig, *, context: zmq.Context | None = None, spawn: bool = True):
+        self.cfg = cfg
+        self.ctx = context or zmq.Context.instance()
+        self.modules = {spec.name: ModuleState(spec) for spec in cfg.modules}
+        self.items: dict[int, Item] = {}
+        self.runs: dict[str, RunState] = {}
+        self.malformed: Counter = Counter()
+        self.counts: Counter = Counter()
+        self._next_id = 0
+        self._started = time.monotonic()
+        self._shutdown = False
+        self._last_beat = 0.0
+        self.spill_dir = Path(cfg.spill_dir) if cfg.spill_dir else Path(os.environ.get("TMPDIR", "/tmp")) / f"ns-bluesky-spill-{os.getpid()}"
+        from .security import server_security
+
+        self._secure = server_security(cfg, self.ctx)
+        self.control = self._bind(zmq.ROUTER, cfg.control_port)
+        self.ingest = self._bind(zmq.ROUTER, cfg.ingest_port)
+        self.backend = self._bind(zmq.ROUTER, cfg.worker_port)
+        self.results = self._bind(zmq.PUB, cfg.results_port)
+        self.results.setsockopt(zmq.SNDHWM, 10000)
+        self.pool = LocalPool(cfg, self.ports["workers"]) if spawn else None
+
+    def _bind(self, kind: int, port: int) -> zmq.Socket:
+        sock = self.ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        self._secure(sock)
+        if port == 0:
+            port = sock.bind_to_random_port(f"tcp://{self.cfg.host}")
+        else:
+            sock.bind(f"tcp://{self.cfg.host}:{port}")
+        self.ports = getattr(self, "ports", {})
+        name = {zmq.PUB: "results"}.get(kind) or ("control", "ingest", "workers")[len(self.ports)]
+        self.ports[name] = port
+        return sock
+
+    # ---------------------------------------------------------------- helpers
+    def _new_item(self, module: str, msg: Message, broadcast: bool = False) -> Item:
+        self._next_id += 1
+        item = Item(self._next_id, module, msg, broadcast)
+        self.items[item.id] = item
+        return item
+
+    def _send_item(self, worker: WorkerState, item: Item) -> None:
+        msg = item.msg if item.spill is None else self._unspill(item)
+        msg.meta["item"] = item.id
+        item.worker = worker.identity
+        worker.in_flight.add(item.id)
+        self.backend.send_multipart([worker.identity, *encode(msg)], copy=False)
+
+    def _spill(self, item: Item) -> None:
+        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        path = self.spill_dir / f"{item.id}.msg"
+        frames = encode(item.msg)
+        with open(path, "wb") as f:
+            f.write(len(frames).to_bytes(4, "little"))
+            for fr in frames:
+                b = bytes(fr)
+                f.write(len(b).to_bytes(8, "little"))
+                f.write(b)
+        item.spill, item.msg = path, None
+        self.modules[item.module].counts["spilled"] += 1
+
+    def _unspill(self, item: Item) -> Message:
+        with open(item.spill, "rb") as f:
+            n = int.from_bytes(f.read(4), "little")
+            frames = [f.read(int.from_bytes(f.read(8), "little")) for _ in range(n)]
+        item.spill.unlink(missing_ok=True)
+        item.msg, item.spill = decode(frames), None
+        return item.msg
+
+    def _publish(self, msg: Message, topic: str | None = None) -> None:
+        self.results.send_multipart([(topic or msg.stage or msg.kind).encode(), *encode(msg)], copy=False)
+
+    def _run(self, run: str) -> RunState:
+        if run not in self.runs:
+            self.runs[run] = RunState(run)
+        return self.runs[run]
+
+    # ---------------------------------------------------------------- ingest
+    def _on_ingest(self, frames: list) -> None:
+        identity, payload = bytes(frames[0]), frames[1:]
+        try:
+            msg = decode(payload)
+            if msg.kind not in ("start", "frame", "event", "stop"):
+                raise ProtocolError("wrong-port", f"{msg.kind} does not belong on the ingest port")
+        except ProtocolError as exc:
+            self.malformed[exc.reason] += 1
+            log.warning("malformed message on ingest (%s)", exc)
+            self.ingest.send_multipart([identity, *encode(Message("nack", meta={"reason": exc.reason, "detail": exc.detail[:200]}))])
+            return
+        self.counts["ingested"] += 1
+        self._accept(msg)
+        self.ingest.send_multipart([identity, *encode(Message("ack", run=msg.run, seq=msg.seq, meta={"of": msg.kind}))])
+
+    def _accept(self, msg: Message) -> None:
+        run = self._run(msg.run)
+        if msg.kind == "start":
+            run.start = msg
+            for mod in self.modules.values():
+                for worker in mod.workers.values():
+                    self._send_item(worker, self._new_item(mod.spec.name, msg, broadcast=True))
+            return
+        if msg.kind == "stop":
+            run.stopping = True
+            self._check_end(run)
+            return
+        key = (msg.kind, msg.seq)
+        if key in run.seen:
+            self.counts["duplicate_ingest"] += 1
+            return
+        run.seen.add(key)
+        if run.aborted:
+            self.counts["aborted"] += 1
+            return
+        run.frames += 1
+        for mod in self.modules.values():
+            if msg.kind in _inputs(mod):
+                item = self._new_item(mod.spec.name, msg)
+                mod.queue.append(item.id)
+                mod.counts["received"] += 1
+                run.pending += 1
+                if len(mod.queue) > self.cfg.backlog_items:
+                    self._spill(item)
+
+    # ---------------------------------------------------------------- workers
+    def _on_worker(self, frames: list) -> None:
+        identity, payload = bytes(frames[0]), frames[1:]
+        try:
+            msg = decode(payload)
+        except ProtocolError as exc:
+            self.malformed[f"worker:{exc.reason}"] += 1
+            log.warning("malformed message from a worker (%s)", exc)
+            return
+        now = time.monotonic()
+        if msg.kind == "ready":
+            self._register(identity, msg, now)
+            return
+        worker = self._worker(identity)
+        if worker is not None:
+            worker.last_seen = now
+        # a purged worker gets no heartbeats from us, so it reconnects and says READY again
+        if msg.kind == "heartbeat":
+            return
+        item = self.items.get(int(msg.meta.get("item", -1)))
+        if msg.kind == "result":
+            self._on_result(msg, item)
+        elif msg.kind in ("done", "error"):
+            self._on_done(msg, item, worker, now)
+
+    def _worker(self, identity: bytes) -> WorkerState | None:
+        for mod in self.modules.values():
+            if identity in mod.workers:
+                return mod.workers[identity]
+        return None
+
+    def _register(self, identity: bytes, msg: Message, now: float) -> None:
+        name = msg.meta.get("module")
+        mod = self.modules.get(name)
+        if mod is None:
+            self.malformed["unknown-module"] += 1
+            log.warning("worker for unknown module %r refused", name)
+            self.backend.send_multipart([identity, *encode(Message("control", meta={"command": "shutdown"}))])
+            return
+        old = self._worker(identity)
+        if old is not None:
+            self._purge(old, "re-registered")
+        worker = WorkerState(identity, name, int(msg.meta.get("pid", 0)), int(msg.meta["credits"]), now)
+        mod.workers[identity] = worker
+        log.info("worker %s pid %d ready with %d credits", name, worker.pid, worker.credits)
+        for run in self.runs.values():
+            if run.start is not None and not run.aborted and not run.stop_pending == 0:
+                self._send_item(worker, self._new_item(name, run.start, broadcast=True))
+
+    def _on_result(self, msg: Message, item: Item | None) -> None:
+        run = self.runs.get(msg.run)
+        if run is None or run.aborted or item is None:
+            self.counts["late_results"] += 1
+            return
+        if msg.key in run.published:
+            self.modules[item.module].counts["duplicates"] += 1
+            return
+        run.published.add(msg.key)
+        self._publish(msg)
+
+    def _on_done(self, msg: Message, item: Item | None, worker: WorkerState | None, now: float) -> None:
+        if item is None or worker is None or item.id not in worker.in_flight:
+            return  # from a purged worker: the item was re-queued and finishes elsewhere
+        del self.items[item.id]
+        mod = self.modules[item.module]
+        worker.in_flight.discard(item.id)
+        run = self.runs.get(item.msg.run if item.msg else msg.run)
+        if msg.kind == "error":
+            mod.counts["errors"] += 1
+            self._publish(
+                Message("error", run=msg.run, seq=msg.seq, stage=item.module, meta={k: msg.meta.get(k) for k in ("item", "error", "traceback")}),
+                topic="error",
+            )
+        if item.broadcast:
+            if run is not None and item.msg.kind == "stop" and run.stop_pending > 0:
+                run.stop_pending -= 1
+                if run.stop_pending == 0:
+                    self._end_of_run(run)
+            return
+        worker.credits += 1
+        if msg.meta.get("aborted"):
+            mod.counts["aborted"] += 1
+        elif msg.kind == "done":
+            mod.counts["processed"] += 1
+            worker.processed += 1
+            mod.done_times.append(now)
+        if run is not None:
+            run.pending -= 1
+            self._check_end(run)
+
+    def _purge(self, worker: WorkerState, why: str) -> None:
+        mod = self.modules[worker.module]
+        mod.workers.pop(worker.identity, None)
+        log.warning("worker %s pid %d removed (%s); re-queueing %d items", worker.module, worker.pid, why, len(worker.in_flight))
+        for item_id in sorted(worker.in_flight, reverse=True):
+            item = self.items.get(item_id)
+            if item is None:
+                continue
+            item.worker = None
+            if item.broadcast:
+                del self.items[item_id]
+                run = self.runs.get(item.msg.run)
+                if run is not None and item.msg.kind == "stop" and run.stop_pending > 0:
+                    run.stop_pending -= 1
+                    if run.stop_pending == 0:
+                        self._end_of_run(run)
+                continue
+            mod.queue.appendleft(item_id)
+            mod.counts["redispatched"] += 1
+        worker.in_flight.clear()
+
+    def _dispatch(self) -> None:
+        for mod in self.modules.values():
+            while mod.queue:
+                ready = [w for w in mod.workers.values() if w.credits > 0 and not w.draining]
+                if not ready:
+                    break
+                worker = max(ready, key=lambda w: w.credits)
+                item = self.items[mod.queue.popleft()]
+                worker.credits -= 1
+                self._send_item(worker, item)
+
+    # ---------------------------------------------------------------- runs
+    def _check_end(self, run: RunState) -> None:
+        if not run.stopping or run.pending > 0 or run.stop_pending >= 0:
+            return
+        stop = Message("stop", run=run.run)
+        targets = [(mod, w) for mod in self.modules.values() for w in mod.workers.values()]
+        run.stop_pending = len(targets)
+        for mod, worker in targets:
+            self._send_item(worker, self._new_item(mod.spec.name, stop, broadcast=True))
+        if not targets:
+            self._end_of_run(run)
+
+    def _end_of_run(self, run: RunState) -> None:
+        run.stop_pending = 0
+        self._publish(
+            Message("end_of_run", run=run.run, meta={"frames": run.frames, "results": len(run.published), "aborted": run.aborted}),
+            topic="end_of_run",
+        )
+        log.info("run %s ended: %d frames, %d results, aborted=%s", run.run, run.frames, len(run.published), run.aborted)
+
+    def abort(self, run_id: str | None = None) -> int:
+        """Drop queued items of one run (or all), refuse late results, tell every worker."""
+        targets = [r for r in self.runs.values() if run_id in (None, r.run) and not r.aborted]
+        dropped = 0
+        for run in targets:
+            run.aborted = True
+            for mod in self.modules.values():
+                keep = deque()
+                for item_id in mod.queue:
+                    item = self.items[item_id]
+                    msg_run = item.msg.run if item.msg is not None else self._unspill(item).run
+                    if msg_run == run.run:
+                        del self.items[item_id]
+                        mod.counts["aborted"] += 1
+                        dropped += 1
+                    else:
+                        keep.append(item_id)
+                mod.queue = keep
+                for worker in mod.workers.values():
+                    self.backend.send_multipart([worker.identity, *encode(Message("control", run=run.run, meta={"command": "abort"}))])
+            run.pending = sum(1 for it in self.items.values() if not it.broadcast and it.msg is not None and it.msg.run == run.run)
+            self._end_of_run(run)
+        return dropped
+
+    # ---------------------------------------------------------------- control
+    def _on_control(self, frames: list) -> None:
+        identity, envelope, payload = bytes(frames[0]), [bytes(f) for f in frames[1:2]], frames[2:]
+        try:
+            msg = decode(payload)
+            reply = self._command(msg.meta.get("command"), msg.meta.get("args") or {})
+        except ProtocolError as exc:
+            self.malformed[f"control:{exc.reason}"] += 1
+            reply = {"ok": False, "error": str(exc)}
+        except Exception as exc:  # a bad command must never take the handler down
+            log.exception("control command failed")
+            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        self.control.send_multipart([identity, *envelope, *encode(Message("reply", meta={"reply": reply}))])
+
+    def _command(self, command: str, args: dict) -> dict:
+        if command == "status":
+            return {"ok": True, "status": self.status()}
+        if command == "abort":
+            t0 = time.monotonic()
+            dropped = self.abort(args.get("run"))
+            return {"ok": True, "dropped": dropped, "seconds": time.monotonic() - t0}
+        if command == "reset":
+            self.abort(None)
+            self.runs.clear()
+            for mod in self.modules.values():
+                mod.counts.clear()
+            self.malformed.clear()
+            self.counts.clear()
+            return {"ok": True}
+        if command == "scale":
+            if self.pool is None:
+                return {"ok": False, "error": "this handler does not manage its workers"}
+            for name, n in (args.get("counts") or {}).items():
+                if name not in self.modules:
+                    return {"ok": False, "error": f"no module {name!r}"}
+                self.modules[name].spec.workers = int(n)
+            return {"ok": True}
+        if command == "stop":
+            self._shutdown = True
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown command {command!r}; use status, abort, reset, scale or stop"}
+
+    def status(self) -> dict:
+        now = time.monotonic()
+        modules = {}
+        for name, mod in self.modules.items():
+            in_flight = sum(len(w.in_flight) for w in mod.workers.values())
+            modules[name] = {
+                "module": mod.spec.module,
+                "workers": [
+                    {"pid": w.pid, "credits": w.credits, "in_flight": len(w.in_flight), "processed": w.processed, "last_heartbeat_s": round(now - w.last_seen, 3), "draining": w.draining}
+                    for w in mod.workers.values()
+                ],
+                "wanted_workers": mod.spec.workers,
+                "items_per_s": round(mod.rate(now), 2),
+                "queue": len(mod.queue),
+                "in_flight": in_flight,
+                **{k: mod.counts.get(k, 0) for k in ("received", "processed", "redispatched", "duplicates", "errors", "aborted", "spilled")},
+            }
+        return {
+            "pid": os.getpid(),
+            "uptime_s": round(now - self._started, 1),
+            "ports": self.ports,
+            "malformed": dict(self.malformed),
+            "counts": dict(self.counts),
+            "modules": modules,
+            "runs": {
+                r.run: {"frames": r.frames, "pending": r.pending, "stopping": r.stopping, "ended": r.stop_pending == 0, "aborted": r.aborted}
+                for r in list(self.runs.values())[-20:]
+            },
+        }
+
+    # ---------------------------------------------------------------- loop
+    def _housekeeping(self, now: float) -> None:
+        expiry = self.cfg.heartbeat_s * self.cfg.liveness
+        for mod in self.modules.values():
+            for worker in list(mod.workers.values()):
+                if now - worker.last_seen > expiry:
+                    self._purge(worker, f"no heartbeat for {now - worker.last_seen:.1f} s")
+                elif worker.draining and not worker.in_flight:
+                    self.backend.send_multipart([worker.identity, *encode(Message("control", meta={"command": "shutdown"}))])
+                    mod.workers.pop(worker.identity)
+        if now - self._last_beat >= self.cfg.heartbeat_s:
+            beat = encode(Message("heartbeat"))
+            for mod in self.modules.values():
+                for worker in mod.workers.values():
+                    self.backend.send_multipart([worker.identity, *beat])
+            self._last_beat = now
+        if self.pool is not None:
+            self.pool.reconcile({name: mod.spec.workers for name, mod in self.modules.items()}, self._drain_one)
+
+    def _drain_one(self, module: str, pid: int) -> None:
+        for worker in self.modules[module].workers.values():
+            if worker.pid == pid:
+                worker.draining = True
+
+    def serve(self) -> None:
+        poller = zmq.Poller()
+        for sock in (self.control, self.ingest, self.backend):
+            poller.register(sock, zmq.POLLIN)
+        log.info("handler pid %d on %s ports %s", os.getpid(), self.cfg.host, self.ports)
+        try:
+            while not self._shutdown:
+                events = dict(poller.poll(self.cfg.heartbeat_s * 1000 / 2))
+                if self.backend in events:
+                    for _ in range(1000):
+                        if not self.backend.poll(0):
+                            break
+                        self._on_worker(self.backend.recv_multipart(copy=False))
+                if self.ingest in events:
+                    for _ in range(200):
+                        if not self.ingest.poll(0):
+                            break
+                        self._on_ingest(self.ingest.recv_multipart(copy=False))
+                if self.control in events:
+                    self._on_control(self.control.recv_multipart(copy=False))
+                self._dispatch()
+                self._housekeeping(time.monotonic())
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        bye = encode(Message("control", meta={"command": "shutdown"}))
+        for mod in self.modules.values():
+            for worker in mod.workers.values():
+                try:
+                    self.backend.send_multipart([worker.identity, *bye])
+                except zmq.ZMQError:
+                    pass
+        if self.pool is not None:
+            self.pool.stop_all()
+        for sock in (self.control, self.ingest, self.backend, self.results):
+            sock.close(linger=0)
+        if self.spill_dir.exists():
+            for f in self.spill_dir.glob("*.msg"):
+                f.unlink()
+        log.info("handler stopped")
+
+
+def _inputs(mod: ModuleState) -> tuple[str, ...]:
+    from .module import get_module
+
+    return get_module(mod.spec.module).inputs
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="ns-bluesky-handler", description="Run the streaming handler and its local workers.")
+    p.add_argument("--config", default=None)
+    p.add_argument("--workers", nargs="*", default=[])
+    p.add_argument("--log-dir", default=None)
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, parse_counts(args.workers))
+    if args.log_dir:
+        cfg.log_dir = args.log_dir
+    setup_process_logging("handler", cfg.log_dir)
+    try:
+        Handler(cfg).serve()
+    except (ParameterError, zmq.ZMQError) as exc:
+        log.error("handler cannot start: %s", exc)
+        print(f"ns-bluesky handler: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Processing modules: what a worker computes, declared so the pipeline can be checked before it runs.
+
+A module says which message kinds it consumes and produces and which parameters it
+takes (a pydantic model, hence a JSON schema for ``ns-bluesky modules --json``). It
+never touches a socket: the worker base class owns the event loop, heartbeats and
+control commands and calls :meth:`Module.process` once per item.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from .protocol import Message
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Module:
+    """Base class: subclasses set the class attributes and implement :meth:`process`."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    inputs: ClassVar[tuple[str, ...]] = ("frame",)
+    outputs: ClassVar[tuple[str, ...]] = ("result",)
+    Params: ClassVar[type[BaseModel]] = NoParams
+
+    def __init__(self, params: BaseModel | None = None):
+        self.params = params if params is not None else self.Params()
+
+    def process(self, msg: Message) -> Message | list[Message] | None:
+        """Turn one input message into zero or more results (``stage`` names what they are)."""
+        raise NotImplementedError
+
+    def end_run(self, run: str) -> Message | list[Message] | None:
+        """The run ended and every one of its items was processed: flush what is left."""
+        return None
+
+    def abort_run(self, run: str) -> None:
+        """Forget the run's state: it was aborted."""
+
+    @classmethod
+    def describe(cls) -> dict:
+        return {
+            "name": cls.name,
+            "description": cls.description,
+            "inputs": list(cls.inputs),
+            "outputs": list(cls.outputs),
+            "params": cls.Params.model_json_schema(),
+        }
+
+
+_REGISTRY: dict[str, type[Module]] = {}
+
+
+def register(cls: type[Module]) -> type[Module]:
+    """Class decorator: make a module available by its ``name`` to configs and the CLI."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def registry() -> dict[str, type[Module]]:
+    from .. import modules  # noqa: F401  (importing registers the built-in modules)
+
+    return dict(_REGISTRY)
+
+
+def get_module(name: str) -> type[Module]:
+    mods = registry()
+    if name not in mods:
+        raise KeyError(f"unknown module {name!r}; known: {', '.join(sorted(mods))}")
+    return mods[name]

@@ -1,0 +1,180 @@
+"""Wire protocol: a JSON header frame, then one raw buffer frame per array.
+
+Nothing received is ever unpickled: the header is JSON (size-capped), arrays are
+plain buffers of a whitelisted dtype whose byte count must equal dtype x shape.
+Large buffers travel zero-copy both ways (``copy=False`` on send, ``np.frombuffer``
+over the received ``zmq.Frame`` on receive). Every check that fails raises
+:class:`ProtocolError` with a short ``reason`` that the receiver counts and logs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+VERSION = 1
+MAX_HEADER_BYTES = 64 * 1024
+MAX_ARRAY_BYTES = 256 * 1024 * 1024
+
+#: data kinds flow ingest -> handler -> workers -> results; the rest is between the parts
+DATA_KINDS = frozenset({"start", "frame", "event", "stop", "result"})
+WORKER_KINDS = frozenset({"ready", "heartbeat", "work", "error", "control", "done"})
+CLIENT_KINDS = frozenset({"ack", "nack", "command", "reply", "end_of_run", "status"})
+KINDS = DATA_KINDS | WORKER_KINDS | CLIENT_KINDS
+
+#: dtypes that may cross the wire; never object or void
+DTYPES = frozenset(
+    {"|u1", "|i1", "<u2", "<i2", "<u4", "<i4", "<u8", "<i8", "<f4", "<f8", "<c8", "<c16", "|b1"}
+)
+
+#: header fields every message of a kind must carry (besides v and kind)
+REQUIRED = {
+    "start": ("run",),
+    "frame": ("run", "seq"),
+    "event": ("run", "seq"),
+    "stop": ("run",),
+    "result": ("run", "seq", "stage"),
+    "work": ("item",),
+    "done": ("item",),
+    "error": ("item",),
+    "ready": ("module", "credits"),
+    "command": ("command",),
+}
+
+
+class ProtocolError(ValueError):
+    """A message that breaks the protocol; ``reason`` is a short, countable label."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.detail = reason, detail
+
+
+@dataclass
+class Message:
+    """One protocol message: header fields plus named arrays."""
+
+    kind: str
+    run: str = ""
+    seq: int = -1
+    stage: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, int, str]:
+        """What downstream must see exactly once."""
+        return self.run, self.seq, self.stage
+
+
+def encode(msg: Message) -> list:
+    """Frames to send with ``send_multipart(frames, copy=False)``: header, then buffers."""
+    if msg.kind not in KINDS:
+        raise ProtocolError("unknown-kind", msg.kind)
+    specs, buffers = [], []
+    for name, arr in msg.arrays.items():
+        a = np.ascontiguousarray(arr)
+        dt = a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype
+        if dt.str not in DTYPES:
+            raise ProtocolError("bad-dtype", f"{name}: {a.dtype}")
+        a = a.astype(dt, copy=False)
+        specs.append({"name": name, "dtype": dt.str, "shape": list(a.shape)})
+        buffers.append(memoryview(a).cast("B") if a.nbytes else b"")
+    clash = set(msg.meta) & set(_HEADER_FIELDS)
+    if clash:
+        raise ProtocolError("bad-field", f"meta may not set {sorted(clash)}")
+    header = {"v": VERSION, "kind": msg.kind, "run": msg.run, "seq": msg.seq, "stage": msg.stage, "arrays": specs}
+    header.update(msg.meta)
+    return [json.dumps(header, separators=(",", ":"), default=_json_default).encode(), *buffers]
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+_HEADER_FIELDS = ("v", "kind", "run", "seq", "stage", "arrays")
+
+
+def _buffer(frame) -> memoryview:
+    buf = getattr(frame, "buffer", frame)  # zmq.Frame (zero-copy) or bytes
+    return memoryview(buf)
+
+
+def decode(frames: list) -> Message:
+    """Validate and unpack received frames; raises :class:`ProtocolError`, never anything else."""
+    try:
+        return _decode(frames)
+    except ProtocolError:
+        raise
+    except Exception as exc:  # a check we did not foresee: still a counted, answered protocol error
+        raise ProtocolError("bad-message", f"{type(exc).__name__}: {exc}"[:120]) from None
+
+
+def _decode(frames: list) -> Message:
+    if not frames:
+        raise ProtocolError("empty")
+    raw = _buffer(frames[0])
+    if raw.nbytes > MAX_HEADER_BYTES:
+        raise ProtocolError("huge-header", f"{raw.nbytes} bytes > {MAX_HEADER_BYTES}")
+    try:
+        header = json.loads(bytes(raw))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError("bad-json", str(exc)[:80]) from None
+    if not isinstance(header, dict):
+        raise ProtocolError("bad-header", "header is not a JSON object")
+    if header.get("v") != VERSION:
+        raise ProtocolError("bad-version", f"{header.get('v')!r} (this end speaks {VERSION})")
+    kind = header.get("kind")
+    if kind not in KINDS:
+        raise ProtocolError("unknown-kind", repr(kind)[:40])
+    missing = [f for f in REQUIRED.get(kind, ()) if f not in header or header[f] in (None, "")]
+    if missing:
+        raise ProtocolError("missing-field", f"{kind} needs {', '.join(missing)}")
+    run, seq, stage = header.get("run", ""), header.get("seq", -1), header.get("stage", "")
+    if not isinstance(run, str) or not isinstance(stage, str):
+        raise ProtocolError("bad-field", "run and stage must be strings")
+    if isinstance(seq, bool) or not isinstance(seq, int):
+        raise ProtocolError("bad-field", f"seq must be an integer, got {seq!r}"[:80])
+    specs = header.get("arrays", [])
+    if not isinstance(specs, list) or len(specs) != len(frames) - 1:
+        n = len(specs) if isinstance(specs, list) else "?"
+        raise ProtocolError("buffer-count", f"header lists {n} arrays, {len(frames) - 1} buffers came")
+    arrays = {}
+    for spec, frame in zip(specs, frames[1:], strict=True):
+        name = _spec_name(spec)
+        arrays[name] = _array(spec, frame)
+    meta = {k: v for k, v in header.items() if k not in _HEADER_FIELDS}
+    return Message(kind=kind, run=run, seq=seq, stage=stage, meta=meta, arrays=arrays)
+
+
+def _spec_name(spec) -> str:
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise ProtocolError("bad-array-spec", "each array needs a name, a dtype and a shape")
+    return spec["name"]
+
+
+def _array(spec: dict, frame) -> np.ndarray:
+    dtype, shape = spec.get("dtype"), spec.get("shape")
+    if dtype not in DTYPES:
+        raise ProtocolError("bad-dtype", repr(dtype)[:40])
+    if (
+        not isinstance(shape, list)
+        or len(shape) > 8
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
+    ):
+        raise ProtocolError("bad-shape", repr(shape)[:60])
+    expected = math.prod(shape) * np.dtype(dtype).itemsize
+    if expected > MAX_ARRAY_BYTES:
+        raise ProtocolError("huge-array", f"{expected} bytes")
+    buf = _buffer(frame)
+    if buf.nbytes != expected:
+        raise ProtocolError("size-mismatch", f"{spec['name']}: {buf.nbytes} bytes for {dtype} {shape} ({expected})")
+    return np.frombuffer(buf, dtype=dtype).reshape(shape)

@@ -1,0 +1,229 @@
+"""Worker process: owns the socket, the heartbeats and the control commands; a module only computes.
+
+Paranoid-Pirate style (zguide ``ppworker``), with its known flaw fixed: the module's
+``process`` runs on a compute thread, so a long computation never starves the
+heartbeats and the handler never mistakes a busy worker for a dead one. The I/O
+loop (main thread) sends READY with its credits, forwards work to the compute
+thread and its results back, and reconnects with back-off when the handler stops
+answering. An exception in the module is reported (module, run, seq, traceback)
+and the worker goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterable
+
+import zmq
+
+from .logs import setup_process_logging
+from .module import Module, get_module
+from .protocol import Message, ProtocolError, decode, encode
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 0.25
+HANDLER_LIVENESS = 12  # missed handler heartbeats before reconnecting
+RECONNECT_MAX_S = 4.0
+
+
+def _as_list(out) -> list[Message]:
+    if out is None:
+        return []
+    if isinstance(out, Message):
+        return [out]
+    return list(out)
+
+
+class Worker:
+    """Serve one module to a handler until told to shut down."""
+
+    def __init__(
+        self, module: Module, address: str, *, credits: int = 2, context: zmq.Context | None = None, curve: dict | None = None
+    ):
+        self.module, self.address, self.credits = module, address, credits
+        self.ctx = context or zmq.Context.instance()
+        self.curve = curve
+        self._work: queue.Queue = queue.Queue()
+        self._aborted: set[str] = set()
+        self._stop = threading.Event()
+        self._pipe_addr = f"inproc://worker-results-{id(self)}"
+        self.processed = 0
+        self.errors = 0
+
+    # compute thread -------------------------------------------------------
+    def _compute(self) -> None:
+        out = self.ctx.socket(zmq.PAIR)
+        out.connect(self._pipe_addr)
+        try:
+            while not self._stop.is_set():
+                try:
+                    item_id, msg = self._work.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                self._handle(out, item_id, msg)
+        finally:
+            out.close(linger=0)
+
+    def _handle(self, out: zmq.Socket, item_id: int, msg: Message) -> None:
+        if msg.run in self._aborted and msg.kind != "start":
+            self._send(out, Message("done", run=msg.run, seq=msg.seq, meta={"item": item_id, "aborted": True}))
+            return
+        try:
+            if msg.kind == "start":
+                self._aborted.discard(msg.run)
+                results = _as_list(self.module.start_run(msg)) if hasattr(self.module, "start_run") else []
+            elif msg.kind == "stop":
+                results = _as_list(self.module.end_run(msg.run))
+            else:
+                results = _as_list(self.module.process(msg))
+        except Exception as exc:
+            self.errors += 1
+            tb = traceback.format_exc()
+            log.error("module %s failed on run %s seq %s:\n%s", self.module.name, msg.run, msg.seq, tb)
+            self._send(
+                out,
+                Message("error", run=msg.run, seq=msg.seq, meta={"item": item_id, "error": repr(exc)[:500], "traceback": tb[-4000:]}),
+            )
+            return
+        for result in results:
+            result.meta["item"] = item_id
+            self._send(out, result)
+        self.processed += 1
+        self._send(out, Message("done", run=msg.run, seq=msg.seq, meta={"item": item_id}))
+
+    @staticmethod
+    def _send(sock: zmq.Socket, msg: Message) -> None:
+        sock.send_multipart(encode(msg), copy=False)
+
+    # I/O loop ---------------------------------------------------------------
+    def _connect(self) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        if self.curve:
+            sock.curve_secretkey = self.curve["secret"]
+            sock.curve_publickey = self.curve["public"]
+            sock.curve_serverkey = self.curve["server"]
+        sock.connect(self.address)
+        ready = Message("ready", meta={"module": self.module.name, "credits": self.credits, "pid": os.getpid()})
+        self._send(sock, ready)
+        return sock
+
+    def _drop_queued(self, run: str, pipe: zmq.Socket) -> None:
+        kept = []
+        while True:
+            try:
+                item_id, msg = self._work.get_nowait()
+            except queue.Empty:
+                break
+            if msg.run == run and msg.kind != "start":
+                self._send_done_aborted(pipe, item_id, msg)
+            else:
+                kept.append((item_id, msg))
+        for entry in kept:
+            self._work.put(entry)
+
+    def _send_done_aborted(self, sock: zmq.Socket, item_id: int, msg: Message) -> None:
+        self._send(sock, Message("done", run=msg.run, seq=msg.seq, meta={"item": item_id, "aborted": True}))
+
+    def serve(self) -> None:
+        pipe = self.ctx.socket(zmq.PAIR)
+        pipe.bind(self._pipe_addr)
+        compute = threading.Thread(target=self._compute, name="compute", daemon=True)
+        compute.start()
+        sock = self._connect()
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(pipe, zmq.POLLIN)
+        last_sent = last_heard = time.monotonic()
+        backoff = HEARTBEAT_S
+        log.info("worker %s pid %d connected to %s", self.module.name, os.getpid(), self.address)
+        try:
+            while not self._stop.is_set():
+                events = dict(poller.poll(HEARTBEAT_S * 1000 / 2))
+                now = time.monotonic()
+                if pipe in events:
+                    while pipe.poll(0):
+                        sock.send_multipart(pipe.recv_multipart(copy=False), copy=False)
+                        last_sent = now
+                if sock in events:
+                    while sock.poll(0):
+                        last_heard = now
+                        backoff = HEARTBEAT_S
+                        self._on_message(sock.recv_multipart(copy=False), pipe)
+                if now - last_sent >= HEARTBEAT_S:
+                    self._send(sock, Message("heartbeat", meta={"module": self.module.name, "pid": os.getpid()}))
+                    last_sent = now
+                if now - last_heard > HEARTBEAT_S * HANDLER_LIVENESS:
+                    log.warning("handler silent for %.1f s; reconnecting in %.1f s", now - last_heard, backoff)
+                    poller.unregister(sock)
+                    sock.close(linger=0)
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, RECONNECT_MAX_S)
+                    sock = self._connect()
+                    poller.register(sock, zmq.POLLIN)
+                    last_heard = time.monotonic()
+        finally:
+            self._stop.set()
+            compute.join(timeout=5)
+            sock.close(linger=0)
+            pipe.close(linger=0)
+            log.info("worker %s pid %d stopped: %d processed, %d errors", self.module.name, os.getpid(), self.processed, self.errors)
+
+    def _on_message(self, frames: Iterable, pipe: zmq.Socket) -> None:
+        try:
+            msg = decode(list(frames))
+        except ProtocolError as exc:
+            log.error("malformed message from the handler dropped: %s", exc)
+            return
+        if msg.kind == "heartbeat":
+            return
+        if msg.kind == "control":
+            command = msg.meta.get("command")
+            if command == "abort":
+                self._aborted.add(msg.run)
+                self._drop_queued(msg.run, pipe)
+                self.module.abort_run(msg.run)
+            elif command == "shutdown":
+                self._stop.set()
+            return
+        if "item" in msg.meta:
+            self._work.put((int(msg.meta["item"]), msg))
+            return
+        log.error("unexpected %s message from the handler dropped", msg.kind)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="ns-bluesky-worker", description="Serve one processing module to a handler.")
+    p.add_argument("--module", required=True, help="registered module type")
+    p.add_argument("--name", default=None, help="the pipeline's name for this module (default: its type)")
+    p.add_argument("--address", required=True, help="the handler's worker port, e.g. tcp://127.0.0.1:5562")
+    p.add_argument("--params", default="{}", help="module parameters as JSON")
+    p.add_argument("--credits", type=int, default=2)
+    p.add_argument("--log-dir", default=None)
+    p.add_argument("--curve-keys", default=None, help="directory with client and server CURVE keys")
+    args = p.parse_args(argv)
+    name = args.name or args.module
+    setup_process_logging(name, args.log_dir)
+    cls = get_module(args.module)
+    module = cls(cls.Params(**json.loads(args.params)))
+    module.name = name
+    curve = None
+    if args.curve_keys:
+        from .security import client_keys
+
+        curve = client_keys(args.curve_keys)
+    Worker(module, args.address, credits=args.credits, curve=curve).serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Handler and workers as real processes over loopback: exactly once, faults, malformed input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from ns_bluesky.stream.protocol import Message
+
+def _results(pipe, run):
+    msgs = pipe.results.collect(lambda ms: pipe.results.ended(run), timeout_s=60)
+    return [m for m in msgs if m.kind == "result" and m.run == run]
+
+def test_every_frame_comes_back_exactly_once(make_pipeline):
+    from tests.stream.conftest import send_run
+
+    pipe = make_pipeline()
+    client = pipe.ingest()
+    send_run(client, "run-a", 300)
+    client.flush()
+    results = _results(pipe, "run-a")
+    assert sorted(m.seq for m in results) == list(range(300))
+    np.testing.assert_array_equal(results[5].arrays["image"], np.full((32, 32), results[5].seq, np.uint16))
+    end = next(m for m in pipe.results.messages if m.kind == "end_of_run")
+    assert end.meta["frames"] == 300 and end.meta["aborted"] is False
+    status = pipe.control.status()["modules"]["echo"]
+    assert status["processed"] == 300 and status["received"] == 300 and len(status["workers"]) == 2
+
+
+def test_sigkill_a_worker_mid_run_every_frame_once(make_pipeline):
+    from tests.stream.conftest import ECHO, send_run
+
+    pipe = make_pipeline(ECHO.format(workers=3, delay=0.01))
+    client = pipe.ingest()
+    client.send(Message("start", run="kill"))
+    for seq in range(150):
+        client.send(Message("frame", run="kill", seq=seq, arrays={"image": np.zeros((16, 16), np.uint16)}))
+    time.sleep(0.3)
+    victim = pipe.control.status()["modules"]["echo"]["workers"][0]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    for seq in range(150, 300):
+        client.send(Message("frame", run="kill", seq=seq, arrays={"image": np.zeros((16, 16), np.uint16)}))
+    client.send(Message("stop", run="kill"))
+    client.flush()
+    results = _results(pipe, "kill")
+    counts = Counter(m.seq for m in results)
+    assert sorted(counts) == list(range(300)) and set(counts.values()) == {1}
+    status = pipe.control.status()["modules"]["echo"]
+    assert status["processed"] >= 300
+    assert victim not in [w["pid"] for w in status["workers"]]
+    assert len(status["workers"]) == 3  # a replacement was started
+
+
+def test_a_slow_worker_gets_less(make_pipeline, tmp_path):
+    import subprocess
+    import sys
+
+    pipe = make_pipeline(
+        '[[modules]]\nname = "echo"\nmodule = "echo"\nworkers = 2\ncredits = 1\nparams = { delay_s = 0.005 }\n'
+    )
+    slow = subprocess.Popen([
+        sys.executable, "-m", "ns_bluesky.stream.worker", "--module", "echo", "--name", "echo", "--credits", "1",
+        "--address", pipe.cfg.address(pipe.cfg.worker_port, connect=True), "--params", '{"delay_s": 0.05}',
+        "--log-dir", str(tmp_path / "logs"),
+    ])
+    try:
+        deadline = time.monotonic() + 60
+        while len(pipe.control.status()["modules"]["echo"]["workers"]) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        client = pipe.ingest()
+        from tests.stream.conftest import send_run
+
+        send_run(client, "slow", 200, shape=(8, 8))
+        client.flush()
+        assert sorted(m.seq for m in _results(pipe, "slow")) == list(range(200))
+        workers = {w["pid"]: w["processed"] for w in pipe.control.status()["modules"]["echo"]["workers"]}
+        fast = [n for pid, n in workers.items() if pid != slow.pid]
+        assert workers[slow.pid] * 3 < min(fast), workers
+    finally:
+        slow.kill()
+
+
+MALFORMED = {
+    "bad-json": [b"{not json"],
+    "bad-header": [b"[1, 2]"],
+    "bad-version": [b'{"v": 99, "kind": "frame", "run": "r", "seq": 1, "arrays": []}'],
+    "unknown-kind": [b'{"v": 1, "kind": "teleport", "run": "r", "seq": 1, "arrays": []}'],
+    "missing-field": [b'{"v": 1, "kind": "frame", "run": "r", "arrays": []}'],
+    "bad-field": [b'{"v": 1, "kind": "frame", "run": "r", "seq": "one", "arrays": []}'],
+    "size-mismatch": [b'{"v": 1, "kind": "frame", "run": "r", "seq": 1, "arrays": [{"name": "a", "dtype": "<u2", "shape": [4, 4]}]}', b"x" * 31],
+    "bad-dtype": [b'{"v": 1, "kind": "frame", "run": "r", "seq": 1, "arrays": [{"name": "a", "dtype": "|O", "shape": [1]}]}', b"x" * 8],
+    "bad-shape": [b'{"v": 1, "kind": "frame", "run": "r", "seq": 1, "arrays": [{"name": "a", "dtype": "<u2", "shape": [-1]}]}', b""],
+    "buffer-count": [b'{"v": 1, "kind": "frame", "run": "r", "seq": 1, "arrays": []}', b"extra"],
+    "huge-header": [b'{"v": 1, "pad": "' + b"x" * 70000 + b'"}'],
+    "wrong-port": [b'{"v": 1, "kind": "result", "run": "r", "seq": 1, "stage": "s", "arrays": []}'],
+    "bad-array-spec": [b'{"v": 1, "kind": "frame", "run": "r", "seq": 1, "arrays": [7]}', b""],
+}
+
+
+def test_malformed_messages_are_counted_answered_and_survived(make_pipeline):
+    import zmq
+
+    from ns_bluesky.stream.protocol import decode
+
+    pipe = make_pipeline()
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.connect(pipe.cfg.address(pipe.cfg.ingest_port, connect=True))
+    for reason, frames in MALFORMED.items():
+        sock.send_multipart(frames)
+        assert sock.poll(5000), reason
+        reply = decode(sock.recv_multipart())
+        assert reply.kind == "nack" and reply.meta["reason"] == reason
+    assert pipe.control.status()["malformed"] == {reason: 1 for reason in MALFORMED}
+    from tests.stream.conftest import send_run
+
+    client = pipe.ingest()
+    send_run(client, "after", 10)
+    client.flush()
+    assert len(_results(pipe, "after")) == 10  # still up and working
+    sock.close(linger=0)
+
+
+def test_abort_drops_queued_work_fast_and_reset_makes_it_ready(make_pipeline):
+    from tests.stream.conftest import ECHO, send_run
+
+    pipe = make_pipeline(ECHO.format(workers=2, delay=0.05))
+    client = pipe.ingest()
+    send_run(client, "long", 400, shape=(8, 8))
+    client.flush()
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    reply = pipe.control("abort", run="long")
+    assert time.monotonic() - t0 < 1.0
+    assert reply["dropped"] > 300
+    pipe.results.collect(lambda ms: pipe.results.ended("long"), timeout_s=5)
+    end = next(m for m in pipe.results.messages if m.kind == "end_of_run" and m.run == "long")
+    assert end.meta["aborted"] is True
+    status = pipe.control.status()["modules"]["echo"]
+    assert status["aborted"] >= 300 and status["queue"] == 0
+    assert status["processed"] + status["aborted"] <= 400
+    t0 = time.monotonic()
+    pipe.control("reset")
+    assert time.monotonic() - t0 < 2.0
+    send_run(client, "next", 20, shape=(8, 8))
+    client.flush()
+    assert sorted(m.seq for m in _results(pipe, "next")) == list(range(20))
+
+
+def test_scale_up_and_down_mid_run_without_loss(make_pipeline):
+    from tests.stream.conftest import ECHO, send_run
+
+    pipe = make_pipeline(ECHO.format(workers=1, delay=0.01))
+    client = pipe.ingest()
+    client.send(Message("start", run="scale"))
+    for seq in range(100):
+        client.send(Message("frame", run="scale", seq=seq, arrays={"image": np.zeros((8, 8), np.uint16)}))
+    pipe.control("scale", counts={"echo": 3})
+    pipe.control.wait_ready(60)
+    for seq in range(100, 200):
+        client.send(Message("frame", run="scale", seq=seq, arrays={"image": np.zeros((8, 8), np.uint16)}))
+    pipe.control("scale", counts={"echo": 1})
+    for seq in range(200, 300):
+        client.send(Message("frame", run="scale", seq=seq, arrays={"image": np.zeros((8, 8), np.uint16)}))
+    client.send(Message("stop", run="scale"))
+    client.flush()
+    counts = Counter(m.seq for m in _results(pipe, "scale"))
+    assert sorted(counts) == list(range(300)) and set(counts.values()) == {1}
+    deadline = time.monotonic() + 10
+    while len(pipe.control.status()["modules"]["echo"]["workers"]) != 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(pipe.control.status()["modules"]["echo"]["workers"]) == 1
+
+
+def test_module_errors_are_reported_and_the_worker_goes_on(make_pipeline):
+    from tests.stream.conftest import send_run
+
+    pipe = make_pipeline('[[modules]]\nname = "echo"\nmodule = "echo"\nworkers = 1\nparams = { fail_every = 10 }\n')
+    client = pipe.ingest()
+    send_run(client, "err", 50, shape=(4, 4))
+    client.flush()
+    results = _results(pipe, "err")
+    assert sorted(m.seq for m in results) == [s for s in range(50) if s % 10]
+    errors = [m for m in pipe.results.messages if m.kind == "error"]
+    assert sorted(m.seq for m in errors) == [0, 10, 20, 30, 40]
+    assert "injected failure" in errors[0].meta["traceback"]
+    assert pipe.control.status()["modules"]["echo"]["errors"] == 5
+
+
+def test_repeated_frames_are_counted_not_processed_twice(make_pipeline):
+    pipe = make_pipeline()
+    client = pipe.ingest()
+    client.send(Message("start", run="dup"))
+    for seq in (0, 1, 1, 2):
+        client.sock.send_multipart(__import__("ns_bluesky.stream.protocol", fromlist=["encode"]).encode(
+            Message("frame", run="dup", seq=seq, arrays={"image": np.zeros((4, 4), np.uint16)})))
+    client.send(Message("stop", run="dup"))
+    client.flush()
+    assert sorted(m.seq for m in _results(pipe, "dup")) == [0, 1, 2]
+    assert pipe.control.status()["counts"]["duplicate_ingest"] == 1
