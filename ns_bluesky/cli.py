@@ -173,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--limit", type=int, default=50, help="show at most this many (default 50)")
     runs.add_argument("--json", action="store_true", help="machine-readable output")
     runs.set_defaults(func=_cmd_runs)
+
+    from .stream.commands import add_parsers
+
+    add_parsers(sub, _catalog_arg)
     return parser
 
 

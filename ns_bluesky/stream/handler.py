@@ -16,7 +16,6 @@ items (counted as aborted) and its late results.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys

@@ -8,13 +8,14 @@ import time
 from collections import Counter
 
 import numpy as np
-import pytest
 
 from ns_bluesky.stream.protocol import Message
+
 
 def _results(pipe, run):
     msgs = pipe.results.collect(lambda ms: pipe.results.ended(run), timeout_s=60)
     return [m for m in msgs if m.kind == "result" and m.run == run]
+
 
 def test_every_frame_comes_back_exactly_once(make_pipeline):
     from tests.stream.conftest import send_run
@@ -33,7 +34,7 @@ def test_every_frame_comes_back_exactly_once(make_pipeline):
 
 
 def test_sigkill_a_worker_mid_run_every_frame_once(make_pipeline):
-    from tests.stream.conftest import ECHO, send_run
+    from tests.stream.conftest import ECHO
 
     pipe = make_pipeline(ECHO.format(workers=3, delay=0.01))
     client = pipe.ingest()
@@ -63,11 +64,25 @@ def test_a_slow_worker_gets_less(make_pipeline, tmp_path):
     pipe = make_pipeline(
         '[[modules]]\nname = "echo"\nmodule = "echo"\nworkers = 2\ncredits = 1\nparams = { delay_s = 0.005 }\n'
     )
-    slow = subprocess.Popen([
-        sys.executable, "-m", "ns_bluesky.stream.worker", "--module", "echo", "--name", "echo", "--credits", "1",
-        "--address", pipe.cfg.address(pipe.cfg.worker_port, connect=True), "--params", '{"delay_s": 0.05}',
-        "--log-dir", str(tmp_path / "logs"),
-    ])
+    slow = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ns_bluesky.stream.worker",
+            "--module",
+            "echo",
+            "--name",
+            "echo",
+            "--credits",
+            "1",
+            "--address",
+            pipe.cfg.address(pipe.cfg.worker_port, connect=True),
+            "--params",
+            '{"delay_s": 0.05}',
+            "--log-dir",
+            str(tmp_path / "logs"),
+        ]
+    )
     try:
         deadline = time.monotonic() + 60
         while len(pipe.control.status()["modules"]["echo"]["workers"]) < 3 and time.monotonic() < deadline:
@@ -92,9 +107,18 @@ MALFORMED = {
     "unknown-kind": [b'{"v": 1, "kind": "teleport", "run": "r", "seq": 1, "arrays": []}'],
     "missing-field": [b'{"v": 1, "kind": "frame", "run": "r", "arrays": []}'],
     "bad-field": [b'{"v": 1, "kind": "frame", "run": "r", "seq": "one", "arrays": []}'],
-    "size-mismatch": [b'{"v": 1, "kind": "frame", "run": "r", "seq": 1, "arrays": [{"name": "a", "dtype": "<u2", "shape": [4, 4]}]}', b"x" * 31],
-    "bad-dtype": [b'{"v": 1, "kind": "frame", "run": "r", "seq": 1, "arrays": [{"name": "a", "dtype": "|O", "shape": [1]}]}', b"x" * 8],
-    "bad-shape": [b'{"v": 1, "kind": "frame", "run": "r", "seq": 1, "arrays": [{"name": "a", "dtype": "<u2", "shape": [-1]}]}', b""],
+    "size-mismatch": [
+        b'{"v": 1, "kind": "frame", "run": "r", "seq": 1, "arrays": [{"name": "a", "dtype": "<u2", "shape": [4, 4]}]}',
+        b"x" * 31,
+    ],
+    "bad-dtype": [
+        b'{"v": 1, "kind": "frame", "run": "r", "seq": 1, "arrays": [{"name": "a", "dtype": "|O", "shape": [1]}]}',
+        b"x" * 8,
+    ],
+    "bad-shape": [
+        b'{"v": 1, "kind": "frame", "run": "r", "seq": 1, "arrays": [{"name": "a", "dtype": "<u2", "shape": [-1]}]}',
+        b"",
+    ],
     "buffer-count": [b'{"v": 1, "kind": "frame", "run": "r", "seq": 1, "arrays": []}', b"extra"],
     "huge-header": [b'{"v": 1, "pad": "' + b"x" * 70000 + b'"}'],
     "wrong-port": [b'{"v": 1, "kind": "result", "run": "r", "seq": 1, "stage": "s", "arrays": []}'],
@@ -152,7 +176,7 @@ def test_abort_drops_queued_work_fast_and_reset_makes_it_ready(make_pipeline):
 
 
 def test_scale_up_and_down_mid_run_without_loss(make_pipeline):
-    from tests.stream.conftest import ECHO, send_run
+    from tests.stream.conftest import ECHO
 
     pipe = make_pipeline(ECHO.format(workers=1, delay=0.01))
     client = pipe.ingest()
@@ -196,9 +220,25 @@ def test_repeated_frames_are_counted_not_processed_twice(make_pipeline):
     client = pipe.ingest()
     client.send(Message("start", run="dup"))
     for seq in (0, 1, 1, 2):
-        client.sock.send_multipart(__import__("ns_bluesky.stream.protocol", fromlist=["encode"]).encode(
-            Message("frame", run="dup", seq=seq, arrays={"image": np.zeros((4, 4), np.uint16)})))
+        client.sock.send_multipart(
+            __import__("ns_bluesky.stream.protocol", fromlist=["encode"]).encode(
+                Message("frame", run="dup", seq=seq, arrays={"image": np.zeros((4, 4), np.uint16)})
+            )
+        )
     client.send(Message("stop", run="dup"))
     client.flush()
     assert sorted(m.seq for m in _results(pipe, "dup")) == [0, 1, 2]
     assert pipe.control.status()["counts"]["duplicate_ingest"] == 1
+
+
+def test_backlog_spills_to_disk_and_loses_nothing(make_pipeline):
+    from tests.stream.conftest import ECHO, send_run
+
+    pipe = make_pipeline(ECHO.format(workers=1, delay=0.002), backlog_items=10)
+    client = pipe.ingest()
+    send_run(client, "spill", 200, shape=(64, 64))
+    client.flush()
+    results = _results(pipe, "spill")
+    assert sorted(m.seq for m in results) == list(range(200))
+    assert results[150].arrays["image"][0, 0] == 150
+    assert pipe.control.status()["modules"]["echo"]["spilled"] > 0

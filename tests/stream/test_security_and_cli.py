@@ -1,0 +1,90 @@
+"""CURVE keys and loopback binding; the pipeline commands as a user types them."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ns_bluesky.errors import ParameterError
+from ns_bluesky.stream.client import ControlClient, PipelineUnavailable
+from ns_bluesky.stream.config import PipelineConfig, load_config
+from ns_bluesky.stream.handler import Handler
+from ns_bluesky.stream.security import generate
+
+BIN = Path(sys.executable).parent
+
+
+def test_non_loopback_bind_without_keys_is_refused():
+    with pytest.raises(ParameterError, match="refusing to bind 0.0.0.0 without CURVE keys"):
+        Handler(PipelineConfig(host="0.0.0.0", control_port=0, ingest_port=0, worker_port=0, results_port=0), spawn=False)
+
+
+def test_keyless_client_is_rejected_and_a_keyed_one_served(tmp_path):
+    from tests.stream.conftest import write_config
+
+    keys = generate(tmp_path / "keys")
+    cfg = write_config(tmp_path / "p.toml", '[[modules]]\nname = "echo"\nmodule = "echo"\nworkers = 1\n', curve_keys=str(keys))
+    proc = subprocess.Popen([sys.executable, "-m", "ns_bluesky.stream.handler", "--config", str(tmp_path / "p.toml")])
+    try:
+        ControlClient(cfg, timeout_s=5).wait_ready(60)  # the keyed client (and the keyed worker) get in
+        keyless = cfg.model_copy(update={"curve_keys": None})
+        with pytest.raises(PipelineUnavailable):
+            ControlClient(keyless, timeout_s=2).status()
+        other = generate(tmp_path / "other")  # right format, wrong key: not authorised
+        with pytest.raises(PipelineUnavailable):
+            ControlClient(cfg.model_copy(update={"curve_keys": str(other)}), timeout_s=2).status()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_wiring_and_params_are_checked_before_start(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[modules]]\nname = "e"\nmodule = "echo"\nparams = { delay_s = -1 }\n')
+    with pytest.raises(Exception, match="module 'e' \\(echo\\): bad params"):
+        load_config(bad)
+    bad.write_text('[[modules]]\nname = "e"\nmodule = "nosuch"\n')
+    with pytest.raises(Exception, match="unknown type 'nosuch'"):
+        load_config(bad)
+    with pytest.raises(ParameterError, match="no module 'frame'"):
+        load_config(None, {"frame": 3})
+
+
+def _cli(*args, env=None, timeout=120):
+    return subprocess.run([shutil.which("ns-bluesky", path=str(BIN)), *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_pipeline_start_status_scale_stop_from_the_shell(tmp_path):
+    from tests.stream.conftest import write_config
+
+    write_config(tmp_path / "p.toml", '[[modules]]\nname = "echo"\nmodule = "echo"\nworkers = 1\n')
+    env = {**os.environ, "NS_BLUESKY_STREAM_LOG_DIR": str(tmp_path / "logs")}
+    conf = ["--config", str(tmp_path / "p.toml")]
+    start = _cli("pipeline", "start", *conf, "--workers", "echo=2", env=env)
+    assert start.returncode == 0, start.stderr
+    assert "pipeline ready" in start.stdout
+    try:
+        status = json.loads(_cli("pipeline", "status", *conf, "--json", env=env).stdout)
+        assert len(status["modules"]["echo"]["workers"]) == 2
+        again = _cli("pipeline", "start", *conf, env=env)
+        assert again.returncode == 1 and "already answers" in again.stderr
+        assert _cli("pipeline", "scale", "echo=3", *conf, env=env).returncode == 0
+        status = json.loads(_cli("pipeline", "status", *conf, "--json", env=env).stdout)
+        assert len(status["modules"]["echo"]["workers"]) == 3
+        logs = _cli("logs", "handler", env=env)
+        assert logs.returncode == 0 and "ready with" in logs.stdout
+        slurm = _cli("pipeline", "slurm-script", *conf, "--handler-host", "10.0.0.5", env=env)
+        assert "srun" in slurm.stdout and "tcp://10.0.0.5:" in slurm.stdout
+    finally:
+        stop = _cli("pipeline", "stop", *conf, env=env)
+    assert stop.returncode == 0
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and _cli("pipeline", "status", *conf, env=env).returncode == 0:
+        time.sleep(0.3)
+    gone = _cli("pipeline", "status", *conf, env=env)
+    assert gone.returncode == 1 and "no pipeline answered" in gone.stderr
