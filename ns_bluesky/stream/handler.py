@@ -186,6 +186,9 @@ class Handler:
     def _accept(self, msg: Message) -> None:
         run = self._run(msg.run)
         if msg.kind == "start":
+            if run.start is not None:  # a client resending after a silence: already known
+                self.counts["duplicate_ingest"] += 1
+                return
             run.start = msg
             for mod in self.modules.values():
                 for worker in mod.workers.values():

@@ -1,0 +1,180 @@
+"""Bridge: the RunEngine's documents (and the frames they point at) into the pipeline's ingest port.
+
+The RunEngine only ever puts a document reference on a queue: it is never blocked
+by a slow or absent pipeline. A sender thread pairs each ``stream_datum`` with its
+event, reads the frame from the detector's HDF5 file (SWMR), and sends one
+``frame`` message carrying the raw frame and the event's readings (the stage
+positions). Every message is kept until the handler acknowledges it and resent if
+it goes unanswered, so frames sent while the handler was down go through once it
+is back (the handler drops repeats). ``lag`` tells how far behind the bridge is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+from event_model import DocumentRouter
+
+from ns_bluesky.stream.client import IngestClient
+from ns_bluesky.stream.config import PipelineConfig
+import zmq
+
+from ns_bluesky.stream.protocol import Message, encode
+
+log = logging.getLogger(__name__)
+
+RESEND_AFTER_S = 2.0
+WINDOW = 64  # unacknowledged messages held (raw frames: about 150 MB)
+
+
+def _jsonable(doc: dict) -> dict:
+    return json.loads(json.dumps(doc, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
+
+
+class _FrameFiles:
+    """Open SWMR readers of the detector files, by stream_resource uid."""
+
+    def __init__(self):
+        self.resources: dict[str, dict] = {}
+        self.files: dict[str, h5py.File] = {}
+
+    def add(self, doc: dict) -> None:
+        self.resources[doc["uid"]] = doc
+
+    def read(self, resource_uid: str, index: int, timeout_s: float = 10.0) -> np.ndarray:
+        res = self.resources[resource_uid]
+        if resource_uid not in self.files:
+            path = Path(res["uri"].removeprefix("file://localhost"))
+            self.files[resource_uid] = h5py.File(path, "r", libver="latest", swmr=True)
+        ds = self.files[resource_uid][res["parameters"]["dataset"]]
+        deadline = time.monotonic() + timeout_s
+        while True:
+            ds.refresh()
+            if ds.shape[0] > index:
+                return ds[index]
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"frame {index} never appeared in {res['uri']}")
+            time.sleep(0.005)
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+        self.files.clear()
+
+
+class PipelineBridge(DocumentRouter):
+    """Subscribe to a RunEngine: ``RE.subscribe(PipelineBridge(cfg))``."""
+
+    def __init__(self, cfg: PipelineConfig | None = None, *, max_queue: int = 1_000_000):
+        super().__init__()
+        self.cfg = cfg or PipelineConfig()
+        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self.sent = 0
+        self.refused = 0
+        self._stop = threading.Event()
+        self._client = IngestClient(self.cfg, window=WINDOW)
+        # only hand messages to a live connection: while the handler is away they wait in
+        # ``unacked`` (resent when it is back), not in a socket queue that would block
+        self._client.sock.setsockopt(zmq.IMMEDIATE, 1)
+        self._thread = threading.Thread(target=self._run, name="pipeline-bridge", daemon=True)
+        self._thread.start()
+
+    # RunEngine side: never blocks --------------------------------------------
+    def __call__(self, name: str, doc: dict, validate: bool = False):
+        try:
+            self._queue.put_nowait((name, doc))
+        except queue.Full:
+            self.refused += 1
+            log.error("bridge queue full (%d documents); %s document not forwarded", self._queue.maxsize, name)
+        return name, doc
+
+    @property
+    def lag(self) -> int:
+        """Documents not yet handed to the pipeline, plus messages it has not acknowledged."""
+        return self._queue.qsize() + len(self._client.unacked)
+
+    # sender thread -------------------------------------------------------------
+    def _run(self) -> None:
+        files = _FrameFiles()
+        datums: dict[int, tuple[str, int]] = {}  # seq_num -> (resource, index)
+        run = ""
+        last_resend = time.monotonic()
+        try:
+            while not self._stop.is_set() or not self._queue.empty():
+                try:
+                    name, doc = self._queue.get(timeout=0.1)
+                except queue.Empty:
+                    name = None
+                if name == "start":
+                    run = doc["uid"]
+                    datums.clear()
+                    self._send(Message("start", run=run, meta={"start": _jsonable(doc)}))
+                elif name == "stream_resource":
+                    files.add(doc)
+                elif name == "stream_datum":
+                    first = doc["seq_nums"]["start"]
+                    for k, index in enumerate(range(doc["indices"]["start"], doc["indices"]["stop"])):
+                        datums[first + k] = (doc["stream_resource"], index)
+                elif name == "event":
+                    arrays = {}
+                    where = datums.pop(doc["seq_num"], None)
+                    if where is not None:
+                        try:
+                            arrays["raw"] = files.read(*where)
+                        except Exception as exc:
+                            log.error("frame %s of run %s unreadable: %s", doc["seq_num"], run[:8], exc)
+                    kind = "frame" if arrays else "event"
+                    meta = {"data": _jsonable(doc["data"]), "time": doc["time"]}
+                    self._send(Message(kind, run=run, seq=doc["seq_num"], meta=meta, arrays=arrays))
+                elif name == "stop":
+                    self._send(Message("stop", run=run, meta={"exit_status": doc.get("exit_status"), "reason": doc.get("reason", "")}))
+                    files.close()
+                self._client.poll(0)
+                now = time.monotonic()
+                if now - last_resend > RESEND_AFTER_S and self._client.unacked:
+                    self._resend()
+                    last_resend = now
+        finally:
+            files.close()
+
+    def _send(self, msg: Message) -> None:
+        while len(self._client.unacked) >= self._client.window and not self._stop.is_set():
+            if not self._client.poll(RESEND_AFTER_S):
+                self._resend()
+        self._client.unacked[(msg.kind, msg.run, msg.seq)] = msg
+        self._try_send(msg)
+        self.sent += 1
+
+    def _try_send(self, msg: Message) -> bool:
+        try:
+            self._client.sock.send_multipart(encode(msg), flags=zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.Again:
+            return False
+
+    def _resend(self) -> None:
+        """Unanswered for a while: the handler may have restarted. Send again, in order; it drops repeats."""
+        log.warning("pipeline silent; resending %d unacknowledged messages", len(self._client.unacked))
+        for msg in list(self._client.unacked.values()):
+            if not self._try_send(msg):
+                break
+
+    def flush(self, timeout_s: float = 60.0) -> None:
+        """Wait until every document was sent and acknowledged (raises if the pipeline stays away)."""
+        deadline = time.monotonic() + timeout_s
+        while (self._queue.qsize() or self._client.unacked) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self._queue.qsize() or self._client.unacked:
+            raise TimeoutError(f"bridge: {self.lag} documents/messages still not acknowledged after {timeout_s:g} s")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._client.close()

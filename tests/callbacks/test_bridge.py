@@ -1,0 +1,64 @@
+"""The bridge from a real RunEngine scan into a real pipeline, with and without the pipeline up."""
+
+import time
+
+import numpy as np
+
+from ns_bluesky.callbacks.bridge import PipelineBridge
+from ns_bluesky.plans import ptycho_scan
+from ns_bluesky.sim.fccd import assemble
+
+
+def _scan(RE, beamline, shape=(4, 5)):
+    return RE(ptycho_scan(beamline.fccd, beamline.stage, beamline.shutter, shape=shape, step=5e-8))
+
+
+def test_frames_and_positions_reach_the_workers(make_pipeline, RE, beamline):
+    pipe = make_pipeline()
+    bridge = PipelineBridge(pipe.cfg)
+    RE.subscribe(bridge)
+    frames = []
+    write = beamline.fccd.writer.write
+    beamline.fccd.writer.write = lambda f: (frames.append(f.copy()), write(f))[1]
+    (uid,) = _scan(RE, beamline)
+    bridge.flush()
+    msgs = pipe.results.collect(lambda ms: pipe.results.ended(uid), timeout_s=60)
+    results = sorted((m for m in msgs if m.kind == "result" and m.run == uid), key=lambda m: m.seq)
+    assert [m.seq for m in results] == list(range(1, 21))
+    np.testing.assert_array_equal(results[3].arrays["raw"], frames[3])
+    assert results[3].arrays["raw"].shape == (1040, 1152)
+    assert assemble(results[3].arrays["raw"], beamline.fccd.geometry).shape == (960, 960)
+    bridge.close()
+
+
+def test_scan_finishes_with_the_pipeline_down_and_nothing_is_lost_once_it_is_up(tmp_path, RE, beamline):
+    from tests.stream.conftest import ECHO, Pipeline, write_config
+
+    cfg = write_config(tmp_path / "later.toml", ECHO.format(workers=1, delay=0.0))
+    bridge = PipelineBridge(cfg)
+    RE.subscribe(bridge)
+    t0 = time.monotonic()
+    (uid,) = _scan(RE, beamline, shape=(3, 4))
+    assert time.monotonic() - t0 < 30  # the RunEngine did not wait for the absent pipeline
+    assert bridge.lag > 0
+    pipe = Pipeline.__new__(Pipeline)
+    import subprocess
+    import sys
+
+    from ns_bluesky.stream.client import ControlClient
+
+    from tests.stream.conftest import Results
+
+    pipe.cfg = cfg
+    pipe.results = Results(cfg)  # subscribed before the handler binds: nothing it publishes is missed
+    pipe.proc = subprocess.Popen([sys.executable, "-m", "ns_bluesky.stream.handler", "--config", str(tmp_path / "later.toml")])
+    pipe.control = ControlClient(cfg, timeout_s=5)
+    try:
+        pipe.control.wait_ready(60)
+        bridge.flush(60)
+        assert bridge.lag == 0
+        msgs = pipe.results.collect(lambda ms: pipe.results.ended(uid), timeout_s=60)
+        assert sorted(m.seq for m in msgs if m.kind == "result" and m.run == uid) == list(range(1, 13))
+    finally:
+        pipe.stop()
+        bridge.close()
