@@ -3,8 +3,9 @@
 The RunEngine calls callbacks synchronously; an HTTP write per event to the catalog
 would put that latency between every two frames. ``ThreadedCallback`` queues the
 documents in order and lets one worker thread deliver them. Errors are not swallowed:
-they are logged as they happen and raised again by :meth:`flush`, which a plan's
-caller uses to wait until the catalog holds everything.
+they are logged as they happen, raised into the RunEngine on the next document (so
+the run stops at once instead of scanning on into a dead catalog) and again by
+:meth:`flush`, which a plan's caller uses to wait until the catalog holds everything.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class ThreadedCallback:
         self._thread.start()
 
     def __call__(self, name: str, doc: dict) -> None:
+        if self._errors:  # the catalog is failing: stop the scan now, not three minutes later
+            raise RuntimeError(f"{self.name}: {len(self._errors)} document(s) failed; first: {self._errors[0]!r}")
         self._queue.put((name, doc))
 
     def _run(self) -> None:

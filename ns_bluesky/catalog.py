@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import os
 import threading
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -65,19 +66,48 @@ def _register_document_export() -> None:
         registry.register("BlueskyRun", "application/json-seq", json_seq_exporter)
 
 
-def _embedded_server(directory: Path):
+def _embedded_server_uri(directory: Path, create: bool = True) -> str:
+    """URI of the one server for ``directory``: ours, or the one another process runs.
+
+    tiled's embedded storage (SQLite + DuckDB) admits one server per directory, so the
+    first process to open it takes ``server.lock``, serves it on 127.0.0.1 and writes
+    its address to ``server.json``; later processes (a second terminal, ``nsraw2cxi``
+    during a scan) connect there instead of starting a second server.
+    """
+    import fcntl
+    import json
+
     from tiled.server import SimpleTiledServer
 
-    _register_document_export()
-
     with _servers_lock:
-        server = _servers.get(directory)
-        if server is None:
+        if directory in _servers:
+            return _servers[directory].uri
+        if not (directory / "catalog.db").exists():
+            if not create:
+                raise CatalogError(f"no catalog at {directory} (check --catalog; 'ns-bluesky demo' creates one)")
             directory.mkdir(parents=True, exist_ok=True)
-            detector_dir(directory).mkdir(exist_ok=True)
-            server = SimpleTiledServer(directory=directory, readable_storage=[detector_dir(directory)])
-            _servers[directory] = server
-        return server
+        lock = open(directory / "server.lock", "a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            info = directory / "server.json"
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                try:
+                    uri = json.loads(info.read_text())["uri"]
+                    _check_reachable(uri)
+                    return uri
+                except (OSError, ValueError, KeyError, CatalogError):
+                    time.sleep(0.2)
+            raise CatalogError(f"another process holds the catalog at {directory} but does not answer; see {info}")
+        _register_document_export()
+        detector_dir(directory).mkdir(exist_ok=True)
+        server = SimpleTiledServer(directory=directory, readable_storage=[detector_dir(directory)])
+        server._ns_lock = lock  # held (and the lock with it) for the life of this process's server
+        (directory / "server.json").write_text(json.dumps({"uri": server.uri, "pid": os.getpid()}))
+        _servers[directory] = server
+        return server.uri
 
 
 def _check_reachable(uri: str, timeout_s: float = 3.0) -> None:
@@ -93,8 +123,12 @@ def _check_reachable(uri: str, timeout_s: float = 3.0) -> None:
         raise CatalogError(f"cannot reach the tiled server at {uri}: {exc}") from None
 
 
-def open_catalog(path_or_uri: str | os.PathLike | None = None, *, container: str = RUNS_CONTAINER):
-    """The catalog of runs at a directory (embedded server) or an http(s) URI (standalone tiled)."""
+def open_catalog(path_or_uri: str | os.PathLike | None = None, *, container: str = RUNS_CONTAINER, create: bool = True):
+    """The catalog of runs at a directory (embedded server) or an http(s) URI (standalone tiled).
+
+    ``create=False`` (for read-only commands) refuses a directory that holds no catalog
+    instead of making an empty one.
+    """
     from tiled.client import from_uri
 
     target = default_catalog_dir() if path_or_uri is None else path_or_uri
@@ -108,15 +142,16 @@ def open_catalog(path_or_uri: str | os.PathLike | None = None, *, container: str
         directory = Path(target).expanduser().resolve()
         if directory.exists() and not directory.is_dir():
             raise CatalogError(f"catalog path {directory} is a file, not a directory")
-        client = from_uri(_embedded_server(directory).uri)
+        client = from_uri(_embedded_server_uri(directory, create))
     return _runs_node(client, container)
 
 
 def close_catalogs() -> None:
     """Stop every embedded server this process started (also done at exit)."""
     with _servers_lock:
-        for server in _servers.values():
+        for directory, server in _servers.items():
             try:
+                (directory / "server.json").unlink(missing_ok=True)
                 server.close()
             except Exception:  # already stopped by the interpreter tearing down
                 pass

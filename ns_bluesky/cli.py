@@ -20,7 +20,8 @@ from .errors import NSBlueskyError
 
 
 def _fail(prog: str, message: str, code: int = 1) -> int:
-    print(f"{prog}: error: {message}", file=sys.stderr)
+    first = next((line.strip() for line in str(message).splitlines() if line.strip()), "failed")
+    print(f"{prog}: error: {first}", file=sys.stderr)
     return code
 
 
@@ -39,8 +40,8 @@ def _log_to_file() -> None:
 
 
 def _guarded(prog: str, func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    _log_to_file()
     try:
+        _log_to_file()
         return func(args)
     except KeyboardInterrupt:
         return _fail(prog, "interrupted; open runs were closed with exit_status 'abort'", 130)
@@ -67,6 +68,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         out=args.out,
         catalog=args.catalog,
         sample_image=args.sample_image,
+        sample_name=args.sample_name,
+        exposure_s=args.exposure,
         seed=args.seed,
         progress=not args.quiet,
     )
@@ -86,7 +89,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_runs(args: argparse.Namespace) -> int:
     from .catalog import open_catalog, search_runs
 
-    cat = open_catalog(args.catalog)
+    cat = open_catalog(args.catalog, create=False)
     results = search_runs(
         cat,
         scan_id=args.scan_id,
@@ -98,6 +101,8 @@ def _cmd_runs(args: argparse.Namespace) -> int:
         text=args.text,
     )
     rows = []
+    if args.limit < 1:
+        raise NSBlueskyError(f"--limit must be >= 1, got {args.limit}")
     for uid in list(results)[-args.limit :]:
         md = results[uid].metadata
         start, stop = md["start"], md.get("stop") or {}
@@ -155,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--darks", type=int, default=20, help="dark frames before the scan (default 20)")
     demo.add_argument("--pattern", choices=("raster", "fermat"), default="raster")
     demo.add_argument("--sample-image", metavar="PNG|TIFF", help="grey-scale image for the sample (default: test pattern)")
+    demo.add_argument("--sample-name", help="sample name for the metadata (default: the image's file name)")
+    demo.add_argument("--exposure", type=float, help="seconds per frame (default 0.1, or 1/rate when that is shorter)")
     demo.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
     demo.add_argument("--out", default="demo-output", help="folder for CXI, PNG and summary (default ./demo-output)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -190,7 +197,7 @@ def _cmd_raw2cxi(args: argparse.Namespace) -> int:
     from .io.export import export_run
 
     out = args.output or f"{args.run}.cxi"
-    path = export_run(open_catalog(args.catalog), args.run, out, raw=args.raw, progress=not args.quiet)
+    path = export_run(open_catalog(args.catalog, create=False), args.run, out, raw=args.raw, progress=not args.quiet)
     print(f"wrote {path}")
     return 0
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .catalog import default_catalog_dir, detector_dir, last_scan_id, make_tiled_writer, open_catalog
-from .config import ScanPattern, SimConfig
+from .config import SampleModel, ScanPattern, SimConfig
 from .errors import ParameterError
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,8 @@ def run_demo(
     out: str | os.PathLike = "demo-output",
     catalog: str | os.PathLike | None = None,
     sample_image: str | None = None,
+    sample_name: str | None = None,
+    exposure_s: float | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> DemoResult:
@@ -103,12 +105,18 @@ def run_demo(
         raise ParameterError(f"--darks must be >= 1, got {darks}")
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if exposure_s is None:  # COSMIC's 100 ms, shortened when the rate asks for more frames per second
+        exposure_s = min(0.1, 1.0 / rate_hz) if rate_hz > 0 else 0.1
+    if not exposure_s > 0:
+        raise ParameterError(f"--exposure must be > 0 s, got {exposure_s}")
     image = None
+    sample = SampleModel(name=sample_name or "siemens-star")
     if sample_image:
         from .io.images import read_grayscale
 
         image = read_grayscale(sample_image)
-    cfg = SimConfig(seed=seed, scan=ScanPattern(kind=pattern, shape=scan, overlap=0.7))
+        sample = SampleModel(image=str(Path(sample_image).resolve()), name=sample_name or Path(sample_image).stem)
+    cfg = SimConfig(seed=seed, exposure_s=exposure_s, sample=sample, scan=ScanPattern(kind=pattern, shape=scan, overlap=0.7))
     if catalog is not None and str(catalog).startswith(("http://", "https://")):
         raise ParameterError("--catalog for the demo must be a directory: the server has to read the detector files")
     cat_dir = (default_catalog_dir() if catalog is None else Path(catalog)).expanduser().resolve()

@@ -132,8 +132,6 @@ def scan_positions(
         raise ParameterError(f"overlap must be a fraction in [0, 1), got {overlap!r}")
     if step is not None and overlap is not None:
         raise ParameterError("give step or overlap, not both")
-    if step is None and beam_diameter_m is None:
-        raise ParameterError("step is needed when no optics are given to derive it from overlap")
     if jitter < 0:
         raise ParameterError(f"jitter must be >= 0 m, got {jitter!r}")
     spec = ScanPattern(
@@ -179,7 +177,7 @@ def ptycho_scan(
     overlap: float | None = None,
     jitter: float = 0.0,
     center: Sequence[float] = (0.0, 0.0),
-    optics=None,
+    optics=None,  # required; keyword for symmetry with the other settings
     sample: str | None = None,
     dark_uid: str | None = None,
     md: dict | None = None,
@@ -196,15 +194,18 @@ def ptycho_scan(
     dark_frames
     """
     _check_detector(det)
-    beam = None
-    if optics is not None:
-        zp = ZonePlateOptics(
-            diameter_m=optics.diameter.get(),
-            outer_zone_width_m=optics.outer_zone_width.get(),
-            central_stop_diameter_m=optics.central_stop_diameter.get(),
-            defocus_m=optics.defocus.get(),
+    if optics is None:
+        raise ParameterError(
+            "optics is required: the start document must record the energy and probe optics a reconstruction "
+            "needs (pass the beamline's ZonePlateOptics device, e.g. optics=bl.optics)"
         )
-        beam = zp.beam_diameter_m(optics.energy.get())
+    zp = ZonePlateOptics(
+        diameter_m=optics.diameter.get(),
+        outer_zone_width_m=optics.outer_zone_width.get(),
+        central_stop_diameter_m=optics.central_stop_diameter.get(),
+        defocus_m=optics.defocus.get(),
+    )
+    beam = zp.beam_diameter_m(optics.energy.get())
     spec, planned = scan_positions(
         pattern,
         shape=shape,
@@ -221,7 +222,8 @@ def ptycho_scan(
         raise ParameterError(f"positions beyond the stage limits: {exc}") from None
 
     scan_md = spec.model_dump(mode="json")
-    scan_md["step_m"] = float(np.median(np.linalg.norm(np.diff(planned, axis=0), axis=1))) if len(planned) > 1 else 0.0
+    scan_md["step_m"] = step if step is not None else beam * (1 - (0.7 if overlap is None else overlap))
+    scan_md["beam_diameter_m"] = beam
     _md = {
         "plan_name": "ptycho_scan",
         "plan_args": {

@@ -115,6 +115,8 @@ class SimFCCD(Device):
 
     def unstage(self):
         try:
+            # a frame still being read out belongs to this run's file, not the next one's
+            self._executor.submit(lambda: None).result(timeout=self.trigger_timeout_s)
             return super().unstage()
         finally:
             self.writer.close()

@@ -20,6 +20,11 @@ class Shutter(Device):
     state = Cpt(Signal, value="closed", kind="normal")
     actuation_time = Cpt(Signal, value=0.005, kind="config", doc="s")
 
+    def __init__(self, prefix: str = "", *, name: str, **kwargs):
+        super().__init__(prefix, name=name, **kwargs)
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+
     @property
     def is_open(self) -> bool:
         return self.state.get() == "open"
@@ -33,15 +38,23 @@ class Shutter(Device):
         else:
             raise ParameterError(f"{self.name}: unknown shutter command {value!r}; use 'open' or 'close'")
         status = DeviceStatus(self)
-        if target == self.state.get():
-            status.set_finished()
-            return status
+        with self._lock:
+            if self._timer is not None:  # a newer command wins over one still moving
+                self._timer.cancel()
+                self._timer = None
+                self._pending.set_finished()  # superseded: whoever waits on it must not hang
+            if target == self.state.get():
+                status.set_finished()
+                return status
 
-        def done() -> None:
-            self.state.put(target)
-            status.set_finished()
+            def done() -> None:
+                with self._lock:
+                    self.state.put(target)
+                    self._timer = None
+                status.set_finished()
 
-        timer = threading.Timer(self.actuation_time.get(), done)
-        timer.daemon = True
-        timer.start()
+            self._pending = status
+            self._timer = threading.Timer(self.actuation_time.get(), done)
+            self._timer.daemon = True
+            self._timer.start()
         return status

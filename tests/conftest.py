@@ -64,7 +64,7 @@ def recorded(cat, catalog_dir, small_config):
             bl.fccd, bl.stage, bl.shutter, shape=(4, 5), overlap=0.7, optics=bl.optics, sample="star", dark_uid=dark
         )
     )
-    (other,) = RE(ptycho_scan(bl.fccd, bl.stage, bl.shutter, shape=(2, 2), step=50e-9, sample="gold-balls"))
+    (other,) = RE(ptycho_scan(bl.fccd, bl.stage, bl.shutter, optics=bl.optics, shape=(2, 2), step=50e-9, sample="gold-balls"))
     return {
         "dark": dark,
         "scan": scan,

@@ -65,18 +65,20 @@ def test_documents_replay(cat, recorded):
     assert "stream_resource" in names and names.count("stream_datum") >= 1
 
 
-def test_catalog_reopens_from_disk_in_a_new_server(catalog_dir, recorded, tmp_path):
-    """The SQLite + files catalog persists: another process (here: a second server) sees the runs."""
+def test_a_second_process_reads_the_catalog_while_this_one_serves_it(cat, catalog_dir, recorded):
+    """One server per catalog directory: another process connects to it instead of locking it out."""
     import subprocess
     import sys
 
     code = (
         "import sys; from ns_bluesky.catalog import open_catalog; "
-        f"cat = open_catalog(sys.argv[1]); print(cat[{recorded['scan']!r}].metadata['start']['sample_name'])"
+        f"run = open_catalog(sys.argv[1])[{recorded['scan']!r}]; "
+        "print(run.metadata['start']['sample_name'], len(run['primary']['stage_x'].read()), run['primary']['fccd_image'][3].shape)"
     )
+    cat[recorded["scan"]]["primary"]["stage_x"].read()  # this process holds the tables open
     out = subprocess.run([sys.executable, "-c", code, str(catalog_dir)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "star"
+    assert out.stdout.strip() == "star 20 (1040, 1152)"
 
 
 def test_a_file_is_not_a_catalog(tmp_path):
@@ -114,7 +116,7 @@ def test_same_code_against_a_standalone_tiled_server(tmp_path, small_config):
         bl = make_sim_beamline(tmp_path / "det", small_config, rate_hz=0)
         RE = RunEngine({}, call_returns_result=False)
         RE.subscribe(make_tiled_writer(cat))
-        (uid,) = RE(ptycho_scan(bl.fccd, bl.stage, bl.shutter, shape=(2, 2), step=5e-8, sample="remote"))
+        (uid,) = RE(ptycho_scan(bl.fccd, bl.stage, bl.shutter, optics=bl.optics, shape=(2, 2), step=5e-8, sample="remote"))
         assert set(search_runs(cat, sample="remote")) == {uid}
         assert cat[uid]["primary"]["fccd_image"].shape == (4, 1040, 1152)
     finally:
@@ -125,3 +127,9 @@ def test_same_code_against_a_standalone_tiled_server(tmp_path, small_config):
 def test_unreachable_server_is_a_clear_error():
     with pytest.raises(CatalogError, match="cannot reach the tiled server at http://127.0.0.1:9"):
         open_catalog("http://127.0.0.1:9/api?api_key=x")
+
+
+def test_read_only_open_does_not_create_a_catalog(tmp_path):
+    with pytest.raises(CatalogError, match="no catalog at .*typo"):
+        open_catalog(tmp_path / "typo", create=False)
+    assert not (tmp_path / "typo").exists()

@@ -48,7 +48,8 @@ def test_nsraw2cxi_help_and_top_level_help():
         (["demo", "--rate", "-3"], "--rate must be >= 0"),
         (["demo", "--darks", "0"], "--darks must be >= 1"),
         (["demo", "--scan", "2x2", "--sample-image", "/no/such.png"], "sample image not found: /no/such.png"),
-        (["runs", "--since", "yesterday-ish"], "ISO 8601"),
+        (["demo", "--scan", "2x2", "--exposure", "-1"], "--exposure must be > 0"),
+        (["runs", "--since", "yesterday-ish"], "no catalog at"),
     ],
 )
 def test_errors_are_one_clear_line(args, message, tmp_path):
@@ -60,10 +61,11 @@ def test_errors_are_one_clear_line(args, message, tmp_path):
     assert "Traceback" not in out.stderr
 
 
-def test_nsraw2cxi_unknown_run_is_one_line(tmp_path):
+def test_nsraw2cxi_on_a_mistyped_catalog_is_one_line_and_creates_nothing(tmp_path):
     out = _run("nsraw2cxi", "nosuchrun", "--catalog", str(tmp_path / "cat"), "-o", str(tmp_path / "x.cxi"))
     assert out.returncode == 1
-    assert out.stderr.strip().splitlines() == ["nsraw2cxi: error: no run 'nosuchrun' in the catalog (give a scan_id, a uid or a uid prefix)"]
+    assert out.stderr.strip().splitlines() == [f"nsraw2cxi: error: no catalog at {tmp_path / 'cat'} (check --catalog; 'ns-bluesky demo' creates one)"]
+    assert not (tmp_path / "cat").exists()
 
 
 @pytest.mark.slow
@@ -87,9 +89,11 @@ def test_demo_end_to_end_then_runs_and_nsraw2cxi(tmp_path):
     with h5py.File(tmp_path / "again.cxi", "r") as f:
         assert f["entry_1/data_1/data"].shape == (12, 1040, 1152)
     # a second demo continues the scan numbering in the same catalog
-    again = _run("ns-bluesky", "demo", "--scan", "1x2", "--rate", "0", "--darks", "1", "--catalog", str(cat), "--out", str(out_dir), "--quiet")
-    assert again.returncode == 0, again.stderr
+    again = _run("ns-bluesky", "demo", "--scan", "1x2", "--rate", "20", "--darks", "1", "--sample-name", "gold", "--catalog", str(cat), "--out", str(out_dir), "--quiet")
+    assert again.returncode == 0, again.stderr  # 20 Hz shortens the default exposure instead of failing
     assert json.loads((out_dir / "summary.json").read_text())["scan_id"] == summary["scan_id"] + 2
+    listed = json.loads(_run("ns-bluesky", "runs", "--catalog", str(cat), "--sample", "gold", "--json").stdout)
+    assert len(listed) == 2  # darks and scan carry the sample name
 
 
 @pytest.mark.slow

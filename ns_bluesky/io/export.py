@@ -9,6 +9,7 @@ the stage readback positions.
 from __future__ import annotations
 
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,7 @@ def export_run(cat, run_key: str | int, out: str | os.PathLike, *, raw: bool = F
         "title": f"scan {start.get('scan_id')} {start.get('sample_name', '')}".strip(),
         "experiment_identifier": start["uid"],
         "sample_name": start.get("sample_name", "unnamed"),
-        "start_time": start.get("time"),
+        "start_time": datetime.fromtimestamp(start["time"], timezone.utc).isoformat(),
         "raw_uid": start["uid"],
         "dark_uid": start.get("dark_uid"),
         "exit_status": stop.get("exit_status"),
@@ -72,8 +73,10 @@ def export_run(cat, run_key: str | int, out: str | os.PathLike, *, raw: bool = F
         "detector_geometry": start["detector_geometry"],
     }
     p = float(start["detector_pixel_size_m"][0])
+    out = Path(out)
+    partial = out.with_name(out.name + ".partial")  # renamed when complete: no half-written CXI under the real name
     with CXIWriter(
-        out,
+        partial,
         frame_shape=shape,
         frame_dtype="<u2",
         energy_J=float(start["energy_J"]),
@@ -96,4 +99,5 @@ def export_run(cat, run_key: str | int, out: str | os.PathLike, *, raw: bool = F
             dx = float(start["object_pixel_size_m"])
             w.write_probe(zone_plate_probe(geom.image_shape[0], dx, float(start["energy_eV"]), zp))
         w.write_extra("positions_planned_m", np.asarray(start.get("planned_positions_m", []), dtype=float))
-    return Path(out)
+    partial.replace(out)
+    return out

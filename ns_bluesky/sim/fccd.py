@@ -182,4 +182,5 @@ class FCCDModel:
         np.clip(raw, 0, geom.saturation_adu, out=raw)
         if self.noise.dead_channel is not None:
             view[:, :, self.noise.dead_channel] = 0
+        np.rint(raw, out=raw)  # the ADC rounds to the nearest count
         return raw.astype(np.uint16), photons

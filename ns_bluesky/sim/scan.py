@@ -8,6 +8,8 @@ from ..config import ScanPattern
 from ..errors import ParameterError
 
 GOLDEN_ANGLE = np.pi * (3 - np.sqrt(5))
+#: median nearest-neighbour distance of r = c sqrt(n) points at the golden angle, in units of c
+FERMAT_NEIGHBOUR = 1.685
 
 
 def raster(shape: tuple[int, int], step_m: float, *, jitter_m: float = 0.0, seed: int = 0) -> np.ndarray:
@@ -23,9 +25,13 @@ def raster(shape: tuple[int, int], step_m: float, *, jitter_m: float = 0.0, seed
 
 
 def fermat_spiral(num_points: int, step_m: float) -> np.ndarray:
-    """Fermat spiral (Huang et al., Opt. Express 22, 2014): even coverage, no raster grid pathology."""
+    """Fermat spiral (Huang et al., Opt. Express 22, 2014) whose neighbours are ``step_m`` apart.
+
+    Even coverage without the raster grid's periodic artefacts; the step is the median
+    nearest-neighbour distance, so overlap means the same thing as for a raster.
+    """
     n = np.arange(num_points)
-    r = step_m * np.sqrt(n)
+    r = step_m / FERMAT_NEIGHBOUR * np.sqrt(n)
     theta = n * GOLDEN_ANGLE
     return np.stack([r * np.sin(theta), r * np.cos(theta)], axis=1)
 

@@ -10,7 +10,7 @@ from ns_bluesky.sim.fccd import assemble
 
 
 def _scan(RE, beamline, shape=(4, 5)):
-    return RE(ptycho_scan(beamline.fccd, beamline.stage, beamline.shutter, shape=shape, step=5e-8))
+    return RE(ptycho_scan(beamline.fccd, beamline.stage, beamline.shutter, optics=beamline.optics, shape=shape, step=5e-8))
 
 
 def test_frames_and_positions_reach_the_workers(make_pipeline, RE, beamline):

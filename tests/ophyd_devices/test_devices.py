@@ -86,3 +86,13 @@ def test_failed_render_fails_the_trigger_instead_of_hanging(beamline):
             beamline.fccd.trigger().wait(5)
     finally:
         beamline.fccd.unstage()
+
+
+def test_a_newer_shutter_command_wins():
+    sh = Shutter(name="shutter")
+    sh.actuation_time.put(0.05)
+    first = sh.set("open")
+    sh.set("close").wait(1)
+    first.wait(1)  # superseded, not left hanging
+    time.sleep(0.1)
+    assert not sh.is_open
