@@ -100,7 +100,7 @@ def _embedded_server_uri(directory: Path, create: bool = True) -> str:
                     return uri
                 except (OSError, ValueError, KeyError, CatalogError):
                     time.sleep(0.2)
-            raise CatalogError(f"another process holds the catalog at {directory} but does not answer; see {info}")
+            raise CatalogError(f"another process holds the catalog at {directory} but does not answer; see {info}") from None
         _register_document_export()
         detector_dir(directory).mkdir(exist_ok=True)
         server = SimpleTiledServer(directory=directory, readable_storage=[detector_dir(directory)])
