@@ -30,4 +30,5 @@ class EchoModule(Module):
             time.sleep(self.params.delay_s)
         if self.params.fail_every and msg.seq % self.params.fail_every == 0:
             raise RuntimeError(f"echo: injected failure on seq {msg.seq}")
-        return Message("result", run=msg.run, seq=msg.seq, stage="echo", meta={"source": "echo"}, arrays=dict(msg.arrays))
+        meta = {"source": "echo", **{k: msg.meta[k] for k in ("t_sent",) if k in msg.meta}}
+        return Message("result", run=msg.run, seq=msg.seq, stage="echo", meta=meta, arrays=dict(msg.arrays))
