@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,18 +21,8 @@ import numpy as np
 import zmq
 
 from ns_bluesky.stream.client import ControlClient, IngestClient
-from ns_bluesky.stream.config import load_config
+from ns_bluesky.stream.config import free_loopback_ports, load_config
 from ns_bluesky.stream.protocol import Message, decode
-
-
-def _ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def _summary(label, n, nbytes, t, latencies):
@@ -131,7 +120,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=400)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
-        c, i, w, r = _ports(4)
+        c, i, w, r = free_loopback_ports(4)
         conf = Path(d) / "p.toml"
         conf.write_text(
             f'control_port = {c}\ningest_port = {i}\nworker_port = {w}\nresults_port = {r}\nlog_dir = "{d}/logs"\n'

@@ -108,6 +108,20 @@ def load_config(path: str | os.PathLike | None = None, workers: dict[str, int] |
     return cfg
 
 
+def free_loopback_ports(n: int) -> list[int]:
+    """``n`` distinct ports free on 127.0.0.1 right now (for tests, benchmarks and side-by-side pipelines)."""
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def parse_counts(items: list[str] | None) -> dict[str, int]:
     """``["frame=4", "recon=1"]`` to ``{"frame": 4, "recon": 1}``."""
     out = {}

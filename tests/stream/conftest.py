@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -12,22 +11,12 @@ import pytest
 import zmq
 
 from ns_bluesky.stream.client import ControlClient, IngestClient
-from ns_bluesky.stream.config import PipelineConfig
+from ns_bluesky.stream.config import PipelineConfig, free_loopback_ports
 from ns_bluesky.stream.protocol import Message, decode
 
 
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def write_config(path, modules: str, **extra) -> PipelineConfig:
-    c, i, w, r = free_ports(4)
+    c, i, w, r = free_loopback_ports(4)
     lines = [f"control_port = {c}", f"ingest_port = {i}", f"worker_port = {w}", f"results_port = {r}",
              f'log_dir = "{path.parent / "logs"}"', f'spill_dir = "{path.parent / "spill"}"']
     lines += [f"{k} = {v!r}".replace("'", '"') for k, v in extra.items()]
