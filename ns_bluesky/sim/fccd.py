@@ -82,6 +82,15 @@ def disassemble(image: np.ndarray, geom: DetectorGeometry, fill: float = 0, dtyp
     return from_blocks(b, geom)
 
 
+def add_image(raw: np.ndarray, image: np.ndarray, geom: DetectorGeometry) -> None:
+    """Add an assembled image into a raw frame's data samples, in place (the inverse of :func:`assemble`)."""
+    n_img, s, d = geom.image_rows_per_half, geom.channels // 2, geom.data_cols_per_channel
+    b = blocks(raw, geom)
+    rows = _halves(geom)
+    b[0, rows, :, :d] += image[:n_img][::-1, ::-1].reshape(n_img, s, d)
+    b[1, rows, :, :d] += image[n_img:].reshape(n_img, s, d)
+
+
 def sample_photons(expected: np.ndarray, rng: np.random.Generator, dense_above: float = 0.1) -> np.ndarray:
     """Poisson counts for an expected-photon image, exactly, at a fraction of ``rng.poisson``'s cost.
 
@@ -172,15 +181,15 @@ class FCCDModel:
             signal += self.dark_current_adu_per_s * np.float32(exposure_s)
         else:
             signal = self.dark_current_adu_per_s * np.float32(exposure_s)
-        raw = disassemble(signal, geom, fill=0.0, dtype=np.float32)
-        r, j, ch = geom.rows_per_half, geom.cols_per_channel, geom.channels
-        view = raw.reshape(r, j, ch)
-        raw += self.baseline(frame_index)
+        drift = self.offsets_at(frame_index) - self.offset_adu
+        # start from the baseline (+0.5: the truncating cast below then rounds, as the ADC does)
+        view = self._base + (drift + np.float32(0.5))
+        raw = view.reshape(geom.raw_shape)
+        add_image(raw, signal, geom)
         n = raw.size
         start = int(rng.integers(0, self._noise_pool.size - n))
         raw += self._noise_pool[start : start + n].reshape(raw.shape)
         np.clip(raw, 0, geom.saturation_adu, out=raw)
         if self.noise.dead_channel is not None:
             view[:, :, self.noise.dead_channel] = 0
-        np.rint(raw, out=raw)  # the ADC rounds to the nearest count
         return raw.astype(np.uint16), photons
