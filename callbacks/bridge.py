@@ -131,7 +131,7 @@ class PipelineBridge(DocumentRouter):
                         except Exception as exc:
                             log.error("frame %s of run %s unreadable: %s", doc["seq_num"], run[:8], exc)
                     kind = "frame" if arrays else "event"
-                    meta = {"data": _jsonable(doc["data"]), "time": doc["time"]}
+                    meta = {"data": _jsonable(doc["data"]), "time": doc["time"], "lag": self.lag}
                     self._send(Message(kind, run=run, seq=doc["seq_num"], meta=meta, arrays=arrays))
                 elif name == "stop":
                     self._send(Message("stop", run=run, meta={"exit_status": doc.get("exit_status"), "reason": doc.get("reason", "")}))

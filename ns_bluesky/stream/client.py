@@ -95,8 +95,9 @@ class IngestClient:
             except ProtocolError:
                 continue
             if reply.kind == "ack":
-                self.unacked.pop((reply.meta.get("of"), reply.run, reply.seq), None)
-                self.acked += 1
+                for kind, run, seq in reply.meta.get("keys", []):
+                    if self.unacked.pop((kind, run, seq), None) is not None:
+                        self.acked += 1
             else:
                 self.nacks.append(reply.meta)
             n += 1

@@ -165,6 +165,51 @@ def cmd_logs(args) -> int:
     return 0
 
 
+def cmd_stream_sim(args) -> int:
+    """Simulated raw FCCD frames straight into the handler, at a rate: the paper's FCCD streamer."""
+    import math
+    import uuid
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from ..config import ScanPattern, SimConfig
+    from ..sim import PtychoSimulation
+    from .client import IngestClient
+    from .protocol import Message
+
+    if args.frames < 1 or args.rate < 0:
+        raise ParameterError(f"--frames must be >= 1 and --rate >= 0, got {args.frames} and {args.rate}")
+    cfg = _config(args)
+    side = max(1, math.ceil(math.sqrt(args.frames)))
+    sim = PtychoSimulation(SimConfig(seed=args.seed, scan=ScanPattern(shape=(side, side), overlap=0.7)))
+    n_distinct = min(args.frames, args.distinct)
+    with ThreadPoolExecutor(2) as pool:  # render ahead, then stream at the rate
+        bank = list(pool.map(lambda i: sim.raw_frame(sim.planned[i], i), range(n_distinct)))
+    client = IngestClient(cfg)
+    run = args.run or f"stream-sim-{uuid.uuid4()}"
+    period = 1.0 / args.rate if args.rate > 0 else 0.0
+    t0 = time.monotonic()
+    client.send(Message("start", run=run, meta={"start": {"plan_name": "stream-sim", "num_points": args.frames}}), timeout_s=args.timeout)
+    for seq in range(args.frames):
+        wait = t0 + seq * period - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        y, x = (float(v) for v in sim.planned[seq % len(sim.planned)])
+        meta = {"data": {"stage_y": y, "stage_x": x}, "time": time.time()}
+        frame = Message("frame", run=run, seq=seq + 1, meta=meta, arrays={"raw": np.asarray(bank[seq % n_distinct])})
+        client.send(frame, timeout_s=args.timeout)
+    client.send(Message("stop", run=run, meta={"exit_status": "success"}))
+    client.flush(args.timeout)
+    elapsed = time.monotonic() - t0
+    print(
+        f"sent {args.frames} frames of run {run} in {elapsed:.1f} s ({args.frames / elapsed:.1f} frames/s, "
+        f"{n_distinct} distinct), {client.acked} messages acknowledged"
+    )
+    client.close()
+    return 0
+
+
 def add_parsers(sub, catalog_arg) -> None:
     p = sub.add_parser("pipeline", help="start, inspect and steer the streaming pipeline", description="The streaming pipeline: handler and local worker processes.")
     p.add_argument("action", choices=("start", "status", "stop", "abort", "reset", "scale", "slurm-script"))
@@ -187,6 +232,20 @@ def add_parsers(sub, catalog_arg) -> None:
     k.add_argument("action", choices=("generate",))
     k.add_argument("directory", nargs="?", default=str(Path.home() / ".nanosurveyor" / "keys"))
     k.set_defaults(func=cmd_keys)
+
+    ss = sub.add_parser(
+        "stream-sim",
+        help="stream simulated raw FCCD frames into the pipeline",
+        description="Stream simulated raw FCCD frames straight into the handler's ingest port (no RunEngine).",
+    )
+    ss.add_argument("--rate", type=float, default=10.0, help="frames per second; 0 = as fast as possible")
+    ss.add_argument("--frames", type=int, default=100)
+    ss.add_argument("--distinct", type=int, default=32, help="distinct frames rendered ahead and cycled (default 32)")
+    ss.add_argument("--run", help="run id (default: a new uuid)")
+    ss.add_argument("--seed", type=int, default=0)
+    ss.add_argument("--config", help="pipeline TOML/YAML file, for its ports")
+    ss.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for acknowledgements")
+    ss.set_defaults(func=cmd_stream_sim)
 
     lg = sub.add_parser("logs", help="show or follow module logs", description="Show the last lines of module logs; -f follows them.")
     lg.add_argument("module", nargs="?", help="handler, or a module name (default: all)")

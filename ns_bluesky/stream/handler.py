@@ -96,6 +96,8 @@ class Handler:
         self.runs: dict[str, RunState] = {}
         self.malformed: Counter = Counter()
         self.counts: Counter = Counter()
+        self._acks: dict[bytes, list] = {}
+        self.client_lag: dict[str, int] = {}  # what each ingest client last said it still holds
         self._next_id = 0
         self._started = time.monotonic()
         self._shutdown = False
@@ -181,7 +183,15 @@ class Handler:
             return
         self.counts["ingested"] += 1
         self._accept(msg)
-        self.ingest.send_multipart([identity, *encode(Message("ack", run=msg.run, seq=msg.seq, meta={"of": msg.kind}))])
+        self._acks.setdefault(identity, []).append([msg.kind, msg.run, msg.seq])
+        if "lag" in msg.meta:
+            self.client_lag[identity.hex()] = msg.meta["lag"]
+
+    def _send_acks(self) -> None:
+        """One acknowledgement per client per poll round, listing every message it covers."""
+        for identity, keys in self._acks.items():
+            self.ingest.send_multipart([identity, *encode(Message("ack", meta={"keys": keys}))])
+        self._acks.clear()
 
     def _accept(self, msg: Message) -> None:
         run = self._run(msg.run)
@@ -237,8 +247,8 @@ class Handler:
             return
         item = self.items.get(int(msg.meta.get("item", -1)))
         if msg.kind == "result":
-            self._on_result(msg, item)
-        elif msg.kind in ("done", "error"):
+            self._on_result(msg, item, payload)
+        if msg.kind in ("done", "error") or msg.meta.get("done"):
             self._on_done(msg, item, worker, now)
 
     def _worker(self, identity: bytes) -> WorkerState | None:
@@ -265,7 +275,7 @@ class Handler:
             if run.start is not None and not run.aborted and not run.stop_pending == 0:
                 self._send_item(worker, self._new_item(name, run.start, broadcast=True))
 
-    def _on_result(self, msg: Message, item: Item | None) -> None:
+    def _on_result(self, msg: Message, item: Item | None, frames: list) -> None:
         run = self.runs.get(msg.run)
         if run is None or run.aborted or item is None:
             self.counts["late_results"] += 1
@@ -274,7 +284,8 @@ class Handler:
             self.modules[item.module].counts["duplicates"] += 1
             return
         run.published.add(msg.key)
-        self._publish(msg)
+        # forward the worker's frames as they came (already validated): no re-encoding, no copy
+        self.results.send_multipart([msg.stage.encode(), *frames], copy=False)
 
     def _on_done(self, msg: Message, item: Item | None, worker: WorkerState | None, now: float) -> None:
         if item is None or worker is None or item.id not in worker.in_flight:
@@ -298,7 +309,7 @@ class Handler:
         worker.credits += 1
         if msg.meta.get("aborted"):
             mod.counts["aborted"] += 1
-        elif msg.kind == "done":
+        elif msg.kind != "error":
             mod.counts["processed"] += 1
             worker.processed += 1
             mod.done_times.append(now)
@@ -446,6 +457,7 @@ class Handler:
             "uptime_s": round(now - self._started, 1),
             "ports": self.ports,
             "malformed": dict(self.malformed),
+            "client_lag": dict(self.client_lag),
             "counts": dict(self.counts),
             "modules": modules,
             "runs": {
@@ -496,6 +508,7 @@ class Handler:
                         if not self.ingest.poll(0):
                             break
                         self._on_ingest(self.ingest.recv_multipart(copy=False))
+                    self._send_acks()
                 if self.control in events:
                     self._on_control(self.control.recv_multipart(copy=False))
                 self._dispatch()

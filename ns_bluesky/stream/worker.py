@@ -94,11 +94,14 @@ class Worker:
                 Message("error", run=msg.run, seq=msg.seq, meta={"item": item_id, "error": repr(exc)[:500], "traceback": tb[-4000:]}),
             )
             return
-        for result in results:
-            result.meta["item"] = item_id
-            self._send(out, result)
         self.processed += 1
-        self._send(out, Message("done", run=msg.run, seq=msg.seq, meta={"item": item_id}))
+        for k, result in enumerate(results):
+            result.meta["item"] = item_id
+            if k == len(results) - 1:
+                result.meta["done"] = True  # the last result also returns the credit: one message less
+            self._send(out, result)
+        if not results:
+            self._send(out, Message("done", run=msg.run, seq=msg.seq, meta={"item": item_id}))
 
     @staticmethod
     def _send(sock: zmq.Socket, msg: Message) -> None:

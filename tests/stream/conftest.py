@@ -63,6 +63,9 @@ class Pipeline:
         return IngestClient(self.cfg)
 
     def stop(self):
+        if self.proc.poll() is not None:
+            self.results.close()
+            return
         try:
             self.control("stop")
         except Exception:

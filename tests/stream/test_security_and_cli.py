@@ -88,3 +88,18 @@ def test_pipeline_start_status_scale_stop_from_the_shell(tmp_path):
         time.sleep(0.3)
     gone = _cli("pipeline", "status", *conf, env=env)
     assert gone.returncode == 1 and "no pipeline answered" in gone.stderr
+
+
+def test_stream_sim_feeds_a_running_pipeline_and_fails_clearly_without_one(make_pipeline, tmp_path):
+    pipe = make_pipeline()
+    conf = str(tmp_path / "pipeline.toml")
+    out = _cli("stream-sim", "--frames", "12", "--rate", "0", "--distinct", "3", "--run", "sim-1", "--config", conf)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("sent 12 frames of run sim-1")
+    msgs = pipe.results.collect(lambda ms: pipe.results.ended("sim-1"), timeout_s=60)
+    results = [m for m in msgs if m.kind == "result" and m.run == "sim-1"]
+    assert sorted(m.seq for m in results) == list(range(1, 13))
+    assert results[0].arrays["raw"].shape == (1040, 1152)
+    pipe.stop()
+    gone = _cli("stream-sim", "--frames", "200", "--rate", "0", "--distinct", "1", "--timeout", "2", "--config", conf)
+    assert gone.returncode == 1 and "unacknowledged" in gone.stderr and len(gone.stderr.strip().splitlines()) == 1
