@@ -12,6 +12,7 @@ image centre (row n/2, column n/2), rows along +y.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,8 @@ from . import sample as _sample
 from .fccd import FCCDModel
 from .probe import zone_plate_probe
 from .scan import positions as _positions
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class PtychoSimulation:
         self._checker = np.where(np.add.outer(np.arange(self.n), np.arange(self.n)) % 2, -1, 1).astype(np.complex64)
         self.fccd = FCCDModel(self.geom, cfg.noise, cfg.energy_eV, seed=cfg.seed)
         self._static_image = self._beamstop_and_background()
+        self._warned_outside = False
 
     @property
     def truth(self) -> Truth:
@@ -108,6 +112,13 @@ class PtychoSimulation:
         patch = np.ones((self.n, self.n), dtype=np.complex64)
         oy, ox = self.object.shape
         y0, y1, x0, x1 = max(iy, 0), min(iy + self.n, oy), max(ix, 0), min(ix + self.n, ox)
+        if (y0, y1, x0, x1) != (iy, iy + self.n, ix, ix + self.n) and not self._warned_outside:
+            self._warned_outside = True
+            log.warning(
+                "translation %s m puts the probe outside the simulated object (sized for config.scan); "
+                "the sample is empty space there: make SimConfig.scan cover the plan's positions",
+                np.asarray(translation_m).tolist(),
+            )
         if y1 > y0 and x1 > x0:
             patch[y0 - iy : y1 - iy, x0 - ix : x1 - ix] = self.object[y0:y1, x0:x1]
         return probe * patch

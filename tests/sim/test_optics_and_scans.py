@@ -122,3 +122,11 @@ def test_simulate_scan_returns_frames_with_their_truth():
     assert 0 < np.abs(out.translations_m - out.truth.planned_translations_m).max() < 2e-8
     again = simulate_scan(cfg, dark_frames=2, jitter_m=2e-9)
     np.testing.assert_array_equal(out.raw, again.raw)  # seeded: the same scan twice
+
+
+def test_probe_outside_the_object_is_warned_about(caplog):
+    sim = PtychoSimulation(SimConfig(scan=ScanPattern(shape=(2, 2), step_m=1e-7)))
+    with caplog.at_level("WARNING"):
+        sim.exit_wave(np.array([5e-6, 5e-6]))
+        sim.exit_wave(np.array([6e-6, 6e-6]))
+    assert sum("outside the simulated object" in r.message for r in caplog.records) == 1
