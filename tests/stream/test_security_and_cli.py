@@ -103,3 +103,18 @@ def test_stream_sim_feeds_a_running_pipeline_and_fails_clearly_without_one(make_
     pipe.stop()
     gone = _cli("stream-sim", "--frames", "200", "--rate", "0", "--distinct", "1", "--timeout", "2", "--config", conf)
     assert gone.returncode == 1 and "unacknowledged" in gone.stderr and len(gone.stderr.strip().splitlines()) == 1
+
+
+def test_a_wiring_whose_types_do_not_match_fails_naming_both_ends(tmp_path):
+    from ns_bluesky.stream.module import Module, register
+
+    @register
+    class NeedsStxm(Module):
+        name = "needs-stxm"
+        inputs = ("stxm",)
+        outputs = ("result",)
+
+    conf = tmp_path / "wiring.yaml"
+    conf.write_text("modules:\n  - {name: echo, module: echo}\n  - {name: viewer, module: needs-stxm}\n")
+    with pytest.raises(Exception, match="module 'viewer' \\(needs-stxm\\) consumes 'stxm', which nothing produces .*result from echo"):
+        load_config(conf)
