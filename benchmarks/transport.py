@@ -3,6 +3,7 @@ pyzmq PUSH/PULL through 2 echo processes, in the same run. Prints figures; passe
 
     .venv/bin/python benchmarks/transport.py [--frames 400]
 
+Consumers run in their own processes, as GUIs and the catalog writer do.
 Target: >= 50 % of raw pyzmq throughput and >= 200 raw 2.4 MB frames/s (the FCCD's design rate is 100).
 """
 
@@ -13,7 +14,6 @@ import multiprocessing as mp
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -34,41 +34,39 @@ def _summary(label, n, nbytes, t, latencies):
     return n / t
 
 
-def pipeline_run(cfg, frame: np.ndarray, n: int) -> tuple[float, list[float]]:
-    sub = zmq.Context.instance().socket(zmq.SUB)
+def _subscriber(address: str, n: int, conn) -> None:
+    """Results consumer in its own process, as GUIs and the catalog writer are."""
+    sub = zmq.Context().socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"echo")
     sub.setsockopt(zmq.RCVHWM, 0)
-    sub.connect(cfg.address(cfg.results_port, connect=True))
-    time.sleep(0.3)
-    latencies: list[float] = []
-    done = threading.Event()
+    sub.connect(address)
+    conn.send("ready")
+    latencies = []
+    while len(latencies) < n and sub.poll(20000):
+        msg = decode(sub.recv_multipart(copy=False)[1:])
+        latencies.append(time.perf_counter() - msg.meta["t_sent"])  # CLOCK_MONOTONIC: same clock in every process
+    conn.send((time.perf_counter(), latencies))
 
-    def receive():
-        while len(latencies) < n:
-            if sub.poll(10000):
-                msg = decode(sub.recv_multipart(copy=False)[1:])
-                latencies.append(time.perf_counter() - msg.meta["t_sent"])
-            else:
-                break
-        done.set()
 
-    t = threading.Thread(target=receive)
-    t.start()
-    client = IngestClient(cfg, window=32)
+def pipeline_run(cfg, frame: np.ndarray, n: int) -> tuple[float, list[float]]:
+    parent, child = mp.get_context("spawn").Pipe()
+    proc = mp.get_context("spawn").Process(target=_subscriber, args=(cfg.address(cfg.results_port, connect=True), n, child))
+    proc.start()
+    parent.recv()
+    time.sleep(0.5)
+    client = IngestClient(cfg, window=128)
     run = f"bench-{time.time()}"
     t0 = time.perf_counter()
     client.send(Message("start", run=run))
     for seq in range(n):
         client.send(Message("frame", run=run, seq=seq, meta={"t_sent": time.perf_counter()}, arrays={"raw": frame}))
     client.send(Message("stop", run=run))
-    done.wait(120)
-    elapsed = time.perf_counter() - t0
-    t.join()
+    t_end, latencies = parent.recv()
+    proc.join(10)
     client.close()
-    sub.close(linger=0)
     if len(latencies) < n:
         print(f"  only {len(latencies)} of {n} results arrived")
-    return elapsed, latencies
+    return t_end - t0, latencies
 
 
 def _raw_worker(pull_port, push_port):
@@ -83,36 +81,42 @@ def _raw_worker(pull_port, push_port):
         push.send_multipart(frames, copy=False)
 
 
+def _raw_sink(port: int, n: int, conn) -> None:
+    pull = zmq.Context().socket(zmq.PULL)
+    pull.bind(f"tcp://127.0.0.1:{port}")
+    conn.send("ready")
+    latencies = []
+    for _ in range(n):
+        frames = pull.recv_multipart(copy=False)
+        latencies.append(time.perf_counter() - float(frames[0].bytes))
+    conn.send((time.perf_counter(), latencies))
+
+
 def raw_run(frame: np.ndarray, n: int) -> tuple[float, list[float]]:
+    """The same topology in plain pyzmq: PUSH -> 2 echo processes -> PULL sink in its own process."""
     ctx = zmq.Context.instance()
-    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    push = ctx.socket(zmq.PUSH)
     out_port = push.bind_to_random_port("tcp://127.0.0.1")
-    in_port = pull.bind_to_random_port("tcp://127.0.0.1")
-    procs = [mp.get_context("spawn").Process(target=_raw_worker, args=(out_port, in_port)) for _ in range(2)]
+    (in_port,) = free_loopback_ports(1)
+    spawn = mp.get_context("spawn")
+    parent, child = spawn.Pipe()
+    sink = spawn.Process(target=_raw_sink, args=(in_port, n, child))
+    sink.start()
+    parent.recv()
+    procs = [spawn.Process(target=_raw_worker, args=(out_port, in_port)) for _ in range(2)]
     for p in procs:
         p.start()
     time.sleep(1.0)
-    latencies = []
     t0 = time.perf_counter()
-
-    def receive():
-        for _ in range(n):
-            frames = pull.recv_multipart(copy=False)
-            latencies.append(time.perf_counter() - float(frames[0].bytes))
-
-    t = threading.Thread(target=receive)
-    t.start()
     for _ in range(n):
         push.send_multipart([str(time.perf_counter()).encode(), memoryview(frame)], copy=False)
-    t.join()
-    elapsed = time.perf_counter() - t0
+    t_end, latencies = parent.recv()
     for _ in procs:
         push.send_multipart([b"quit", b""])
-    for p in procs:
+    for p in procs + [sink]:
         p.join(5)
     push.close(linger=0)
-    pull.close(linger=0)
-    return elapsed, latencies
+    return t_end - t0, latencies
 
 
 def main() -> None:
