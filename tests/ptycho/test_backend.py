@@ -1,0 +1,37 @@
+"""Backend selection; the cupy path matches numpy to float32 tolerance where a GPU is present."""
+
+import numpy as np
+import pytest
+
+from ns_bluesky.errors import ParameterError
+from ns_bluesky.ptycho import preprocess as pp
+from ns_bluesky.ptycho.backend import get_xp
+
+
+def test_numpy_is_the_default_and_unknown_names_are_refused():
+    assert get_xp() is np
+    with pytest.raises(ParameterError, match="unknown backend 'torch'"):
+        get_xp("torch")
+
+
+def _cupy_or_skip():
+    try:
+        return get_xp("cupy")
+    except ParameterError as exc:
+        pytest.skip(f"cupy path not tested here: {exc}")
+
+
+def test_cupy_preprocessing_matches_numpy():
+    cp = _cupy_or_skip()
+    from ns_bluesky.config import DetectorGeometry
+    from ns_bluesky.sim import PtychoSimulation
+
+    geom = DetectorGeometry()
+    sim = PtychoSimulation()
+    raw = np.stack([sim.raw_frame(sim.planned[i], i) for i in range(2)])
+    for step in (lambda a, xp: pp.overscan_correct(a, geom, xp=xp), lambda a, xp: pp.remove_spikes(a, geom, xp=xp)):
+        want = step(raw, np)
+        got = cp.asnumpy(step(cp.asarray(raw), cp))
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-2)
+    img = sim.expected_photons(sim.planned[0])[None]
+    np.testing.assert_allclose(cp.asnumpy(pp.fft_downsample(cp.asarray(img), 256, xp=cp)), pp.fft_downsample(img, 256), rtol=1e-4, atol=1e-3)

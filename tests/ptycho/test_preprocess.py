@@ -1,0 +1,93 @@
+"""Each pre-processing step recovers a known answer injected into a frame."""
+
+import numpy as np
+import pytest
+import scipy.fft as sfft
+
+from ns_bluesky.config import DetectorGeometry, DetectorNoise
+from ns_bluesky.ptycho import preprocess as pp
+from ns_bluesky.sim.fccd import FCCDModel, assemble, channel_series, overscan
+
+
+@pytest.fixture(scope="module")
+def geom():
+    return DetectorGeometry()
+
+
+def test_center_of_mass_finds_an_offset_pattern():
+    y, x = np.mgrid[:960, :960]
+    truth = [(500.3, 470.7), (470.0, 489.5)]
+    imgs = np.stack([1000 * np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * 15.0**2)) + 0.5 for cy, cx in truth])
+    np.testing.assert_allclose(pp.center_of_mass(imgs, threshold=1.0), truth, atol=0.01)
+
+
+def test_dark_subtraction_and_masking():
+    raw = np.full((2, 4, 4), 1100, np.uint16)
+    raw[:, 1, 1] = 1300
+    dark = np.full((4, 4), 1000.0)
+    bad = np.zeros((4, 4), np.uint32)
+    bad[2, 2] = 0x4
+    out = pp.subtract_dark(raw, dark, bad)
+    assert out.dtype == np.float32 and out[0, 1, 1] == 300 and out[1, 0, 0] == 100 and out[0, 2, 2] == 0
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_overscan_correction_removes_injected_channel_offsets(geom, order):
+    noise = DetectorNoise(spike_amplitude_adu=0.0, read_noise_adu=2.0, dark_current_adu_per_s=0.0, hot_pixel_fraction=0)
+    model = FCCDModel(geom, noise, energy_eV=800.0, seed=2)
+    raw = model.read(None, 0.1, 700)[0]
+    corrected = pp.overscan_correct(raw, geom, order=order)
+    residual = channel_series(corrected, geom).mean(axis=-1)  # per channel, data and overscan
+    assert np.abs(channel_series(raw.astype(float), geom).mean(axis=-1)).min() > 500  # offsets were there
+    assert np.abs(residual).max() < 0.5  # and are gone (2 ADU noise over 6240 samples)
+    assert np.abs(overscan(corrected, geom)).mean() < 2.5
+
+
+def test_spike_removal_recovers_a_clean_frame(geom):
+    clean_noise = DetectorNoise(spike_amplitude_adu=0.0, read_noise_adu=3.0, dark_current_adu_per_s=0.0, hot_pixel_fraction=0, offset_slope_adu=0.0)
+    spiky_noise = clean_noise.model_copy(update={"spike_amplitude_adu": 40.0})
+    y, x = np.mgrid[:960, :960]
+    light = np.where(np.hypot(y - 480, x - 480) < 150, 3.0, 0.01).astype(np.float32)  # signal on many channels
+    clean = FCCDModel(geom, clean_noise, 800.0, seed=1).read(light, 0.1, 0)[0].astype(np.float32)
+    spiky = FCCDModel(geom, spiky_noise, 800.0, seed=1).read(light, 0.1, 0)[0].astype(np.float32)
+    base = pp.overscan_correct(clean, geom)
+    before = pp.overscan_correct(spiky, geom) - base
+    after = pp.remove_spikes(pp.overscan_correct(spiky, geom), geom) - base
+    assert np.abs(before).max() > 35
+    assert np.sqrt((after**2).mean()) < np.sqrt((before**2).mean()) / 5
+    signal = assemble(base, geom)[380:580, 380:580]
+    assert signal.mean() > 30  # photons were there, and the removal left them alone:
+    assert np.abs(assemble(after, geom)[380:580, 380:580]).mean() < 1.0
+
+
+def test_background_and_photon_thresholds():
+    adu = np.array([0.0, 3.0, 7.0, 15.0, 30.0, 46.0], np.float32)
+    assert list(pp.background_threshold(adu, 5.0)) == [0, 0, 7, 15, 30, 46]
+    # 15 ADU per photon: 7 ADU is below half a photon, 46 ADU is three photons
+    assert list(pp.to_photons(adu, 15.0)) == [0, 0, 0, 1, 2, 3]
+
+
+def test_beamstop_division_restores_the_shadowed_intensity():
+    truth = np.full((3, 5, 5), 200.0)
+    trans = np.ones((5, 5))
+    trans[1:4, 1:4] = 0.015
+    np.testing.assert_allclose(pp.beamstop_correct(truth * trans, trans), truth, rtol=1e-5)
+
+
+def test_crop_center_with_padding():
+    img = np.arange(100).reshape(10, 10)
+    np.testing.assert_array_equal(pp.crop_center(img, (5, 5), 4), img[3:7, 3:7])
+    edge = pp.crop_center(img, (0.4, 9), 4)
+    assert edge.shape == (4, 4) and edge[0, 0] == 0 and edge[2, 0] == img[0, 7]
+
+
+def test_fft_downsampling_is_exact_for_a_probe_sized_exit_wave():
+    rng = np.random.default_rng(3)
+    n, big = 64, 240
+    psi = np.zeros((n, n), complex)
+    psi[16:48, 16:48] = rng.normal(size=(32, 32)) + 1j * rng.normal(size=(32, 32))  # support n/2
+    fine = np.abs(sfft.fftshift(sfft.fft2(psi, s=(big, big)))) ** 2  # the detector's fine sampling
+    coarse = np.abs(sfft.fftshift(sfft.fft2(psi))) ** 2  # what the reconstruction grid sees
+    down = pp.fft_downsample(fine[None], n)[0]
+    np.testing.assert_allclose(down / down.sum(), coarse / coarse.sum(), atol=1e-6 * coarse.max() / coarse.sum())
+    assert down.sum() == pytest.approx(fine.sum(), rel=1e-4)
