@@ -132,3 +132,59 @@ def fft_downsample(images, size: int, xp=np):
     small = fft.ifftshift(ac[..., c - h : c - h + size, c - h : c - h + size], axes=(-2, -1))
     out = fft.fftshift(fft.fft2(small, **fft_workers(xp)), axes=(-2, -1)).real
     return (out * (n / size) ** 2).astype(xp.float32)
+
+
+class Settings:
+    """Which steps run, and their parameters (defaults: COSMIC's)."""
+
+    def __init__(
+        self,
+        *,
+        dark: bool = True,
+        overscan_order: int | None = 1,
+        spikes: bool = True,
+        background_adu: float | None = None,
+        photon_threshold: float | None = 0.5,
+        beamstop: bool = True,
+        crop: int | None = 960,
+        out_size: int = 256,
+    ):
+        self.dark, self.overscan_order, self.spikes = dark, overscan_order, spikes
+        self.background_adu, self.photon_threshold, self.beamstop = background_adu, photon_threshold, beamstop
+        self.crop, self.out_size = crop, out_size
+
+
+def preprocess(
+    raw,
+    geom: DetectorGeometry,
+    *,
+    dark_mean=None,
+    bad_pixels=None,
+    adu_per_photon: float,
+    transmission_map=None,
+    center=None,
+    settings: Settings | None = None,
+    xp=np,
+):
+    """Raw readout frames ``(N, 1040, 1152)`` to photon patterns ``(N, out_size, out_size)``, centred."""
+    from ..sim.fccd import assemble
+
+    s = settings or Settings()
+    x = xp.asarray(raw, dtype=xp.float32)
+    if s.dark and dark_mean is not None:
+        x = subtract_dark(x, dark_mean, bad_pixels, xp=xp)
+    if s.overscan_order:
+        x = overscan_correct(x, geom, order=s.overscan_order, xp=xp)
+    if s.spikes:
+        x = remove_spikes(x, geom, xp=xp)
+    img = assemble(x, geom)
+    if s.background_adu is not None:
+        img = background_threshold(img, s.background_adu, xp=xp)
+    if s.photon_threshold is not None:
+        img = to_photons(img, adu_per_photon, s.photon_threshold, xp=xp)
+    if s.beamstop and transmission_map is not None:
+        img = beamstop_correct(img, transmission_map, xp=xp)
+    if s.crop:
+        c = center if center is not None else (img.shape[-2] // 2, img.shape[-1] // 2)
+        img = crop_center(img, c, s.crop, xp=xp)
+    return fft_downsample(img, s.out_size, xp=xp)
