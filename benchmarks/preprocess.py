@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ns_bluesky.ptycho.backend import get_xp
 from ns_bluesky.ptycho.dark import DarkStatistics, bad_maps
 from ns_bluesky.ptycho.preprocess import preprocess
 from ns_bluesky.sim import PtychoSimulation
@@ -24,6 +25,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=64)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
     args = ap.parse_args()
     sim = PtychoSimulation()
     geom = sim.geom
@@ -36,7 +38,20 @@ def main() -> None:
         dark_mean=stats.mean.astype(np.float32), bad_pixels=maps.pixels, adu_per_photon=sim.fccd.adu_per_photon,
         transmission_map=sim.beamstop_transmission_map,
     )
-    print(f"cores: {os.cpu_count()}  frames: {args.frames}  batch: {args.batch}")
+    print(f"cores: {os.cpu_count()}  frames: {args.frames}  batch: {args.batch}  backend: {args.backend}")
+    if args.backend == "cupy":
+        xp = get_xp("cupy")
+        dev = {k: xp.asarray(v) if isinstance(v, np.ndarray) else v for k, v in kwargs.items()}
+        batches = [xp.asarray(raw[i : i + args.batch]) for i in range(0, args.frames, args.batch)]
+        for b in batches[:2]:
+            preprocess(b, geom, xp=xp, **dev)
+        xp.cuda.Device().synchronize()
+        t0 = time.perf_counter()
+        out = [preprocess(b, geom, xp=xp, **dev) for b in batches]
+        xp.cuda.Device().synchronize()
+        dt = time.perf_counter() - t0
+        print(f"GPU: {args.frames / dt:7.1f} raw frames/s (frames already on the GPU) -> {out[0].shape[1:]} patterns")
+        return
     for threads in (1, 2):
         batches = [raw[i : i + args.batch] for i in range(0, args.frames, args.batch)]
         with ThreadPoolExecutor(threads) as pool:
