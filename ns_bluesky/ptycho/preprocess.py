@@ -31,13 +31,14 @@ def subtract_dark(raw, dark_mean, bad_pixels=None, xp=np):
     """Step 2: raw minus the mean dark, as float32; masked pixels (nonzero ``bad_pixels``) become 0."""
     out = xp.asarray(raw, dtype=xp.float32) - xp.asarray(dark_mean, dtype=xp.float32)
     if bad_pixels is not None:
-        out = xp.where(xp.asarray(bad_pixels) != 0, xp.float32(0), out)
+        bad = xp.flatnonzero(xp.asarray(bad_pixels).ravel())  # few: zero them by index, not a full pass
+        out.reshape(*out.shape[: out.ndim - 2], -1)[..., bad] = 0
     return out
 
 
-def overscan_correct(raw, geom: DetectorGeometry, order: int = 1, xp=np):
+def overscan_correct(raw, geom: DetectorGeometry, order: int = 1, xp=np, inplace: bool = False):
     """Step 3: per channel, fit the overscan samples against readout row (``order`` 1 or 2) and
-    subtract the fitted baseline from every sample of that channel."""
+    subtract the fitted baseline from every sample of that channel (``inplace``: in a float32 ``raw``)."""
     if order not in (1, 2):
         raise ValueError(f"overscan fit order must be 1 (linear) or 2 (quadratic), got {order}")
     frames = xp.asarray(raw, dtype=xp.float32)
@@ -49,7 +50,7 @@ def overscan_correct(raw, geom: DetectorGeometry, order: int = 1, xp=np):
     pinv = xp.linalg.pinv(design)  # (order+1, rows)
     coeffs = xp.einsum("kr,...hrs->...hks", pinv.astype(xp.float32), over)
     fitted = xp.einsum("rk,...hks->...hrs", design.astype(xp.float32), coeffs)
-    corrected = frames.copy()
+    corrected = frames if inplace and frames is raw else frames.copy()
     cb = blocks(corrected, geom)
     cb -= fitted[..., None]
     return corrected
@@ -61,7 +62,7 @@ def background_threshold(images, threshold: float, xp=np):
     return xp.where(img > threshold, img, xp.float32(0))
 
 
-def remove_spikes(raw, geom: DetectorGeometry, *, sigma: float = 6.0, low_bins: int = 20, xp=np):
+def remove_spikes(raw, geom: DetectorGeometry, *, sigma: float = 6.0, low_bins: int = 20, xp=np, inplace: bool = False):
     """Step 5: periodic readout spikes (crosstalk ripple) out, in readout-clock order.
 
     The ripple is common to all channels, photons are not: the median over channels at
@@ -73,7 +74,9 @@ def remove_spikes(raw, geom: DetectorGeometry, *, sigma: float = 6.0, low_bins: 
     fft = fft_module(xp)
     frames = xp.asarray(raw, dtype=xp.float32)
     series = channel_series(frames, geom)  # [..., channel, clock] (view)
-    common = xp.median(series, axis=-2)  # [..., clock]
+    # median over channels, on the contiguous [clock, channel] layout: a partition, not a sort
+    by_clock = frames.reshape(*frames.shape[:-2], -1, geom.channels)
+    common = xp.partition(by_clock, geom.channels // 2, axis=-1)[..., geom.channels // 2]  # [..., clock]
     spectrum = fft.rfft(common, axis=-1, **fft_workers(xp))
     power = xp.abs(spectrum)
     med = xp.median(power[..., low_bins:], axis=-1, keepdims=True)
@@ -84,14 +87,17 @@ def remove_spikes(raw, geom: DetectorGeometry, *, sigma: float = 6.0, low_bins: 
     peaks = peaks | xp.roll(peaks, 1, axis=-1) | xp.roll(peaks, -1, axis=-1) | xp.roll(peaks, 2, axis=-1) | xp.roll(peaks, -2, axis=-1)
     peaks[..., :low_bins] = False
     ripple = fft.irfft(xp.where(peaks, spectrum, 0), n=series.shape[-1], axis=-1, **fft_workers(xp))
-    cleaned = frames.copy()
+    cleaned = frames if inplace and frames is raw else frames.copy()
     channel_series(cleaned, geom)[...] -= ripple[..., None, :].astype(xp.float32)
     return cleaned
 
 
 def to_photons(images, adu_per_photon: float, threshold_photons: float = 0.5, xp=np):
     """Step 6: ADU to photons; below ``threshold_photons`` is noise and becomes 0 (sub-photon threshold)."""
-    ph = xp.asarray(images, dtype=xp.float32) / xp.float32(adu_per_photon)
+    ph = xp.asarray(images, dtype=xp.float32) * xp.float32(1.0 / adu_per_photon)
+    if threshold_photons == 0.5:  # rounding already zeroes everything below half a photon
+        xp.rint(ph, out=ph)
+        return xp.maximum(ph, xp.float32(0), out=ph)
     return xp.where(ph >= threshold_photons, xp.rint(ph), xp.float32(0))
 
 
@@ -119,19 +125,25 @@ def fft_downsample(images, size: int, xp=np):
 
     Cropping the autocorrelation (the inverse FFT of the intensity) keeps the whole
     scattering angle and coarsens the sampling; exact when the exit wave fits in
-    ``size``/2 object pixels, as the probe does.
+    ``size``/2 object pixels, as the probe does. The intensity is real, so one real FFT
+    of the big pattern and a small inverse real FFT do it; the centring shifts are
+    sign flips on the small array.
     """
     fft = fft_module(xp)
     img = xp.asarray(images, dtype=xp.float32)
     n = img.shape[-1]
-    if img.shape[-2] != n or size > n:
-        raise ValueError(f"fft_downsample needs square patterns at least {size} wide, got {img.shape[-2:]}")
-    ac = fft.ifft2(fft.ifftshift(img, axes=(-2, -1)), **fft_workers(xp))
-    ac = fft.fftshift(ac, axes=(-2, -1))
-    c, h = n // 2, size // 2
-    small = fft.ifftshift(ac[..., c - h : c - h + size, c - h : c - h + size], axes=(-2, -1))
-    out = fft.fftshift(fft.fft2(small, **fft_workers(xp)), axes=(-2, -1)).real
-    return (out * (n / size) ** 2).astype(xp.float32)
+    if img.shape[-2] != n or size > n or n % 2 or size % 2:
+        raise ValueError(f"fft_downsample needs square patterns of even side >= {size}, got {img.shape[-2:]}")
+    h = size // 2
+    spectrum = fft.rfft2(img, **fft_workers(xp))  # FFT2 of the pattern = N^2 conj(autocorrelation)
+    rows = xp.concatenate([xp.arange(h + 1), xp.arange(n - h + 1, n)])  # frequencies 0..h, -h+1..-1
+    half = spectrum[..., rows, : h + 1]
+    ky = xp.concatenate([xp.arange(h + 1), xp.arange(-h + 1, 0)])
+    sign = xp.where((ky[:, None] + xp.arange(h + 1)[None, :]) % 2 == 0, 1.0, -1.0)  # input centred at n/2
+    out = fft.irfft2(half * sign, s=(size, size), **fft_workers(xp))
+    # output centred at size/2: one more roll by h in both axes
+    out = xp.roll(out, (h, h), axis=(-2, -1))
+    return out.astype(xp.float32)  # irfft2 of the raw spectrum already carries the (n / size)^2 that keeps counts
 
 
 class Settings:
@@ -173,10 +185,12 @@ def preprocess(
     x = xp.asarray(raw, dtype=xp.float32)
     if s.dark and dark_mean is not None:
         x = subtract_dark(x, dark_mean, bad_pixels, xp=xp)
+    if x is raw:
+        x = x.copy()  # the caller's frames stay as they were
     if s.overscan_order:
-        x = overscan_correct(x, geom, order=s.overscan_order, xp=xp)
+        x = overscan_correct(x, geom, order=s.overscan_order, xp=xp, inplace=True)
     if s.spikes:
-        x = remove_spikes(x, geom, xp=xp)
+        x = remove_spikes(x, geom, xp=xp, inplace=True)
     img = assemble(x, geom)
     if s.background_adu is not None:
         img = background_threshold(img, s.background_adu, xp=xp)
@@ -184,7 +198,8 @@ def preprocess(
         img = to_photons(img, adu_per_photon, s.photon_threshold, xp=xp)
     if s.beamstop and transmission_map is not None:
         img = beamstop_correct(img, transmission_map, xp=xp)
-    if s.crop:
-        c = center if center is not None else (img.shape[-2] // 2, img.shape[-1] // 2)
+    middle = (img.shape[-2] // 2, img.shape[-1] // 2)
+    c = middle if center is None else tuple(int(round(float(v))) for v in center)
+    if s.crop and (s.crop != img.shape[-1] or c != middle):
         img = crop_center(img, c, s.crop, xp=xp)
     return fft_downsample(img, s.out_size, xp=xp)

@@ -91,3 +91,25 @@ def test_fft_downsampling_is_exact_for_a_probe_sized_exit_wave():
     down = pp.fft_downsample(fine[None], n)[0]
     np.testing.assert_allclose(down / down.sum(), coarse / coarse.sum(), atol=1e-6 * coarse.max() / coarse.sum())
     assert down.sum() == pytest.approx(fine.sum(), rel=1e-4)
+
+
+def test_the_nine_steps_together_recover_the_photons_behind_a_raw_frame(geom):
+    """Noise-free electronics (offsets, slope, drift, spikes stay): raw in, the true photon pattern out."""
+    from ns_bluesky.config import ScanPattern, SimConfig
+    from ns_bluesky.ptycho.dark import DarkStatistics
+    from ns_bluesky.sim import PtychoSimulation
+
+    noise = DetectorNoise(read_noise_adu=0.0, hot_pixel_fraction=0.0, dead_pixel_fraction=0.0, dark_current_adu_per_s=0.0, offset_drift_adu=0.0)
+    sim = PtychoSimulation(SimConfig(noise=noise, scan=ScanPattern(shape=(2, 2), step_m=1e-7)))
+    stats = DarkStatistics(geom.raw_shape)
+    stats.update(np.stack([sim.raw_frame(None, i) for i in range(2)]))
+    lam = sim.expected_photons(sim.planned[0])
+    raw, photons = sim.fccd.read(lam, sim.config.exposure_s, frame_index=5)
+    out = pp.preprocess(raw[None], geom, dark_mean=stats.mean, adu_per_photon=sim.fccd.adu_per_photon,
+                        transmission_map=sim.beamstop_transmission_map)[0]
+    want = pp.fft_downsample((photons / sim.beamstop_transmission_map)[None], 256)[0]
+    assert out.shape == (256, 256)
+    assert out.sum() == pytest.approx(want.sum(), rel=0.01)
+    np.testing.assert_allclose(out, want, atol=0.02 * want.max())
+    # the scrambled readout was undone: the brightest pixel is the bright field at the centre
+    assert np.unravel_index(out.argmax(), out.shape) in [(r, c) for r in range(118, 139) for c in range(118, 139)]
