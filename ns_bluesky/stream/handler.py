@@ -74,7 +74,10 @@ class RunState:
 
 class ModuleState:
     def __init__(self, spec):
+        from .module import get_module
+
         self.spec = spec
+        self.inputs = get_module(spec.module).inputs
         self.queue: deque[int] = deque()
         self.workers: dict[bytes, WorkerState] = {}
         self.counts: Counter = Counter()
@@ -218,7 +221,7 @@ class Handler:
             return
         run.frames += 1
         for mod in self.modules.values():
-            if msg.kind in _inputs(mod):
+            if msg.kind in mod.inputs:
                 item = self._new_item(mod.spec.name, msg)
                 mod.queue.append(item.id)
                 mod.counts["received"] += 1
@@ -272,7 +275,7 @@ class Handler:
         mod.workers[identity] = worker
         log.info("worker %s pid %d ready with %d credits", name, worker.pid, worker.credits)
         for run in self.runs.values():
-            if run.start is not None and not run.aborted and not run.stop_pending == 0:
+            if run.start is not None and not run.aborted and run.stop_pending != 0:
                 self._send_item(worker, self._new_item(name, run.start, broadcast=True))
 
     def _on_result(self, msg: Message, item: Item | None, frames: list) -> None:
@@ -532,12 +535,6 @@ class Handler:
             for f in self.spill_dir.glob("*.msg"):
                 f.unlink()
         log.info("handler stopped")
-
-
-def _inputs(mod: ModuleState) -> tuple[str, ...]:
-    from .module import get_module
-
-    return get_module(mod.spec.module).inputs
 
 
 def main(argv: list[str] | None = None) -> int:
