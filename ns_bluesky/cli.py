@@ -131,6 +131,23 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reconstruct(args: argparse.Namespace) -> int:
+    from .errors import ParameterError
+    from .ptycho.reconstruct import run
+
+    if args.backend != "numpy":
+        raise ParameterError("the reconstruction engines run on numpy so far; the cupy backend covers pre-processing")
+    src = args.cxi
+    out = args.out or os.path.splitext(src)[0] + "_recon.cxi"
+    png = args.png or os.path.splitext(out)[0] + ".png"
+    result = run(src, out, engine_name=args.engine, iterations=args.iterations, size=args.size, png=png, progress=not args.quiet)
+    print(
+        f"{args.engine}: {len(result.residuals)} iterations, residual {result.residuals[0]:.4f} -> {result.residuals[-1]:.4f}; "
+        f"object {result.obj.shape} at {result.pixel_size_m * 1e9:.2f} nm\n  wrote {result.out}\n  picture {result.png}"
+    )
+    return 0
+
+
 def _catalog_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--catalog",
@@ -180,6 +197,22 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--limit", type=int, default=50, help="show at most this many (default 50)")
     runs.add_argument("--json", action="store_true", help="machine-readable output")
     runs.set_defaults(func=_cmd_runs)
+
+    rec = sub.add_parser(
+        "reconstruct",
+        help="reconstruct a ptychography CXI file",
+        description="Reconstruct object and probe from a CXI file (frames DC-centred, translations in metres); "
+        "writes image_1 (probe) and image_2 (object) with the residual per iteration, and a PNG.",
+    )
+    rec.add_argument("cxi", help="input CXI file")
+    rec.add_argument("--engine", default="epie", choices=("epie", "rpie"), help="default epie (RAAR, DM, LSQ-ML to come)")
+    rec.add_argument("--iterations", type=int, default=100)
+    rec.add_argument("--backend", default="numpy", choices=("numpy", "cupy"))
+    rec.add_argument("--size", type=int, help="FFT-downsample frames to this side first (e.g. 256)")
+    rec.add_argument("--out", help="output CXI (default: IN_recon.cxi)")
+    rec.add_argument("--png", help="picture of the result (default: OUT with .png)")
+    rec.add_argument("--quiet", action="store_true")
+    rec.set_defaults(func=_cmd_reconstruct)
 
     from .stream.commands import add_parsers
 

@@ -1,0 +1,126 @@
+"""Offline reconstruction of a CXI file written by anyone: ``ns-bluesky reconstruct IN.cxi``.
+
+Reads frames (zero frequency centred), translations in metres, energy, distance and
+pixel size; subtracts ``data_dark`` when present; FFT-downsamples to ``--size``
+(same scattering angle, so the object pixel z lambda / (N p) is unchanged); starts
+from ``source_1/illumination`` (cropped to the window) or from the mean pattern; and
+writes the result back as ``image_1`` (probe) and ``image_2`` (object), as ptychodus
+reads them, with the residual per iteration and a PNG.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from ..errors import ParameterError
+from ..io.cxi import EXTRAS, CXIImage, append_image, read_cxi
+from .engines import PtychoData, engine
+from .preprocess import crop_center, fft_downsample
+from .stxm import probe_from_patterns
+
+HC_J_M = 6.62607015e-34 * 299792458.0
+
+
+@dataclass
+class Reconstruction:
+    obj: np.ndarray
+    probe: np.ndarray
+    residuals: list[float]
+    pixel_size_m: float
+    out: Path
+    png: Path | None
+
+
+def prepare_data(path: str | os.PathLike, size: int | None = None) -> tuple[PtychoData, np.ndarray, float]:
+    """Engine input from a CXI file: data, starting probe and object pixel size (m)."""
+    cxi = read_cxi(path)
+    frames = np.asarray(cxi.frames, dtype=np.float32)
+    if cxi.dark is not None:
+        dark = np.asarray(cxi.dark, dtype=np.float32)
+        frames = np.maximum(frames - (dark.mean(axis=0) if dark.ndim == 3 else dark), 0)
+    n_det = frames.shape[-1]
+    if frames.shape[-2] != n_det:
+        raise ParameterError(f"{path}: frames must be square, got {frames.shape[-2:]}")
+    n = size or n_det
+    if n > n_det or n % 2:
+        raise ParameterError(f"--size must be even and at most the frame side {n_det}, got {n}")
+    if n < n_det:
+        frames = np.concatenate([fft_downsample(frames[i : i + 64], n) for i in range(0, len(frames), 64)])
+    wavelength = HC_J_M / cxi.energy_J
+    dx = cxi.distance_m * wavelength / (n_det * cxi.pixel_size_m[1])
+    probe_on_sample = -cxi.translations_m[:, [1, 0]] / dx  # (row, col) in object pixels
+    origins = probe_on_sample - probe_on_sample.min(axis=0) + 2.0
+    if cxi.probe is not None and cxi.probe.shape[-1] >= n:
+        probe = crop_center(np.asarray(cxi.probe, np.complex64), (cxi.probe.shape[-2] // 2, cxi.probe.shape[-1] // 2), n)
+    else:
+        probe = probe_from_patterns(frames.mean(axis=0))
+    # scale the probe to the measured counts: sum |P|^2 = mean photons per frame
+    probe = probe * np.sqrt(frames.sum(axis=(-2, -1)).mean() / max(float((np.abs(probe) ** 2).sum()), 1e-30))
+    return PtychoData(frames, origins), probe.astype(np.complex64), dx
+
+
+def run(
+    path: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    engine_name: str = "epie",
+    iterations: int = 100,
+    size: int | None = None,
+    png: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> Reconstruction:
+    if iterations < 1:
+        raise ParameterError(f"--iterations must be >= 1, got {iterations}")
+    data, probe, dx = prepare_data(path, size)
+    eng = engine(engine_name)
+    eng.prepare(data, probe)
+    with tqdm(total=iterations, desc=f"{engine_name}", unit="it", disable=not progress) as bar:
+        for _ in range(iterations):
+            (res,) = eng.iterate(1)
+            bar.set_postfix_str(f"residual {res:.4f}")
+            bar.update(1)
+    obj, probe, residuals = eng.finalize()
+    out = Path(out)
+    if Path(path).resolve() != out.resolve():
+        shutil.copyfile(path, out)
+    append_image(out, CXIImage(probe, "probe", (dx, dx)))
+    append_image(out, CXIImage(obj, "object", (dx, dx)))
+    with h5py.File(out, "a") as f:
+        g = f.require_group(EXTRAS)
+        for key in ("reconstruction_residual", "reconstruction_engine"):
+            if key in g:
+                del g[key]
+        g["reconstruction_residual"] = np.asarray(residuals, np.float64)
+        g["reconstruction_engine"] = engine_name
+    png_path = Path(png) if png else None
+    if png_path:
+        _picture(png_path, obj, probe, residuals, dx, engine_name)
+    return Reconstruction(obj, probe, residuals, dx, out, png_path)
+
+
+def _picture(path: Path, obj, probe, residuals, dx, name) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 4, figsize=(18, 4.5), constrained_layout=True)
+    ext = (0, obj.shape[1] * dx * 1e6, obj.shape[0] * dx * 1e6, 0)
+    ax[0].imshow(np.abs(obj), cmap="gray", extent=ext)
+    ax[0].set_title("object amplitude (µm)")
+    ax[1].imshow(np.angle(obj), cmap="gray", extent=ext)
+    ax[1].set_title("object phase")
+    ax[2].imshow(np.abs(probe), cmap="magma")
+    ax[2].set_title("probe amplitude")
+    ax[3].semilogy(np.arange(1, len(residuals) + 1), residuals)
+    ax[3].set_xlabel("iteration")
+    ax[3].set_title(f"{name}: data residual")
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

@@ -1,0 +1,64 @@
+"""``ns-bluesky reconstruct`` on a CXI file: the object and probe come back as image_2 / image_1."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from ns_bluesky.config import ELECTRON_VOLT_J, wavelength_m
+from ns_bluesky.errors import CXIError
+from ns_bluesky.io.cxi import CXIData, write_cxi
+from ns_bluesky.ptycho.metrics import nrmse
+from ns_bluesky.ptycho.reconstruct import run
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_engines import _data  # noqa: E402
+
+
+def _cxi(path, with_probe=True):
+    data, obj, probe, mask = _data()
+    n = data.patterns.shape[-1]
+    distance, pixel = 0.08, 30e-6
+    dx = distance * wavelength_m(800.0) / (n * pixel)
+    # probe origin o (object pixels) = -translation / dx, so translation = -o dx, stored as (x, y, z)
+    t = -data.origins_px * dx
+    translations = np.stack([t[:, 1], t[:, 0], np.zeros(len(t))], axis=1)
+    write_cxi(path, CXIData(frames=data.patterns * 1e4, translations_m=translations, energy_J=800 * ELECTRON_VOLT_J,
+                            distance_m=distance, pixel_size_m=(pixel, pixel), probe=probe if with_probe else None))
+    return obj, mask
+
+
+def test_reconstruct_writes_probe_and_object_that_match_the_truth(tmp_path):
+    obj, mask = _cxi(tmp_path / "in.cxi")
+    result = run(tmp_path / "in.cxi", tmp_path / "out.cxi", iterations=60, png=tmp_path / "out.png", progress=False)
+    assert result.residuals[-1] < result.residuals[0] / 10
+    with h5py.File(tmp_path / "out.cxi", "r") as f:
+        assert f["entry_1/image_1/data_type"][()] == b"probe" and f["entry_1/image_2/data_type"][()] == b"object"
+        est = f["entry_1/image_2/data"][()]
+        assert f["entry_1/image_2/x_pixel_size"][()] == pytest.approx(result.pixel_size_m)
+        assert len(f["entry_1/ns_bluesky/reconstruction_residual"]) == 60
+        assert f["entry_1/data_1/data"].shape[0] == 64  # the input is kept
+    # the engine's grid starts 2 pixels (minus the sub-pixel jitter) before the truth's
+    h, w = obj.shape
+    assert nrmse(est[1 : 1 + h, 1 : 1 + w], obj, mask) < 0.08
+    assert (tmp_path / "out.png").stat().st_size > 10_000
+
+
+def test_reconstruct_starts_from_the_data_without_a_probe(tmp_path):
+    _cxi(tmp_path / "in.cxi", with_probe=False)
+    result = run(tmp_path / "in.cxi", tmp_path / "out.cxi", iterations=30, progress=False)
+    assert result.residuals[-1] < result.residuals[0] / 3
+
+
+def test_cli_errors_name_the_missing_dataset(tmp_path):
+    exe = Path(sys.executable).parent / "ns-bluesky"
+    out = subprocess.run([str(exe), "reconstruct", str(tmp_path / "none.cxi")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and out.stderr.strip() == f"ns-bluesky: error: no CXI file at {tmp_path / 'none.cxi'}"
+    _cxi(tmp_path / "in.cxi")
+    with h5py.File(tmp_path / "in.cxi", "a") as f:
+        del f["entry_1/instrument_1/source_1/energy"]
+    with pytest.raises(CXIError, match="photon energy .*/entry_1/instrument_1/source_1/energy"):
+        run(tmp_path / "in.cxi", tmp_path / "out.cxi", iterations=1, progress=False)
