@@ -29,7 +29,7 @@ def center_of_mass(images, threshold: float = 0.0, xp=np):
 
 def subtract_dark(raw, dark_mean, bad_pixels=None, xp=np):
     """Step 2: raw minus the mean dark, as float32; masked pixels (nonzero ``bad_pixels``) become 0."""
-    out = xp.asarray(raw, dtype=xp.float32) - xp.asarray(dark_mean, dtype=xp.float32)
+    out = xp.subtract(raw, xp.asarray(dark_mean, dtype=xp.float32), dtype=xp.float32)
     if bad_pixels is not None:
         bad = xp.flatnonzero(xp.asarray(bad_pixels).ravel())  # few: zero them by index, not a full pass
         out.reshape(*out.shape[: out.ndim - 2], -1)[..., bad] = 0
@@ -182,11 +182,11 @@ def preprocess(
     from ..sim.fccd import assemble
 
     s = settings or Settings()
-    x = xp.asarray(raw, dtype=xp.float32)
+    raw = xp.asarray(raw)
     if s.dark and dark_mean is not None:
-        x = subtract_dark(x, dark_mean, bad_pixels, xp=xp)
-    if x is raw:
-        x = x.copy()  # the caller's frames stay as they were
+        x = subtract_dark(raw, dark_mean, bad_pixels, xp=xp)  # one pass: converts and subtracts
+    else:
+        x = raw.astype(xp.float32)  # always a new array: the caller's frames stay as they were
     if s.overscan_order:
         x = overscan_correct(x, geom, order=s.overscan_order, xp=xp, inplace=True)
     if s.spikes:
@@ -197,7 +197,7 @@ def preprocess(
     if s.photon_threshold is not None:
         img = to_photons(img, adu_per_photon, s.photon_threshold, xp=xp)
     if s.beamstop and transmission_map is not None:
-        img = beamstop_correct(img, transmission_map, xp=xp)
+        img *= xp.asarray(1.0 / xp.asarray(transmission_map, dtype=xp.float32))  # step 7, in place
     middle = (img.shape[-2] // 2, img.shape[-1] // 2)
     c = middle if center is None else tuple(int(round(float(v))) for v in center)
     if s.crop and (s.crop != img.shape[-1] or c != middle):
