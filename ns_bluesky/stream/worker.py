@@ -120,7 +120,8 @@ class Worker:
         self._send(sock, ready)
         return sock
 
-    def _drop_queued(self, run: str, pipe: zmq.Socket) -> None:
+    def _drop_queued(self, run: str, sock: zmq.Socket) -> None:
+        """Answer the handler for every queued item of an aborted run (so their credits come back)."""
         kept = []
         while True:
             try:
@@ -128,7 +129,7 @@ class Worker:
             except queue.Empty:
                 break
             if msg.run == run and msg.kind != "start":
-                self._send_done_aborted(pipe, item_id, msg)
+                self._send_done_aborted(sock, item_id, msg)
             else:
                 kept.append((item_id, msg))
         for entry in kept:
@@ -161,7 +162,7 @@ class Worker:
                     while sock.poll(0):
                         last_heard = now
                         backoff = HEARTBEAT_S
-                        self._on_message(sock.recv_multipart(copy=False), pipe)
+                        self._on_message(sock.recv_multipart(copy=False), sock)
                 if now - last_sent >= HEARTBEAT_S:
                     self._send(sock, Message("heartbeat", meta={"module": self.module.name, "pid": os.getpid()}))
                     last_sent = now
@@ -181,7 +182,7 @@ class Worker:
             pipe.close(linger=0)
             log.info("worker %s pid %d stopped: %d processed, %d errors", self.module.name, os.getpid(), self.processed, self.errors)
 
-    def _on_message(self, frames: Iterable, pipe: zmq.Socket) -> None:
+    def _on_message(self, frames: Iterable, sock: zmq.Socket) -> None:
         try:
             msg = decode(list(frames))
         except ProtocolError as exc:
@@ -193,7 +194,7 @@ class Worker:
             command = msg.meta.get("command")
             if command == "abort":
                 self._aborted.add(msg.run)
-                self._drop_queued(msg.run, pipe)
+                self._drop_queued(msg.run, sock)
                 self.module.abort_run(msg.run)
             elif command == "shutdown":
                 self._stop.set()

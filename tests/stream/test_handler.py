@@ -173,6 +173,9 @@ def test_abort_drops_queued_work_fast_and_reset_makes_it_ready(make_pipeline):
     send_run(client, "next", 20, shape=(8, 8))
     client.flush()
     assert sorted(m.seq for m in _results(pipe, "next")) == list(range(20))
+    # every credit came back: items dropped by the abort were answered, not forgotten
+    workers = pipe.control.status()["modules"]["echo"]["workers"]
+    assert [w["credits"] for w in workers] == [2, 2] and all(w["in_flight"] == 0 for w in workers)
 
 
 def test_scale_up_and_down_mid_run_without_loss(make_pipeline):
