@@ -83,6 +83,7 @@ class PipelineBridge(DocumentRouter):
         # only hand messages to a live connection: while the handler is away they wait in
         # ``unacked`` (resent when it is back), not in a socket queue that would block
         self._client.sock.setsockopt(zmq.IMMEDIATE, 1)
+        self._stalled = False
         self._thread = threading.Thread(target=self._run, name="pipeline-bridge", daemon=True)
         self._thread.start()
 
@@ -105,6 +106,7 @@ class PipelineBridge(DocumentRouter):
         files = _FrameFiles()
         datums: dict[int, tuple[str, int]] = {}  # seq_num -> (resource, index)
         run = ""
+        sent_frames = 0
         last_resend = time.monotonic()
         try:
             while not self._stop.is_set() or not self._queue.empty():
@@ -115,6 +117,7 @@ class PipelineBridge(DocumentRouter):
                 if name == "start":
                     run = doc["uid"]
                     datums.clear()
+                    sent_frames = 0
                     self._send(Message("start", run=run, meta={"start": _jsonable(doc)}))
                 elif name == "stream_resource":
                     files.add(doc)
@@ -133,8 +136,10 @@ class PipelineBridge(DocumentRouter):
                     kind = "frame" if arrays else "event"
                     meta = {"data": _jsonable(doc["data"]), "time": doc["time"], "lag": self.lag}
                     self._send(Message(kind, run=run, seq=doc["seq_num"], meta=meta, arrays=arrays))
+                    sent_frames += 1
                 elif name == "stop":
-                    self._send(Message("stop", run=run, meta={"exit_status": doc.get("exit_status"), "reason": doc.get("reason", "")}))
+                    meta = {"exit_status": doc.get("exit_status"), "reason": doc.get("reason", ""), "num_frames": sent_frames}
+                    self._send(Message("stop", run=run, meta=meta))
                     files.close()
                 self._client.poll(0)
                 now = time.monotonic()
@@ -149,7 +154,8 @@ class PipelineBridge(DocumentRouter):
             if not self._client.poll(RESEND_AFTER_S):
                 self._resend()
         self._client.unacked[(msg.kind, msg.run, msg.seq)] = msg
-        self._try_send(msg)
+        if not self._stalled:  # behind an undelivered message, it waits its turn (order matters)
+            self._stalled = not self._try_send(msg)
         self.sent += 1
 
     def _try_send(self, msg: Message) -> bool:
@@ -162,8 +168,10 @@ class PipelineBridge(DocumentRouter):
     def _resend(self) -> None:
         """Unanswered for a while: the handler may have restarted. Send again, in order; it drops repeats."""
         log.warning("pipeline silent; resending %d unacknowledged messages", len(self._client.unacked))
-        for msg in list(self._client.unacked.values()):
+        self._stalled = False
+        for msg in list(self._client.unacked.values()):  # in the order they were first sent
             if not self._try_send(msg):
+                self._stalled = True
                 break
 
     def flush(self, timeout_s: float = 60.0) -> None:

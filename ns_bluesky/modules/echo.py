@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..stream.module import Module, register
@@ -15,6 +17,7 @@ class EchoParams(BaseModel):
 
     delay_s: float = Field(0.0, ge=0, description="pretend work: sleep this long per frame")
     fail_every: int = Field(0, ge=0, description="raise on every n-th frame (0: never), to test error reporting")
+    unsendable_every: int = Field(0, ge=0, description="return a float16 result (refused by the wire) every n-th frame")
 
 
 @register
@@ -31,4 +34,6 @@ class EchoModule(Module):
         if self.params.fail_every and msg.seq % self.params.fail_every == 0:
             raise RuntimeError(f"echo: injected failure on seq {msg.seq}")
         meta = {"source": "echo", **{k: msg.meta[k] for k in ("t_sent",) if k in msg.meta}}
+        if self.params.unsendable_every and msg.seq % self.params.unsendable_every == 0:
+            return Message("result", run=msg.run, seq=msg.seq, stage="echo", arrays={"x": np.zeros(2, np.float16)})
         return Message("result", run=msg.run, seq=msg.seq, stage="echo", meta=meta, arrays=dict(msg.arrays))

@@ -98,8 +98,11 @@ class IngestClient:
                 for kind, run, seq in reply.meta.get("keys", []):
                     if self.unacked.pop((kind, run, seq), None) is not None:
                         self.acked += 1
-            else:
+            else:  # refused: resending would be refused again, so it is recorded and dropped
                 self.nacks.append(reply.meta)
+                key = reply.meta.get("key")
+                if isinstance(key, list) and len(key) == 3:
+                    self.unacked.pop(tuple(key), None)
             n += 1
         return n
 

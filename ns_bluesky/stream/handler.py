@@ -16,6 +16,7 @@ items (counted as aborted) and its late results.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -55,6 +56,7 @@ class Item:
     module: str
     msg: Message | None
     broadcast: bool = False
+    run: str = ""
     worker: bytes | None = None
     spill: Path | None = None
 
@@ -68,6 +70,7 @@ class RunState:
     stop_pending: int = -1
     aborted: bool = False
     frames: int = 0
+    expected: int | None = None  # frames the sender says the run has (from its stop message)
     seen: set = field(default_factory=set)
     published: set = field(default_factory=set)
 
@@ -132,7 +135,7 @@ class Handler:
     # ---------------------------------------------------------------- helpers
     def _new_item(self, module: str, msg: Message, broadcast: bool = False) -> Item:
         self._next_id += 1
-        item = Item(self._next_id, module, msg, broadcast)
+        item = Item(self._next_id, module, msg, broadcast, run=msg.run)
         self.items[item.id] = item
         return item
 
@@ -182,7 +185,11 @@ class Handler:
         except ProtocolError as exc:
             self.malformed[exc.reason] += 1
             log.warning("malformed message on ingest (%s)", exc)
-            self.ingest.send_multipart([identity, *encode(Message("nack", meta={"reason": exc.reason, "detail": exc.detail[:200]}))])
+            meta = {"reason": exc.reason, "detail": exc.detail[:200]}
+            key = _best_effort_key(payload[0]) if payload else None
+            if key is not None:
+                meta["key"] = key  # so the sender can stop resending it
+            self.ingest.send_multipart([identity, *encode(Message("nack", meta=meta))])
             return
         self.counts["ingested"] += 1
         self._accept(msg)
@@ -209,7 +216,12 @@ class Handler:
             return
         if msg.kind == "stop":
             run.stopping = True
+            expected = msg.meta.get("num_frames")
+            run.expected = expected if isinstance(expected, int) and not isinstance(expected, bool) else None
             self._check_end(run)
+            return
+        if run.stop_pending == 0:  # the run already ended: a late frame is refused, not half-processed
+            self.counts["after_end"] += 1
             return
         key = (msg.kind, msg.seq)
         if key in run.seen:
@@ -248,7 +260,11 @@ class Handler:
         # a purged worker gets no heartbeats from us, so it reconnects and says READY again
         if msg.kind == "heartbeat":
             return
-        item = self.items.get(int(msg.meta.get("item", -1)))
+        item_id = msg.meta.get("item", -1)
+        if isinstance(item_id, bool) or not isinstance(item_id, int):
+            self.malformed["worker:bad-item"] += 1
+            return
+        item = self.items.get(item_id)
         if msg.kind == "result":
             self._on_result(msg, item, payload)
         if msg.kind in ("done", "error") or msg.meta.get("done"):
@@ -261,7 +277,10 @@ class Handler:
         return None
 
     def _register(self, identity: bytes, msg: Message, now: float) -> None:
-        name = msg.meta.get("module")
+        name, credits, pid = msg.meta.get("module"), msg.meta.get("credits"), msg.meta.get("pid", 0)
+        if not isinstance(name, str) or not all(isinstance(v, int) and not isinstance(v, bool) for v in (credits, pid)) or not 0 < credits <= 64:
+            self.malformed["worker:bad-ready"] += 1
+            return
         mod = self.modules.get(name)
         if mod is None:
             self.malformed["unknown-module"] += 1
@@ -271,7 +290,9 @@ class Handler:
         old = self._worker(identity)
         if old is not None:
             self._purge(old, "re-registered")
-        worker = WorkerState(identity, name, int(msg.meta.get("pid", 0)), int(msg.meta["credits"]), now)
+        worker = WorkerState(identity, name, pid, credits, now)
+        if self.pool is not None and pid in self.pool.draining:  # scaled down before it registered
+            worker.draining = True
         mod.workers[identity] = worker
         log.info("worker %s pid %d ready with %d credits", name, worker.pid, worker.credits)
         for run in self.runs.values():
@@ -356,6 +377,8 @@ class Handler:
     def _check_end(self, run: RunState) -> None:
         if not run.stopping or run.pending > 0 or run.stop_pending >= 0:
             return
+        if run.expected is not None and run.frames < run.expected:
+            return  # frames still on their way (a sender resending after a silence)
         stop = Message("stop", run=run.run)
         targets = [(mod, w) for mod in self.modules.values() for w in mod.workers.values()]
         run.stop_pending = len(targets)
@@ -374,7 +397,7 @@ class Handler:
 
     def abort(self, run_id: str | None = None) -> int:
         """Drop queued items of one run (or all), refuse late results, tell every worker."""
-        targets = [r for r in self.runs.values() if run_id in (None, r.run) and not r.aborted]
+        targets = [r for r in self.runs.values() if run_id in (None, r.run) and not r.aborted and r.stop_pending != 0]
         dropped = 0
         for run in targets:
             run.aborted = True
@@ -382,8 +405,9 @@ class Handler:
                 keep = deque()
                 for item_id in mod.queue:
                     item = self.items[item_id]
-                    msg_run = item.msg.run if item.msg is not None else self._unspill(item).run
-                    if msg_run == run.run:
+                    if item.run == run.run:
+                        if item.spill is not None:
+                            item.spill.unlink(missing_ok=True)
                         del self.items[item_id]
                         mod.counts["aborted"] += 1
                         dropped += 1
@@ -392,7 +416,7 @@ class Handler:
                 mod.queue = keep
                 for worker in mod.workers.values():
                     self.backend.send_multipart([worker.identity, *encode(Message("control", run=run.run, meta={"command": "abort"}))])
-            run.pending = sum(1 for it in self.items.values() if not it.broadcast and it.msg is not None and it.msg.run == run.run)
+            run.pending = sum(1 for it in self.items.values() if not it.broadcast and it.run == run.run)
             self._end_of_run(run)
         return dropped
 
@@ -493,6 +517,15 @@ class Handler:
             if worker.pid == pid:
                 worker.draining = True
 
+    def _guard(self, port: str, handle, sock: zmq.Socket) -> None:
+        """One message, whatever it holds: a failure is counted and logged, the loop goes on."""
+        frames = sock.recv_multipart(copy=False)
+        try:
+            handle(frames)
+        except Exception:
+            self.malformed[f"{port}:internal"] += 1
+            log.exception("message on the %s port could not be handled; the handler goes on", port)
+
     def serve(self) -> None:
         poller = zmq.Poller()
         for sock in (self.control, self.ingest, self.backend):
@@ -505,15 +538,15 @@ class Handler:
                     for _ in range(1000):
                         if not self.backend.poll(0):
                             break
-                        self._on_worker(self.backend.recv_multipart(copy=False))
+                        self._guard("worker", self._on_worker, self.backend)
                 if self.ingest in events:
                     for _ in range(200):
                         if not self.ingest.poll(0):
                             break
-                        self._on_ingest(self.ingest.recv_multipart(copy=False))
+                        self._guard("ingest", self._on_ingest, self.ingest)
                     self._send_acks()
                 if self.control in events:
-                    self._on_control(self.control.recv_multipart(copy=False))
+                    self._guard("control", self._on_control, self.control)
                 self._dispatch()
                 self._housekeeping(time.monotonic())
         finally:
@@ -535,6 +568,16 @@ class Handler:
             for f in self.spill_dir.glob("*.msg"):
                 f.unlink()
         log.info("handler stopped")
+
+
+def _best_effort_key(header_frame) -> list | None:
+    """[kind, run, seq] of a refused message, if its header parses that far."""
+    try:
+        h = json.loads(bytes(getattr(header_frame, "buffer", header_frame))[:65536])
+        key = [h["kind"], h.get("run", ""), h.get("seq", -1)]
+        return key if all(isinstance(v, t) for v, t in zip(key, (str, str, int), strict=True)) else None
+    except Exception:
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

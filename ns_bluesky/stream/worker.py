@@ -69,7 +69,10 @@ class Worker:
                     item_id, msg = self._work.get(timeout=0.1)
                 except queue.Empty:
                     continue
-                self._handle(out, item_id, msg)
+                try:
+                    self._handle(out, item_id, msg)
+                except Exception:  # never let the compute thread die while heartbeats go on
+                    log.exception("worker failed to answer item %s", item_id)
         finally:
             out.close(linger=0)
 
@@ -85,6 +88,14 @@ class Worker:
                 results = _as_list(self.module.end_run(msg.run))
             else:
                 results = _as_list(self.module.process(msg))
+            encoded = []
+            for k, result in enumerate(results):  # encode all before sending any: all or nothing
+                if not isinstance(result, Message):
+                    raise TypeError(f"{self.module.name} returned {type(result).__name__}, not a Message")
+                result.meta["item"] = item_id
+                if k == len(results) - 1:
+                    result.meta["done"] = True  # the last result also returns the credit: one message less
+                encoded.append(encode(result))
         except Exception as exc:
             self.errors += 1
             tb = traceback.format_exc()
@@ -95,12 +106,9 @@ class Worker:
             )
             return
         self.processed += 1
-        for k, result in enumerate(results):
-            result.meta["item"] = item_id
-            if k == len(results) - 1:
-                result.meta["done"] = True  # the last result also returns the credit: one message less
-            self._send(out, result)
-        if not results:
+        for frames in encoded:
+            out.send_multipart(frames, copy=False)
+        if not encoded:
             self._send(out, Message("done", run=msg.run, seq=msg.seq, meta={"item": item_id}))
 
     @staticmethod

@@ -245,3 +245,77 @@ def test_backlog_spills_to_disk_and_loses_nothing(make_pipeline):
     assert sorted(m.seq for m in results) == list(range(200))
     assert results[150].arrays["image"][0, 0] == 150
     assert pipe.control.status()["modules"]["echo"]["spilled"] > 0
+
+
+def test_malformed_worker_messages_are_counted_and_survived(make_pipeline):
+    import zmq
+
+    from ns_bluesky.stream.protocol import encode
+
+    pipe = make_pipeline()
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.connect(pipe.cfg.address(pipe.cfg.worker_port, connect=True))
+    bad = [
+        Message("ready", meta={"module": ["echo"], "credits": 2}),
+        Message("ready", meta={"module": "echo", "credits": "lots"}),
+        Message("done", meta={"item": "abc"}),
+        Message("result", run="r", seq=1, stage="s", meta={"item": [1]}),
+    ]
+    for msg in bad:
+        sock.send_multipart(encode(msg))
+    sock.send_multipart([b'{"v": 1, "kind": "done", "item": 1e999}'])
+    time.sleep(0.5)
+    malformed = pipe.control.status()["malformed"]
+    assert malformed.get("worker:bad-ready") == 2 and malformed.get("worker:bad-item") == 3
+    from tests.stream.conftest import send_run
+
+    client = pipe.ingest()
+    send_run(client, "still-up", 10)
+    client.flush()
+    assert len(_results(pipe, "still-up")) == 10
+    sock.close(linger=0)
+
+
+def test_an_unsendable_module_result_is_an_error_and_the_run_still_ends(make_pipeline):
+    from tests.stream.conftest import send_run
+
+    pipe = make_pipeline('[[modules]]\nname = "echo"\nmodule = "echo"\nworkers = 1\nparams = { unsendable_every = 5 }\n')
+    client = pipe.ingest()
+    send_run(client, "f16", 20, shape=(4, 4))
+    client.flush()
+    results = _results(pipe, "f16")  # waits for end_of_run: the worker did not stall
+    assert sorted(m.seq for m in results) == [s for s in range(20) if s % 5]
+    assert pipe.control.status()["modules"]["echo"]["errors"] == 4
+
+
+def test_reset_does_not_end_a_finished_run_twice_and_late_frames_are_refused(make_pipeline):
+    from tests.stream.conftest import send_run
+
+    pipe = make_pipeline()
+    client = pipe.ingest()
+    send_run(client, "done-run", 5, shape=(4, 4))
+    client.flush()
+    _results(pipe, "done-run")
+    client.send(Message("frame", run="done-run", seq=99, arrays={"image": np.zeros((4, 4), np.uint16)}))
+    client.flush()
+    assert pipe.control.status()["counts"]["after_end"] == 1  # refused, not half-processed
+    pipe.control("reset")
+    time.sleep(0.5)
+    pipe.results.collect(lambda ms: False, timeout_s=0.5)
+    assert not [m for m in pipe.results.messages if m.kind == "result" and m.seq == 99]
+    ends = [m for m in pipe.results.messages if m.kind == "end_of_run" and m.run == "done-run"]
+    assert len(ends) == 1 and ends[0].meta["aborted"] is False
+
+
+def test_end_of_run_waits_for_frames_still_on_their_way(make_pipeline):
+    pipe = make_pipeline()
+    client = pipe.ingest()
+    client.send(Message("start", run="late"))
+    client.send(Message("frame", run="late", seq=1, arrays={"image": np.zeros((4, 4), np.uint16)}))
+    client.send(Message("stop", run="late", meta={"num_frames": 3}))  # frames 2 and 3 overtaken by the stop
+    time.sleep(0.5)
+    assert not pipe.results.ended("late")
+    for seq in (2, 3):
+        client.send(Message("frame", run="late", seq=seq, arrays={"image": np.zeros((4, 4), np.uint16)}))
+    client.flush()
+    assert sorted(m.seq for m in _results(pipe, "late")) == [1, 2, 3]
