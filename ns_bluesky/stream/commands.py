@@ -49,11 +49,16 @@ def cmd_pipeline(args) -> int:
             cmd += ["--workers", *args.workers]
         if args.log_dir:
             cmd += ["--log-dir", args.log_dir]
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        logs = log_dir(args.log_dir or cfg.log_dir)
+        logs.mkdir(parents=True, exist_ok=True)
+        stderr_path = logs / "handler.stderr"  # a file, not a pipe nobody reads once we return
+        with open(stderr_path, "ab") as err:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
         deadline = time.monotonic() + args.timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise ParameterError(f"the handler exited: {proc.stderr.read().decode().strip() or proc.returncode}")
+                lines = stderr_path.read_text(errors="replace").strip().splitlines()
+                raise ParameterError(f"the handler exited: {lines[-1] if lines else proc.returncode} (see {stderr_path})")
             try:
                 status = control.wait_ready(min(2.0, max(deadline - time.monotonic(), 0.1)))
                 print(f"pipeline ready (handler pid {proc.pid}); logs in {log_dir(args.log_dir or cfg.log_dir)}")

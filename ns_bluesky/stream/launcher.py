@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 
 from .config import PipelineConfig
+from .logs import log_dir
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,10 @@ class LocalPool:
                     log.warning("worker %s pid %d exited with %s; starting a replacement", module, p.pid, p.returncode)
             active = [p for p in procs if p.pid not in self.draining]
             for _ in range(wanted.get(module, 0) - len(active)):
-                p = subprocess.Popen(self.command(module), stdin=subprocess.DEVNULL)
+                logs = log_dir(self.cfg.log_dir)
+                logs.mkdir(parents=True, exist_ok=True)
+                with open(logs / f"{module}.stderr", "ab") as err:  # start-up tracebacks kept
+                    p = subprocess.Popen(self.command(module), stdin=subprocess.DEVNULL, stderr=err)
                 procs.append(p)
                 log.info("started worker %s pid %d", module, p.pid)
             for p in active[wanted.get(module, 0):]:
