@@ -31,6 +31,8 @@ class LocalPool:
             "--module", spec.module, "--name", spec.name,
             "--address", self.cfg.address(self.port, connect=True),
             "--params", json.dumps(spec.params), "--credits", str(spec.credits),
+            # the worker gives the handler 1.5x the handler's own patience before reconnecting
+            "--heartbeat-s", str(self.cfg.heartbeat_s), "--liveness", str(int(self.cfg.liveness * 1.5)),
         ]
         if self.cfg.log_dir:
             cmd += ["--log-dir", self.cfg.log_dir]

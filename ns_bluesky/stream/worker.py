@@ -47,9 +47,18 @@ class Worker:
     """Serve one module to a handler until told to shut down."""
 
     def __init__(
-        self, module: Module, address: str, *, credits: int = 2, context: zmq.Context | None = None, curve: dict | None = None
+        self,
+        module: Module,
+        address: str,
+        *,
+        credits: int = 2,
+        context: zmq.Context | None = None,
+        curve: dict | None = None,
+        heartbeat_s: float = HEARTBEAT_S,
+        liveness: int = HANDLER_LIVENESS,
     ):
         self.module, self.address, self.credits = module, address, credits
+        self.heartbeat_s, self.liveness = heartbeat_s, liveness
         self.ctx = context or zmq.Context.instance()
         self.curve = curve
         self._work: queue.Queue = queue.Queue()
@@ -77,6 +86,9 @@ class Worker:
             out.close(linger=0)
 
     def _handle(self, out: zmq.Socket, item_id: int, msg: Message) -> None:
+        if item_id < 0:  # the abort marker: the module forgets the run
+            self.module.abort_run(msg.run)
+            return
         if msg.run in self._aborted and msg.kind != "start":
             self._send(out, Message("done", run=msg.run, seq=msg.seq, meta={"item": item_id, "aborted": True}))
             return
@@ -156,11 +168,12 @@ class Worker:
         poller.register(sock, zmq.POLLIN)
         poller.register(pipe, zmq.POLLIN)
         last_sent = last_heard = time.monotonic()
-        backoff = HEARTBEAT_S
+        hb = self.heartbeat_s
+        backoff = hb
         log.info("worker %s pid %d connected to %s", self.module.name, os.getpid(), self.address)
         try:
             while not self._stop.is_set():
-                events = dict(poller.poll(HEARTBEAT_S * 1000 / 2))
+                events = dict(poller.poll(hb * 1000 / 2))
                 now = time.monotonic()
                 if pipe in events:
                     while pipe.poll(0):
@@ -169,12 +182,12 @@ class Worker:
                 if sock in events:
                     while sock.poll(0):
                         last_heard = now
-                        backoff = HEARTBEAT_S
+                        backoff = hb
                         self._on_message(sock.recv_multipart(copy=False), sock)
-                if now - last_sent >= HEARTBEAT_S:
+                if now - last_sent >= hb:
                     self._send(sock, Message("heartbeat", meta={"module": self.module.name, "pid": os.getpid()}))
                     last_sent = now
-                if now - last_heard > HEARTBEAT_S * HANDLER_LIVENESS:
+                if now - last_heard > hb * self.liveness:
                     log.warning("handler silent for %.1f s; reconnecting in %.1f s", now - last_heard, backoff)
                     poller.unregister(sock)
                     sock.close(linger=0)
@@ -203,7 +216,7 @@ class Worker:
             if command == "abort":
                 self._aborted.add(msg.run)
                 self._drop_queued(msg.run, sock)
-                self.module.abort_run(msg.run)
+                self._work.put((-1, msg))  # abort_run runs on the compute thread, in order with the items
             elif command == "shutdown":
                 self._stop.set()
             return
@@ -220,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--address", required=True, help="the handler's worker port, e.g. tcp://127.0.0.1:5562")
     p.add_argument("--params", default="{}", help="module parameters as JSON")
     p.add_argument("--credits", type=int, default=2)
+    p.add_argument("--heartbeat-s", type=float, default=HEARTBEAT_S, help="the pipeline's heartbeat interval")
+    p.add_argument("--liveness", type=int, default=HANDLER_LIVENESS, help="missed handler heartbeats before reconnecting")
     p.add_argument("--log-dir", default=None)
     p.add_argument("--curve-keys", default=None, help="directory with client and server CURVE keys")
     args = p.parse_args(argv)
@@ -233,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         from .security import client_keys
 
         curve = client_keys(args.curve_keys)
-    Worker(module, args.address, credits=args.credits, curve=curve).serve()
+    Worker(module, args.address, credits=args.credits, curve=curve, heartbeat_s=args.heartbeat_s, liveness=args.liveness).serve()
     return 0
 
 
