@@ -78,6 +78,7 @@ class PipelineBridge(DocumentRouter):
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self.sent = 0
         self.refused = 0
+        self.skipped = 0
         self._stop = threading.Event()
         self._client = IngestClient(self.cfg, window=WINDOW)
         # only hand messages to a live connection: while the handler is away they wait in
@@ -104,7 +105,8 @@ class PipelineBridge(DocumentRouter):
     # sender thread -------------------------------------------------------------
     def _run(self) -> None:
         files = _FrameFiles()
-        datums: dict[int, tuple[str, int]] = {}  # seq_num -> (resource, index)
+        datums: dict[tuple[str, int], tuple[str, int]] = {}  # (descriptor, seq_num) -> (resource, index)
+        streams: dict[str, str] = {}  # descriptor uid -> stream name
         run = ""
         sent_frames = 0
         last_resend = time.monotonic()
@@ -121,13 +123,17 @@ class PipelineBridge(DocumentRouter):
                     self._send(Message("start", run=run, meta={"start": _jsonable(doc)}))
                 elif name == "stream_resource":
                     files.add(doc)
+                elif name == "descriptor":
+                    streams[doc["uid"]] = doc.get("name", "primary")
                 elif name == "stream_datum":
                     first = doc["seq_nums"]["start"]
                     for k, index in enumerate(range(doc["indices"]["start"], doc["indices"]["stop"])):
-                        datums[first + k] = (doc["stream_resource"], index)
+                        datums[(doc["descriptor"], first + k)] = (doc["stream_resource"], index)
+                elif name == "event" and streams.get(doc["descriptor"], "primary") != "primary":
+                    self.skipped += 1  # baseline and monitor streams number their events apart: not frames
                 elif name == "event":
                     arrays = {}
-                    where = datums.pop(doc["seq_num"], None)
+                    where = datums.pop((doc["descriptor"], doc["seq_num"]), None)
                     if where is not None:
                         try:
                             arrays["raw"] = files.read(*where)

@@ -62,3 +62,20 @@ def test_scan_finishes_with_the_pipeline_down_and_nothing_is_lost_once_it_is_up(
     finally:
         pipe.stop()
         bridge.close()
+
+
+def test_a_baseline_stream_does_not_collide_with_the_frames(make_pipeline, RE, beamline):
+    import bluesky.preprocessors as bpp
+
+    pipe = make_pipeline()
+    bridge = PipelineBridge(pipe.cfg)
+    RE.subscribe(bridge)
+    plan = ptycho_scan(beamline.fccd, beamline.stage, beamline.shutter, optics=beamline.optics, shape=(2, 3), step=5e-8)
+    (uid,) = RE(bpp.baseline_wrapper(plan, [beamline.optics]))
+    bridge.flush()
+    msgs = pipe.results.collect(lambda ms: pipe.results.ended(uid), timeout_s=60)
+    results = [m for m in msgs if m.kind == "result" and m.run == uid]
+    assert sorted(m.seq for m in results) == list(range(1, 7))
+    assert all(m.arrays["raw"].shape == (1040, 1152) for m in results)
+    assert bridge.skipped == 2  # the baseline's readings before and after
+    bridge.close()
