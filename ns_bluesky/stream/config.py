@@ -66,6 +66,11 @@ class PipelineConfig(BaseModel):
         for spec in self.modules:
             cls = known[spec.module]
             for kind in cls.inputs:
+                if kind in produced and produced[kind] != "ingest":
+                    raise ValueError(
+                        f"module {spec.name!r} ({spec.module}) consumes {kind!r} from module {produced[kind]!r}: "
+                        "routing results from one module to another is not supported yet; feed it from the ingest stream"
+                    )
                 if kind not in produced:
                     raise ValueError(
                         f"module {spec.name!r} ({spec.module}) consumes {kind!r}, which nothing produces "

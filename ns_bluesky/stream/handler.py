@@ -452,10 +452,14 @@ class Handler:
         if command == "scale":
             if self.pool is None:
                 return {"ok": False, "error": "this handler does not manage its workers"}
-            for name, n in (args.get("counts") or {}).items():
+            counts = args.get("counts") or {}
+            for name, n in counts.items():  # all checked before any is applied
                 if name not in self.modules:
                     return {"ok": False, "error": f"no module {name!r}"}
-                self.modules[name].spec.workers = int(n)
+                if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 256:
+                    return {"ok": False, "error": f"worker count for {name!r} must be 0..256, got {n!r}"}
+            for name, n in counts.items():
+                self.modules[name].spec.workers = n
             return {"ok": True}
         if command == "stop":
             self._shutdown = True

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ns_bluesky.errors import ParameterError
+from ns_bluesky.errors import NSBlueskyError, ParameterError
 from ns_bluesky.stream.client import ControlClient, PipelineUnavailable
 from ns_bluesky.stream.config import PipelineConfig, load_config
 from ns_bluesky.stream.handler import Handler
@@ -118,3 +118,27 @@ def test_a_wiring_whose_types_do_not_match_fails_naming_both_ends(tmp_path):
     conf.write_text("modules:\n  - {name: echo, module: echo}\n  - {name: viewer, module: needs-stxm}\n")
     with pytest.raises(Exception, match="module 'viewer' \\(needs-stxm\\) consumes 'stxm', which nothing produces .*result from echo"):
         load_config(conf)
+
+
+def test_module_to_module_wiring_is_refused_until_routing_exists(tmp_path):
+    from ns_bluesky.stream.module import Module, register
+
+    @register
+    class AfterEcho(Module):
+        name = "after-echo"
+        inputs = ("result",)
+        outputs = ("result",)
+
+    conf = tmp_path / "chain.toml"
+    conf.write_text('[[modules]]\nname = "echo"\nmodule = "echo"\n[[modules]]\nname = "next"\nmodule = "after-echo"\n')
+    with pytest.raises(Exception, match="consumes 'result' from module 'echo': routing results .* not supported yet"):
+        load_config(conf)
+
+
+def test_scale_refuses_bad_counts_without_applying_any(make_pipeline):
+    pipe = make_pipeline()
+    with pytest.raises(NSBlueskyError, match="must be 0..256"):
+        pipe.control("scale", counts={"echo": -1})
+    with pytest.raises(NSBlueskyError, match="no module 'nope'"):
+        pipe.control("scale", counts={"echo": 5, "nope": 1})
+    assert pipe.control.status()["modules"]["echo"]["wanted_workers"] == 2
