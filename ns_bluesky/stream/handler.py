@@ -36,6 +36,7 @@ from .protocol import Message, ProtocolError, decode, encode
 log = logging.getLogger(__name__)
 
 BALANCED = ("frame", "event")
+MAX_RUNS = 200  # runs whose state is kept; older ended runs are forgotten (their ids still refuse late frames)
 
 
 @dataclass
@@ -103,6 +104,8 @@ class Handler:
         self.malformed: Counter = Counter()
         self.counts: Counter = Counter()
         self._acks: dict[bytes, list] = {}
+        self._ended_ids: deque[str] = deque(maxlen=100_000)
+        self._ended_set: set[str] = set()
         self.client_lag: dict[str, int] = {}  # what each ingest client last said it still holds
         self._next_id = 0
         self._started = time.monotonic()
@@ -170,6 +173,18 @@ class Handler:
     def _publish(self, msg: Message, topic: str | None = None) -> None:
         self.results.send_multipart([(topic or msg.stage or msg.kind).encode(), *encode(msg)], copy=False)
 
+    def _prune_runs(self) -> None:
+        """Forget the oldest ended runs beyond ``MAX_RUNS``: a beamtime has thousands of runs."""
+        excess = len(self.runs) - MAX_RUNS
+        if excess <= 0:
+            return
+        for run_id in [r.run for r in self.runs.values() if r.stop_pending == 0][:excess]:
+            del self.runs[run_id]
+            self._ended_ids.append(run_id)
+            self._ended_set.add(run_id)
+        while len(self._ended_set) > len(self._ended_ids):  # the deque dropped its oldest
+            self._ended_set = set(self._ended_ids)
+
     def _run(self, run: str) -> RunState:
         if run not in self.runs:
             self.runs[run] = RunState(run)
@@ -204,6 +219,9 @@ class Handler:
         self._acks.clear()
 
     def _accept(self, msg: Message) -> None:
+        if msg.run in self._ended_set:  # ended long ago and forgotten: still refused
+            self.counts["after_end"] += 1
+            return
         run = self._run(msg.run)
         if msg.kind == "start":
             if run.start is not None:  # a client resending after a silence: already known
@@ -499,6 +517,7 @@ class Handler:
 
     # ---------------------------------------------------------------- loop
     def _housekeeping(self, now: float) -> None:
+        self._prune_runs()
         expiry = self.cfg.heartbeat_s * self.cfg.liveness
         for mod in self.modules.values():
             for worker in list(mod.workers.values()):

@@ -319,3 +319,21 @@ def test_end_of_run_waits_for_frames_still_on_their_way(make_pipeline):
         client.send(Message("frame", run="late", seq=seq, arrays={"image": np.zeros((4, 4), np.uint16)}))
     client.flush()
     assert sorted(m.seq for m in _results(pipe, "late")) == [1, 2, 3]
+
+
+def test_ended_runs_are_forgotten_beyond_a_bound_but_still_refuse_late_frames():
+    from ns_bluesky.stream import handler as h
+    from ns_bluesky.stream.config import PipelineConfig
+
+    cfg = PipelineConfig(control_port=0, ingest_port=0, worker_port=0, results_port=0)
+    hd = h.Handler(cfg, spawn=False)
+    try:
+        for i in range(h.MAX_RUNS + 50):
+            hd._accept(Message("start", run=f"r{i}"))
+            hd._accept(Message("stop", run=f"r{i}"))  # no workers: ends at once
+        hd._housekeeping(time.monotonic())
+        assert len(hd.runs) == h.MAX_RUNS and "r0" not in hd.runs
+        hd._accept(Message("frame", run="r0", seq=1, arrays={"image": np.zeros((2, 2), np.uint16)}))
+        assert hd.counts["after_end"] == 1 and "r0" not in hd.runs
+    finally:
+        hd.close()
