@@ -49,6 +49,8 @@ def cmd_pipeline(args) -> int:
             cmd += ["--workers", *args.workers]
         if args.log_dir:
             cmd += ["--log-dir", args.log_dir]
+        if args.no_local_workers:
+            cmd += ["--no-local-workers"]
         logs = log_dir(args.log_dir or cfg.log_dir)
         logs.mkdir(parents=True, exist_ok=True)
         stderr_path = logs / "handler.stderr"  # a file, not a pipe nobody reads once we return
@@ -60,7 +62,10 @@ def cmd_pipeline(args) -> int:
                 lines = stderr_path.read_text(errors="replace").strip().splitlines()
                 raise ParameterError(f"the handler exited: {lines[-1] if lines else proc.returncode} (see {stderr_path})")
             try:
-                status = control.wait_ready(min(2.0, max(deadline - time.monotonic(), 0.1)))
+                if args.no_local_workers:  # ready when the handler answers; workers connect from elsewhere
+                    status = control.status()
+                else:
+                    status = control.wait_ready(min(2.0, max(deadline - time.monotonic(), 0.1)))
                 print(f"pipeline ready (handler pid {proc.pid}); logs in {log_dir(args.log_dir or cfg.log_dir)}")
                 _print_status(status)
                 return 0
@@ -101,7 +106,8 @@ def _slurm_script(cfg, args) -> int:
         f"#SBATCH --ntasks={sum(m.workers for m in cfg.modules)}",
         "#SBATCH --time=12:00:00",
         "# Starts the pipeline's modules on cluster nodes against the handler at "
-        f"{args.handler_host}:{cfg.worker_port}. The handler must bind that interface with CURVE keys.",
+        f"{args.handler_host}:{cfg.worker_port}. The handler must bind that interface with CURVE keys and run\n"
+        "# without local workers: ns-bluesky pipeline start --no-local-workers --config <the same file>",
         "set -euo pipefail",
     ]
     for spec in cfg.modules:
@@ -224,6 +230,7 @@ def add_parsers(sub, catalog_arg) -> None:
     p.add_argument("--run", help="for abort: only this run (default: all)")
     p.add_argument("--json", action="store_true", help="for status: machine-readable")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for readiness")
+    p.add_argument("--no-local-workers", action="store_true", help="for start: workers run elsewhere and connect")
     p.add_argument("--log-dir", help="log directory (default $NS_BLUESKY_STREAM_LOG_DIR or ~/.nanosurveyor/streaming/log)")
     p.add_argument("--handler-host", default="127.0.0.1", help="for slurm-script: the handler's address as nodes see it")
     p.add_argument("-o", "--output", help="for slurm-script: file to write")

@@ -119,7 +119,9 @@ class Handler:
         self.ingest = self._bind(zmq.ROUTER, cfg.ingest_port)
         self.backend = self._bind(zmq.ROUTER, cfg.worker_port)
         self.results = self._bind(zmq.PUB, cfg.results_port)
-        self.results.setsockopt(zmq.SNDHWM, 10000)
+        # a stalled subscriber (a frozen GUI) may hold at most this many results (about 1 GB of raw frames);
+        # beyond that PUB drops for that subscriber only, never blocking the pipeline
+        self.results.setsockopt(zmq.SNDHWM, 400)
         self.pool = LocalPool(cfg, self.ports["workers"]) if spawn else None
 
     def _bind(self, kind: int, port: int) -> zmq.Socket:
@@ -608,13 +610,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=None)
     p.add_argument("--workers", nargs="*", default=[])
     p.add_argument("--log-dir", default=None)
+    p.add_argument(
+        "--no-local-workers", action="store_true",
+        help="start no workers here: they run elsewhere (e.g. the 'pipeline slurm-script' job) and connect",
+    )
     args = p.parse_args(argv)
     cfg = load_config(args.config, parse_counts(args.workers))
     if args.log_dir:
         cfg.log_dir = args.log_dir
     setup_process_logging("handler", cfg.log_dir)
     try:
-        Handler(cfg).serve()
+        Handler(cfg, spawn=not args.no_local_workers).serve()
     except (ParameterError, zmq.ZMQError) as exc:
         log.error("handler cannot start: %s", exc)
         print(f"ns-bluesky handler: error: {exc}", file=sys.stderr)

@@ -142,3 +142,23 @@ def test_scale_refuses_bad_counts_without_applying_any(make_pipeline):
     with pytest.raises(NSBlueskyError, match="no module 'nope'"):
         pipe.control("scale", counts={"echo": 5, "nope": 1})
     assert pipe.control.status()["modules"]["echo"]["wanted_workers"] == 2
+
+
+def test_no_local_workers_waits_for_workers_from_elsewhere(tmp_path):
+    from tests.stream.conftest import write_config
+
+    cfg = write_config(tmp_path / "p.toml", '[[modules]]\nname = "echo"\nmodule = "echo"\nworkers = 1\n')
+    env = {**os.environ, "NS_BLUESKY_STREAM_LOG_DIR": str(tmp_path / "logs")}
+    conf = ["--config", str(tmp_path / "p.toml")]
+    assert _cli("pipeline", "start", *conf, "--no-local-workers", env=env).returncode == 0
+    remote = None
+    try:
+        assert json.loads(_cli("pipeline", "status", *conf, "--json", env=env).stdout)["modules"]["echo"]["workers"] == []
+        remote = subprocess.Popen([sys.executable, "-m", "ns_bluesky.stream.worker", "--module", "echo",
+                                   "--address", cfg.address(cfg.worker_port, connect=True), "--log-dir", str(tmp_path / "logs")])
+        status = ControlClient(cfg, timeout_s=5).wait_ready(60)
+        assert [w["pid"] for w in status["modules"]["echo"]["workers"]] == [remote.pid]
+    finally:
+        _cli("pipeline", "stop", *conf, env=env)
+        if remote is not None:
+            remote.wait(10)
