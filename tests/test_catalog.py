@@ -90,7 +90,6 @@ def test_a_file_is_not_a_catalog(tmp_path):
 
 def test_same_code_against_a_standalone_tiled_server(tmp_path, small_config):
     """An http URI opens a tiled server running in another process; RunEngine writes, queries read."""
-    import socket
     import subprocess
     import sys
 
@@ -99,10 +98,9 @@ def test_same_code_against_a_standalone_tiled_server(tmp_path, small_config):
     from ns_bluesky.catalog import make_tiled_writer
     from ns_bluesky.ophyd_devices import make_sim_beamline
     from ns_bluesky.plans import ptycho_scan
+    from ns_bluesky.stream.config import free_loopback_ports
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    (port,) = free_loopback_ports(1)
     data = tmp_path / "server"
     code = (
         "import sys, time; from tiled.server import SimpleTiledServer; "

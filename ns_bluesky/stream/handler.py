@@ -345,10 +345,7 @@ class Handler:
                 topic="error",
             )
         if item.broadcast:
-            if run is not None and item.msg.kind == "stop" and run.stop_pending > 0:
-                run.stop_pending -= 1
-                if run.stop_pending == 0:
-                    self._end_of_run(run)
+            self._broadcast_done(item)
             return
         worker.credits += 1
         if msg.meta.get("aborted"):
@@ -361,6 +358,14 @@ class Handler:
             run.pending -= 1
             self._check_end(run)
 
+    def _broadcast_done(self, item: Item) -> None:
+        """A start or stop item is finished (or its worker is gone); the last stop ends the run."""
+        run = self.runs.get(item.run)
+        if run is not None and item.msg.kind == "stop" and run.stop_pending > 0:
+            run.stop_pending -= 1
+            if run.stop_pending == 0:
+                self._end_of_run(run)
+
     def _purge(self, worker: WorkerState, why: str) -> None:
         mod = self.modules[worker.module]
         mod.workers.pop(worker.identity, None)
@@ -372,11 +377,7 @@ class Handler:
             item.worker = None
             if item.broadcast:
                 del self.items[item_id]
-                run = self.runs.get(item.msg.run)
-                if run is not None and item.msg.kind == "stop" and run.stop_pending > 0:
-                    run.stop_pending -= 1
-                    if run.stop_pending == 0:
-                        self._end_of_run(run)
+                self._broadcast_done(item)  # a dead worker's end-of-run share counts as done
                 continue
             mod.queue.appendleft(item_id)
             mod.counts["redispatched"] += 1

@@ -90,7 +90,7 @@ class Worker:
             self.module.abort_run(msg.run)
             return
         if msg.run in self._aborted and msg.kind != "start":
-            self._send(out, Message("done", run=msg.run, seq=msg.seq, meta={"item": item_id, "aborted": True}))
+            self._send_done_aborted(out, item_id, msg)
             return
         try:
             if msg.kind == "start":
