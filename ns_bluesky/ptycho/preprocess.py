@@ -101,9 +101,13 @@ def to_photons(images, adu_per_photon: float, threshold_photons: float = 0.5, xp
     return xp.where(ph >= threshold_photons, xp.rint(ph), xp.float32(0))
 
 
-def beamstop_correct(images, transmission_map, xp=np):
+def beamstop_correct(images, transmission_map, xp=np, inplace: bool = False):
     """Step 7: divide the beamstop's shadow by its transmission (1 outside the beamstop)."""
-    return xp.asarray(images, dtype=xp.float32) / xp.asarray(transmission_map, dtype=xp.float32)
+    inverse = xp.float32(1) / xp.asarray(transmission_map, dtype=xp.float32)
+    if inplace:
+        images *= inverse
+        return images
+    return xp.asarray(images, dtype=xp.float32) * inverse
 
 
 def crop_center(images, center, size: int, xp=np):
@@ -197,7 +201,7 @@ def preprocess(
     if s.photon_threshold is not None:
         img = to_photons(img, adu_per_photon, s.photon_threshold, xp=xp)
     if s.beamstop and transmission_map is not None:
-        img *= xp.asarray(1.0 / xp.asarray(transmission_map, dtype=xp.float32))  # step 7, in place
+        img = beamstop_correct(img, transmission_map, xp=xp, inplace=True)  # img is ours: no copy
     middle = (img.shape[-2] // 2, img.shape[-1] // 2)
     c = middle if center is None else tuple(int(round(float(v))) for v in center)
     if s.crop and (s.crop != img.shape[-1] or c != middle):
