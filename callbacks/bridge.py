@@ -24,13 +24,10 @@ from event_model import DocumentRouter
 
 from ns_bluesky.stream.client import IngestClient
 from ns_bluesky.stream.config import PipelineConfig
-import zmq
-
-from ns_bluesky.stream.protocol import Message, encode
+from ns_bluesky.stream.protocol import Message
 
 log = logging.getLogger(__name__)
 
-RESEND_AFTER_S = 2.0
 WINDOW = 64  # unacknowledged messages held (raw frames: about 150 MB)
 
 
@@ -80,11 +77,9 @@ class PipelineBridge(DocumentRouter):
         self.refused = 0
         self.skipped = 0
         self._stop = threading.Event()
-        self._client = IngestClient(self.cfg, window=WINDOW)
-        # only hand messages to a live connection: while the handler is away they wait in
-        # ``unacked`` (resent when it is back), not in a socket queue that would block
-        self._client.sock.setsockopt(zmq.IMMEDIATE, 1)
-        self._stalled = False
+        # immediate: while the handler is away, messages wait in ``unacked`` (resent when it is
+        # back), not in a socket queue that would block
+        self._client = IngestClient(self.cfg, window=WINDOW, immediate=True)
         self._thread = threading.Thread(target=self._run, name="pipeline-bridge", daemon=True)
         self._thread.start()
 
@@ -109,7 +104,6 @@ class PipelineBridge(DocumentRouter):
         streams: dict[str, str] = {}  # descriptor uid -> stream name
         run = ""
         sent_frames = 0
-        last_resend = time.monotonic()
         try:
             while not self._stop.is_set() or not self._queue.empty():
                 try:
@@ -147,38 +141,13 @@ class PipelineBridge(DocumentRouter):
                     meta = {"exit_status": doc.get("exit_status"), "reason": doc.get("reason", ""), "num_frames": sent_frames}
                     self._send(Message("stop", run=run, meta=meta))
                     files.close()
-                self._client.poll(0)
-                now = time.monotonic()
-                if now - last_resend > RESEND_AFTER_S and self._client.unacked:
-                    self._resend()
-                    last_resend = now
+                self._client.tick()
         finally:
             files.close()
 
     def _send(self, msg: Message) -> None:
-        while len(self._client.unacked) >= self._client.window and not self._stop.is_set():
-            if not self._client.poll(RESEND_AFTER_S):
-                self._resend()
-        self._client.unacked[(msg.kind, msg.run, msg.seq)] = msg
-        if not self._stalled:  # behind an undelivered message, it waits its turn (order matters)
-            self._stalled = not self._try_send(msg)
+        self._client.send(msg, timeout_s=None, cancel=self._stop)  # waits (resending) while the window is full
         self.sent += 1
-
-    def _try_send(self, msg: Message) -> bool:
-        try:
-            self._client.sock.send_multipart(encode(msg), flags=zmq.NOBLOCK, copy=False)
-            return True
-        except zmq.Again:
-            return False
-
-    def _resend(self) -> None:
-        """Unanswered for a while: the handler may have restarted. Send again, in order; it drops repeats."""
-        log.warning("pipeline silent; resending %d unacknowledged messages", len(self._client.unacked))
-        self._stalled = False
-        for msg in list(self._client.unacked.values()):  # in the order they were first sent
-            if not self._try_send(msg):
-                self._stalled = True
-                break
 
     def flush(self, timeout_s: float = 60.0) -> None:
         """Wait until every document was sent and acknowledged (raises if the pipeline stays away)."""

@@ -1,5 +1,6 @@
 """Processing modules, each a small :class:`~ns_bluesky.stream.module.Module` subclass."""
 
 from .echo import EchoModule
+from .tally import TallyModule
 
-__all__ = ["EchoModule"]
+__all__ = ["EchoModule", "TallyModule"]

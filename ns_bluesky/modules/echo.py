@@ -25,12 +25,13 @@ class EchoModule(Module):
     name = "echo"
     description = "returns each frame as a result of stage 'echo' (transport tests and benchmarks)"
     inputs = ("frame",)
-    outputs = ("result",)
+    outputs = ("echo",)
     Params = EchoParams
 
     def process(self, msg: Message) -> Message:
-        if self.params.delay_s:
-            time.sleep(self.params.delay_s)
+        deadline = time.monotonic() + self.params.delay_s
+        while time.monotonic() < deadline and not self.should_stop(msg.run):  # pretend work, abortable
+            time.sleep(min(0.01, max(deadline - time.monotonic(), 0)))
         if self.params.fail_every and msg.seq % self.params.fail_every == 0:
             raise RuntimeError(f"echo: injected failure on seq {msg.seq}")
         meta = {"source": "echo", **{k: msg.meta[k] for k in ("t_sent",) if k in msg.meta}}

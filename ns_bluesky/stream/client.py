@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 
 import zmq
@@ -10,6 +12,10 @@ from ..errors import NSBlueskyError
 from .config import PipelineConfig
 from .protocol import Message, ProtocolError, decode, encode
 from .security import secure_client
+
+log = logging.getLogger(__name__)
+
+RESEND_AFTER_S = 2.0  # a handler silent this long with messages outstanding gets them again
 
 
 class PipelineUnavailable(NSBlueskyError, ConnectionError):
@@ -61,30 +67,75 @@ class ControlClient:
 class IngestClient:
     """Send data messages to the handler; each is kept until the handler acknowledges it.
 
-    ``send`` never blocks longer than the socket's high-water mark allows;
-    ``unacked`` is what the handler has not confirmed yet (resent by ``resend``).
+    At most ``window`` messages are outstanding; ``send`` waits for acknowledgements
+    beyond that, and a handler silent for ``resend_after_s`` (restarted, or down for a
+    while) gets every unacknowledged message again, in order; it drops repeats. With
+    ``immediate`` (the bridge), messages wait here rather than in a socket queue while
+    no handler is connected, so nothing piles up twice and ``send`` never blocks.
     """
 
-    def __init__(self, cfg: PipelineConfig, *, context: zmq.Context | None = None, window: int = 64):
-        self.cfg, self.window = cfg, window
+    def __init__(
+        self,
+        cfg: PipelineConfig,
+        *,
+        context: zmq.Context | None = None,
+        window: int = 64,
+        immediate: bool = False,
+        resend_after_s: float = RESEND_AFTER_S,
+    ):
+        self.cfg, self.window, self.resend_after_s = cfg, window, resend_after_s
         self.ctx = context or zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if immediate:
+            self.sock.setsockopt(zmq.IMMEDIATE, 1)
         secure_client(self.sock, cfg.curve_keys)
         self.sock.connect(cfg.address(cfg.ingest_port, connect=True))
         self.unacked: dict[tuple[str, str, int], Message] = {}
         self.acked = 0
         self.nacks: list[dict] = []
+        self._stalled = False  # a message could not be handed to the socket: later ones wait behind it
+        self._last_heard = time.monotonic()
 
-    def send(self, msg: Message, timeout_s: float = 30.0) -> None:
-        """Send, waiting for acknowledgements while more than ``window`` are outstanding."""
-        self.sock.send_multipart(encode(msg), copy=False)
-        self.unacked[(msg.kind, msg.run, msg.seq)] = msg
-        deadline = time.monotonic() + timeout_s
-        while len(self.unacked) > self.window:
-            if not self.poll(min(0.5, max(deadline - time.monotonic(), 0))):
-                if time.monotonic() > deadline:
+    def send(self, msg: Message, timeout_s: float | None = 30.0, cancel: threading.Event | None = None) -> None:
+        """Keep and send ``msg``, first waiting while ``window`` messages are unacknowledged.
+
+        Raises :class:`PipelineUnavailable` after ``timeout_s`` without room (``None``: wait
+        until there is room or ``cancel`` is set).
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while len(self.unacked) >= self.window and not (cancel is not None and cancel.is_set()):
+            wait = self.resend_after_s if deadline is None else min(self.resend_after_s, max(deadline - time.monotonic(), 0))
+            if not self.poll(wait):
+                if deadline is not None and time.monotonic() >= deadline:
                     raise PipelineUnavailable(f"{len(self.unacked)} messages unacknowledged for {timeout_s:g} s")
+                self.resend()
+        self.unacked[(msg.kind, msg.run, msg.seq)] = msg
+        if not self._stalled:  # order matters: behind an undelivered message, this one waits its turn
+            self._stalled = not self._try_send(msg)
+
+    def _try_send(self, msg: Message) -> bool:
+        try:
+            self.sock.send_multipart(encode(msg), flags=zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.Again:
+            return False
+
+    def resend(self) -> None:
+        """Send every unacknowledged message again, in the order they were first sent."""
+        if self.unacked:
+            log.warning("pipeline silent; resending %d unacknowledged messages", len(self.unacked))
+        self._stalled = False
+        self._last_heard = time.monotonic()
+        for msg in list(self.unacked.values()):
+            if not self._try_send(msg):
+                self._stalled = True
+                break
+
+    def tick(self) -> None:
+        """Collect acknowledgements; resend if the handler has been silent too long."""
+        if not self.poll(0) and self.unacked and time.monotonic() - self._last_heard > self.resend_after_s:
+            self.resend()
 
     def poll(self, timeout_s: float = 0.0) -> int:
         """Collect acknowledgements; returns how many arrived."""
@@ -104,12 +155,16 @@ class IngestClient:
                 if isinstance(key, list) and len(key) == 3:
                     self.unacked.pop(tuple(key), None)
             n += 1
+        if n:
+            self._last_heard = time.monotonic()
         return n
 
     def flush(self, timeout_s: float = 30.0) -> None:
+        """Until every message is acknowledged (resending to a silent handler), or raise."""
         deadline = time.monotonic() + timeout_s
         while self.unacked and time.monotonic() < deadline:
             self.poll(0.1)
+            self.tick()
         if self.unacked:
             raise PipelineUnavailable(f"{len(self.unacked)} messages unacknowledged after {timeout_s:g} s")
 

@@ -1,8 +1,9 @@
 """Pipeline configuration: which modules, how many workers, which ports; checked before data flows.
 
 A TOML or YAML file, validated by pydantic. The wiring check runs at start: every
-module's inputs must be produced by the ingest stream or by another module, and a
-module's parameters must fit its declared model; the error names both ends.
+module's inputs must be produced by the ingest stream (``frame``, ``event``) or be
+the result stage of another module, no stage has two producers, modules form no
+cycle, and a module's parameters must fit its declared model; errors name both ends.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ class PipelineConfig(BaseModel):
     liveness: int = Field(8, ge=2, description="missed heartbeats before a worker is declared dead")
     backlog_items: int = Field(2000, ge=1, description="items held in memory per module before spilling to disk")
     spill_dir: str | None = None
+    shm_slot_mb: float = Field(
+        4.0, ge=0, le=1024, description="shared-memory slot per item for local workers (0: everything over TCP)"
+    )
     log_dir: str | None = None
     curve_keys: str | None = Field(None, description="directory from 'ns-bluesky keys generate'")
     modules: list[ModuleSpec] = Field(default_factory=lambda: [ModuleSpec(name="echo", module="echo", workers=2)])
@@ -60,17 +64,13 @@ class PipelineConfig(BaseModel):
         for spec in self.modules:
             if spec.module not in known:
                 raise ValueError(f"module {spec.name!r}: unknown type {spec.module!r}; known: {', '.join(sorted(known))}")
-            cls = known[spec.module]
-            for kind in cls.outputs:
-                produced.setdefault(kind, spec.name)
+            for stage in known[spec.module].outputs:
+                if stage in produced:
+                    raise ValueError(f"module {spec.name!r} ({spec.module}) produces {stage!r}, which {produced[stage]!r} already produces")
+                produced[stage] = spec.name
         for spec in self.modules:
             cls = known[spec.module]
             for kind in cls.inputs:
-                if kind in produced and produced[kind] != "ingest":
-                    raise ValueError(
-                        f"module {spec.name!r} ({spec.module}) consumes {kind!r} from module {produced[kind]!r}: "
-                        "routing results from one module to another is not supported yet; feed it from the ingest stream"
-                    )
                 if kind not in produced:
                     raise ValueError(
                         f"module {spec.name!r} ({spec.module}) consumes {kind!r}, which nothing produces "
@@ -80,7 +80,28 @@ class PipelineConfig(BaseModel):
                 cls.Params(**spec.params)
             except Exception as exc:
                 raise ValueError(f"module {spec.name!r} ({spec.module}): bad params: {exc}") from None
+        self.levels()  # a cycle fails here, at start
         return self
+
+    def levels(self) -> list[list[str]]:
+        """Module names in stages: the first fed by ingest only, each later one by those before it.
+
+        A run's end travels stage by stage, so what a module flushes at the end of a run
+        still reaches the modules it feeds. A cycle is refused, naming its modules.
+        """
+        from .module import registry
+
+        known = registry()
+        producer = {stage: spec.name for spec in self.modules for stage in known[spec.module].outputs}
+        feeds = {spec.name: {producer[k] for k in known[spec.module].inputs if k in producer} for spec in self.modules}
+        level: dict[str, int] = {}
+        while len(level) < len(feeds):
+            ready = [m for m, ups in feeds.items() if m not in level and all(u in level for u in ups)]
+            if not ready:
+                raise ValueError(f"modules feed each other in a cycle: {', '.join(sorted(set(feeds) - set(level)))}")
+            for m in ready:
+                level[m] = 1 + max((level[u] for u in feeds[m]), default=-1)
+        return [[m for m in feeds if level[m] == n] for n in range(max(level.values(), default=-1) + 1)]
 
     def address(self, port: int, *, connect: bool = False) -> str:
         host = "127.0.0.1" if connect and self.host in ("0.0.0.0", "*") else self.host

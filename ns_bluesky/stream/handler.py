@@ -19,12 +19,14 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import zmq
 
 from ..errors import ParameterError
@@ -32,10 +34,12 @@ from .config import PipelineConfig, load_config, parse_counts
 from .launcher import LocalPool
 from .logs import setup_process_logging
 from .protocol import Message, ProtocolError, decode, encode
+from .shm import IN, MIN_SHM_BYTES, Placer, SlotArena
 
 log = logging.getLogger(__name__)
 
 BALANCED = ("frame", "event")
+COPY_RESULTS_BELOW = 1 << 20  # results published from shared memory by copy below this size, zero-copy above
 MAX_RUNS = 200  # runs whose state is kept; older ended runs are forgotten (their ids still refuse late frames)
 
 
@@ -49,6 +53,9 @@ class WorkerState:
     in_flight: set = field(default_factory=set)
     draining: bool = False
     processed: int = 0
+    arena: SlotArena | None = None  # shared memory with a worker on this machine
+    free_slots: list = field(default_factory=list)
+    releasing: list = field(default_factory=list)  # (slot, zmq trackers of its published results)
 
 
 @dataclass
@@ -60,6 +67,8 @@ class Item:
     run: str = ""
     worker: bytes | None = None
     spill: Path | None = None
+    slot: int | None = None
+    trackers: list = field(default_factory=list)
 
 
 @dataclass
@@ -68,7 +77,9 @@ class RunState:
     start: Message | None = None
     pending: int = 0  # balanced items not yet done, all modules
     stopping: bool = False
-    stop_pending: int = -1
+    stop_level: int = -1  # the stage of the pipeline (topological level) whose end-of-run is under way
+    stop_pending: int = 0  # stop items of that level not yet done
+    ended: bool = False
     aborted: bool = False
     frames: int = 0
     expected: int | None = None  # frames the sender says the run has (from its stop message)
@@ -99,6 +110,11 @@ class Handler:
         self.cfg = cfg
         self.ctx = context or zmq.Context.instance()
         self.modules = {spec.name: ModuleState(spec) for spec in cfg.modules}
+        self.levels = [[self.modules[name] for name in level] for level in cfg.levels()]
+        self.consumers: dict[str, list[ModuleState]] = {}  # result stage -> the modules fed by it
+        for mod in self.modules.values():
+            for kind in mod.inputs:
+                self.consumers.setdefault(kind, []).append(mod)
         self.items: dict[int, Item] = {}
         self.runs: dict[str, RunState] = {}
         self.malformed: Counter = Counter()
@@ -111,6 +127,7 @@ class Handler:
         self._started = time.monotonic()
         self._shutdown = False
         self._last_beat = 0.0
+        self._retired: list[tuple[SlotArena, list]] = []  # arenas of gone workers, unmapped once unread
         self.spill_dir = Path(cfg.spill_dir) if cfg.spill_dir else Path(os.environ.get("TMPDIR", "/tmp")) / f"ns-bluesky-spill-{os.getpid()}"
         from .security import server_security
 
@@ -147,9 +164,45 @@ class Handler:
     def _send_item(self, worker: WorkerState, item: Item) -> None:
         msg = item.msg if item.spill is None else self._unspill(item)
         msg.meta["item"] = item.id
+        msg.meta.pop("slot", None)
         item.worker = worker.identity
         worker.in_flight.add(item.id)
-        self.backend.send_multipart([worker.identity, *encode(msg)], copy=False)
+        placer = None
+        if worker.free_slots and not item.broadcast and sum(a.nbytes for a in msg.arrays.values()) >= MIN_SHM_BYTES:
+            item.slot = msg.meta["slot"] = worker.free_slots.pop()
+            placer = Placer(worker.arena, item.slot, IN)
+            self.modules[item.module].counts["shared_memory"] += 1
+        self.backend.send_multipart([worker.identity, *encode(msg, placer)], copy=False)
+
+    def _reclaim_slots(self) -> None:
+        """Slots whose published results zmq has finished sending take new items again."""
+        for mod in self.modules.values():
+            for worker in mod.workers.values():
+                if worker.releasing:
+                    still = []
+                    for slot, trackers in worker.releasing:
+                        if all(t.done for t in trackers):
+                            worker.free_slots.append(slot)
+                        else:
+                            still.append((slot, trackers))
+                    worker.releasing = still
+        self._retired = [(arena, ts) for arena, ts in self._retired if not (all(t.done for t in ts) and arena.close())]
+
+    def _attach(self, worker: WorkerState, offer) -> None:
+        if not self.cfg.shm_slot_mb or not isinstance(offer, dict):
+            return
+        try:
+            worker.arena = SlotArena.attach(str(offer["name"]), int(offer["slots"]), int(offer["slot_bytes"]))
+        except Exception as exc:  # a worker on another machine, or a segment gone: TCP it is
+            log.info("worker %s pid %d: no shared memory (%s); frames go over TCP", worker.module, worker.pid, exc)
+            return
+        worker.free_slots = list(range(worker.arena.slots))
+
+    def _retire(self, worker: WorkerState) -> None:
+        """The worker is gone from our books: its segment is unmapped once zmq no longer reads it."""
+        if worker.arena is not None:
+            self._retired.append((worker.arena, [t for _, ts in worker.releasing for t in ts]))
+            worker.arena, worker.free_slots, worker.releasing = None, [], []
 
     def _spill(self, item: Item) -> None:
         self.spill_dir.mkdir(parents=True, exist_ok=True)
@@ -180,7 +233,7 @@ class Handler:
         excess = len(self.runs) - MAX_RUNS
         if excess <= 0:
             return
-        for run_id in [r.run for r in self.runs.values() if r.stop_pending == 0][:excess]:
+        for run_id in [r.run for r in self.runs.values() if r.ended][:excess]:
             del self.runs[run_id]
             self._ended_ids.append(run_id)
             self._ended_set.add(run_id)
@@ -240,7 +293,7 @@ class Handler:
             run.expected = expected if isinstance(expected, int) and not isinstance(expected, bool) else None
             self._check_end(run)
             return
-        if run.stop_pending == 0:  # the run already ended: a late frame is refused, not half-processed
+        if run.ended:  # the run already ended: a late frame is refused, not half-processed
             self.counts["after_end"] += 1
             return
         key = (msg.kind, msg.seq)
@@ -252,20 +305,23 @@ class Handler:
             self.counts["aborted"] += 1
             return
         run.frames += 1
-        for mod in self.modules.values():
-            if msg.kind in mod.inputs:
-                item = self._new_item(mod.spec.name, msg)
-                mod.queue.append(item.id)
-                mod.counts["received"] += 1
-                run.pending += 1
-                if len(mod.queue) > self.cfg.backlog_items:
-                    self._spill(item)
+        for mod in self.consumers.get(msg.kind, ()):
+            self._enqueue(mod, run, msg)
+
+    def _enqueue(self, mod: ModuleState, run: RunState, msg: Message) -> None:
+        item = self._new_item(mod.spec.name, msg)
+        mod.queue.append(item.id)
+        mod.counts["received"] += 1
+        run.pending += 1
+        if len(mod.queue) > self.cfg.backlog_items:
+            self._spill(item)
 
     # ---------------------------------------------------------------- workers
     def _on_worker(self, frames: list) -> None:
         identity, payload = bytes(frames[0]), frames[1:]
+        worker = self._worker(identity)
         try:
-            msg = decode(payload)
+            msg = decode(payload, shm=worker.arena.buf if worker is not None and worker.arena is not None else None)
         except ProtocolError as exc:
             self.malformed[f"worker:{exc.reason}"] += 1
             log.warning("malformed message from a worker (%s)", exc)
@@ -274,7 +330,6 @@ class Handler:
         if msg.kind == "ready":
             self._register(identity, msg, now)
             return
-        worker = self._worker(identity)
         if worker is not None:
             worker.last_seen = now
         # a purged worker gets no heartbeats from us, so it reconnects and says READY again
@@ -286,7 +341,7 @@ class Handler:
             return
         item = self.items.get(item_id)
         if msg.kind == "result":
-            self._on_result(msg, item, payload)
+            self._on_result(msg, item, payload, worker)
         if msg.kind in ("done", "error") or msg.meta.get("done"):
             self._on_done(msg, item, worker, now)
 
@@ -311,15 +366,16 @@ class Handler:
         if old is not None:
             self._purge(old, "re-registered")
         worker = WorkerState(identity, name, pid, credits, now)
+        self._attach(worker, msg.meta.get("shm"))
         if self.pool is not None and pid in self.pool.draining:  # scaled down before it registered
             worker.draining = True
         mod.workers[identity] = worker
         log.info("worker %s pid %d ready with %d credits", name, worker.pid, worker.credits)
         for run in self.runs.values():
-            if run.start is not None and not run.aborted and run.stop_pending != 0:
+            if run.start is not None and not run.aborted and not run.ended:
                 self._send_item(worker, self._new_item(name, run.start, broadcast=True))
 
-    def _on_result(self, msg: Message, item: Item | None, frames: list) -> None:
+    def _on_result(self, msg: Message, item: Item | None, frames: list, worker: WorkerState | None) -> None:
         run = self.runs.get(msg.run)
         if run is None or run.aborted or item is None:
             self.counts["late_results"] += 1
@@ -328,8 +384,31 @@ class Handler:
             self.modules[item.module].counts["duplicates"] += 1
             return
         run.published.add(msg.key)
-        # forward the worker's frames as they came (already validated): no re-encoding, no copy
-        self.results.send_multipart([msg.stage.encode(), *frames], copy=False)
+        self._route(msg, run, worker)
+        if worker is None or worker.arena is None or item.worker != worker.identity or len(frames) - 1 == len(msg.arrays):
+            # forward the worker's frames as they came (already validated): no re-encoding, no copy
+            self.results.send_multipart([msg.stage.encode(), *frames], copy=False)
+            return
+        parts = [msg.stage.encode(), *encode(msg)]
+        if sum(a.nbytes for a in msg.arrays.values()) < COPY_RESULTS_BELOW:  # a memcpy is cheaper than tracking
+            self.results.send_multipart(parts, copy=True)
+            return
+        # large arrays in the worker's segment: sent zero-copy and tracked; the slot is reused once zmq is done
+        for part in parts[:-1]:
+            item.trackers.append(self.results.send(part, zmq.SNDMORE, copy=False, track=True))
+        item.trackers.append(self.results.send(parts[-1], 0, copy=False, track=True))
+
+    def _route(self, msg: Message, run: RunState, worker: WorkerState | None) -> None:
+        """Queue a result for the modules that consume its stage (counted in the run before its producer's done)."""
+        consumers = self.consumers.get(msg.stage)
+        if not consumers:
+            return
+        arrays = msg.arrays
+        if worker is not None and worker.arena is not None and any(worker.arena.locate(a) is not None for a in arrays.values()):
+            arrays = {k: np.array(a) for k, a in arrays.items()}  # the producer's slot is reused soon
+        item_msg = Message("result", run=msg.run, seq=msg.seq, stage=msg.stage, meta={k: v for k, v in msg.meta.items() if k not in ("item", "done")}, arrays=arrays)
+        for mod in consumers:
+            self._enqueue(mod, run, item_msg)
 
     def _on_done(self, msg: Message, item: Item | None, worker: WorkerState | None, now: float) -> None:
         if item is None or worker is None or item.id not in worker.in_flight:
@@ -337,6 +416,8 @@ class Handler:
         del self.items[item.id]
         mod = self.modules[item.module]
         worker.in_flight.discard(item.id)
+        if item.slot is not None:
+            worker.releasing.append((item.slot, item.trackers))
         run = self.runs.get(item.msg.run if item.msg else msg.run)
         if msg.kind == "error":
             mod.counts["errors"] += 1
@@ -363,18 +444,18 @@ class Handler:
         run = self.runs.get(item.run)
         if run is not None and item.msg.kind == "stop" and run.stop_pending > 0:
             run.stop_pending -= 1
-            if run.stop_pending == 0:
-                self._end_of_run(run)
+            self._check_end(run)
 
     def _purge(self, worker: WorkerState, why: str) -> None:
         mod = self.modules[worker.module]
         mod.workers.pop(worker.identity, None)
+        self._retire(worker)
         log.warning("worker %s pid %d removed (%s); re-queueing %d items", worker.module, worker.pid, why, len(worker.in_flight))
         for item_id in sorted(worker.in_flight, reverse=True):
             item = self.items.get(item_id)
             if item is None:
                 continue
-            item.worker = None
+            item.worker, item.slot, item.trackers = None, None, []
             if item.broadcast:
                 del self.items[item_id]
                 self._broadcast_done(item)  # a dead worker's end-of-run share counts as done
@@ -384,9 +465,12 @@ class Handler:
         worker.in_flight.clear()
 
     def _dispatch(self) -> None:
+        self._reclaim_slots()
         for mod in self.modules.values():
             while mod.queue:
-                ready = [w for w in mod.workers.values() if w.credits > 0 and not w.draining]
+                # a local worker whose slots are all still being published waits for one rather than
+                # take the item over TCP: the copies saved are what keeps the pipeline fast
+                ready = [w for w in mod.workers.values() if w.credits > 0 and not w.draining and (w.arena is None or w.free_slots)]
                 if not ready:
                     break
                 worker = max(ready, key=lambda w: w.credits)
@@ -396,20 +480,24 @@ class Handler:
 
     # ---------------------------------------------------------------- runs
     def _check_end(self, run: RunState) -> None:
-        if not run.stopping or run.pending > 0 or run.stop_pending >= 0:
+        """End a run level by level: a module's end-of-run results reach the modules after it first."""
+        if run.ended or not run.stopping or run.pending > 0 or run.stop_pending > 0 or run.aborted:
             return
         if run.expected is not None and run.frames < run.expected:
             return  # frames still on their way (a sender resending after a silence)
         stop = Message("stop", run=run.run)
-        targets = [(mod, w) for mod in self.modules.values() for w in mod.workers.values()]
-        run.stop_pending = len(targets)
-        for mod, worker in targets:
-            self._send_item(worker, self._new_item(mod.spec.name, stop, broadcast=True))
-        if not targets:
-            self._end_of_run(run)
+        while run.stop_pending == 0 and run.pending == 0:
+            run.stop_level += 1
+            if run.stop_level >= len(self.levels):
+                self._end_of_run(run)
+                return
+            targets = [(mod, w) for mod in self.levels[run.stop_level] for w in mod.workers.values()]
+            run.stop_pending = len(targets)
+            for mod, worker in targets:
+                self._send_item(worker, self._new_item(mod.spec.name, stop, broadcast=True))
 
     def _end_of_run(self, run: RunState) -> None:
-        run.stop_pending = 0
+        run.ended, run.stop_pending = True, 0
         self._publish(
             Message("end_of_run", run=run.run, meta={"frames": run.frames, "results": len(run.published), "aborted": run.aborted}),
             topic="end_of_run",
@@ -418,7 +506,7 @@ class Handler:
 
     def abort(self, run_id: str | None = None) -> int:
         """Drop queued items of one run (or all), refuse late results, tell every worker."""
-        targets = [r for r in self.runs.values() if run_id in (None, r.run) and not r.aborted and r.stop_pending != 0]
+        targets = [r for r in self.runs.values() if run_id in (None, r.run) and not r.aborted and not r.ended]
         dropped = 0
         for run in targets:
             run.aborted = True
@@ -502,7 +590,7 @@ class Handler:
                 "items_per_s": round(mod.rate(now), 2),
                 "queue": len(mod.queue),
                 "in_flight": in_flight,
-                **{k: mod.counts.get(k, 0) for k in ("received", "processed", "redispatched", "duplicates", "errors", "aborted", "spilled")},
+                **{k: mod.counts.get(k, 0) for k in ("received", "processed", "redispatched", "duplicates", "errors", "aborted", "spilled", "shared_memory")},
             }
         return {
             "pid": os.getpid(),
@@ -513,7 +601,7 @@ class Handler:
             "counts": dict(self.counts),
             "modules": modules,
             "runs": {
-                r.run: {"frames": r.frames, "pending": r.pending, "stopping": r.stopping, "ended": r.stop_pending == 0, "aborted": r.aborted}
+                r.run: {"frames": r.frames, "pending": r.pending, "stopping": r.stopping, "ended": r.ended, "aborted": r.aborted}
                 for r in list(self.runs.values())[-20:]
             },
         }
@@ -529,6 +617,7 @@ class Handler:
                 elif worker.draining and not worker.in_flight:
                     self.backend.send_multipart([worker.identity, *encode(Message("control", meta={"command": "shutdown"}))])
                     mod.workers.pop(worker.identity)
+                    self._retire(worker)
         if now - self._last_beat >= self.cfg.heartbeat_s:
             beat = encode(Message("heartbeat"))
             for mod in self.modules.values():
@@ -590,6 +679,11 @@ class Handler:
             self.pool.stop_all()
         for sock in (self.control, self.ingest, self.backend, self.results):
             sock.close(linger=0)
+        for mod in self.modules.values():
+            for worker in mod.workers.values():
+                self._retire(worker)
+        for arena, _ in self._retired:
+            arena.close()
         if self.spill_dir.exists():
             for f in self.spill_dir.glob("*.msg"):
                 f.unlink()
@@ -621,7 +715,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg.log_dir = args.log_dir
     setup_process_logging("handler", cfg.log_dir)
     try:
-        Handler(cfg, spawn=not args.no_local_workers).serve()
+        handler = Handler(cfg, spawn=not args.no_local_workers)
+        # SIGTERM (kill, systemd, a test's terminate) closes like 'pipeline stop': workers told, segments removed
+        signal.signal(signal.SIGTERM, lambda *_: setattr(handler, "_shutdown", True))
+        handler.serve()
     except (ParameterError, zmq.ZMQError) as exc:
         log.error("handler cannot start: %s", exc)
         print(f"ns-bluesky handler: error: {exc}", file=sys.stderr)

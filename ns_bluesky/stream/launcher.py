@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from .config import PipelineConfig
 from .logs import log_dir
+from .shm import segment_name, unlink_segment
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +34,14 @@ class LocalPool:
             "--params", json.dumps(spec.params), "--credits", str(spec.credits),
             # the worker gives the handler 1.5x the handler's own patience before reconnecting
             "--heartbeat-s", str(self.cfg.heartbeat_s), "--liveness", str(int(self.cfg.liveness * 1.5)),
+            "--exit-with-parent",
         ]
         if self.cfg.log_dir:
             cmd += ["--log-dir", self.cfg.log_dir]
         if self.cfg.curve_keys:
             cmd += ["--curve-keys", self.cfg.curve_keys]
+        if self.cfg.shm_slot_mb:
+            cmd += ["--shm-slot-bytes", str(int(self.cfg.shm_slot_mb * 2**20))]
         return cmd
 
     def reconcile(self, wanted: dict[str, int], drain: Callable[[str, int], None], every_s: float = 0.3) -> None:
@@ -48,6 +52,7 @@ class LocalPool:
         for module, procs in self.procs.items():
             for p in [p for p in procs if p.poll() is not None]:
                 procs.remove(p)
+                unlink_segment(segment_name(p.pid))  # a killed worker could not remove its own
                 if p.pid in self.draining:
                     self.draining.discard(p.pid)
                 else:
@@ -81,3 +86,5 @@ class LocalPool:
                 p.wait(2)
             except subprocess.TimeoutExpired:
                 p.kill()
+                p.wait()
+            unlink_segment(segment_name(p.pid))

@@ -24,12 +24,23 @@ class Module:
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
+    #: ingest kinds ("frame", "event") or result stages of other modules
     inputs: ClassVar[tuple[str, ...]] = ("frame",)
-    outputs: ClassVar[tuple[str, ...]] = ("result",)
+    #: the stages of the results it returns; other modules may consume them
+    outputs: ClassVar[tuple[str, ...]] = ()
     Params: ClassVar[type[BaseModel]] = NoParams
+    #: input arrays may live in a shared-memory slot that is rewritten after ``process``
+    #: returns; a module that keeps them (a reconstruction gathering frames) says so
+    #: here and gets private copies
+    keeps_inputs: ClassVar[bool] = False
 
     def __init__(self, params: BaseModel | None = None):
         self.params = params if params is not None else self.Params()
+        self.aborted_runs: set[str] = set()  # the worker shares its set: filled the moment an abort arrives
+
+    def should_stop(self, run: str) -> bool:
+        """True once ``run`` is aborted: a long computation checks it between iterations and returns early."""
+        return run in self.aborted_runs
 
     def process(self, msg: Message) -> Message | list[Message] | None:
         """Turn one input message into zero or more results (``stage`` names what they are)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,8 +72,12 @@ class Message:
         return self.run, self.seq, self.stage
 
 
-def encode(msg: Message) -> list:
-    """Frames to send with ``send_multipart(frames, copy=False)``: header, then buffers."""
+def encode(msg: Message, place: Callable[[np.ndarray], int | None] | None = None) -> list:
+    """Frames to send with ``send_multipart(frames, copy=False)``: header, then buffers.
+
+    ``place`` (handler and local workers only) may put an array into shared memory
+    and return its offset there; such an array travels as that offset alone.
+    """
     if msg.kind not in KINDS:
         raise ProtocolError("unknown-kind", msg.kind)
     specs, buffers = [], []
@@ -82,8 +87,13 @@ def encode(msg: Message) -> list:
         if dt.str not in DTYPES:
             raise ProtocolError("bad-dtype", f"{name}: {a.dtype}")
         a = a.astype(dt, copy=False)
-        specs.append({"name": name, "dtype": dt.str, "shape": list(a.shape)})
-        buffers.append(memoryview(a).cast("B") if a.nbytes else b"")
+        spec = {"name": name, "dtype": dt.str, "shape": list(a.shape)}
+        offset = place(a) if place is not None else None
+        if offset is None:
+            buffers.append(memoryview(a).cast("B") if a.nbytes else b"")
+        else:
+            spec["shm"] = offset
+        specs.append(spec)
     clash = set(msg.meta) & set(_HEADER_FIELDS)
     if clash:
         raise ProtocolError("bad-field", f"meta may not set {sorted(clash)}")
@@ -108,17 +118,21 @@ def _buffer(frame) -> memoryview:
     return memoryview(buf)
 
 
-def decode(frames: list) -> Message:
-    """Validate and unpack received frames; raises :class:`ProtocolError`, never anything else."""
+def decode(frames: list, shm: memoryview | None = None) -> Message:
+    """Validate and unpack received frames; raises :class:`ProtocolError`, never anything else.
+
+    ``shm`` is the shared-memory segment that arrays sent by offset point into; without
+    it (every port a remote peer can reach) such a message is refused.
+    """
     try:
-        return _decode(frames)
+        return _decode(frames, shm)
     except ProtocolError:
         raise
     except Exception as exc:  # a check we did not foresee: still a counted, answered protocol error
         raise ProtocolError("bad-message", f"{type(exc).__name__}: {exc}"[:120]) from None
 
 
-def _decode(frames: list) -> Message:
+def _decode(frames: list, shm: memoryview | None) -> Message:
     if not frames:
         raise ProtocolError("empty")
     raw = _buffer(frames[0])
@@ -144,13 +158,18 @@ def _decode(frames: list) -> Message:
     if isinstance(seq, bool) or not isinstance(seq, int):
         raise ProtocolError("bad-field", f"seq must be an integer, got {seq!r}"[:80])
     specs = header.get("arrays", [])
-    if not isinstance(specs, list) or len(specs) != len(frames) - 1:
-        n = len(specs) if isinstance(specs, list) else "?"
-        raise ProtocolError("buffer-count", f"header lists {n} arrays, {len(frames) - 1} buffers came")
+    if not isinstance(specs, list):
+        raise ProtocolError("bad-array-spec", "arrays must be a list")
+    inline = [s for s in specs if not (isinstance(s, dict) and "shm" in s)]
+    if len(inline) != len(frames) - 1:
+        raise ProtocolError("buffer-count", f"header lists {len(inline)} inline arrays, {len(frames) - 1} buffers came")
+    if len(inline) != len(specs) and shm is None:
+        raise ProtocolError("shm-not-allowed", "arrays by shared-memory offset are accepted from local workers only")
     arrays = {}
-    for spec, frame in zip(specs, frames[1:], strict=True):
+    buffers = iter(frames[1:])
+    for spec in specs:
         name = _spec_name(spec)
-        arrays[name] = _array(spec, frame)
+        arrays[name] = _shm_array(spec, shm) if "shm" in spec else _array(spec, next(buffers))
     meta = {k: v for k, v in header.items() if k not in _HEADER_FIELDS}
     return Message(kind=kind, run=run, seq=seq, stage=stage, meta=meta, arrays=arrays)
 
@@ -161,7 +180,17 @@ def _spec_name(spec) -> str:
     return spec["name"]
 
 
-def _array(spec: dict, frame) -> np.ndarray:
+def _shm_array(spec: dict, shm: memoryview) -> np.ndarray:
+    offset = spec["shm"]
+    expected = _expected_bytes(spec)
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0 or offset + expected > shm.nbytes:
+        raise ProtocolError("bad-shm-offset", f"{spec['name']}: {offset!r} + {expected} outside {shm.nbytes} bytes")
+    arr = np.frombuffer(shm, dtype=spec["dtype"], count=math.prod(spec["shape"]), offset=offset).reshape(spec["shape"])
+    arr.flags.writeable = False
+    return arr
+
+
+def _expected_bytes(spec: dict) -> int:
     dtype, shape = spec.get("dtype"), spec.get("shape")
     if dtype not in DTYPES:
         raise ProtocolError("bad-dtype", repr(dtype)[:40])
@@ -174,7 +203,12 @@ def _array(spec: dict, frame) -> np.ndarray:
     expected = math.prod(shape) * np.dtype(dtype).itemsize
     if expected > MAX_ARRAY_BYTES:
         raise ProtocolError("huge-array", f"{expected} bytes")
+    return expected
+
+
+def _array(spec: dict, frame) -> np.ndarray:
+    expected = _expected_bytes(spec)
     buf = _buffer(frame)
     if buf.nbytes != expected:
-        raise ProtocolError("size-mismatch", f"{spec['name']}: {buf.nbytes} bytes for {dtype} {shape} ({expected})")
-    return np.frombuffer(buf, dtype=dtype).reshape(shape)
+        raise ProtocolError("size-mismatch", f"{spec['name']}: {buf.nbytes} bytes for {spec['dtype']} {spec['shape']} ({expected})")
+    return np.frombuffer(buf, dtype=spec["dtype"]).reshape(spec["shape"])

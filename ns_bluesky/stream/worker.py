@@ -22,11 +22,13 @@ import time
 import traceback
 from collections.abc import Iterable
 
+import numpy as np
 import zmq
 
 from .logs import setup_process_logging
 from .module import Module, get_module
 from .protocol import Message, ProtocolError, decode, encode
+from .shm import IN, OUT, Placer, SlotArena
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +58,27 @@ class Worker:
         curve: dict | None = None,
         heartbeat_s: float = HEARTBEAT_S,
         liveness: int = HANDLER_LIVENESS,
+        shm_slot_bytes: int = 0,
+        parent_pid: int | None = None,
     ):
         self.module, self.address, self.credits = module, address, credits
+        module.aborted_runs = self._aborted_view = set()
         self.heartbeat_s, self.liveness = heartbeat_s, liveness
         self.ctx = context or zmq.Context.instance()
         self.curve = curve
         self._work: queue.Queue = queue.Queue()
-        self._aborted: set[str] = set()
+        self._aborted: set[str] = self._aborted_view  # shared with the module: should_stop() reads it
         self._stop = threading.Event()
         self._pipe_addr = f"inproc://worker-results-{id(self)}"
         self.processed = 0
         self.errors = 0
+        self.parent_pid = parent_pid  # a local worker ends with the handler that started it
+        self.arena: SlotArena | None = None
+        if shm_slot_bytes:
+            try:
+                self.arena = SlotArena.create(2 * credits + 2, shm_slot_bytes)  # results still being published hold theirs
+            except Exception as exc:  # no /dev/shm room: TCP only, slower but whole
+                log.warning("no shared memory for this worker (%s); frames come over TCP", exc)
 
     # compute thread -------------------------------------------------------
     def _compute(self) -> None:
@@ -100,14 +112,21 @@ class Worker:
                 results = _as_list(self.module.end_run(msg.run))
             else:
                 results = _as_list(self.module.process(msg))
+            if msg.kind != "start" and msg.run in self._aborted:  # aborted while computing: nothing to send
+                self._send_done_aborted(out, item_id, msg)
+                return
+            slot = msg.meta.get("slot")
+            placer = Placer(self.arena, slot, OUT, reuse_half=IN) if self.arena is not None and slot is not None else None
             encoded = []
             for k, result in enumerate(results):  # encode all before sending any: all or nothing
                 if not isinstance(result, Message):
                     raise TypeError(f"{self.module.name} returned {type(result).__name__}, not a Message")
+                if result.kind == "result" and result.stage not in self.module.outputs:
+                    raise ValueError(f"{self.module.name} returned stage {result.stage!r}, not one of its outputs {self.module.outputs}")
                 result.meta["item"] = item_id
                 if k == len(results) - 1:
                     result.meta["done"] = True  # the last result also returns the credit: one message less
-                encoded.append(encode(result))
+                encoded.append(encode(result, placer))
         except Exception as exc:
             self.errors += 1
             tb = traceback.format_exc()
@@ -136,7 +155,10 @@ class Worker:
             sock.curve_publickey = self.curve["public"]
             sock.curve_serverkey = self.curve["server"]
         sock.connect(self.address)
-        ready = Message("ready", meta={"module": self.module.name, "credits": self.credits, "pid": os.getpid()})
+        meta = {"module": self.module.name, "credits": self.credits, "pid": os.getpid()}
+        if self.arena is not None:
+            meta["shm"] = {"name": self.arena.name, "slots": self.arena.slots, "slot_bytes": self.arena.slot_bytes}
+        ready = Message("ready", meta=meta)
         self._send(sock, ready)
         return sock
 
@@ -187,6 +209,9 @@ class Worker:
                 if now - last_sent >= hb:
                     self._send(sock, Message("heartbeat", meta={"module": self.module.name, "pid": os.getpid()}))
                     last_sent = now
+                if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                    log.warning("the handler that started this worker is gone; exiting")
+                    break
                 if now - last_heard > hb * self.liveness:
                     log.warning("handler silent for %.1f s; reconnecting in %.1f s", now - last_heard, backoff)
                     poller.unregister(sock)
@@ -201,14 +226,19 @@ class Worker:
             compute.join(timeout=5)
             sock.close(linger=0)
             pipe.close(linger=0)
+            if self.arena is not None:
+                self.arena.unlink()
+                self.arena.close()
             log.info("worker %s pid %d stopped: %d processed, %d errors", self.module.name, os.getpid(), self.processed, self.errors)
 
     def _on_message(self, frames: Iterable, sock: zmq.Socket) -> None:
         try:
-            msg = decode(list(frames))
+            msg = decode(list(frames), shm=self.arena.buf if self.arena is not None else None)
         except ProtocolError as exc:
             log.error("malformed message from the handler dropped: %s", exc)
             return
+        if "slot" in msg.meta and self.module.keeps_inputs:  # the slot is rewritten once this item is done
+            msg.arrays = {k: np.array(v) for k, v in msg.arrays.items()}
         if msg.kind == "heartbeat":
             return
         if msg.kind == "control":
@@ -237,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--liveness", type=int, default=HANDLER_LIVENESS, help="missed handler heartbeats before reconnecting")
     p.add_argument("--log-dir", default=None)
     p.add_argument("--curve-keys", default=None, help="directory with client and server CURVE keys")
+    p.add_argument("--exit-with-parent", action="store_true", help="exit when the process that started this one dies")
+    p.add_argument("--shm-slot-bytes", type=int, default=0, help="share frames with a handler on this machine (0: TCP only)")
     args = p.parse_args(argv)
     name = args.name or args.module
     setup_process_logging(name, args.log_dir)
@@ -248,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         from .security import client_keys
 
         curve = client_keys(args.curve_keys)
-    Worker(module, args.address, credits=args.credits, curve=curve, heartbeat_s=args.heartbeat_s, liveness=args.liveness).serve()
+    Worker(module, args.address, credits=args.credits, curve=curve, heartbeat_s=args.heartbeat_s, liveness=args.liveness, shm_slot_bytes=args.shm_slot_bytes,
+           parent_pid=os.getppid() if args.exit_with_parent else None).serve()
     return 0
 
 

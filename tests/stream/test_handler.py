@@ -123,6 +123,7 @@ MALFORMED = {
     "huge-header": [b'{"v": 1, "pad": "' + b"x" * 70000 + b'"}'],
     "wrong-port": [b'{"v": 1, "kind": "result", "run": "r", "seq": 1, "stage": "s", "arrays": []}'],
     "bad-array-spec": [b'{"v": 1, "kind": "frame", "run": "r", "seq": 1, "arrays": [7]}', b""],
+    "shm-not-allowed": [b'{"v": 1, "kind": "frame", "run": "r", "seq": 1, "arrays": [{"name": "a", "dtype": "<u2", "shape": [4], "shm": 0}]}'],
 }
 
 
@@ -337,3 +338,43 @@ def test_ended_runs_are_forgotten_beyond_a_bound_but_still_refuse_late_frames():
         assert hd.counts["after_end"] == 1 and "r0" not in hd.runs
     finally:
         hd.close()
+
+
+def test_results_feed_the_next_module_and_the_end_follows_them(make_pipeline):
+    from tests.stream.conftest import send_run
+
+    pipe = make_pipeline(
+        '[[modules]]\nname = "echo"\nmodule = "echo"\nworkers = 2\nparams = { delay_s = 0.002 }\n'
+        '[[modules]]\nname = "count"\nmodule = "tally"\nworkers = 1\n'
+    )
+    client = pipe.ingest()
+    send_run(client, "chain", 120, shape=(300, 300))  # large enough for shared memory on the first hop
+    client.flush()
+    msgs = pipe.results.collect(lambda ms: pipe.results.ended("chain"), timeout_s=60)
+    tally = [m for m in msgs if m.stage == "tally" and m.run == "chain"]
+    assert len(tally) == 1
+    assert tally[0].meta["seqs"] == list(range(120))  # every echo result, once, before the tally's end of run
+    assert tally[0].meta["checksum"] == sum(seq * 300 * 300 for seq in range(120))
+    assert [m.kind for m in msgs if m.run == "chain"][-1] == "end_of_run"
+    status = pipe.control.status()["modules"]
+    assert status["count"]["received"] == status["count"]["processed"] == 120
+
+
+def test_abort_stops_a_long_computation_within_a_second(make_pipeline):
+    from tests.stream.conftest import ECHO, send_run
+
+    pipe = make_pipeline(ECHO.format(workers=2, delay=30.0))  # each item would take 30 s
+    client = pipe.ingest()
+    send_run(client, "stuck", 10, shape=(8, 8))
+    client.flush()
+    deadline = time.monotonic() + 10
+    while pipe.control.status()["modules"]["echo"]["in_flight"] < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    pipe.control("abort", run="stuck")
+    while pipe.control.status()["modules"]["echo"]["in_flight"] and time.monotonic() - t0 < 5:
+        time.sleep(0.02)
+    stopped_s = time.monotonic() - t0
+    assert stopped_s < 1.0, f"workers still busy {stopped_s:.2f} s after the abort"
+    status = pipe.control.status()["modules"]["echo"]
+    assert status["aborted"] == 10 and status["processed"] == 0

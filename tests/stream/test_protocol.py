@@ -49,7 +49,7 @@ def test_meta_cannot_override_the_header():
         ([b"x" * (MAX_HEADER_BYTES + 1)], "huge-header"),
         ([b'{"v": 1, "kind": "frame", "run": "r", "seq": true, "arrays": []}'], "bad-field"),
         ([b'{"v": 1, "kind": "frame", "run": "r", "seq": 1, "arrays": [{"name": "a", "dtype": "<u2", "shape": [100000, 100000]}]}', b""], "huge-array"),
-        ([b'{"v": 1, "kind": "frame", "run": "r", "seq": 1, "arrays": "nope"}'], "buffer-count"),
+        ([b'{"v": 1, "kind": "frame", "run": "r", "seq": 1, "arrays": "nope"}'], "bad-array-spec"),
     ],
 )
 def test_malformed_is_a_protocol_error_with_a_reason(frames, reason):

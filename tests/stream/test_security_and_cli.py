@@ -116,23 +116,32 @@ def test_a_wiring_whose_types_do_not_match_fails_naming_both_ends(tmp_path):
 
     conf = tmp_path / "wiring.yaml"
     conf.write_text("modules:\n  - {name: echo, module: echo}\n  - {name: viewer, module: needs-stxm}\n")
-    with pytest.raises(Exception, match="module 'viewer' \\(needs-stxm\\) consumes 'stxm', which nothing produces .*result from echo"):
+    with pytest.raises(Exception, match="module 'viewer' \\(needs-stxm\\) consumes 'stxm', which nothing produces .*echo from echo"):
         load_config(conf)
 
 
-def test_module_to_module_wiring_is_refused_until_routing_exists(tmp_path):
+def test_a_cycle_or_a_stage_with_two_producers_is_refused_at_start(tmp_path):
     from ns_bluesky.stream.module import Module, register
 
     @register
-    class AfterEcho(Module):
-        name = "after-echo"
-        inputs = ("result",)
-        outputs = ("result",)
+    class Loop(Module):
+        name = "loop"
+        inputs = ("loop",)
+        outputs = ("loop",)
 
     conf = tmp_path / "chain.toml"
-    conf.write_text('[[modules]]\nname = "echo"\nmodule = "echo"\n[[modules]]\nname = "next"\nmodule = "after-echo"\n')
-    with pytest.raises(Exception, match="consumes 'result' from module 'echo': routing results .* not supported yet"):
+    conf.write_text('[[modules]]\nname = "echo"\nmodule = "echo"\n[[modules]]\nname = "self-fed"\nmodule = "loop"\n')
+    with pytest.raises(Exception, match="modules feed each other in a cycle: self-fed"):
         load_config(conf)
+    conf.write_text('[[modules]]\nname = "a"\nmodule = "echo"\n[[modules]]\nname = "b"\nmodule = "echo"\n')
+    with pytest.raises(Exception, match="module 'b' \\(echo\\) produces 'echo', which 'a' already produces"):
+        load_config(conf)
+
+
+def test_stages_order_modules_by_what_feeds_them(tmp_path):
+    conf = tmp_path / "chain.toml"
+    conf.write_text('[[modules]]\nname = "count"\nmodule = "tally"\n[[modules]]\nname = "echo"\nmodule = "echo"\n')
+    assert load_config(conf).levels() == [["echo"], ["count"]]
 
 
 def test_scale_refuses_bad_counts_without_applying_any(make_pipeline):
