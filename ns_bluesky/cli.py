@@ -132,15 +132,15 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
-    from .errors import ParameterError
     from .ptycho.reconstruct import run
 
-    if args.backend != "numpy":
-        raise ParameterError("the reconstruction engines run on numpy so far; the cupy backend covers pre-processing")
     src = args.cxi
     out = args.out or os.path.splitext(src)[0] + "_recon.cxi"
     png = args.png or os.path.splitext(out)[0] + ".png"
-    result = run(src, out, engine_name=args.engine, iterations=args.iterations, size=args.size, png=png, progress=not args.quiet)
+    result = run(
+        src, out, engine_name=args.engine, iterations=args.iterations, size=args.size, png=png,
+        progress=not args.quiet, backend=args.backend,
+    )
     print(
         f"{args.engine}: {len(result.residuals)} iterations, residual {result.residuals[0]:.4f} -> {result.residuals[-1]:.4f}; "
         f"object {result.obj.shape} at {result.pixel_size_m * 1e9:.2f} nm\n  wrote {result.out}\n  picture {result.png}"
@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         "writes image_1 (probe) and image_2 (object) with the residual per iteration, and a PNG.",
     )
     rec.add_argument("cxi", help="input CXI file")
-    rec.add_argument("--engine", default="epie", choices=("epie", "rpie"), help="default epie (RAAR, DM, LSQ-ML to come)")
+    rec.add_argument("--engine", default="lsqml", choices=("lsqml", "raar", "dm", "epie", "rpie"), help="default lsqml")
     rec.add_argument("--iterations", type=int, default=100)
     rec.add_argument("--backend", default="numpy", choices=("numpy", "cupy"))
     rec.add_argument("--size", type=int, help="FFT-downsample frames to this side first (e.g. 256)")

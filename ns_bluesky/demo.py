@@ -164,7 +164,7 @@ def run_demo(
         half = pattern.shape[0] // 2  # baseline drift since the darks: per column of each half (ADC channel)
         pattern[:half] -= np.median(pattern[:half], axis=0)
         pattern[half:] -= np.median(pattern[half:], axis=0)
-        positions = np.stack([data.translations_m[:, 1], data.translations_m[:, 0]], axis=1)
+        positions = -np.stack([data.translations_m[:, 1], data.translations_m[:, 0]], axis=1)  # stage (y, x)
     finally:
         data.frames.file.close()
     raw0 = np.asarray(run["primary"][f"{beamline.fccd.name}_image"][0])

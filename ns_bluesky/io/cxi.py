@@ -45,7 +45,7 @@ class CXIData:
     """The contents of a ptychography CXI file; ``frames`` may be an open h5py dataset (lazy)."""
 
     frames: Any
-    translations_m: np.ndarray  # (N, 3) x, y, z of the sample
+    translations_m: np.ndarray  # (N, 3) x, y, z of the probe on the sample (minus the stage translation)
     energy_J: float
     distance_m: float
     pixel_size_m: tuple[float, float]  # (y, x)
@@ -117,7 +117,8 @@ class CXIWriter:
         self._images = 0
 
     def append(self, frames: np.ndarray, translations_m: np.ndarray) -> None:
-        """Add a block of frames ``(n, ny, nx)`` and their sample translations ``(n, 3)`` (x, y, z)."""
+        """Add a block of frames ``(n, ny, nx)`` and their translations ``(n, 3)`` (x, y, z): where the
+        probe is on the sample, minus the stage's reading (as ptychodus reads and writes them)."""
         frames = np.asarray(frames)
         trans = np.asarray(translations_m, dtype=float).reshape(-1, 3)
         if frames.ndim == 2:
@@ -172,9 +173,20 @@ def _write_image(f: h5py.File, n: int, image: CXIImage) -> str:
     g["data_space"] = image.data_space
     g["is_fft_shifted"] = 0
     g["y_pixel_size"], g["x_pixel_size"] = (float(p) for p in image.pixel_size_m)
+    # the CXI field for the extent (x, y, z in metres); ptychodus takes the pixel size from it
+    h, w = np.shape(image.data)[-2:]
+    g["image_size"] = np.array([w * image.pixel_size_m[1], h * image.pixel_size_m[0], 0.0])
     for key, value in image.extra.items():
         g[key] = value
     return name
+
+
+def put_image(path: str | os.PathLike, n: int, image: CXIImage) -> str:
+    """Write ``image_n``, replacing what was there (a reconstruction's probe is image_1, its object image_2)."""
+    with h5py.File(path, "a") as f:
+        if f"{ENTRY}/image_{n}" in f:
+            del f[f"{ENTRY}/image_{n}"]
+        return _write_image(f, n, image)
 
 
 def append_image(path: str | os.PathLike, image: CXIImage) -> str:

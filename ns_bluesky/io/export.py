@@ -58,7 +58,8 @@ def export_run(cat, run_key: str | int, out: str | os.PathLike, *, raw: bool = F
     stream = run["primary"]
     y_name, x_name = start["motors"]
     ty, tx = np.asarray(stream[y_name].read()), np.asarray(stream[x_name].read())
-    translations = np.stack([tx, ty, np.zeros_like(tx)], axis=1)
+    # CXI translations: the probe on the sample, minus the stage translation (docs/conventions.md)
+    translations = np.stack([-tx, -ty, np.zeros_like(tx)], axis=1)
     shape = geom.raw_shape if raw else geom.image_shape
     md = {
         "title": f"scan {start.get('scan_id')} {start.get('sample_name', '')}".strip(),

@@ -1,22 +1,36 @@
-"""Reconstruction engines (so far rPIE/ePIE; RAAR, DM and LSQ-ML to come) with PtyPy's shape (prepare / iterate / finalize) and pty-chi's
+"""Reconstruction engines with PtyPy's shape (prepare / iterate / finalize) and pty-chi's
 separation of data (:class:`PtychoData`), parameters (pydantic, per engine) and engine.
+
+- ``lsqml``: least-squares maximum likelihood (Odstrčil et al., Opt. Express 26, 3108,
+  2018): mini-batches, object and probe update directions preconditioned by their
+  illumination, and per-frame optimal step sizes from a 2 x 2 least-squares problem.
+  The default: fastest to a low error.
+- ``epie`` / ``rpie``: frame-by-frame updates (Maiden & Rodenburg 2009; Maiden et al. 2017).
+- ``dm``: difference map (Thibault et al. 2009) and ``raar``: relaxed averaged alternating
+  reflections (Luke 2005; β = 0.6 as SHARP), both on all exit waves at once, with the
+  object and probe solved jointly in the overlap projection.
 
 Every frame carries a weight: 0 until it has arrived (SHARP's streaming trick), so an
 engine iterates on "all frames so far" and frames join while it runs
 (:meth:`Engine.add_frames`). Positions are sub-pixel: the probe is shifted by the
 fractional part with a Fourier phase ramp, never rounded. Every iteration records the
-Fourier-space data residual.
+Fourier-space data residual ``sqrt(sum (|F psi| - sqrt(I))^2 / sum I)`` over the
+frames that count. One code path for numpy and cupy: arrays live in ``self.xp``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ParameterError
+from .backend import asnumpy, fft_module, fft_workers, get_xp
 
 
 @dataclass
@@ -42,9 +56,13 @@ class EngineParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     probe_update_start: int = Field(2, ge=0, description="iterations with the probe held fixed first")
+    backend: str = Field("numpy", description="array module: numpy or cupy")
+    seed: int = Field(0, description="order of frames and batches")
+    threads: int = Field(0, ge=0, description="threads for the element-wise work on numpy (0: every core)")
 
 
 _ENGINES: dict[str, type[Engine]] = {}
+RAMP_TOLERANCE = 0.5  # cycles per window: a probe far field this far off the data's centre has drifted
 
 
 def register(cls):
@@ -59,16 +77,8 @@ def engine(name: str, **params) -> Engine:
     return cls(cls.Params(**params))
 
 
-@dataclass
-class _State:
-    obj: np.ndarray
-    probe: np.ndarray
-    amp: np.ndarray  # sqrt(intensity), FFT order
-    iy: np.ndarray
-    ix: np.ndarray
-    ramps: np.ndarray  # (N, n, n) sub-pixel shift ramps for the probe
-    weights: np.ndarray
-    residuals: list = field(default_factory=list)
+def engine_names() -> list[str]:
+    return sorted(_ENGINES)
 
 
 class Engine:
@@ -79,12 +89,20 @@ class Engine:
 
     def __init__(self, params: EngineParams | None = None):
         self.params = params or self.Params()
+        self._tls = threading.local()
+        self.threads = max(1, min(self.params.threads or (os.cpu_count() or 1), 16))
+        self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
         self.iteration = 0
-        self.s: _State | None = None
+        self.data_changed_at = 0
+        self.residuals: list[float] = []
+        self.obj = self.probe = None
 
+    # ------------------------------------------------------------------ public
     def prepare(self, data: PtychoData, probe: np.ndarray, obj: np.ndarray | None = None) -> None:
+        xp = self.xp = get_xp(self.params.backend)
+        self.fft, self.fft_kw = fft_module(xp), fft_workers(xp)
         patterns = np.asarray(data.patterns, dtype=np.float32)
-        n = patterns.shape[-1]
+        n = self.n = patterns.shape[-1]
         if probe.shape != (n, n):
             raise ParameterError(f"probe must be {n} x {n} like the patterns, got {probe.shape}")
         origins = np.asarray(data.origins_px, dtype=np.float64)
@@ -95,68 +113,184 @@ class Engine:
             obj = np.ones(shape, np.complex64)
         elif obj.shape[0] < shape[0] or obj.shape[1] < shape[1]:
             raise ParameterError(f"object {obj.shape} is too small for the positions (needs {shape})")
-        iy, ix = np.floor(origins).astype(int).T
-        fy, fx = (origins - np.floor(origins)).T
+        whole = np.floor(origins)
+        self.iy_np, self.ix_np = whole.astype(np.int64).T
+        frac = origins - whole
         k = np.fft.fftfreq(n)
-        ramps = np.exp(-2j * np.pi * (fy[:, None, None] * k[None, :, None] + fx[:, None, None] * k[None, None, :]))
-        amp = np.fft.ifftshift(np.sqrt(np.maximum(patterns, 0)), axes=(-2, -1))
-        self.s = _State(obj.astype(np.complex64), probe.astype(np.complex64), amp, iy, ix, ramps.astype(np.complex64),
-                        np.asarray(data.weights, np.float32).copy())
+        self.ry = xp.asarray(np.exp(-2j * np.pi * frac[:, :1] * k[None, :]).astype(np.complex64))  # (N, n)
+        self.rx = xp.asarray(np.exp(-2j * np.pi * frac[:, 1:] * k[None, :]).astype(np.complex64))
+        self.iy, self.ix = xp.asarray(self.iy_np), xp.asarray(self.ix_np)
+        self.ar = xp.arange(n)
+        self.amp = xp.asarray(np.fft.ifftshift(np.sqrt(np.maximum(patterns, 0)), axes=(-2, -1)))
+        self.origins = origins
+        mean = np.maximum(patterns, 0).mean(axis=0)  # zero frequency centred
+        k = np.arange(n) - n // 2
+        self.data_com = np.array([(mean.sum(axis=1) * k).sum(), (mean.sum(axis=0) * k).sum()]) / max(mean.sum(), 1e-30)
+        self.weights = xp.asarray(np.asarray(data.weights, np.float32).copy())
+        self.energy = np.maximum(patterns, 0).sum(axis=(-2, -1), dtype=np.float64)  # sum I per frame, for the residual
+        self.obj = xp.asarray(obj.astype(np.complex64))
+        self.probe = xp.asarray(probe.astype(np.complex64))
         self._prepare()
 
     def add_frames(self, indices, patterns=None) -> None:
         """Frames that arrived: weight 1 (and their data, if not given at prepare)."""
-        idx = np.atleast_1d(indices)
+        xp = self.xp
+        idx = xp.asarray(np.atleast_1d(indices))
         if patterns is not None:
-            self.s.amp[idx] = np.fft.ifftshift(np.sqrt(np.maximum(np.asarray(patterns, np.float32), 0)), axes=(-2, -1))
-        self.s.weights[idx] = 1.0
+            amp = np.fft.ifftshift(np.sqrt(np.maximum(np.asarray(patterns, np.float32), 0)), axes=(-2, -1))
+            self.amp[idx] = xp.asarray(amp)
+            self.energy[np.atleast_1d(indices)] = (amp**2).sum(axis=(-2, -1))
+        self.weights[idx] = 1.0
+        self.data_changed_at = self.iteration
 
     def iterate(self, n: int = 1) -> list[float]:
         """Run ``n`` iterations; returns the data residual of each (0 frames: nothing to fit, residual nan)."""
-        if self.s is None:
+        if self.obj is None:
             raise RuntimeError("prepare() first")
         out = []
         for _ in range(n):
-            res = self._iterate() if self.s.weights.sum() > 0 else float("nan")
+            active = np.flatnonzero(asnumpy(self.weights) > 0)
+            if len(active):
+                err = self._iterate(active)
+                if self.iteration >= self.params.probe_update_start:
+                    self._fix_ambiguities()
+                res = float(np.sqrt(err / max(float(self.energy[active].sum()), 1e-30)))
+            else:
+                res = float("nan")
             self.iteration += 1
-            self.s.residuals.append(res)
+            self.residuals.append(res)
             out.append(res)
         return out
 
     def finalize(self) -> tuple[np.ndarray, np.ndarray, list[float]]:
-        return self.s.obj, self.s.probe, list(self.s.residuals)
+        return asnumpy(self.obj), asnumpy(self.probe), list(self.residuals)
 
-    # helpers shared by the engines ------------------------------------------------
-    def _probe_at(self, j: int) -> np.ndarray:
-        return np.fft.ifft2(np.fft.fft2(self.s.probe) * self.s.ramps[j])
+    def _fix_ambiguities(self) -> None:
+        """Undo what the data cannot see, before it accumulates into drift.
 
-    def _patch(self, j: int) -> tuple[slice, slice]:
-        n = self.s.probe.shape[0]
-        return slice(self.s.iy[j], self.s.iy[j] + n), slice(self.s.ix[j], self.s.ix[j] + n)
+        A linear phase ramp on the probe and its opposite on the object leave every
+        exit wave's intensity unchanged, so iterations can wander along it (the far
+        field of the probe slides off the data's centre). The probe's far-field centre
+        of mass is put back on the data's; the object takes the opposite ramp, and each
+        frame's kept exit wave the constant phase that keeps it consistent.
+        """
+        xp, n = self.xp, self.n
+        power = xp.abs(self._fft2(self.probe)) ** 2
+        k = xp.asarray(np.fft.fftfreq(n) * n, dtype=np.float32)
+        com = xp.stack([(power.sum(axis=1) * k).sum(), (power.sum(axis=0) * k).sum()]) / power.sum()
+        c = asnumpy(com).astype(np.float64) - self.data_com
+        if np.hypot(*c) < RAMP_TOLERANCE:  # noise in either centre: correcting it would add a ramp, not remove one
+            return
+        ramp = lambda rows, cols: xp.exp(2j * np.pi * (c[0] * rows[:, None] + c[1] * cols[None, :]) / n).astype(np.complex64)  # noqa: E731
+        self.probe *= ramp(-xp.arange(n, dtype=np.float32), -xp.arange(n, dtype=np.float32))
+        self.obj *= ramp(xp.arange(self.obj.shape[0], dtype=np.float32), xp.arange(self.obj.shape[1], dtype=np.float32))
+        phase = 2 * np.pi * (self.origins @ c) / n  # per frame
+        self._rephase_waves(xp.asarray(np.exp(1j * phase).astype(np.complex64)))
 
-    def _modulus(self, psi: np.ndarray, j: int) -> tuple[np.ndarray, float]:
-        """Fourier-modulus projection of one exit wave, and its squared amplitude misfit."""
-        f = np.fft.fft2(psi, norm="ortho")
-        mag = np.abs(f)
-        err = float(((mag - self.s.amp[j]) ** 2).sum())
-        return np.fft.ifft2(self.s.amp[j] * f / np.maximum(mag, 1e-12), norm="ortho"), err
+    def _rephase_waves(self, factors) -> None:
+        """Engines that keep exit waves multiply each frame's by its factor."""
 
-    def _residual_norm(self) -> float:
-        w = self.s.weights > 0
-        return float((self.s.amp[w] ** 2).sum())
+    # ----------------------------------------------------- batched array helpers
+    def _fft2(self, a):
+        return self.fft.fft2(a, axes=(-2, -1), norm="ortho", **getattr(self._tls, "fft_kw", self.fft_kw))
+
+    def _ifft2(self, a):
+        return self.fft.ifft2(a, axes=(-2, -1), norm="ortho", **getattr(self._tls, "fft_kw", self.fft_kw))
+
+    def _parallel(self, fn, idx) -> list:
+        """``fn`` on parts of a batch in threads (numpy releases the GIL in its loops and FFTs): the
+        element-wise work, single-threaded in numpy, then uses every core. One part on a GPU."""
+        parts = self.threads if self.xp is np and len(idx) >= 2 * self.threads else 1
+        if parts == 1:
+            return [fn(idx)]
+        chunks = np.array_split(np.asarray(idx), parts)
+
+        def run(chunk):
+            self._tls.fft_kw = {"workers": 1}
+            return fn(chunk)
+
+        return list(self._pool.map(run, chunks))
+
+    def _map(self, fn, items: list) -> list:
+        """``fn`` on each of the parts :meth:`_parallel` made, in the same threads."""
+        if len(items) == 1 or self._pool is None:
+            return [fn(item) for item in items]
+
+        def run(item):
+            self._tls.fft_kw = {"workers": 1}
+            return fn(item)
+
+        return list(self._pool.map(run, items))
+
+    def _ramps(self, idx):
+        """Fourier ramps that shift the probe by each frame's fractional position: (B, n, n)."""
+        return self.ry[idx][:, :, None] * self.rx[idx][:, None, :]
+
+    def _probes(self, idx, ramps=None):
+        """The probe as each frame sees it (sub-pixel shifted)."""
+        ramps = self._ramps(idx) if ramps is None else ramps
+        return self._ifft2(self._fft2(self.probe)[None] * ramps)
+
+    def _unshift_sum(self, values, idx, ramps=None):
+        """Sum of per-frame probe-frame quantities after undoing each frame's sub-pixel shift."""
+        f = self._fft2(values)
+        f *= (self._ramps(idx) if ramps is None else ramps).conj()
+        return self._ifft2(f.sum(axis=0))
+
+    def _index(self, idx):
+        ar = self.ar
+        return self.iy[idx][:, None, None] + ar[None, :, None], self.ix[idx][:, None, None] + ar[None, None, :]
+
+    def _patches(self, array, idx):
+        if self.xp is np:  # whole-window copies: far faster than element-wise fancy indexing
+            idx = np.asarray(idx)
+            windows = np.lib.stride_tricks.sliding_window_view(array, (self.n, self.n))
+            return windows[self.iy_np[idx], self.ix_np[idx]]
+        rows, cols = self._index(idx)
+        return array[rows, cols]
+
+    def _scatter(self, target, idx, values) -> None:
+        """target[window_j] += values[j] for every frame j (overlapping windows add up)."""
+        if self.xp is np:
+            n = self.n
+            for k, j in enumerate(np.asarray(idx)):
+                target[self.iy_np[j] : self.iy_np[j] + n, self.ix_np[j] : self.ix_np[j] + n] += values[k]
+        else:
+            import cupyx
+
+            rows, cols = self._index(idx)
+            if target.dtype.kind == "c":
+                cupyx.scatter_add(target.real, (rows, cols), values.real)
+                cupyx.scatter_add(target.imag, (rows, cols), values.imag)
+            else:
+                cupyx.scatter_add(target, (rows, cols), values)
+
+    def _modulus(self, psi, idx):
+        """Fourier-modulus projection of exit waves ``psi`` (B, n, n), and their squared amplitude misfit."""
+        xp = self.xp
+        f = self._fft2(psi)
+        mag = xp.abs(f)
+        err = float(((mag - self.amp[idx]) ** 2).sum())
+        f *= self.amp[idx] / xp.maximum(mag, 1e-12)
+        return self._ifft2(f), err
+
+    def _misfit(self, psi, idx) -> float:
+        mag = self.xp.abs(self._fft2(psi))
+        return float(((mag - self.amp[idx]) ** 2).sum())
 
     def _prepare(self) -> None:
         pass
 
-    def _iterate(self) -> float:
+    def _iterate(self, active: np.ndarray) -> float:
+        """One pass over the ``active`` frames; returns the summed squared amplitude misfit."""
         raise NotImplementedError
 
 
+# --------------------------------------------------------------------------- PIE
 class RPIEParams(EngineParams):
     alpha: float = Field(0.1, gt=0, le=1, description="rPIE object regularisation (1: ePIE)")
     probe_alpha: float = Field(1.0, gt=0, le=1, description="the same for the probe update")
     probe_step: float = Field(1.0, gt=0, le=1)
-    seed: int = 0
 
 
 @register
@@ -166,26 +300,27 @@ class RPIE(Engine):
     name = "rpie"
     Params = RPIEParams
 
-    def _iterate(self) -> float:
-        s, p = self.s, self.params
+    def _iterate(self, active: np.ndarray) -> float:
+        xp, p, n = self.xp, self.params, self.n
         rng = np.random.default_rng([p.seed, self.iteration])
         err = 0.0
         update_probe = self.iteration >= p.probe_update_start
-        for j in rng.permutation(np.flatnonzero(s.weights > 0)):
-            sl = self._patch(j)
-            probe = self._probe_at(j)
-            o = s.obj[sl]
+        for j in rng.permutation(active):
+            sl = slice(self.iy_np[j], self.iy_np[j] + n), slice(self.ix_np[j], self.ix_np[j] + n)
+            probe = self._probes([j])
+            o = self.obj[sl]
             psi = probe * o
-            new, e = self._modulus(psi, j)
+            new, e = self._modulus(psi, [j])
             err += e
-            d = (new - psi) * s.weights[j]
-            p2 = np.abs(probe) ** 2
-            s.obj[sl] = o + np.conj(probe) * d / ((1 - p.alpha) * p2 + p.alpha * p2.max())
+            d = ((new - psi) * self.weights[j])[0]
+            probe = probe[0]
+            p2 = xp.abs(probe) ** 2
+            self.obj[sl] = o + probe.conj() * d / ((1 - p.alpha) * p2 + p.alpha * p2.max())
             if update_probe:
-                o2 = np.abs(o) ** 2
-                dp = p.probe_step * np.conj(o) * d / ((1 - p.probe_alpha) * o2 + p.probe_alpha * o2.max())
-                s.probe = s.probe + np.fft.ifft2(np.fft.fft2(dp) * np.conj(s.ramps[j]))
-        return float(np.sqrt(err / max(self._residual_norm(), 1e-30)))
+                o2 = xp.abs(o) ** 2
+                dp = p.probe_step * o.conj() * d / ((1 - p.probe_alpha) * o2 + p.probe_alpha * o2.max())
+                self.probe = self.probe + self._unshift_sum(dp[None], [j])
+        return err
 
 
 class EPIEParams(RPIEParams):
@@ -198,3 +333,255 @@ class EPIE(RPIE):
 
     name = "epie"
     Params = EPIEParams
+
+
+# ------------------------------------------------------------------------ LSQ-ML
+class LSQMLParams(EngineParams):
+    batch_size: int = Field(16, ge=1, description="frames per update (mini-batch) at the start")
+    batch_doubling: int = Field(
+        8, ge=0, description="the batch doubles every this many iterations (0: never): small batches move fast "
+        "early, large ones average the noise out late, as growing batches do for stochastic gradients"
+    )
+    object_reg: float = Field(0.05, gt=0, description="object preconditioner floor, relative to the peak illumination")
+    probe_reg: float = Field(0.05, gt=0, description="probe preconditioner floor, relative to the peak object intensity")
+    step_reg: float = Field(0.1, ge=0, description="regularisation of the per-frame 2 x 2 step-size problem")
+    max_step: float = Field(2.0, gt=0, description="upper bound of the optimal step sizes")
+
+
+@register
+class LSQML(Engine):
+    """LSQ-ML with mini-batches and per-frame optimal steps (Odstrčil et al. 2018, eqs. 20-25)."""
+
+    name = "lsqml"
+    Params = LSQMLParams
+
+    def _iterate(self, active: np.ndarray) -> float:
+        xp, p = self.xp, self.params
+        rng = np.random.default_rng([p.seed, self.iteration])
+        order = rng.permutation(active)
+        err = 0.0
+        update_probe = self.iteration >= p.probe_update_start
+        age = self.iteration - self.data_changed_at  # new frames restart the schedule: they need the fast updates
+        size = p.batch_size * 2 ** (age // p.batch_doubling) if p.batch_doubling else p.batch_size
+        for batch in np.array_split(order, max(1, round(len(order) / size))):
+            parts = self._parallel(self._exit_update, batch)  # per frame: chi and its projections
+            err += sum(part["err"] for part in parts)
+            # object direction: sum_j P_j* chi_j over the illumination sum_j |P_j|^2
+            num = xp.zeros_like(self.obj)
+            illum = xp.zeros(self.obj.shape, np.float32)
+            for part in parts:
+                self._scatter(num, part["idx"], part["pchi"])
+                self._scatter(illum, part["idx"], part["p2"])
+            precond = illum + p.object_reg * illum.max()
+            d_obj_full = num / precond
+            d_probe = None
+            if update_probe:  # probe direction: sum_j O_j* chi_j (unshifted) over sum_j |O_j|^2
+                d_probe = sum(part["ochi"] for part in parts)
+                o2 = sum(part["o2"] for part in parts)
+                d_probe /= o2 + p.probe_reg * float(o2.max())
+            steps = self._map(lambda part: self._steps(part, d_obj_full, d_probe), parts)
+            # apply: each frame's object contribution scaled by its own optimal step
+            num[...] = 0
+            for part, (alpha_o, _) in zip(parts, steps, strict=True):
+                part["pchi"] *= alpha_o[:, None, None]
+                self._scatter(num, part["idx"], part["pchi"])
+            self.obj += num / precond
+            if update_probe:
+                alpha_p = xp.concatenate([a for _, a in steps])
+                self.probe += float(alpha_p.mean()) * d_probe
+        return err
+
+    def _exit_update(self, batch) -> dict:
+        """The exit-wave update chi = P_M(psi) - psi of these frames and what the directions need."""
+        xp = self.xp
+        idx = xp.asarray(batch)
+        ramps = self._ramps(idx)
+        probes = self._probes(idx, ramps)
+        patches = self._patches(self.obj, idx)
+        psi = probes * patches
+        new, err = self._modulus(psi.copy(), idx)
+        new -= psi
+        chi = new
+        chi *= self.weights[idx][:, None, None]
+        pchi = probes.conj()
+        pchi *= chi
+        ochi = patches.conj()
+        ochi *= chi
+        return {
+            "idx": idx, "err": err, "chi": chi, "probes": probes, "patches": patches, "pchi": pchi,
+            "p2": probes.real**2 + probes.imag**2,
+            "ochi": self._unshift_sum(ochi, idx, ramps),  # summed over the part, in the probe's own frame
+            "o2": (patches.real**2 + patches.imag**2).sum(axis=0),
+        }
+
+    def _steps(self, part: dict, d_obj_full, d_probe):
+        """Per frame, the real steps (alpha_o, alpha_p) minimising |chi - alpha_o a - alpha_p b|^2,
+        a = dO_j P_j, b = O_j dP (the sub-pixel shift of dP is left out of this estimate only)."""
+        xp, lam, top = self.xp, self.params.step_reg, self.params.max_step
+        chi = part["chi"]
+        a = self._patches(d_obj_full, part["idx"]) * part["probes"]
+        aa = (a.real**2 + a.imag**2).sum(axis=(-2, -1))
+        ac = (a.conj() * chi).real.sum(axis=(-2, -1))
+        if d_probe is None:
+            return xp.clip(ac / (aa + lam * aa.mean() + 1e-30), 0, top), None
+        b = part["patches"] * d_probe
+        bb = (b.real**2 + b.imag**2).sum(axis=(-2, -1))
+        ab = (a.conj() * b).real.sum(axis=(-2, -1))
+        bc = (b.conj() * chi).real.sum(axis=(-2, -1))
+        aa = aa + lam * aa.mean() + 1e-30
+        bb = bb + lam * bb.mean() + 1e-30
+        det = aa * bb - ab**2
+        return xp.clip((bb * ac - ab * bc) / det, 0, top), xp.clip((aa * bc - ab * ac) / det, 0, top)
+
+
+# ------------------------------------------------------------------ DM and RAAR
+class ProjectionParams(EngineParams):
+    chunk: int = Field(256, ge=1, description="frames per vectorised chunk (memory against speed)")
+    overlap_loops: int = Field(2, ge=1, description="object/probe alternations in each overlap projection")
+    joint: bool = Field(True, description="probe solved inside the overlap projection (else after each pass)")
+    probe_support: float = Field(0.8, ge=0, le=1.5, description="probe confined to this fraction of the window radius (0: none)")
+    reg: float = Field(0.01, gt=0, description="inertia of object and probe in the overlap projection, relative to the peak illumination")
+
+
+class _Projection(Engine):
+    """Engines that keep one exit wave per frame and alternate the modulus and overlap projections."""
+
+    Params = ProjectionParams
+
+    def _support(self):
+        if getattr(self, "_support_mask", None) is None:
+            y, x = np.indices((self.n, self.n)) - (self.n - 1) / 2
+            mask = np.hypot(y, x) <= self.params.probe_support * self.n / 2
+            self._support_mask = self.xp.asarray(mask.astype(np.float32))
+        return self._support_mask
+
+    def _prepare(self) -> None:
+        xp, n = self.xp, self.n
+        self.psi = xp.empty((len(self.ix_np), n, n), np.complex64)
+        self.psi_ready = np.zeros(len(self.ix_np), bool)
+
+    def _rephase_waves(self, factors) -> None:
+        self.psi *= factors[:, None, None]
+        if getattr(self, "reflected", None) is not None:
+            self.reflected *= factors[:, None, None]
+
+    def _chunks(self, active):
+        for start in range(0, len(active), self.params.chunk):
+            batch = active[start : start + self.params.chunk]
+            yield batch, self.xp.asarray(batch)
+
+    def _views(self, idx):
+        return self._probes(idx) * self._patches(self.obj, idx)
+
+    def _seed(self, active) -> None:
+        """Exit waves of frames seen for the first time start from the current estimate."""
+        fresh = active[~self.psi_ready[active]]
+        for _, idx in self._chunks(fresh):
+            self.psi[idx] = self._views(idx)
+        self.psi_ready[fresh] = True
+
+    def _overlap(self, active, target, probe: bool = True) -> None:
+        """Object and probe that best explain the waves ``target(idx)`` (least squares, alternating)."""
+        xp, p = self.xp, self.params
+        update_probe = probe and self.iteration >= p.probe_update_start
+        for _ in range(p.overlap_loops if update_probe else 1):
+            num = xp.zeros_like(self.obj)
+            illum = xp.zeros(self.obj.shape, np.float32)
+            for batch, idx in self._chunks(active):
+                probes = self._probes(idx)
+                w = self.weights[idx][:, None, None]
+                self._scatter(num, idx, w * probes.conj() * target(idx))
+                self._scatter(illum, idx, w * xp.abs(probes) ** 2)
+            mu = p.reg * illum.max()  # Tikhonov towards the current estimate: no drift where coverage is thin
+            self.obj = (num + mu * self.obj) / (illum + mu)
+            if not update_probe:
+                break
+            pnum = xp.zeros_like(self.probe)
+            pden = xp.zeros(self.probe.shape, np.float32)
+            for _, idx in self._chunks(active):
+                patches = self._patches(self.obj, idx)
+                w = self.weights[idx][:, None, None]
+                pnum += self._unshift_sum(w * patches.conj() * target(idx), idx)
+                pden += (w * xp.abs(patches) ** 2).sum(axis=0)
+            mu = p.reg * pden.max()
+            self.probe = (pnum + mu * self.probe) / (pden + mu)
+            if p.probe_support:
+                self.probe *= self._support()
+
+
+@register
+class DM(_Projection):
+    """Difference map (Thibault et al., Ultramicroscopy 109, 2009): psi += P_M(2 P_O psi - psi) - P_O psi."""
+
+    name = "dm"
+
+    def _iterate(self, active: np.ndarray) -> float:
+        self._seed(active)
+        self._overlap(active, lambda idx: self.psi[idx], probe=self.params.joint)
+        if not self.params.joint:
+            return self._dm_then_probe(active)
+        err = 0.0
+        a = self.params.alpha
+        for _, idx in self._chunks(active):
+            z = self._views(idx)
+            err += self._misfit(z, idx)  # of the estimate, not of the reflected point DM iterates on
+            m, _ = self._modulus((1 + a) * z - a * self.psi[idx], idx)
+            self.psi[idx] += m - z
+        return err
+
+    def _dm_then_probe(self, active) -> float:
+        xp, p = self.xp, self.params
+        update_probe = self.iteration >= p.probe_update_start
+        pnum, pden = xp.zeros_like(self.probe), xp.zeros(self.probe.shape, np.float32)
+        err = 0.0
+        for _, idx in self._chunks(active):
+            z = self._views(idx)
+            m, e = self._modulus(2 * z - self.psi[idx], idx)
+            err += e
+            self.psi[idx] += m - z
+            if update_probe:
+                patches = self._patches(self.obj, idx)
+                w = self.weights[idx][:, None, None]
+                pnum += self._unshift_sum(w * patches.conj() * self._modulus(z, idx)[0], idx)
+                pden += (w * xp.abs(patches) ** 2).sum(axis=0)
+        if update_probe:
+            mu = p.reg * pden.max()
+            self.probe = (pnum + mu * self.probe) / (pden + mu)
+            if p.probe_support:
+                self.probe *= self._support()
+        return err
+
+
+class DMParams(ProjectionParams):
+    alpha: float = Field(1.0, ge=0, le=1, description="1: the difference map; smaller damps it towards alternating projections (PtyPy's alpha)")
+
+
+DM.Params = DMParams
+
+
+class RAARParams(ProjectionParams):
+    beta: float = Field(0.6, gt=0, le=1, description="relaxation; 1 is the difference map (SHARP's default 0.6)")
+
+
+@register
+class RAAR(_Projection):
+    """RAAR (Luke, Inverse Problems 21, 2005): psi <- beta (psi + P_O(2 P_M psi - psi) - P_M psi) + (1 - beta) P_M psi."""
+
+    name = "raar"
+    Params = RAARParams
+
+    def _iterate(self, active: np.ndarray) -> float:
+        # with m = P_M psi and r = 2 m - psi, the update is psi <- m + beta (P_O r - r)
+        if getattr(self, "reflected", None) is None:
+            self.reflected = self.xp.empty_like(self.psi)
+        self._seed(active)
+        err = 0.0
+        for _, idx in self._chunks(active):
+            m, e = self._modulus(self.psi[idx], idx)
+            err += e
+            self.reflected[idx] = 2 * m - self.psi[idx]
+            self.psi[idx] = m
+        self._overlap(active, lambda idx: self.reflected[idx])
+        for _, idx in self._chunks(active):
+            self.psi[idx] += self.params.beta * (self._views(idx) - self.reflected[idx])
+        return err

@@ -20,12 +20,20 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import ParameterError
-from ..io.cxi import EXTRAS, CXIImage, append_image, read_cxi
+from ..io.cxi import ENTRY, EXTRAS, CXIImage, put_image, read_cxi
 from .engines import PtychoData, engine
 from .preprocess import crop_center, fft_downsample
 from .stxm import probe_from_patterns
 
 HC_J_M = 6.62607015e-34 * 299792458.0
+MARGIN_PX = 2.0  # object pixels between the outermost probe window and the object's edge
+
+
+PTYCHODUS = f"{ENTRY}/ptychodus"
+PTYCHODUS_KEYS = (
+    "object_pixel_width_m", "object_pixel_height_m", "probe_pixel_width_m", "probe_pixel_height_m",
+    "object_center_x_m", "object_center_y_m", "loss_values", "loss_epochs",
+)
 
 
 @dataclass
@@ -55,10 +63,15 @@ def prepare_data(path: str | os.PathLike, size: int | None = None) -> tuple[Ptyc
         frames = np.concatenate([fft_downsample(frames[i : i + 64], n) for i in range(0, len(frames), 64)])
     wavelength = HC_J_M / cxi.energy_J
     dx = cxi.distance_m * wavelength / (n_det * cxi.pixel_size_m[1])
-    probe_on_sample = -cxi.translations_m[:, [1, 0]] / dx  # (row, col) in object pixels
-    origins = probe_on_sample - probe_on_sample.min(axis=0) + 2.0
-    if cxi.probe is not None and cxi.probe.shape[-1] >= n:
-        probe = crop_center(np.asarray(cxi.probe, np.complex64), (cxi.probe.shape[-2] // 2, cxi.probe.shape[-1] // 2), n)
+    probe_on_sample = cxi.translations_m[:, [1, 0]] / dx  # (row, col) in object pixels
+    origins = probe_on_sample - probe_on_sample.min(axis=0) + MARGIN_PX
+    start = cxi.probe
+    if start is None:  # a product written by ptychodus or by us: image_1 is the probe
+        start = next((im.data for im in cxi.images[:1] if im.data_type == "probe"), None)
+    if start is not None:
+        start = np.asarray(start, np.complex64).reshape(-1, *np.shape(start)[-2:])[0]  # the first mode
+    if start is not None and start.shape[-1] >= n:
+        probe = crop_center(start, (start.shape[-2] // 2, start.shape[-1] // 2), n)
     else:
         probe = probe_from_patterns(frames.mean(axis=0))
     # scale the probe to the measured counts: sum |P|^2 = mean photons per frame
@@ -70,16 +83,17 @@ def run(
     path: str | os.PathLike,
     out: str | os.PathLike,
     *,
-    engine_name: str = "epie",
+    engine_name: str = "lsqml",
     iterations: int = 100,
     size: int | None = None,
     png: str | os.PathLike | None = None,
     progress: bool = True,
+    backend: str = "numpy",
 ) -> Reconstruction:
     if iterations < 1:
         raise ParameterError(f"--iterations must be >= 1, got {iterations}")
     data, probe, dx = prepare_data(path, size)
-    eng = engine(engine_name)
+    eng = engine(engine_name, backend=backend)
     eng.prepare(data, probe)
     with tqdm(total=iterations, desc=f"{engine_name}", unit="it", disable=not progress) as bar:
         for _ in range(iterations):
@@ -90,13 +104,23 @@ def run(
     out = Path(out)
     if Path(path).resolve() != out.resolve():
         shutil.copyfile(path, out)
-    append_image(out, CXIImage(probe, "probe", (dx, dx)))
-    append_image(out, CXIImage(obj, "object", (dx, dx)))
+    put_image(out, 1, CXIImage(probe, "probe", (dx, dx)))
+    put_image(out, 2, CXIImage(obj, "object", (dx, dx)))
+    positions = read_cxi(out, lazy=True)
+    positions.frames.file.close()
+    centre = positions.translations_m[:, :2].min(axis=0) + ((np.array(obj.shape[::-1]) - probe.shape[-1]) / 2 - MARGIN_PX) * dx
     with h5py.File(out, "a") as f:
         g = f.require_group(EXTRAS)
-        for key in ("reconstruction_residual", "reconstruction_engine"):
-            if key in g:
-                del g[key]
+        # ptychodus reads these (it ignores image_N pixel sizes and places the object by its centre)
+        p = f.require_group(PTYCHODUS)
+        for group, key in ((g, "reconstruction_residual"), (g, "reconstruction_engine")) + tuple((p, k) for k in PTYCHODUS_KEYS):
+            if key in group:
+                del group[key]
+        for what in ("object", "probe"):
+            p[f"{what}_pixel_width_m"] = p[f"{what}_pixel_height_m"] = dx
+        p["object_center_x_m"], p["object_center_y_m"] = (float(v) for v in centre)
+        p["loss_values"] = np.asarray(residuals, np.float64)
+        p["loss_epochs"] = np.arange(1, len(residuals) + 1)
         g["reconstruction_residual"] = np.asarray(residuals, np.float64)
         g["reconstruction_engine"] = engine_name
     png_path = Path(png) if png else None

@@ -84,8 +84,9 @@ def test_nsraw2cxi_from_the_catalog(cat, recorded, tmp_path):
     np.testing.assert_array_equal(back.frames[3], assemble(recorded["scan_frames"][3], geom))
     np.testing.assert_array_equal(back.dark, assemble(recorded["dark_frames"], geom))
     run = cat[recorded["scan"]]
-    np.testing.assert_allclose(back.translations_m[:, 0], np.asarray(run["primary"]["stage_x"].read()))
-    np.testing.assert_allclose(back.translations_m[:, 1], np.asarray(run["primary"]["stage_y"].read()))
+    # the probe's position on the sample: minus the stage's (docs/conventions.md)
+    np.testing.assert_allclose(back.translations_m[:, 0], -np.asarray(run["primary"]["stage_x"].read()))
+    np.testing.assert_allclose(back.translations_m[:, 1], -np.asarray(run["primary"]["stage_y"].read()))
     assert back.probe.shape == (960, 960)
     assert back.metadata["dark_uid"] == recorded["dark"]
     raw = read_cxi(export_run(cat, recorded["scan"], tmp_path / "raw.cxi", raw=True, progress=False))

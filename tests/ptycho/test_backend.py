@@ -35,3 +35,25 @@ def test_cupy_preprocessing_matches_numpy():
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-2)
     img = sim.expected_photons(sim.planned[0])[None]
     np.testing.assert_allclose(cp.asnumpy(pp.fft_downsample(cp.asarray(img), 256, xp=cp)), pp.fft_downsample(img, 256), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["lsqml", "raar", "dm", "epie"])
+def test_cupy_engines_match_numpy(name):
+    _cupy_or_skip()
+    import sys
+    from pathlib import Path
+
+    from ns_bluesky.ptycho.engines import engine
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_engines import _data
+
+    data, obj, probe, mask = _data()
+    results = {}
+    for backend in ("numpy", "cupy"):
+        eng = engine(name, backend=backend, probe_update_start=1)
+        eng.prepare(data, (probe * 0.7).astype(np.complex64))
+        res = eng.iterate(5)
+        results[backend] = (eng.finalize()[0], res)
+    np.testing.assert_allclose(results["cupy"][1], results["numpy"][1], rtol=2e-3)
+    np.testing.assert_allclose(results["cupy"][0], results["numpy"][0], rtol=2e-3, atol=2e-3)

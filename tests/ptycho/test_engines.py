@@ -1,4 +1,4 @@
-"""Engines on a small noise-free simulated set: each reaches a stated NRMSE; frames can join later."""
+"""Engines on a small simulated set with Poisson noise: each reaches a stated NRMSE; frames can join later."""
 
 import numpy as np
 import pytest
@@ -6,6 +6,7 @@ import pytest
 from ns_bluesky.errors import ParameterError
 from ns_bluesky.ptycho.engines import PtychoData, engine
 from ns_bluesky.ptycho.metrics import nrmse, register_shift, shift_image
+from ns_bluesky.sim.farfield import farfield_set
 
 
 def _data(n=32, step=6, grid=8, seed=0):
@@ -30,32 +31,68 @@ def _data(n=32, step=6, grid=8, seed=0):
     return PtychoData(np.stack(pats).astype(np.float32), origins), obj, probe, mask
 
 
-@pytest.mark.parametrize("name, iterations, target, fall", [("epie", 100, 0.05, 10), ("rpie", 100, 0.10, 5)])
-def test_engine_reaches_a_stated_nrmse_with_a_known_probe_start(name, iterations, target, fall):
-    data, obj, probe, mask = _data()
-    eng = engine(name)
-    eng.prepare(data, (probe * 0.7).astype(np.complex64))  # right shape, wrong scale: the probe is retrieved
-    res = eng.iterate(iterations)
-    est, _, history = eng.finalize()
-    assert res[-1] < res[0] / fall  # the data residual falls
-    assert nrmse(est[: obj.shape[0], : obj.shape[1]], obj, mask) < target
-    assert len(history) == iterations
+@pytest.fixture(scope="module")
+def sim():
+    """144 frames of 64², a 20-pixel zone-plate beam at 70 % overlap, 10⁶ photons with Poisson noise,
+    a start probe 20 % off in defocus: the benchmark's set at a test's size."""
+    return farfield_set(grid=12, frame=64, probe_diameter_px=20.0)
 
 
-def test_frames_with_zero_weight_do_not_constrain_and_can_join_later():
-    data, obj, probe, mask = _data()
-    data.weights = np.zeros(len(data.origins_px), np.float32)
-    eng = engine("epie")
-    eng.prepare(data, probe)
+def _run(s, name, iterations, every=None, **params):
+    """NRMSE after the first iteration, every ``every`` iterations and after the last."""
+    eng = engine(name, **params)
+    eng.prepare(PtychoData(s.patterns, s.origins), s.probe_start)
+    errors = []
+    for i in range(1, iterations + 1):
+        eng.iterate(1)
+        if i in (1, iterations) or (every and i % every == 0):
+            errors.append(nrmse(eng.finalize()[0][: s.obj.shape[0], : s.obj.shape[1]], s.obj, s.mask))
+    return eng, errors
+
+
+# measured here (NRMSE after 40 iterations): lsqml 0.016, epie 0.020, rpie 0.033, raar 0.035; dm 0.070 after 8,
+# then it wanders (the difference map has no fixed point on noisy data; PtyPy's drifts too)
+@pytest.mark.parametrize("name, iterations, target", [("lsqml", 40, 0.019), ("epie", 40, 0.024), ("rpie", 40, 0.04),
+                                                      ("raar", 40, 0.042), ("dm", 8, 0.08)])
+def test_each_engine_reaches_a_stated_nrmse_from_a_wrong_probe(sim, name, iterations, target):
+    eng, errors = _run(sim, name, iterations)
+    assert errors[-1] < target < errors[0]
+    assert len(eng.finalize()[2]) == iterations
+    if name != "dm":  # the difference map's data residual rises while its object improves (measured 0.21 -> 0.24)
+        assert eng.residuals[-1] < eng.residuals[0]
+
+
+def test_lsqml_does_not_drift_over_200_iterations(sim):
+    _, errors = _run(sim, "lsqml", 200, every=10)
+    best = min(errors)
+    assert best < 0.015
+    assert errors[-1] < best * 1.05  # no phase-ramp or scale runaway: the error does not grow again
+
+
+def test_frames_with_zero_weight_do_not_constrain_and_can_join_later(sim):
+    n = len(sim.origins)
+    eng = engine("lsqml")
+    eng.prepare(PtychoData(sim.patterns, sim.origins, weights=np.zeros(n, np.float32)), sim.probe_start)
     assert np.isnan(eng.iterate(1)[0])  # nothing arrived yet
-    half = np.arange(len(data.weights) // 2)
-    eng.add_frames(half)
+    eng.add_frames(np.arange(n // 2))
+    eng.iterate(10)
+    eng.add_frames(np.arange(n))
+    eng.iterate(30)
+    streamed = nrmse(eng.finalize()[0][: sim.obj.shape[0], : sim.obj.shape[1]], sim.obj, sim.mask)
+    _, batch = _run(sim, "lsqml", 41)
+    assert streamed < 1.1 * batch[-1]  # within 10 % of every frame from the start
+
+
+def test_frames_can_arrive_with_their_data_while_iterating(sim):
+    n = len(sim.origins)
+    eng = engine("epie")
+    empty = np.zeros_like(sim.patterns)
+    eng.prepare(PtychoData(empty, sim.origins, weights=np.zeros(n, np.float32)), sim.probe_start)
+    for part in np.array_split(np.arange(n), 4):
+        eng.add_frames(part, sim.patterns[part])
+        eng.iterate(5)
     eng.iterate(20)
-    eng.add_frames(np.arange(len(data.weights)))
-    res = eng.iterate(80)
-    assert res[-1] < 0.02
-    # stated target; the same 101 iterations with every frame from the start reach 0.051
-    assert nrmse(eng.finalize()[0][: obj.shape[0], : obj.shape[1]], obj, mask) < 0.07
+    assert nrmse(eng.finalize()[0][: sim.obj.shape[0], : sim.obj.shape[1]], sim.obj, sim.mask) < 0.03
 
 
 def test_registration_finds_a_subpixel_shift_and_nrmse_ignores_global_phase():
