@@ -14,8 +14,10 @@ Every frame carries a weight: 0 until it has arrived (SHARP's streaming trick), 
 engine iterates on "all frames so far" and frames join while it runs
 (:meth:`Engine.add_frames`). Positions are sub-pixel: the probe is shifted by the
 fractional part with a Fourier phase ramp, never rounded. Every iteration records the
-Fourier-space data residual ``sqrt(sum (|F psi| - sqrt(I))^2 / sum I)`` over the
-frames that count. One code path for numpy and cupy: arrays live in ``self.xp``.
+Fourier-space data residual ``sum (|F psi| - sqrt(I))^2 / sum I`` over the frames
+that count: the cost the engines minimise, normalised as PtyPy's Fourier-magnitude
+error ``err_fmag`` (a squared quantity; its square root is the relative RMS misfit).
+One code path for numpy and cupy: arrays live in ``self.xp``.
 """
 
 from __future__ import annotations
@@ -62,7 +64,6 @@ class EngineParams(BaseModel):
 
 
 _ENGINES: dict[str, type[Engine]] = {}
-RAMP_TOLERANCE = 0.5  # cycles per window: a probe far field this far off the data's centre has drifted
 
 
 def register(cls):
@@ -123,13 +124,14 @@ class Engine:
         self.ar = xp.arange(n)
         self.amp = xp.asarray(np.fft.ifftshift(np.sqrt(np.maximum(patterns, 0)), axes=(-2, -1)))
         self.origins = origins
-        mean = np.maximum(patterns, 0).mean(axis=0)  # zero frequency centred
-        k = np.arange(n) - n // 2
-        self.data_com = np.array([(mean.sum(axis=1) * k).sum(), (mean.sum(axis=0) * k).sum()]) / max(mean.sum(), 1e-30)
+
         self.weights = xp.asarray(np.asarray(data.weights, np.float32).copy())
         self.energy = np.maximum(patterns, 0).sum(axis=(-2, -1), dtype=np.float64)  # sum I per frame, for the residual
         self.obj = xp.asarray(obj.astype(np.complex64))
         self.probe = xp.asarray(probe.astype(np.complex64))
+        mean = np.fft.ifftshift(np.maximum(patterns, 0).mean(axis=0))  # FFT order, like the probe's far field
+        k = np.fft.fftfreq(n) * n
+        self.data_centre = np.array([(mean.sum(axis=1) * k).sum(), (mean.sum(axis=0) * k).sum()]) / max(float(mean.sum()), 1e-30)
         self._prepare()
 
     def add_frames(self, indices, patterns=None) -> None:
@@ -154,7 +156,7 @@ class Engine:
                 err = self._iterate(active)
                 if self.iteration >= self.params.probe_update_start:
                     self._fix_ambiguities()
-                res = float(np.sqrt(err / max(float(self.energy[active].sum()), 1e-30)))
+                res = err / max(float(self.energy[active].sum()), 1e-30)
             else:
                 res = float("nan")
             self.iteration += 1
@@ -168,24 +170,34 @@ class Engine:
     def _fix_ambiguities(self) -> None:
         """Undo what the data cannot see, before it accumulates into drift.
 
-        A linear phase ramp on the probe and its opposite on the object leave every
-        exit wave's intensity unchanged, so iterations can wander along it (the far
-        field of the probe slides off the data's centre). The probe's far-field centre
-        of mass is put back on the data's; the object takes the opposite ramp, and each
-        frame's kept exit wave the constant phase that keeps it consistent.
+        A linear phase ramp on the probe and the opposite ramp on the object leave every
+        exit wave's intensity unchanged, so iterations wander along it (the two halves of
+        a scan come out with different ramps, an object with a tilt it does not have).
+        The mean diffraction pattern says where the beam's far field is centred; a probe
+        whose far field has moved half a pixel or more away from it is moved back by whole
+        pixels, the object takes the opposite ramp and each kept exit wave the constant
+        phase that keeps it consistent. (A ramp of less than a cycle per window remains:
+        compare halves after removing their relative ramp, as PtychoShelves' FSC does.)
         """
         xp, n = self.xp, self.n
-        power = xp.abs(self._fft2(self.probe)) ** 2
-        k = xp.asarray(np.fft.fftfreq(n) * n, dtype=np.float32)
-        com = xp.stack([(power.sum(axis=1) * k).sum(), (power.sum(axis=0) * k).sum()]) / power.sum()
-        c = asnumpy(com).astype(np.float64) - self.data_com
-        if np.hypot(*c) < RAMP_TOLERANCE:  # noise in either centre: correcting it would add a ramp, not remove one
+        # whole cycles per window only: such a ramp is periodic in the window, so the probe's
+        # sub-pixel shifts stay exact and the correction changes no exit wave's intensity
+        c = np.round(self._far_field_centre(self.probe) - self.data_centre)
+        if not c.any():
             return
-        ramp = lambda rows, cols: xp.exp(2j * np.pi * (c[0] * rows[:, None] + c[1] * cols[None, :]) / n).astype(np.complex64)  # noqa: E731
-        self.probe *= ramp(-xp.arange(n, dtype=np.float32), -xp.arange(n, dtype=np.float32))
-        self.obj *= ramp(xp.arange(self.obj.shape[0], dtype=np.float32), xp.arange(self.obj.shape[1], dtype=np.float32))
-        phase = 2 * np.pi * (self.origins @ c) / n  # per frame
-        self._rephase_waves(xp.asarray(np.exp(1j * phase).astype(np.complex64)))
+
+        def ramp(rows, cols, sign):
+            return xp.exp(sign * 2j * np.pi * (c[0] * rows[:, None] + c[1] * cols[None, :]) / n).astype(np.complex64)
+
+        self.probe *= ramp(xp.arange(n, dtype=np.float64), xp.arange(n, dtype=np.float64), -1)
+        self.obj *= ramp(xp.arange(self.obj.shape[0], dtype=np.float64), xp.arange(self.obj.shape[1], dtype=np.float64), 1)
+        self._rephase_waves(xp.asarray(np.exp(2j * np.pi * (self.origins @ c) / n).astype(np.complex64)))
+
+    def _far_field_centre(self, probe) -> np.ndarray:
+        power = self.xp.abs(self._fft2(probe)) ** 2
+        k = self.xp.asarray(np.fft.fftfreq(self.n) * self.n, dtype=np.float32)
+        total = float(power.sum())
+        return np.array([float((power.sum(axis=1) * k).sum()), float((power.sum(axis=0) * k).sum())]) / max(total, 1e-30)
 
     def _rephase_waves(self, factors) -> None:
         """Engines that keep exit waves multiply each frame's by its factor."""
@@ -273,6 +285,11 @@ class Engine:
         err = float(((mag - self.amp[idx]) ** 2).sum())
         f *= self.amp[idx] / xp.maximum(mag, 1e-12)
         return self._ifft2(f), err
+
+    def _rdot(self, x, y):
+        """Per frame, Re sum conj(x) y: one pass over the float views, no temporaries."""
+        b = x.shape[0]
+        return self.xp.einsum("ij,ij->i", x.view(np.float32).reshape(b, -1), y.view(np.float32).reshape(b, -1))
 
     def _misfit(self, psi, idx) -> float:
         mag = self.xp.abs(self._fft2(psi))
@@ -420,14 +437,11 @@ class LSQML(Engine):
         xp, lam, top = self.xp, self.params.step_reg, self.params.max_step
         chi = part["chi"]
         a = self._patches(d_obj_full, part["idx"]) * part["probes"]
-        aa = (a.real**2 + a.imag**2).sum(axis=(-2, -1))
-        ac = (a.conj() * chi).real.sum(axis=(-2, -1))
+        aa, ac = self._rdot(a, a), self._rdot(a, chi)
         if d_probe is None:
             return xp.clip(ac / (aa + lam * aa.mean() + 1e-30), 0, top), None
         b = part["patches"] * d_probe
-        bb = (b.real**2 + b.imag**2).sum(axis=(-2, -1))
-        ab = (a.conj() * b).real.sum(axis=(-2, -1))
-        bc = (b.conj() * chi).real.sum(axis=(-2, -1))
+        bb, ab, bc = self._rdot(b, b), self._rdot(a, b), self._rdot(b, chi)
         aa = aa + lam * aa.mean() + 1e-30
         bb = bb + lam * bb.mean() + 1e-30
         det = aa * bb - ab**2

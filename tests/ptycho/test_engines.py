@@ -58,7 +58,7 @@ def test_each_engine_reaches_a_stated_nrmse_from_a_wrong_probe(sim, name, iterat
     eng, errors = _run(sim, name, iterations)
     assert errors[-1] < target < errors[0]
     assert len(eng.finalize()[2]) == iterations
-    if name != "dm":  # the difference map's data residual rises while its object improves (measured 0.21 -> 0.24)
+    if name != "dm":  # the difference map's data residual rises while its object improves (measured 0.044 -> 0.058)
         assert eng.residuals[-1] < eng.residuals[0]
 
 
@@ -111,3 +111,22 @@ def test_unknown_engine_and_bad_shapes_are_refused():
     data, *_ = _data()
     with pytest.raises(ParameterError, match="probe must be 32 x 32"):
         engine("rpie").prepare(data, np.ones((16, 16), np.complex64))
+
+
+def test_a_probe_whose_far_field_drifted_is_moved_back_without_changing_the_fit(sim):
+    """The phase-ramp ambiguity: probe x e^{ikr}, object x e^{-ikr} fit the data equally well."""
+    eng = engine("lsqml")
+    eng.prepare(PtychoData(sim.patterns, sim.origins), sim.probe)
+    eng.obj = np.ones_like(eng.obj)
+    eng.obj[: sim.obj.shape[0], : sim.obj.shape[1]] = sim.obj
+    idx = np.arange(len(sim.origins))
+    before = np.abs(np.fft.fft2(eng._probes(idx) * eng._patches(eng.obj, idx)))
+    n = sim.probe.shape[0]
+    rows, cols = np.indices((n, n))
+    eng.probe = eng.probe * np.exp(2j * np.pi * (2 * rows - 1 * cols) / n).astype(np.complex64)  # far field moved (2, -1)
+    eng.obj = eng.obj * np.exp(-2j * np.pi * (2 * np.arange(eng.obj.shape[0])[:, None] - np.arange(eng.obj.shape[1])) / n).astype(np.complex64)
+    eng._fix_ambiguities()
+    np.testing.assert_allclose(eng._far_field_centre(eng.probe), eng.data_centre, atol=0.5)
+    after = np.abs(np.fft.fft2(eng._probes(idx) * eng._patches(eng.obj, idx)))
+    np.testing.assert_allclose(after, before, rtol=0, atol=1e-3 * before.max())  # every exit wave's intensity kept
+    assert nrmse(eng.obj[: sim.obj.shape[0], : sim.obj.shape[1]], sim.obj, sim.mask) < 1e-3  # the ramp is gone

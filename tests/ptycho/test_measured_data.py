@@ -25,14 +25,14 @@ def star():
     return patterns, scan - scan.min(axis=0) + 2, probe
 
 
-def test_epie_reconstructs_the_measured_star(star):
+def test_lsqml_reconstructs_the_measured_star(star):
     patterns, origins, probe = star
-    eng = engine("epie")
+    eng = engine("lsqml")
     eng.prepare(PtychoData(patterns, origins), probe)
-    res = eng.iterate(15)
+    res = eng.iterate(25)
     obj = eng.finalize()[0]
-    # measured here: 0.42 -> 0.14 in 15 iterations (the issue asks for tenfold: not reached yet)
-    assert res[-1] < res[0] / 2.5
+    # measured here: 0.21 -> 0.014 in 25 iterations (relative squared misfit; Poisson noise floor about 0.009)
+    assert res[-1] < res[0] / 10
     phase = np.angle(obj * np.exp(-1j * np.angle(obj[tuple(np.round(origins.mean(axis=0)).astype(int))])))
     theta = np.linspace(0, 2 * np.pi, 1024, endpoint=False)
 

@@ -113,3 +113,64 @@ def test_the_nine_steps_together_recover_the_photons_behind_a_raw_frame(geom):
     np.testing.assert_allclose(out, want, atol=0.02 * want.max())
     # the scrambled readout was undone: the brightest pixel is the bright field at the centre
     assert np.unravel_index(out.argmax(), out.shape) in [(r, c) for r in range(118, 139) for c in range(118, 139)]
+
+
+def _full_fft_crop(images, size):
+    """The straightforward downsampling, in float64: the whole 2-D spectrum, its lowest ``size``
+    frequencies (half spectrum, as a real pattern needs), the centring shifts done explicitly."""
+    n, h = images.shape[-1], size // 2
+    spectrum = sfft.rfft2(images.astype(np.float64))
+    rows = np.r_[0 : h + 1, n - h + 1 : n]  # ky = 0..h, -h+1..-1
+    ky, kx = np.r_[0 : h + 1, -h + 1 : 0], np.arange(h + 1)
+    sign = np.where((ky[:, None] + kx[None, :]) % 2 == 0, 1.0, -1.0)  # the pattern's centre from n/2 to 0
+    out = sfft.irfft2(spectrum[..., rows, : h + 1] * sign, s=(size, size))
+    return np.roll(out, (h, h), axis=(-2, -1))  # and the output's from 0 to size/2
+
+
+@pytest.mark.parametrize(("shape", "size"), [((2, 960, 960), 256), ((2, 3, 48, 48), 16), ((960, 960), 128)])
+def test_fast_downsampling_equals_the_full_fft_crop(shape, size):
+    rng = np.random.default_rng(7)
+    y, x = np.indices(shape[-2:]) - shape[-1] / 2
+    # a speckled pattern with a bright centre and noise up to the highest frequencies
+    bright = 1000 * np.exp(-(x**2 + y**2) / (2 * (shape[-1] / 12) ** 2))
+    images = rng.poisson(bright + 2, size=shape).astype(np.float32)
+    got = pp.fft_downsample(images, size)
+    want = _full_fft_crop(images, size)
+    assert got.dtype == np.float32 and got.shape == (*shape[:-2], size, size)
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * np.abs(want).max())  # float32 rounding
+    assert got.sum() == pytest.approx(images.sum(), rel=1e-5)  # counts kept
+
+
+def test_preprocess_gives_what_the_steps_one_after_another_give(geom):
+    """The fused pass (ripple after assembly, crop before the photon and beamstop steps,
+    a frame at a time) changes no value, whatever the settings and batch split."""
+    from ns_bluesky.ptycho.dark import DarkStatistics, bad_maps
+    from ns_bluesky.sim import PtychoSimulation
+
+    sim = PtychoSimulation()
+    stats = DarkStatistics(geom.raw_shape)
+    stats.update(np.stack([sim.raw_frame(None, i) for i in range(3)]))
+    bad = bad_maps(stats, geom).pixels
+    raw = np.stack([sim.raw_frame(sim.planned[i], 10 + i) for i in range(3)])
+    kept = raw.copy()
+    adu, trans = sim.fccd.adu_per_photon, sim.beamstop_transmission_map
+    cases = [
+        (pp.Settings(), None),
+        (pp.Settings(overscan_order=2, background_adu=4.0, photon_threshold=0.8, crop=800), (470.4, 505)),
+    ]
+    for settings, center in cases:
+        x = pp.subtract_dark(raw, stats.mean, bad)
+        x = pp.remove_spikes(pp.overscan_correct(x, geom, order=settings.overscan_order), geom)
+        img = assemble(x, geom)
+        if settings.background_adu is not None:
+            img = pp.background_threshold(img, settings.background_adu)
+        img = pp.beamstop_correct(pp.to_photons(img, adu, settings.photon_threshold), trans)
+        c = (480, 480) if center is None else center
+        want = pp.fft_downsample(pp.crop_center(img, c, settings.crop), settings.out_size)
+        for per_pass in (None, 2):
+            got = pp.preprocess(
+                raw, geom, dark_mean=stats.mean, bad_pixels=bad, adu_per_photon=adu, transmission_map=trans,
+                center=center, settings=settings, frames_per_pass=per_pass,
+            )
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(want).max())
+    np.testing.assert_array_equal(raw, kept)  # the caller's frames stay as they were
