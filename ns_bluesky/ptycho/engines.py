@@ -322,21 +322,32 @@ class RPIE(Engine):
         rng = np.random.default_rng([p.seed, self.iteration])
         err = 0.0
         update_probe = self.iteration >= p.probe_update_start
-        for j in rng.permutation(active):
-            sl = slice(self.iy_np[j], self.iy_np[j] + n), slice(self.ix_np[j], self.ix_np[j] + n)
-            probe = self._probes([j])
-            o = self.obj[sl]
-            psi = probe * o
-            new, e = self._modulus(psi, [j])
-            err += e
-            d = ((new - psi) * self.weights[j])[0]
-            probe = probe[0]
-            p2 = xp.abs(probe) ** 2
-            self.obj[sl] = o + probe.conj() * d / ((1 - p.alpha) * p2 + p.alpha * p2.max())
-            if update_probe:
-                o2 = xp.abs(o) ** 2
-                dp = p.probe_step * o.conj() * d / ((1 - p.probe_alpha) * o2 + p.probe_alpha * o2.max())
-                self.probe = self.probe + self._unshift_sum(dp[None], [j])
+        if xp is np:
+            self._tls.fft_kw = {"workers": 1}  # one 2-D FFT at a time: threads would only add overhead
+        try:
+            for j in rng.permutation(active):
+                err += self._update_frame(int(j), update_probe)
+        finally:
+            self._tls.__dict__.pop("fft_kw", None)
+        return err
+
+    def _update_frame(self, j: int, update_probe: bool) -> float:
+        xp, p, n = self.xp, self.params, self.n
+        sl = slice(self.iy_np[j], self.iy_np[j] + n), slice(self.ix_np[j], self.ix_np[j] + n)
+        idx = [j]
+        ramps = self._ramps(idx)
+        probe = self._probes(idx, ramps)
+        o = self.obj[sl].copy()
+        psi = probe * o
+        new, err = self._modulus(psi, idx)
+        d = ((new - psi) * self.weights[j])[0]
+        probe = probe[0]
+        p2 = xp.abs(probe) ** 2
+        self.obj[sl] = o + probe.conj() * d / ((1 - p.alpha) * p2 + p.alpha * p2.max())
+        if update_probe:  # with the object as it was before this frame's update (o is a copy)
+            o2 = xp.abs(o) ** 2
+            dp = p.probe_step * o.conj() * d / ((1 - p.probe_alpha) * o2 + p.probe_alpha * o2.max())
+            self.probe = self.probe + self._unshift_sum(dp[None], idx, ramps)
         return err
 
 
@@ -380,16 +391,18 @@ class LSQML(Engine):
         update_probe = self.iteration >= p.probe_update_start
         age = self.iteration - self.data_changed_at  # new frames restart the schedule: they need the fast updates
         size = p.batch_size * 2 ** (age // p.batch_doubling) if p.batch_doubling else p.batch_size
+        num = xp.empty_like(self.obj)  # object-grid buffers, reused by every batch
+        precond = xp.empty(self.obj.shape, np.float32)
         for batch in np.array_split(order, max(1, round(len(order) / size))):
             parts = self._parallel(self._exit_update, batch)  # per frame: chi and its projections
             err += sum(part["err"] for part in parts)
             # object direction: sum_j P_j* chi_j over the illumination sum_j |P_j|^2
-            num = xp.zeros_like(self.obj)
-            illum = xp.zeros(self.obj.shape, np.float32)
+            num[...] = 0
+            precond[...] = 0
             for part in parts:
                 self._scatter(num, part["idx"], part["pchi"])
-                self._scatter(illum, part["idx"], part["p2"])
-            precond = illum + p.object_reg * illum.max()
+                self._scatter(precond, part["idx"], part["p2"])
+            precond += p.object_reg * precond.max()
             d_obj_full = num / precond
             d_probe = None
             if update_probe:  # probe direction: sum_j O_j* chi_j (unshifted) over sum_j |O_j|^2
@@ -402,7 +415,8 @@ class LSQML(Engine):
             for part, (alpha_o, _) in zip(parts, steps, strict=True):
                 part["pchi"] *= alpha_o[:, None, None]
                 self._scatter(num, part["idx"], part["pchi"])
-            self.obj += num / precond
+            num /= precond
+            self.obj += num
             if update_probe:
                 alpha_p = xp.concatenate([a for _, a in steps])
                 self.probe += float(alpha_p.mean()) * d_probe
@@ -416,7 +430,7 @@ class LSQML(Engine):
         probes = self._probes(idx, ramps)
         patches = self._patches(self.obj, idx)
         psi = probes * patches
-        new, err = self._modulus(psi.copy(), idx)
+        new, err = self._modulus(psi, idx)
         new -= psi
         chi = new
         chi *= self.weights[idx][:, None, None]
