@@ -282,8 +282,12 @@ class Engine:
         xp = self.xp
         f = self._fft2(psi)
         mag = xp.abs(f)
-        err = float(((mag - self.amp[idx]) ** 2).sum())
-        f *= self.amp[idx] / xp.maximum(mag, 1e-12)
+        amp = self.amp[idx]
+        diff = mag - amp
+        err = float(xp.square(diff, out=diff).sum(dtype=np.float64))
+        xp.maximum(mag, 1e-12, out=mag)
+        xp.divide(amp, mag, out=mag)
+        f *= mag
         return self._ifft2(f), err
 
     def _rdot(self, x, y):
@@ -318,7 +322,7 @@ class RPIE(Engine):
     Params = RPIEParams
 
     def _iterate(self, active: np.ndarray) -> float:
-        xp, p, n = self.xp, self.params, self.n
+        xp, p = self.xp, self.params
         rng = np.random.default_rng([p.seed, self.iteration])
         err = 0.0
         update_probe = self.iteration >= p.probe_update_start
@@ -409,7 +413,7 @@ class LSQML(Engine):
                 d_probe = sum(part["ochi"] for part in parts)
                 o2 = sum(part["o2"] for part in parts)
                 d_probe /= o2 + p.probe_reg * float(o2.max())
-            steps = self._map(lambda part: self._steps(part, d_obj_full, d_probe), parts)
+            steps = self._map(lambda part, d_obj=d_obj_full, d_p=d_probe: self._steps(part, d_obj, d_p), parts)
             # apply: each frame's object contribution scaled by its own optimal step
             num[...] = 0
             for part, (alpha_o, _) in zip(parts, steps, strict=True):
@@ -464,9 +468,8 @@ class LSQML(Engine):
 
 # ------------------------------------------------------------------ DM and RAAR
 class ProjectionParams(EngineParams):
-    chunk: int = Field(256, ge=1, description="frames per vectorised chunk (memory against speed)")
+    chunk: int = Field(128, ge=1, description="frames per vectorised chunk (memory against speed)")
     overlap_loops: int = Field(2, ge=1, description="object/probe alternations in each overlap projection")
-    joint: bool = Field(True, description="probe solved inside the overlap projection (else after each pass)")
     probe_support: float = Field(0.8, ge=0, le=1.5, description="probe confined to this fraction of the window radius (0: none)")
     reg: float = Field(0.01, gt=0, description="inertia of object and probe in the overlap projection, relative to the peak illumination")
 
@@ -493,10 +496,10 @@ class _Projection(Engine):
         if getattr(self, "reflected", None) is not None:
             self.reflected *= factors[:, None, None]
 
-    def _chunks(self, active):
-        for start in range(0, len(active), self.params.chunk):
-            batch = active[start : start + self.params.chunk]
-            yield batch, self.xp.asarray(batch)
+    def _chunks(self, active, fn) -> list:
+        """``fn(idx)`` on chunks of the frames, spread over the threads (each chunk's waves are its own)."""
+        parts = [self.xp.asarray(active[i : i + self.params.chunk]) for i in range(0, len(active), self.params.chunk)]
+        return self._map(fn, parts)
 
     def _views(self, idx):
         return self._probes(idx) * self._patches(self.obj, idx)
@@ -504,33 +507,40 @@ class _Projection(Engine):
     def _seed(self, active) -> None:
         """Exit waves of frames seen for the first time start from the current estimate."""
         fresh = active[~self.psi_ready[active]]
-        for _, idx in self._chunks(fresh):
+
+        def seed(idx):
             self.psi[idx] = self._views(idx)
+
+        self._chunks(fresh, seed)
         self.psi_ready[fresh] = True
 
-    def _overlap(self, active, target, probe: bool = True) -> None:
+    def _overlap(self, active, target) -> None:
         """Object and probe that best explain the waves ``target(idx)`` (least squares, alternating)."""
         xp, p = self.xp, self.params
-        update_probe = probe and self.iteration >= p.probe_update_start
+        update_probe = self.iteration >= p.probe_update_start
+
+        def object_terms(idx):
+            num, illum = xp.zeros_like(self.obj), xp.zeros(self.obj.shape, np.float32)
+            probes = self._probes(idx)
+            w = self.weights[idx][:, None, None]
+            self._scatter(num, idx, w * probes.conj() * target(idx))
+            self._scatter(illum, idx, w * (probes.real**2 + probes.imag**2))
+            return num, illum
+
+        def probe_terms(idx):
+            patches = self._patches(self.obj, idx)
+            w = self.weights[idx][:, None, None]
+            return self._unshift_sum(w * patches.conj() * target(idx), idx), (w * (patches.real**2 + patches.imag**2)).sum(axis=0)
+
         for _ in range(p.overlap_loops if update_probe else 1):
-            num = xp.zeros_like(self.obj)
-            illum = xp.zeros(self.obj.shape, np.float32)
-            for batch, idx in self._chunks(active):
-                probes = self._probes(idx)
-                w = self.weights[idx][:, None, None]
-                self._scatter(num, idx, w * probes.conj() * target(idx))
-                self._scatter(illum, idx, w * xp.abs(probes) ** 2)
+            parts = self._chunks(active, object_terms)
+            num, illum = sum(a for a, _ in parts), sum(b for _, b in parts)
             mu = p.reg * illum.max()  # Tikhonov towards the current estimate: no drift where coverage is thin
             self.obj = (num + mu * self.obj) / (illum + mu)
             if not update_probe:
                 break
-            pnum = xp.zeros_like(self.probe)
-            pden = xp.zeros(self.probe.shape, np.float32)
-            for _, idx in self._chunks(active):
-                patches = self._patches(self.obj, idx)
-                w = self.weights[idx][:, None, None]
-                pnum += self._unshift_sum(w * patches.conj() * target(idx), idx)
-                pden += (w * xp.abs(patches) ** 2).sum(axis=0)
+            parts = self._chunks(active, probe_terms)
+            pnum, pden = sum(a for a, _ in parts), sum(b for _, b in parts)
             mu = p.reg * pden.max()
             self.probe = (pnum + mu * self.probe) / (pden + mu)
             if p.probe_support:
@@ -545,39 +555,17 @@ class DM(_Projection):
 
     def _iterate(self, active: np.ndarray) -> float:
         self._seed(active)
-        self._overlap(active, lambda idx: self.psi[idx], probe=self.params.joint)
-        if not self.params.joint:
-            return self._dm_then_probe(active)
-        err = 0.0
+        self._overlap(active, lambda idx: self.psi[idx])
         a = self.params.alpha
-        for _, idx in self._chunks(active):
+
+        def update(idx):
             z = self._views(idx)
-            err += self._misfit(z, idx)  # of the estimate, not of the reflected point DM iterates on
+            err = self._misfit(z, idx)  # of the estimate, not of the reflected point DM iterates on
             m, _ = self._modulus((1 + a) * z - a * self.psi[idx], idx)
             self.psi[idx] += m - z
-        return err
+            return err
 
-    def _dm_then_probe(self, active) -> float:
-        xp, p = self.xp, self.params
-        update_probe = self.iteration >= p.probe_update_start
-        pnum, pden = xp.zeros_like(self.probe), xp.zeros(self.probe.shape, np.float32)
-        err = 0.0
-        for _, idx in self._chunks(active):
-            z = self._views(idx)
-            m, e = self._modulus(2 * z - self.psi[idx], idx)
-            err += e
-            self.psi[idx] += m - z
-            if update_probe:
-                patches = self._patches(self.obj, idx)
-                w = self.weights[idx][:, None, None]
-                pnum += self._unshift_sum(w * patches.conj() * self._modulus(z, idx)[0], idx)
-                pden += (w * xp.abs(patches) ** 2).sum(axis=0)
-        if update_probe:
-            mu = p.reg * pden.max()
-            self.probe = (pnum + mu * self.probe) / (pden + mu)
-            if p.probe_support:
-                self.probe *= self._support()
-        return err
+        return sum(self._chunks(active, update))
 
 
 class DMParams(ProjectionParams):
@@ -603,13 +591,17 @@ class RAAR(_Projection):
         if getattr(self, "reflected", None) is None:
             self.reflected = self.xp.empty_like(self.psi)
         self._seed(active)
-        err = 0.0
-        for _, idx in self._chunks(active):
-            m, e = self._modulus(self.psi[idx], idx)
-            err += e
+
+        def project(idx):
+            m, err = self._modulus(self.psi[idx], idx)
             self.reflected[idx] = 2 * m - self.psi[idx]
             self.psi[idx] = m
-        self._overlap(active, lambda idx: self.reflected[idx])
-        for _, idx in self._chunks(active):
+            return err
+
+        def relax(idx):
             self.psi[idx] += self.params.beta * (self._views(idx) - self.reflected[idx])
+
+        err = sum(self._chunks(active, project))
+        self._overlap(active, lambda idx: self.reflected[idx])
+        self._chunks(active, relax)
         return err
