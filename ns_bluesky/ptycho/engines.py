@@ -369,15 +369,15 @@ class EPIE(RPIE):
 
 # ------------------------------------------------------------------------ LSQ-ML
 class LSQMLParams(EngineParams):
-    batch_size: int = Field(16, ge=1, description="frames per update (mini-batch) at the start")
+    batch_size: int = Field(8, ge=1, description="frames per update (mini-batch) at the start")
     batch_doubling: int = Field(
         8, ge=0, description="the batch doubles every this many iterations (0: never): small batches move fast "
         "early, large ones average the noise out late, as growing batches do for stochastic gradients"
     )
-    object_reg: float = Field(0.05, gt=0, description="object preconditioner floor, relative to the peak illumination")
+    object_reg: float = Field(0.1, gt=0, description="object preconditioner floor, relative to the peak illumination")
     probe_reg: float = Field(0.05, gt=0, description="probe preconditioner floor, relative to the peak object intensity")
     step_reg: float = Field(0.1, ge=0, description="regularisation of the per-frame 2 x 2 step-size problem")
-    max_step: float = Field(2.0, gt=0, description="upper bound of the optimal step sizes")
+    max_step: float = Field(1.0, gt=0, description="upper bound of the optimal step sizes")
 
 
 @register
