@@ -9,13 +9,13 @@ over the received ``zmq.Frame`` on receive). Every check that fails raises
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 VERSION = 1
 MAX_HEADER_BYTES = 64 * 1024
@@ -99,7 +99,11 @@ def encode(msg: Message, place: Callable[[np.ndarray], int | None] | None = None
         raise ProtocolError("bad-field", f"meta may not set {sorted(clash)}")
     header = {"v": VERSION, "kind": msg.kind, "run": msg.run, "seq": msg.seq, "stage": msg.stage, "arrays": specs}
     header.update(msg.meta)
-    return [json.dumps(header, separators=(",", ":"), default=_json_default).encode(), *buffers]
+    try:
+        text = orjson.dumps(header, default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError as exc:
+        raise TypeError(str(exc)) from None
+    return [text, *buffers]
 
 
 def _json_default(value):
@@ -139,7 +143,7 @@ def _decode(frames: list, shm: memoryview | None) -> Message:
     if raw.nbytes > MAX_HEADER_BYTES:
         raise ProtocolError("huge-header", f"{raw.nbytes} bytes > {MAX_HEADER_BYTES}")
     try:
-        header = json.loads(bytes(raw))
+        header = orjson.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError("bad-json", str(exc)[:80]) from None
     if not isinstance(header, dict):
