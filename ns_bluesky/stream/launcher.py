@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from .config import PipelineConfig
 from .logs import log_dir
-from .shm import segment_name, unlink_segment
+from .shm import unlink_worker_segments
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class LocalPool:
         for module, procs in self.procs.items():
             for p in [p for p in procs if p.poll() is not None]:
                 procs.remove(p)
-                unlink_segment(segment_name(p.pid))  # a killed worker could not remove its own
+                unlink_worker_segments(p.pid)  # a killed worker could not remove its own
                 if p.pid in self.draining:
                     self.draining.discard(p.pid)
                 else:
@@ -87,4 +87,4 @@ class LocalPool:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-            unlink_segment(segment_name(p.pid))
+            unlink_worker_segments(p.pid)

@@ -19,17 +19,26 @@ the owner (the worker, or the pool that saw it die) removes the segment.
 from __future__ import annotations
 
 import os
+import secrets
 from multiprocessing import resource_tracker, shared_memory
+from pathlib import Path
 
 import numpy as np
 
 IN, OUT = 0, 1
+SHM_DIR = Path("/dev/shm")  # where POSIX shared memory lives on Linux
 MIN_SHM_BYTES = 64 * 1024  # below this a TCP copy is as cheap as the bookkeeping
 
 
+def segment_prefix(pid: int) -> str:
+    """What the segments of the worker with this pid are called (found again when it dies)."""
+    return f"ns-bluesky-{pid}-"
+
+
 def segment_name(pid: int) -> str:
-    """The segment a local worker creates: found again by its pid when the worker dies."""
-    return f"ns-bluesky-{pid}"
+    """A new segment's name: the pid, then a random part, so a handler can never attach a
+    segment that merely shares a name with one a worker elsewhere announced."""
+    return segment_prefix(pid) + secrets.token_hex(6)
 
 
 class SlotArena:
@@ -94,6 +103,12 @@ class SlotArena:
 
     def unlink(self) -> None:
         unlink_segment(self.name)
+
+
+def unlink_worker_segments(pid: int) -> None:
+    """Remove every segment a (dead) worker left behind."""
+    for path in SHM_DIR.glob(segment_prefix(pid) + "*"):
+        unlink_segment(path.name)
 
 
 def unlink_segment(name: str) -> None:
