@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..stream.module import Module, register
@@ -34,7 +33,7 @@ class EchoModule(Module):
             time.sleep(min(0.01, max(deadline - time.monotonic(), 0)))
         if self.params.fail_every and msg.seq % self.params.fail_every == 0:
             raise RuntimeError(f"echo: injected failure on seq {msg.seq}")
-        meta = {"source": "echo", **{k: msg.meta[k] for k in ("t_sent",) if k in msg.meta}}
+        meta = {"source": "echo", "scalars": {"seq": msg.seq}, **{k: msg.meta[k] for k in ("t_sent",) if k in msg.meta}}
         if self.params.unsendable_every and msg.seq % self.params.unsendable_every == 0:
             return Message("result", run=msg.run, seq=msg.seq, stage="echo", arrays={"x": np.zeros(2, np.float16)})
         return Message("result", run=msg.run, seq=msg.seq, stage="echo", meta=meta, arrays=dict(msg.arrays))

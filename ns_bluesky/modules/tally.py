@@ -31,8 +31,10 @@ class TallyModule(Module):
         self.checksum[msg.run] += float(sum(np.asarray(a, np.float64).sum() for a in msg.arrays.values()))
 
     def end_run(self, run: str) -> Message:
-        seqs = self.seen.pop(run, [])
-        return Message("result", run=run, seq=-1, stage="tally", meta={"seqs": sorted(seqs), "checksum": self.checksum.pop(run, 0.0)})
+        seqs = sorted(self.seen.pop(run, []))
+        checksum = self.checksum.pop(run, 0.0)
+        meta = {"seqs": seqs, "checksum": checksum, "scalars": {"count": len(seqs), "checksum": checksum}}
+        return Message("result", run=run, seq=-1, stage="tally", meta=meta)
 
     def abort_run(self, run: str) -> None:
         self.seen.pop(run, None)

@@ -3,8 +3,8 @@
 import time
 
 import numpy as np
-
 from ns_bluesky.callbacks.bridge import PipelineBridge
+
 from ns_bluesky.plans import ptycho_scan
 from ns_bluesky.sim.fccd import assemble
 
@@ -46,7 +46,6 @@ def test_scan_finishes_with_the_pipeline_down_and_nothing_is_lost_once_it_is_up(
     import sys
 
     from ns_bluesky.stream.client import ControlClient
-
     from tests.stream.conftest import Results
 
     pipe.cfg = cfg

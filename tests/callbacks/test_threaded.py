@@ -4,7 +4,6 @@ import threading
 import time
 
 import pytest
-
 from ns_bluesky.callbacks import ThreadedCallback
 
 

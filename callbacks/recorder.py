@@ -1,0 +1,103 @@
+"""Record the pipeline's results: every raw run's results become one derived run in the catalog.
+
+A background thread subscribes to the handler's results port. A result of stage S for
+run R goes to stream S of the derived run whose ``parent_uid`` is R (the bridge names
+pipeline runs by their raw run's uid); its ``meta["scalars"]`` become the event's
+values and its arrays go to HDF5. The handler's end of run closes the derived run
+(``abort`` when the run was aborted); module errors are kept in an ``errors`` stream.
+A result that does not fit its stream is logged and counted, never fatal: the recorder
+must outlive any one bad module.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import zmq
+
+from ns_bluesky.stream.config import PipelineConfig
+from ns_bluesky.stream.protocol import ProtocolError, decode
+from ns_bluesky.stream.security import secure_client
+
+from .derived import DerivedRun, Emit
+
+log = logging.getLogger(__name__)
+
+
+class ResultsRecorder:
+    """``ResultsRecorder(cfg, emit, write_dir)``; ``close()`` ends what is still open as ``fail``."""
+
+    def __init__(
+        self,
+        cfg: PipelineConfig,
+        emit: Emit,
+        write_dir: str | os.PathLike,
+        *,
+        dark_uid_of: Callable[[str], str | None] | None = None,
+        md: dict | None = None,
+    ):
+        self.cfg, self.emit, self.write_dir = cfg, emit, Path(write_dir)
+        self.dark_uid_of = dark_uid_of or (lambda raw_uid: None)
+        self.md = md or {}
+        self.runs: dict[str, DerivedRun] = {}
+        self.finished: dict[str, str] = {}  # raw uid -> derived uid
+        self.rejected = 0
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="results-recorder", daemon=True)
+        self._thread.start()
+        self._ready.wait(5)
+
+    def _serve(self) -> None:
+        sock = zmq.Context.instance().socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        secure_client(sock, self.cfg.curve_keys)
+        sock.connect(self.cfg.address(self.cfg.results_port, connect=True))
+        self._ready.set()
+        try:
+            while not self._stop.is_set():
+                if sock.poll(100):
+                    frames = sock.recv_multipart(copy=False)
+                    try:
+                        self._on_message(decode(frames[1:]))
+                    except ProtocolError as exc:
+                        self.rejected += 1
+                        log.warning("unreadable result dropped: %s", exc)
+                    except Exception:
+                        self.rejected += 1
+                        log.exception("result not recorded; the recorder goes on")
+        finally:
+            sock.close(linger=0)
+
+    def _derived(self, raw_uid: str) -> DerivedRun:
+        if raw_uid not in self.runs:
+            self.runs[raw_uid] = DerivedRun(
+                self.emit, self.write_dir, parent_uid=raw_uid, dark_uid=self.dark_uid_of(raw_uid), md=self.md
+            )
+        return self.runs[raw_uid]
+
+    def _on_message(self, msg) -> None:
+        if msg.kind == "result":
+            scalars = msg.meta.get("scalars") or {}
+            self._derived(msg.run).add(msg.stage, scalars, msg.arrays)
+        elif msg.kind == "error":
+            run = self._derived(msg.run)
+            run.add("errors", {"seq": msg.seq, "module": msg.stage, "error": str(msg.meta.get("error", ""))[:500]})
+        elif msg.kind == "end_of_run" and msg.run in self.runs:
+            aborted = bool(msg.meta.get("aborted"))
+            run = self.runs.pop(msg.run)
+            run.close("abort" if aborted else "success", "the pipeline aborted the run" if aborted else "")
+            self.finished[msg.run] = run.uid
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout_s)
+        for raw_uid, run in list(self.runs.items()):
+            run.close("fail", "the results recorder stopped before the pipeline ended this run")
+            self.finished[raw_uid] = run.uid
+        self.runs.clear()

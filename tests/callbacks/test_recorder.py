@@ -1,0 +1,74 @@
+"""Results from a real pipeline recorded as derived runs in the real catalog, found by their raw run."""
+
+import numpy as np
+from ns_bluesky.callbacks.recorder import ResultsRecorder
+from tiled.queries import Key
+
+from ns_bluesky.catalog import detector_dir, make_tiled_writer
+from ns_bluesky.stream.protocol import Message
+
+CHAIN = (
+    '[[modules]]\nname = "echo"\nmodule = "echo"\nworkers = 2\n'
+    '[[modules]]\nname = "count"\nmodule = "tally"\nworkers = 1\n'
+)
+
+
+def _wait(predicate, timeout_s=30.0):
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_each_runs_results_become_a_derived_run(make_pipeline, cat, catalog_dir, recorded):
+    pipe = make_pipeline(CHAIN)
+    raw_uid = recorded["scan"]  # the bridge names pipeline runs by the raw run's uid
+    recorder = ResultsRecorder(pipe.cfg, make_tiled_writer(cat), detector_dir(catalog_dir),
+                               dark_uid_of=lambda uid: cat[uid].metadata["start"].get("dark_uid"), md={"pipeline": "echo+tally"})
+    try:
+        client = pipe.ingest()
+        client.send(Message("start", run=raw_uid))
+        for seq in range(1, 21):
+            client.send(Message("frame", run=raw_uid, seq=seq, arrays={"image": np.full((40, 48), seq, np.uint16)}))
+        client.send(Message("stop", run=raw_uid))
+        client.flush()
+        assert _wait(lambda: raw_uid in recorder.finished)
+    finally:
+        recorder.close()
+    derived_uid = recorder.finished[raw_uid]
+    found = cat.search(Key("parent_uid") == raw_uid).search(Key("pipeline") == "echo+tally")
+    assert derived_uid in list(found)
+    run = found[derived_uid]
+    start, stop = run.metadata["start"], run.metadata["stop"]
+    assert start["dark_uid"] == recorded["dark"] and stop["exit_status"] == "success"
+    echo = run["echo"]
+    seqs = np.asarray(echo["seq"].read())
+    assert sorted(seqs) == list(range(1, 21))
+    images = np.asarray(echo["image"].read())
+    assert all(images[i].min() == images[i].max() == seqs[i] for i in range(20))  # each frame with its own seq
+    tally = run["tally"]
+    assert list(tally["count"].read()) == [20] and float(tally["checksum"].read()[0]) == sum(s * 40 * 48 for s in range(1, 21))
+
+
+def test_an_aborted_run_is_recorded_as_aborted(make_pipeline, cat, catalog_dir, recorded):
+    from tests.stream.conftest import ECHO
+
+    pipe = make_pipeline(ECHO.format(workers=1, delay=0.2))
+    raw_uid = recorded["other"]
+    recorder = ResultsRecorder(pipe.cfg, make_tiled_writer(cat), detector_dir(catalog_dir))
+    try:
+        client = pipe.ingest()
+        client.send(Message("start", run=raw_uid))
+        for seq in range(1, 30):
+            client.send(Message("frame", run=raw_uid, seq=seq, arrays={"image": np.zeros((8, 8), np.uint16)}))
+        client.flush()
+        assert _wait(lambda: raw_uid in recorder.runs)  # a first result was recorded
+        pipe.control("abort", run=raw_uid)
+        assert _wait(lambda: raw_uid in recorder.finished)
+    finally:
+        recorder.close()
+    run = cat[recorder.finished[raw_uid]]
+    assert run.metadata["stop"]["exit_status"] == "abort"
+    assert run.metadata["start"]["parent_uid"] == raw_uid
