@@ -75,3 +75,17 @@ def test_cli_errors_name_the_missing_dataset(tmp_path):
         del f["entry_1/instrument_1/source_1/energy"]
     with pytest.raises(CXIError, match="photon energy .*/entry_1/instrument_1/source_1/energy"):
         run(tmp_path / "in.cxi", tmp_path / "out.cxi", iterations=1, progress=False)
+
+
+def test_a_product_written_before_is_a_starting_probe(tmp_path):
+    """No source_1/illumination, but an image_1 probe (ptychodus' layout, or our own output): it starts the run."""
+    from ns_bluesky.io.cxi import CXIImage, put_image
+    from ns_bluesky.ptycho.reconstruct import prepare_data
+
+    _cxi(tmp_path / "in.cxi", with_probe=False)
+    _, _, probe, _ = _data()
+    shaped = np.exp(1j * np.linspace(0, 1, probe.size)).reshape(probe.shape).astype(np.complex64) * np.abs(probe)
+    put_image(tmp_path / "in.cxi", 1, CXIImage(shaped[None, None], "probe", (1e-8, 1e-8)))  # (modes, ..., n, n)
+    _, start, _ = prepare_data(tmp_path / "in.cxi")
+    c = np.vdot(shaped, start) / np.vdot(shaped, shaped)  # the same probe, scaled to the counts
+    np.testing.assert_allclose(start, c * shaped, rtol=0, atol=1e-4 * np.abs(start).max())
