@@ -237,8 +237,11 @@ def get_run(cat, key: str | int):
 
 
 def last_scan_id(cat) -> int:
-    """Highest scan_id of the most recent run, so a new RunEngine continues the numbering."""
+    """The scan_id of the most recent scan, so a new RunEngine continues the numbering
+    (derived runs, which have none, do not reset it)."""
+    from tiled.queries import Key
+
     try:
-        return int(cat[-1].metadata["start"].get("scan_id", 0))
-    except (IndexError, KeyError, ValueError):
+        return int(cat.search(Key("scan_id") >= 0)[-1].metadata["start"]["scan_id"])
+    except (IndexError, KeyError, ValueError, TypeError):
         return 0
