@@ -538,7 +538,7 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "ns-bluesky-bench")
     ap.add_argument("--out", type=Path, default=None, help="PNG path (default: in --cache)")
     args = ap.parse_args()
-    names = args.engines or list(_engines._ENGINES)
+    names = args.engines or _engines.engine_names()
     params = _engine_params(args.param, names, {"threads": args.threads, "backend": args.backend})
     print(f"engines: {', '.join(names)}  threads: {limit_threads(args.threads)}")
     with sfft.set_workers(args.threads):

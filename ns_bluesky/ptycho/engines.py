@@ -82,6 +82,13 @@ def engine_names() -> list[str]:
     return sorted(_ENGINES)
 
 
+def _centre_of_mass(power, xp) -> np.ndarray:
+    """(row, col) centre of an intensity in FFT order, in signed frequency pixels."""
+    k = xp.asarray(np.fft.fftfreq(power.shape[-1]) * power.shape[-1], dtype=np.float32)
+    total = float(power.sum())
+    return np.array([float((power.sum(axis=1) * k).sum()), float((power.sum(axis=0) * k).sum())]) / max(total, 1e-30)
+
+
 class Engine:
     """Public methods do the bookkeeping; subclasses implement ``_iterate`` (one pass over the frames)."""
 
@@ -124,14 +131,11 @@ class Engine:
         self.ar = xp.arange(n)
         self.amp = xp.asarray(np.fft.ifftshift(np.sqrt(np.maximum(patterns, 0)), axes=(-2, -1)))
         self.origins = origins
-
         self.weights = xp.asarray(np.asarray(data.weights, np.float32).copy())
         self.energy = np.maximum(patterns, 0).sum(axis=(-2, -1), dtype=np.float64)  # sum I per frame, for the residual
         self.obj = xp.asarray(obj.astype(np.complex64))
         self.probe = xp.asarray(probe.astype(np.complex64))
-        mean = np.fft.ifftshift(np.maximum(patterns, 0).mean(axis=0))  # FFT order, like the probe's far field
-        k = np.fft.fftfreq(n) * n
-        self.data_centre = np.array([(mean.sum(axis=1) * k).sum(), (mean.sum(axis=0) * k).sum()]) / max(float(mean.sum()), 1e-30)
+        self.data_centre = _centre_of_mass(np.fft.ifftshift(np.maximum(patterns, 0).mean(axis=0)), np)  # FFT order, like the probe's far field
         self._prepare()
 
     def add_frames(self, indices, patterns=None) -> None:
@@ -194,10 +198,7 @@ class Engine:
         self._rephase_waves(xp.asarray(np.exp(2j * np.pi * (self.origins @ c) / n).astype(np.complex64)))
 
     def _far_field_centre(self, probe) -> np.ndarray:
-        power = self.xp.abs(self._fft2(probe)) ** 2
-        k = self.xp.asarray(np.fft.fftfreq(self.n) * self.n, dtype=np.float32)
-        total = float(power.sum())
-        return np.array([float((power.sum(axis=1) * k).sum()), float((power.sum(axis=0) * k).sum())]) / max(total, 1e-30)
+        return _centre_of_mass(self.xp.abs(self._fft2(probe)) ** 2, self.xp)
 
     def _rephase_waves(self, factors) -> None:
         """Engines that keep exit waves multiply each frame's by its factor."""
@@ -213,15 +214,7 @@ class Engine:
         """``fn`` on parts of a batch in threads (numpy releases the GIL in its loops and FFTs): the
         element-wise work, single-threaded in numpy, then uses every core. One part on a GPU."""
         parts = self.threads if self.xp is np and len(idx) >= 2 * self.threads else 1
-        if parts == 1:
-            return [fn(idx)]
-        chunks = np.array_split(np.asarray(idx), parts)
-
-        def run(chunk):
-            self._tls.fft_kw = {"workers": 1}
-            return fn(chunk)
-
-        return list(self._pool.map(run, chunks))
+        return self._map(fn, np.array_split(np.asarray(idx), parts) if parts > 1 else [idx])
 
     def _map(self, fn, items: list) -> list:
         """``fn`` on each of the parts :meth:`_parallel` made, in the same threads."""
@@ -281,10 +274,7 @@ class Engine:
         """Fourier-modulus projection of exit waves ``psi`` (B, n, n), and their squared amplitude misfit."""
         xp = self.xp
         f = self._fft2(psi)
-        mag = xp.abs(f)
-        amp = self.amp[idx]
-        diff = mag - amp
-        err = float(xp.square(diff, out=diff).sum(dtype=np.float64))
+        mag, amp, err = self._magnitudes(f, idx)
         xp.maximum(mag, 1e-12, out=mag)
         xp.divide(amp, mag, out=mag)
         f *= mag
@@ -295,9 +285,15 @@ class Engine:
         b = x.shape[0]
         return self.xp.einsum("ij,ij->i", x.view(np.float32).reshape(b, -1), y.view(np.float32).reshape(b, -1))
 
+    def _magnitudes(self, f, idx):
+        """|F psi|, the measured amplitudes and the squared misfit between them."""
+        mag = self.xp.abs(f)
+        amp = self.amp[idx]
+        diff = mag - amp
+        return mag, amp, float(self.xp.square(diff, out=diff).sum(dtype=np.float64))
+
     def _misfit(self, psi, idx) -> float:
-        mag = self.xp.abs(self._fft2(psi))
-        return float(((mag - self.amp[idx]) ** 2).sum())
+        return self._magnitudes(self._fft2(psi), idx)[2]
 
     def _prepare(self) -> None:
         pass

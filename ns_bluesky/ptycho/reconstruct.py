@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ..config import ELECTRON_VOLT_J, DetectorGeometry
 from ..errors import ParameterError
-from ..io.cxi import ENTRY, EXTRAS, CXIImage, put_image, read_cxi
+from ..io.cxi import ENTRY, EXTRAS, TRANSLATION, CXIImage, put_image, read_cxi
 from .engines import PtychoData, engine
 from .preprocess import background_threshold, crop_center, fft_downsample, to_photons
 from .stxm import probe_from_patterns
@@ -129,10 +129,10 @@ def run(
         shutil.copyfile(path, out)
     put_image(out, 1, CXIImage(probe, "probe", (dx, dx)))
     put_image(out, 2, CXIImage(obj, "object", (dx, dx)))
-    positions = read_cxi(out, lazy=True)
-    positions.frames.file.close()
-    centre = positions.translations_m[:, :2].min(axis=0) + ((np.array(obj.shape[::-1]) - probe.shape[-1]) / 2 - MARGIN_PX) * dx
     with h5py.File(out, "a") as f:
+        # the object's centre in metres: the first probe window's corner sits MARGIN_PX in (x, y order)
+        lowest = f[TRANSLATION][:, :2].min(axis=0)
+        centre = lowest + ((np.array(obj.shape[::-1]) - probe.shape[-1]) / 2 - MARGIN_PX) * dx
         g = f.require_group(EXTRAS)
         # ptychodus reads these (it ignores image_N pixel sizes and places the object by its centre)
         p = f.require_group(PTYCHODUS)

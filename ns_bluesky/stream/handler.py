@@ -38,7 +38,6 @@ from .shm import IN, MIN_SHM_BYTES, Placer, SlotArena
 
 log = logging.getLogger(__name__)
 
-BALANCED = ("frame", "event")
 COPY_RESULTS_BELOW = 1 << 20  # results published from shared memory by copy below this size, zero-copy above
 HOUSEKEEPING_S = 0.02  # heartbeats, expiry and the local pool are looked after this often
 MAX_RUNS = 200  # runs whose state is kept; older ended runs are forgotten (their ids still refuse late frames)

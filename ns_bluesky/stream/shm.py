@@ -44,8 +44,8 @@ def segment_name(pid: int) -> str:
 class SlotArena:
     """``slots`` input and ``slots`` output regions of ``slot_bytes`` each, in one segment."""
 
-    def __init__(self, shm: shared_memory.SharedMemory, slots: int, slot_bytes: int, owner: bool):
-        self.shm, self.slots, self.slot_bytes, self.owner = shm, slots, slot_bytes, owner
+    def __init__(self, shm: shared_memory.SharedMemory, slots: int, slot_bytes: int):
+        self.shm, self.slots, self.slot_bytes = shm, slots, slot_bytes
         self.name = shm.name
         self.buf = shm.buf
         self.base = np.frombuffer(shm.buf, np.uint8).ctypes.data
@@ -61,26 +61,18 @@ class SlotArena:
             shm.close()
             shm.unlink()
             raise
-        return cls(shm, slots, slot_bytes, owner=True)
+        return cls(shm, slots, slot_bytes)
 
     @classmethod
     def attach(cls, name: str, slots: int, slot_bytes: int) -> SlotArena:
-        shm = shared_memory.SharedMemory(name=name, create=False)
-        try:
-            resource_tracker.unregister(shm._name, "shared_memory")
-        except Exception:
-            pass
+        shm = _open_untracked(name)
         if shm.size < 2 * slots * slot_bytes:
             shm.close()
             raise ValueError(f"segment {name} holds {shm.size} bytes, fewer than {slots} x 2 x {slot_bytes}")
-        return cls(shm, slots, slot_bytes, owner=False)
+        return cls(shm, slots, slot_bytes)
 
     def offset(self, slot: int, half: int) -> int:
         return (2 * slot + half) * self.slot_bytes
-
-    def region(self, slot: int, half: int) -> memoryview:
-        start = self.offset(slot, half)
-        return self.buf[start : start + self.slot_bytes]
 
     def locate(self, arr: np.ndarray) -> int | None:
         """The offset of a C-contiguous array that lies inside this segment, else None."""
@@ -105,6 +97,16 @@ class SlotArena:
         unlink_segment(self.name)
 
 
+def _open_untracked(name: str) -> shared_memory.SharedMemory:
+    """Open an existing segment without the resource tracker's claim on it (it would unlink it at our exit)."""
+    shm = shared_memory.SharedMemory(name=name, create=False)
+    try:
+        resource_tracker.unregister(shm._name, "shared_memory")
+    except Exception:
+        pass
+    return shm
+
+
 def unlink_worker_segments(pid: int) -> None:
     """Remove every segment a (dead) worker left behind."""
     for path in SHM_DIR.glob(segment_prefix(pid) + "*"):
@@ -114,13 +116,9 @@ def unlink_worker_segments(pid: int) -> None:
 def unlink_segment(name: str) -> None:
     """Remove a segment's name (its memory goes when the last mapping does); gone already is fine."""
     try:
-        shm = shared_memory.SharedMemory(name=name, create=False)
+        shm = _open_untracked(name)
     except FileNotFoundError:
         return
-    try:
-        resource_tracker.unregister(shm._name, "shared_memory")
-    except Exception:
-        pass
     shm.close()
     try:
         shm.unlink()  # also unregisters; a warning-free no-op when the tracker never knew it

@@ -62,12 +62,12 @@ class Worker:
         parent_pid: int | None = None,
     ):
         self.module, self.address, self.credits = module, address, credits
-        module.aborted_runs = self._aborted_view = set()
         self.heartbeat_s, self.liveness = heartbeat_s, liveness
         self.ctx = context or zmq.Context.instance()
         self.curve = curve
         self._work: queue.Queue = queue.Queue()
-        self._aborted: set[str] = self._aborted_view  # shared with the module: should_stop() reads it
+        self._aborted: set[str] = set()
+        module.aborted_runs = self._aborted  # shared with the module: should_stop() reads it
         self._stop = threading.Event()
         self._pipe_addr = f"inproc://worker-results-{id(self)}"
         self.processed = 0
