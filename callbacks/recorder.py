@@ -1,8 +1,10 @@
 """Record the pipeline's results: every raw run's results become one derived run in the catalog.
 
 A background thread subscribes to the handler's results port. A result of stage S for
-run R goes to stream S of the derived run whose ``parent_uid`` is R (the bridge names
-pipeline runs by their raw run's uid); its ``meta["scalars"]`` become the event's
+run R goes to a stream of the derived run whose ``parent_uid`` is R (the bridge names
+pipeline runs by their raw run's uid): ``STREAMS`` names it (the frame workers'
+``clean`` results become ``frames_qc``, their scalars only: the patterns are in the
+CXI file) and other stages keep their name. ``meta["scalars"]`` become the event's
 values and its arrays go to HDF5. The handler's end of run closes the derived run
 (``abort`` when the run was aborted); module errors are kept in an ``errors`` stream.
 A result that does not fit its stream is logged and counted, never fatal: the recorder
@@ -26,6 +28,15 @@ from ns_bluesky.stream.security import secure_client
 from .derived import DerivedRun, Emit
 
 log = logging.getLogger(__name__)
+
+#: stage -> (stream of the derived run, whether its arrays are recorded too)
+STREAMS = {
+    "clean": ("frames_qc", False),
+    "stxm": ("stxm", True),
+    "recon": ("reconstruction", True),
+    "dark": ("dark", True),
+    "cxi": ("cxi", False),
+}
 
 
 class ResultsRecorder:
@@ -84,7 +95,8 @@ class ResultsRecorder:
     def _on_message(self, msg) -> None:
         if msg.kind == "result":
             scalars = msg.meta.get("scalars") or {}
-            self._derived(msg.run).add(msg.stage, scalars, msg.arrays)
+            stream, with_arrays = STREAMS.get(msg.stage, (msg.stage, True))
+            self._derived(msg.run).add(stream, scalars, msg.arrays if with_arrays else None)
         elif msg.kind == "error":
             run = self._derived(msg.run)
             run.add("errors", {"seq": msg.seq, "module": msg.stage, "error": str(msg.meta.get("error", ""))[:500]})

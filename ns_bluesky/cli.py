@@ -19,6 +19,9 @@ from pydantic import ValidationError
 from .errors import NSBlueskyError
 
 
+#: the engines' names for --help (importing the engines to list them would slow every command)
+ENGINES = ("lsqml", "raar", "dm", "epie", "rpie")
+
 def _fail(prog: str, message: str, code: int = 1) -> int:
     first = next((line.strip() for line in str(message).splitlines() if line.strip()), "failed")
     print(f"{prog}: error: {first}", file=sys.stderr)
@@ -71,17 +74,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         sample_name=args.sample_name,
         exposure_s=args.exposure,
         seed=args.seed,
+        workers=args.workers,
+        engine=args.engine,
+        backend=args.backend,
+        summary_json=args.summary_json,
         progress=not args.quiet,
     )
     print(
-        f"scan {result.scan_id}: {result.frames} frames in {result.acquisition_s:.1f} s "
-        f"({result.frames_per_s:.1f} frames/s), exit status {result.exit_status}\n"
-        f"  raw run   {result.raw_uid}\n"
-        f"  dark run  {result.dark_uid}\n"
-        f"  catalog   {result.catalog}\n"
-        f"  CXI       {result.cxi}\n"
-        f"  picture   {result.png}\n"
-        f"  summary   {os.path.join(os.path.dirname(result.cxi), 'summary.json')}"
+        f"scan {result.scan_id}: {result.frames} frames in {result.acquisition_s:.1f} s, exit status {result.exit_status}\n"
+        f"  raw run      {result.raw_uid}\n"
+        f"  dark run     {result.dark_uid}\n"
+        f"  derived run  {result.derived_uid}\n"
+        f"  catalog      {result.catalog}\n"
+        f"  CXI          {result.cxi}\n"
+        f"  picture      {result.png}\n"
+        f"  summary      {args.summary_json or os.path.join(os.path.dirname(result.png), 'summary.json')}"
     )
     return 0
 
@@ -148,6 +155,15 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from .replay import replay
+
+    result = replay(args.run, catalog=args.catalog, out=args.out, workers=args.workers, engine=args.engine,
+                    backend=args.backend, progress=not args.quiet)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def _catalog_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--catalog",
@@ -181,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--exposure", type=float, help="seconds per frame (default 0.1, or 1/rate when that is shorter)")
     demo.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
     demo.add_argument("--out", default="demo-output", help="folder for CXI, PNG and summary (default ./demo-output)")
+    demo.add_argument("--workers", type=int, default=2, help="frame workers (default 2)")
+    demo.add_argument("--engine", choices=ENGINES, default="lsqml", help="live reconstruction engine (default lsqml)")
+    demo.add_argument("--backend", choices=("numpy", "cupy"), default="numpy", help="array backend of the reconstruction")
+    demo.add_argument("--summary-json", metavar="F", help="summary file (default OUT/summary.json)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     _catalog_arg(demo)
     demo.set_defaults(func=_cmd_demo)
@@ -205,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         "writes image_1 (probe) and image_2 (object) with the residual per iteration, and a PNG.",
     )
     rec.add_argument("cxi", help="input CXI file")
-    rec.add_argument("--engine", default="lsqml", choices=("lsqml", "raar", "dm", "epie", "rpie"), help="default lsqml")
+    rec.add_argument("--engine", default="lsqml", choices=ENGINES, help="default lsqml")
     rec.add_argument("--iterations", type=int, default=100)
     rec.add_argument("--backend", default="numpy", choices=("numpy", "cupy"))
     rec.add_argument("--size", type=int, help="FFT-downsample frames to this side first (e.g. 256)")
@@ -213,6 +233,21 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--png", help="picture of the result (default: OUT with .png)")
     rec.add_argument("--quiet", action="store_true")
     rec.set_defaults(func=_cmd_reconstruct)
+
+    rep = sub.add_parser(
+        "replay",
+        help="stream a stored scan through the pipeline again",
+        description="Re-stream a raw ptychography run (and its dark run) from the catalog through a private pipeline; "
+        "the results are stored as a new derived run linked to it (reprocessing from history).",
+    )
+    rep.add_argument("run", help="raw run: uid, uid prefix or scan id")
+    rep.add_argument("--out", default="replay-output", help="folder for the CXI and the pipeline's logs")
+    rep.add_argument("--workers", type=int, default=2, help="frame workers (default 2)")
+    rep.add_argument("--engine", choices=ENGINES, default="lsqml")
+    rep.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
+    rep.add_argument("--quiet", action="store_true")
+    _catalog_arg(rep)
+    rep.set_defaults(func=_cmd_replay)
 
     from .stream.commands import add_parsers
 

@@ -1,9 +1,12 @@
-"""The main job: a simulated ptychography scan end to end on the embedded defaults.
+"""The main job: a simulated streaming-ptychography scan end to end on the embedded defaults.
 
-Darks, then the scan, on a real RunEngine over the simulated beamline's Ophyd devices;
-both runs stored in the embedded tiled catalog; the scan exported to CXI from the
-catalog (proving the round trip); a quick-look PNG and a summary JSON. Everything it
-starts it stops, also on Ctrl-C (the open run is closed with a stop document saying so).
+Nanosurveyor's loop on Bluesky: the embedded catalog and the pipeline (local worker
+processes) start; a real RunEngine takes darks and runs the scan over the simulated
+beamline's Ophyd devices; the bridge streams every frame to the pipeline while the
+raw runs go to the catalog; the pipeline cleans the frames and grows the STXM and
+the reconstruction live; its results come back as a derived run in the same catalog
+and as a CXI file. At the end: a PNG laid out like the paper's Fig. 3 and a summary
+JSON. Everything it starts it stops, also on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -29,12 +32,20 @@ class DemoResult:
     frames: int
     dark_frames: int
     acquisition_s: float
-    frames_per_s: float
+    last_frame_to_final_s: float | None
+    frames_per_s: float | None
+    acquisition_frames_per_s: float
+    max_update_gap_s: float | None
+    nrmse: float | None
+    iterations: int | None
+    residual: float | None
+    frames_flagged: dict
     raw_uid: str
     dark_uid: str
+    derived_uid: str | None
     scan_id: int
     catalog: str
-    cxi: str
+    cxi: str | None
     png: str
     exit_status: str
 
@@ -50,27 +61,81 @@ def parse_scan(text: str) -> tuple[int, int]:
     return ny, nx
 
 
-def quicklook_png(path: Path, sim, raw: np.ndarray, positions_m: np.ndarray, pattern: np.ndarray, title: str) -> Path:
-    """One raw frame (readout order), the mean dark-subtracted pattern, the scan over the true object."""
+class _LastEvent:
+    """Wall time of the first and last event of each run, as the RunEngine emits them."""
+
+    def __init__(self):
+        self.first: dict[str, float] = {}
+        self.last: dict[str, float] = {}
+        self._descriptors: dict[str, str] = {}
+
+    def __call__(self, name: str, doc: dict) -> None:
+        if name == "descriptor":
+            self._descriptors[doc["uid"]] = doc["run_start"]
+        elif name == "event":
+            run = self._descriptors.get(doc["descriptor"], "")
+            self.first.setdefault(run, doc["time"])
+            self.last[run] = doc["time"]
+
+
+def score(sim, start: dict, recon: dict) -> tuple[float, np.ndarray, np.ndarray]:
+    """NRMSE of the final object against the simulation's truth over the scanned region (and both images)."""
+    from .ptycho.metrics import nrmse
+
+    arrays, meta = recon["arrays"], recon["meta"]
+    obj = arrays["object_amplitude"] * np.exp(1j * arrays["object_phase"])
+    dx, margin = float(meta["object_pixel_size_m"]), float(meta["margin_px"])
+    window = arrays["probe_amplitude"].shape[-1]
+    planned = np.asarray(start["planned_positions_m"], float)
+    on_sample = -planned / dx
+    origins = on_sample - on_sample.min(axis=0) + margin
+    truth = sim.object_on_grid(planned[0], origins[0], dx, obj.shape, window)
+    mask = np.zeros(obj.shape, bool)  # the region the probe centres swept
+    lo, hi = np.floor(origins.min(axis=0) + window / 2).astype(int), np.ceil(origins.max(axis=0) + window / 2).astype(int)
+    mask[lo[0] : hi[0] + 1, lo[1] : hi[1] + 1] = True
+    return nrmse(obj, truth, mask), obj, truth
+
+
+def figure(path: Path, *, view, raw: np.ndarray, title: str, rates: str, dx: float | None) -> Path:
+    """The paper's Fig. 3: reconstruction phase and amplitude, STXM, probe, a raw and a cleaned frame, error curve, rates."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 5), constrained_layout=True)
-    axes[0].imshow(raw, cmap="gray", vmin=np.percentile(raw, 1), vmax=np.percentile(raw, 99.9))
-    axes[0].set_title("raw FCCD frame (readout order, ADU)")
-    axes[1].imshow(np.log10(np.maximum(pattern, 0.1)), cmap="magma", vmin=-1)
-    axes[1].set_title("mean frame - mean dark - column median (log10 ADU)")
-    obj = sim.object
-    extent_px = np.asarray(obj.shape)
-    dx = sim.dx
-    axes[2].imshow(np.angle(obj), cmap="gray", extent=(0, extent_px[1] * dx * 1e6, extent_px[0] * dx * 1e6, 0))
-    origins = np.array([sim.probe_origin_px(p) for p in positions_m]) + sim.n / 2
-    axes[2].plot(origins[:, 1] * dx * 1e6, origins[:, 0] * dx * 1e6, ".", ms=2, color="lime")
-    axes[2].set_title("true object phase, probe positions (µm)")
+    fig, ax = plt.subplots(2, 4, figsize=(20, 10), constrained_layout=True)
+    ax = ax.ravel()
+    recon = view.recon
+    if recon is not None:
+        a = recon["arrays"]
+        ext = None if dx is None else (0, a["object_phase"].shape[1] * dx * 1e6, a["object_phase"].shape[0] * dx * 1e6, 0)
+        ax[0].imshow(a["object_phase"], cmap="gray", extent=ext)
+        ax[0].set_title(f"reconstruction phase (µm), iteration {recon['scalars'].get('iteration')}")
+        ax[1].imshow(a["object_amplitude"], cmap="gray", extent=ext, vmax=np.percentile(a["object_amplitude"], 99.5))
+        ax[1].set_title("reconstruction amplitude")
+        probe = a["probe_amplitude"] * np.exp(1j * a["probe_phase"])
+        ax[3].imshow(np.abs(probe), cmap="magma")
+        ax[3].set_title("probe amplitude")
+    if view.stxm is not None:
+        ax[2].imshow(view.stxm["transmission"], cmap="gray")
+        ax[2].set_title("STXM transmission (scan grid)")
+    ax[4].imshow(raw, cmap="gray", vmin=np.percentile(raw, 1), vmax=np.percentile(raw, 99.9))
+    ax[4].set_title("raw FCCD frame (readout order, ADU)")
+    if view.clean_pattern is not None:
+        ax[5].imshow(np.log10(np.maximum(view.clean_pattern, 0.1)), cmap="magma", vmin=-1)
+        ax[5].set_title("cleaned frame (log10 photons)")
+    updates = [(it, res) for _, it, res, _ in view.recon_updates if it is not None and res == res]
+    if updates:
+        its, res = zip(*updates, strict=True)
+        ax[6].semilogy(its, res, ".-")
+    ax[6].set_xlabel("iteration")
+    ax[6].set_title("data residual (live updates)")
+    ax[7].axis("off")
+    ax[7].text(0, 1, rates, va="top", family="monospace", fontsize=11)
+    for a_ in (ax[0], ax[1], ax[2], ax[3], ax[4], ax[5]):
+        a_.set_xticks([]) if a_ is not ax[0] else None
     fig.suptitle(title)
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
 
@@ -87,22 +152,30 @@ def run_demo(
     sample_name: str | None = None,
     exposure_s: float | None = None,
     seed: int = 0,
+    workers: int = 2,
+    engine: str = "lsqml",
+    backend: str = "numpy",
+    summary_json: str | os.PathLike | None = None,
     progress: bool = True,
+    end_timeout_s: float = 300.0,
 ) -> DemoResult:
-    """Run the demo; returns what it made (and writes ``summary.json`` next to the CXI)."""
+    """Run the demo; returns what it made (and writes the summary JSON, by default next to the PNG)."""
     from bluesky import RunEngine
     from bluesky.utils import RunEngineInterrupted
 
     from .callbacks import ProgressBar, ThreadedCallback
-    from .io.cxi import read_cxi
-    from .io.export import export_run
+    from .callbacks.bridge import PipelineBridge
+    from .modules.pipeline import ptycho_pipeline
     from .ophyd_devices import make_sim_beamline
     from .plans import dark_frames, ptycho_scan
+    from .session import PipelineSession
 
     if rate_hz < 0:
         raise ParameterError(f"--rate must be >= 0 frames/s (0 = as fast as possible), got {rate_hz}")
-    if darks < 1:
-        raise ParameterError(f"--darks must be >= 1, got {darks}")
+    if darks < 2:
+        raise ParameterError(f"--darks must be >= 2 (the read noise needs two), got {darks}")
+    if workers < 1:
+        raise ParameterError(f"--workers must be >= 1, got {workers}")
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if exposure_s is None:  # COSMIC's 100 ms, shortened when the rate asks for more frames per second
@@ -122,72 +195,94 @@ def run_demo(
     cat_dir = (default_catalog_dir() if catalog is None else Path(catalog)).expanduser().resolve()
     cat = open_catalog(cat_dir)
     beamline = make_sim_beamline(detector_dir(cat_dir), cfg, image=image, rate_hz=rate_hz)
+    pipe_cfg = ptycho_pipeline(frame_workers=workers, engine=engine, backend=backend, out_dir=out)
+
     RE = RunEngine({"scan_id": last_scan_id(cat)}, call_returns_result=False)
-    writer = ThreadedCallback(make_tiled_writer(cat), name="catalog")
-    RE.subscribe(writer)
+    raw_writer = ThreadedCallback(make_tiled_writer(cat), name="catalog")
+    events = _LastEvent()
+    RE.subscribe(raw_writer)
+    RE.subscribe(events)
     RE.subscribe(ProgressBar(disable=not progress))
+    total = scan[0] * scan[1] if pattern == "raster" else None
+    bridge = None
     try:
-        (dark_uid,) = RE(dark_frames(beamline.fccd, beamline.shutter, darks, md={"sample_name": cfg.sample.name}))
-        t0 = time.monotonic()
-        (raw_uid,) = RE(
-            ptycho_scan(
-                beamline.fccd,
-                beamline.stage,
-                beamline.shutter,
-                pattern=pattern,
-                shape=scan,
-                overlap=0.7,
-                optics=beamline.optics,
-                sample=cfg.sample.name,
-                dark_uid=dark_uid,
-                md={"simulation": {"seed": seed, "config": cfg.model_dump(mode="json")}},
+        with PipelineSession(cat, cat_dir, pipe_cfg, out / "pipeline", progress=progress, total=total) as session:
+            bridge = PipelineBridge(pipe_cfg)
+            RE.subscribe(bridge)
+            (dark_uid,) = RE(dark_frames(beamline.fccd, beamline.shutter, darks, md={"sample_name": cfg.sample.name}))
+            t0 = time.monotonic()
+            (raw_uid,) = RE(
+                ptycho_scan(
+                    beamline.fccd, beamline.stage, beamline.shutter, pattern=pattern, shape=scan, overlap=0.7,
+                    optics=beamline.optics, sample=cfg.sample.name, dark_uid=dark_uid,
+                    md={"simulation": {"seed": seed, "config": cfg.model_dump(mode="json")}},
+                )
             )
-        )
-        acquisition_s = time.monotonic() - t0
+            acquisition_s = time.monotonic() - t0
+            session.dark_of[raw_uid] = dark_uid
+            bridge.flush(timeout_s=end_timeout_s)
+            view = session.finish(raw_uid, end_timeout_s)
+            derived_uid = session.recorder.finished.get(raw_uid)
     except (RunEngineInterrupted, KeyboardInterrupt):
         if RE.state != "idle":
             RE.abort("interrupted by the user (Ctrl-C)")
-        writer.flush()
         raise KeyboardInterrupt from None
     finally:
-        writer.close()
+        if bridge is not None:
+            bridge.close()
+        raw_writer.close()
+
     run = cat[raw_uid]
-    n = int(run.metadata["start"]["num_points"])
-    cxi = out / f"scan_{run.metadata['start']['scan_id']:05d}.cxi"
-    export_run(cat, raw_uid, cxi, progress=progress)
-    data = read_cxi(cxi, lazy=True)
-    try:
-        frames_sum = np.zeros(data.frames.shape[1:], dtype=np.float64)
-        for i in range(0, data.frames.shape[0], 64):
-            frames_sum += data.frames[i : i + 64].sum(axis=0)
-        pattern = frames_sum / data.frames.shape[0] - data.dark.mean(axis=0)
-        half = pattern.shape[0] // 2  # baseline drift since the darks: per column of each half (ADC channel)
-        pattern[:half] -= np.median(pattern[:half], axis=0)
-        pattern[half:] -= np.median(pattern[half:], axis=0)
-        positions = -np.stack([data.translations_m[:, 1], data.translations_m[:, 0]], axis=1)  # stage (y, x)
-    finally:
-        data.frames.file.close()
+    start = run.metadata["start"]
+    n = int(start["num_points"])
+    scan_id = int(start["scan_id"])
+    if view.ended is None:
+        log.error("the pipeline did not finish run %s within %g s", raw_uid[:8], end_timeout_s)
+    nrmse_value = None
+    if view.recon is not None:
+        nrmse_value, _, _ = score(beamline.sim, start, view.recon)
+    last_event = events.last.get(raw_uid)
+    to_final = (view.final_at - last_event) if view.final_at and last_event else None
+    first = events.first.get(raw_uid)
+    e2e = n / (view.last_clean_at - first) if view.last_clean_at and first and view.last_clean_at > first else None
+    times = [t for t, *_ in view.recon_updates]
+    gaps = np.diff([first, *times]) if first and times else []
+    rates = "\n".join([
+        f"frames            {n} ({view.usable} usable)",
+        f"acquisition       {acquisition_s:.1f} s ({n / acquisition_s:.1f} frames/s)",
+        f"end to end        {e2e:.1f} frames/s" if e2e else "end to end        -",
+        f"last frame->final {to_final:.2f} s" if to_final is not None else "last frame->final -",
+        f"live updates      {len(times)}, largest gap {max(gaps):.1f} s" if len(gaps) else "live updates      0",
+        f"NRMSE vs truth    {nrmse_value:.4f}" if nrmse_value is not None else "NRMSE vs truth    -",
+        f"flags             {dict(view.flags) or 'none'}",
+    ])
     raw0 = np.asarray(run["primary"][f"{beamline.fccd.name}_image"][0])
-    png = quicklook_png(
-        out / f"scan_{run.metadata['start']['scan_id']:05d}.png",
-        beamline.sim,
-        raw0,
-        positions,
-        pattern,
-        f"scan {run.metadata['start']['scan_id']}: {n} frames, {n / acquisition_s:.1f} frames/s",
-    )
+    png = figure(out / f"scan_{scan_id:05d}.png", view=view, raw=raw0, rates=rates,
+                 dx=float(view.recon["meta"]["object_pixel_size_m"]) if view.recon else None,
+                 title=f"scan {scan_id}: {cfg.sample.name}, {n} frames, live {engine} reconstruction")
+    final = view.recon["scalars"] if view.recon else {}
     result = DemoResult(
         frames=n,
         dark_frames=darks,
         acquisition_s=round(acquisition_s, 3),
-        frames_per_s=round(n / acquisition_s, 2),
+        last_frame_to_final_s=None if to_final is None else round(to_final, 3),
+        frames_per_s=None if e2e is None else round(e2e, 2),
+        acquisition_frames_per_s=round(n / acquisition_s, 2),
+        max_update_gap_s=round(float(max(gaps)), 2) if len(gaps) else None,
+        nrmse=None if nrmse_value is None else round(nrmse_value, 4),
+        iterations=final.get("iteration"),
+        residual=final.get("residual"),
+        frames_flagged=dict(view.flags),
         raw_uid=raw_uid,
         dark_uid=dark_uid,
-        scan_id=int(run.metadata["start"]["scan_id"]),
+        derived_uid=derived_uid,
+        scan_id=scan_id,
         catalog=str(cat_dir),
-        cxi=str(cxi),
+        cxi=next((p for p in view.cxi if p.endswith("_clean.cxi")), None),
         png=str(png),
         exit_status=run.metadata["stop"]["exit_status"],
     )
-    (out / "summary.json").write_text(json.dumps(asdict(result), indent=2))
+    summary = Path(summary_json) if summary_json else out / "summary.json"
+    summary.write_text(json.dumps(asdict(result), indent=2))
+    print(rates)
     return result

@@ -234,6 +234,15 @@ def _divide_transmission(images, inverse, window):
     return images
 
 
+def beamstop_transmission(geom: DetectorGeometry, center=None) -> np.ndarray:
+    """The beamstop's transmission on the assembled image: a disc of ``beamstop_radius_m`` (1 outside)."""
+    n_y, n_x = geom.image_shape
+    cy, cx = (n_y // 2, n_x // 2) if center is None else center
+    yy, xx = np.ogrid[:n_y, :n_x]
+    r = np.hypot(yy - cy, xx - cx)
+    return np.where(r <= geom.beamstop_radius_m / geom.pixel_size_m, geom.beamstop_transmission, 1.0).astype(np.float32)
+
+
 def beamstop_correct(images, transmission_map, xp=np, inplace: bool = False):
     """Step 7: divide the beamstop's shadow by its transmission (1 outside the beamstop)."""
     inverse, window = _inverse_window(transmission_map, xp)

@@ -127,14 +127,27 @@ def run(
     out = Path(out)
     if Path(path).resolve() != out.resolve():
         shutil.copyfile(path, out)
-    put_image(out, 1, CXIImage(probe, "probe", (dx, dx)))
-    put_image(out, 2, CXIImage(obj, "object", (dx, dx)))
-    with h5py.File(out, "a") as f:
+    write_product(out, obj, probe, dx, residuals, engine_name)
+    png_path = Path(png) if png else None
+    if png_path:
+        _picture(png_path, obj, probe, residuals, dx, engine_name)
+    return Reconstruction(obj, probe, residuals, dx, out, png_path)
+
+
+def write_product(path: str | os.PathLike, obj: np.ndarray, probe: np.ndarray, dx: float, residuals, engine_name: str) -> None:
+    """Object and probe into a CXI file that holds the frames and translations, as ptychodus reads them.
+
+    ``image_1`` is the probe and ``image_2`` the object; the object's centre and the pixel
+    sizes go where ptychodus looks (it ignores ``image_N`` pixel sizes), with the residual
+    per iteration as its loss curve.
+    """
+    put_image(path, 1, CXIImage(probe, "probe", (dx, dx)))
+    put_image(path, 2, CXIImage(obj, "object", (dx, dx)))
+    with h5py.File(path, "a") as f:
         # the object's centre in metres: the first probe window's corner sits MARGIN_PX in (x, y order)
         lowest = f[TRANSLATION][:, :2].min(axis=0)
         centre = lowest + ((np.array(obj.shape[::-1]) - probe.shape[-1]) / 2 - MARGIN_PX) * dx
         g = f.require_group(EXTRAS)
-        # ptychodus reads these (it ignores image_N pixel sizes and places the object by its centre)
         p = f.require_group(PTYCHODUS)
         for group, key in ((g, "reconstruction_residual"), (g, "reconstruction_engine")) + tuple((p, k) for k in PTYCHODUS_KEYS):
             if key in group:
@@ -146,10 +159,6 @@ def run(
         p["loss_epochs"] = np.arange(1, len(residuals) + 1)
         g["reconstruction_residual"] = np.asarray(residuals, np.float64)
         g["reconstruction_engine"] = engine_name
-    png_path = Path(png) if png else None
-    if png_path:
-        _picture(png_path, obj, probe, residuals, dx, engine_name)
-    return Reconstruction(obj, probe, residuals, dx, out, png_path)
 
 
 def _picture(path: Path, obj, probe, residuals, dx, name) -> None:

@@ -87,7 +87,9 @@ class PtychoSimulation:
         c = self.det_n // 2
         yy, xx = np.ogrid[: self.det_n, : self.det_n]
         r = np.hypot(yy - c, xx - c)
-        trans = np.where(r <= g.beamstop_radius_m / g.pixel_size_m, g.beamstop_transmission, 1.0)
+        from ..ptycho.preprocess import beamstop_transmission  # here: ptycho imports sim.fccd
+
+        trans = beamstop_transmission(g)
         bg = nz.background_photons + nz.background_center_photons * np.exp(-r / nz.background_radius_px)
         return trans.astype(np.float32), (bg * trans).astype(np.float32)
 
@@ -100,6 +102,29 @@ class PtychoSimulation:
         center = (np.asarray(self.object.shape) - self.n) / 2
         probe_on_sample = -(np.asarray(translation_m, dtype=float) - self._center_m)
         return center + probe_on_sample / self.dx
+
+    def object_on_grid(self, translation_m, origin_px, pixel_m: float, shape: tuple[int, int], window: int) -> np.ndarray:
+        """The true object seen on a reconstruction's grid, to score it against.
+
+        The grid has pixels of ``pixel_m`` and puts the ``window``-pixel probe window of
+        ``translation_m`` at ``origin_px``; the truth is averaged over each grid pixel
+        (a box of its size) and sampled there. Outside the simulated object: free space.
+        """
+        from scipy import ndimage
+
+        s = pixel_m / self.dx
+        a = self.probe_origin_px(translation_m) + self.n / 2 - (np.asarray(origin_px, float) + window / 2) * s
+        coords = a[:, None, None] + s * np.indices(shape, dtype=float)
+        size = max(1, int(round(s)))
+        out = np.empty(shape, np.complex64)
+        for part, put in ((self.object.real, 1.0), (self.object.imag, 0.0)):
+            smooth = ndimage.uniform_filter(part.astype(np.float64), size=size, mode="nearest")
+            sampled = ndimage.map_coordinates(smooth, coords, order=1, mode="constant", cval=put)
+            if put:
+                out.real = sampled
+            else:
+                out.imag = sampled
+        return out
 
     def exit_wave(self, translation_m: np.ndarray) -> np.ndarray:
         """Probe (sub-pixel shifted) times the object patch under it; free space outside the object."""

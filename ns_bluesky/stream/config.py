@@ -48,6 +48,9 @@ class PipelineConfig(BaseModel):
     shm_slot_mb: float = Field(
         4.0, ge=0, le=1024, description="shared-memory slot per item for local workers (0: everything over TCP)"
     )
+    wait_timeout_s: float = Field(
+        30.0, gt=0, description="how long a run's items wait for the shared state they need (its dark) before going on without"
+    )
     log_dir: str | None = None
     curve_keys: str | None = Field(None, description="directory from 'ns-bluesky keys generate'")
     modules: list[ModuleSpec] = Field(default_factory=lambda: [ModuleSpec(name="echo", module="echo", workers=2)])
@@ -70,16 +73,16 @@ class PipelineConfig(BaseModel):
                 produced[stage] = spec.name
         for spec in self.modules:
             cls = known[spec.module]
-            for kind in cls.inputs:
+            try:
+                params = cls.Params(**spec.params)
+            except Exception as exc:
+                raise ValueError(f"module {spec.name!r} ({spec.module}): bad params: {exc}") from None
+            for kind in cls.inputs_for(params):
                 if kind not in produced:
                     raise ValueError(
                         f"module {spec.name!r} ({spec.module}) consumes {kind!r}, which nothing produces "
                         f"(producers: {', '.join(f'{k} from {v}' for k, v in sorted(produced.items()))})"
                     )
-            try:
-                cls.Params(**spec.params)
-            except Exception as exc:
-                raise ValueError(f"module {spec.name!r} ({spec.module}): bad params: {exc}") from None
         self.levels()  # a cycle fails here, at start
         return self
 
@@ -93,7 +96,7 @@ class PipelineConfig(BaseModel):
 
         known = registry()
         producer = {stage: spec.name for spec in self.modules for stage in known[spec.module].outputs}
-        feeds = {spec.name: {producer[k] for k in known[spec.module].inputs if k in producer} for spec in self.modules}
+        feeds = {spec.name: {producer[k] for k in self.inputs_of(spec) if k in producer} for spec in self.modules}
         level: dict[str, int] = {}
         while len(level) < len(feeds):
             ready = [m for m, ups in feeds.items() if m not in level and all(u in level for u in ups)]
@@ -103,13 +106,20 @@ class PipelineConfig(BaseModel):
                 level[m] = 1 + max((level[u] for u in feeds[m]), default=-1)
         return [[m for m in feeds if level[m] == n] for n in range(max(level.values(), default=-1) + 1)]
 
+    def inputs_of(self, spec: ModuleSpec) -> tuple[str, ...]:
+        """What the module of ``spec`` consumes with its parameters."""
+        from .module import get_module
+
+        cls = get_module(spec.module)
+        return cls.inputs_for(cls.Params(**spec.params))
+
     def address(self, port: int, *, connect: bool = False) -> str:
         host = "127.0.0.1" if connect and self.host in ("0.0.0.0", "*") else self.host
         return f"tcp://{host}:{port}"
 
 
 def load_config(path: str | os.PathLike | None = None, workers: dict[str, int] | None = None) -> PipelineConfig:
-    """Read a TOML/YAML pipeline file (or the defaults) and apply ``--workers name=N`` overrides."""
+    """Read a TOML/YAML/JSON pipeline file (or the defaults) and apply ``--workers name=N`` overrides."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -117,7 +127,11 @@ def load_config(path: str | os.PathLike | None = None, workers: dict[str, int] |
             raise ParameterError(f"pipeline config not found: {p}")
         text = p.read_text()
         try:
-            if p.suffix in (".yaml", ".yml"):
+            if p.suffix == ".json":  # what programs write (the demo's pipeline)
+                import json
+
+                data = json.loads(text)
+            elif p.suffix in (".yaml", ".yml"):
                 import yaml
 
                 data = yaml.safe_load(text) or {}

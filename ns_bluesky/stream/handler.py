@@ -10,7 +10,9 @@ worker that misses heartbeats has its items re-queued; results are published onc
 per (run, seq, stage), later copies are counted as suppressed duplicates; a
 malformed message is counted by reason and answered, and the loop goes on; a run's
 end reaches every module after all its items are done; abort drops a run's queued
-items (counted as aborted) and its late results.
+items (counted as aborted) and its late results. Shared state (a dark's statistics)
+reaches every worker that needs it, also one that registers later, before any item
+that waits for it.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 COPY_RESULTS_BELOW = 1 << 20  # results published from shared memory by copy below this size, zero-copy above
 HOUSEKEEPING_S = 0.02  # heartbeats, expiry and the local pool are looked after this often
 MAX_RUNS = 200  # runs whose state is kept; older ended runs are forgotten (their ids still refuse late frames)
+MAX_SHARED = 4  # shared results kept for workers that register later (each a dark: about 15 MB)
 
 
 @dataclass
@@ -85,6 +88,15 @@ class RunState:
     expected: int | None = None  # frames the sender says the run has (from its stop message)
     seen: set = field(default_factory=set)
     published: set = field(default_factory=set)
+    started_at: float = 0.0  # monotonic time its start arrived: waits for shared state count from here
+
+    @property
+    def doc(self) -> dict:
+        """The start document (the bridge sends it as ``meta["start"]``; simple senders put its keys in meta)."""
+        if self.start is None:
+            return {}
+        doc = self.start.meta.get("start")
+        return doc if isinstance(doc, dict) else self.start.meta
 
 
 class ModuleState:
@@ -92,8 +104,11 @@ class ModuleState:
         from .module import get_module
 
         self.spec = spec
-        self.inputs = get_module(spec.module).inputs
+        cls = get_module(spec.module)
+        self.inputs = cls.inputs_for(cls.Params(**spec.params))
+        self.purposes, self.waits_for = cls.purposes, cls.waits_for
         self.queue: deque[int] = deque()
+        self.held: dict[str, list[int]] = {}  # run -> items waiting for the shared state the run needs
         self.workers: dict[bytes, WorkerState] = {}
         self.counts: Counter = Counter()
         self.done_times: deque[float] = deque(maxlen=2000)
@@ -115,6 +130,10 @@ class Handler:
         for mod in self.modules.values():
             for kind in mod.inputs:
                 self.consumers.setdefault(kind, []).append(mod)
+        from .module import get_module
+
+        self.shared_stages = {stage for spec in cfg.modules for stage in get_module(spec.module).shared_outputs}
+        self.shared: dict[tuple[str, str], Message] = {}  # (stage, run) -> the latest shared results, oldest first
         self.items: dict[int, Item] = {}
         self.runs: dict[str, RunState] = {}
         self.malformed: Counter = Counter()
@@ -282,7 +301,7 @@ class Handler:
             if run.start is not None:  # a client resending after a silence: already known
                 self.counts["duplicate_ingest"] += 1
                 return
-            run.start = msg
+            run.start, run.started_at = msg, time.monotonic()
             for mod in self.modules.values():
                 for worker in mod.workers.values():
                     self._send_item(worker, self._new_item(mod.spec.name, msg, broadcast=True))
@@ -309,12 +328,53 @@ class Handler:
             self._enqueue(mod, run, msg)
 
     def _enqueue(self, mod: ModuleState, run: RunState, msg: Message) -> None:
+        if mod.purposes and run.start is not None and run.doc.get("purpose") not in mod.purposes:
+            return  # not a run this module works on (a frame worker and the dark run)
         item = self._new_item(mod.spec.name, msg)
-        mod.queue.append(item.id)
         mod.counts["received"] += 1
         run.pending += 1
-        if len(mod.queue) > self.cfg.backlog_items:
+        if self._waiting(mod, run):
+            mod.held.setdefault(run.run, []).append(item.id)
+            mod.counts["held"] += 1
+        else:
+            mod.queue.append(item.id)
+        if len(mod.queue) + sum(map(len, mod.held.values())) > self.cfg.backlog_items:
             self._spill(item)
+
+    def _waiting(self, mod: ModuleState, run: RunState) -> list[str]:
+        """What the run's items still wait for in this module ("dark abc123"); empty: nothing."""
+        if not mod.waits_for or run.start is None or time.monotonic() - run.started_at > self.cfg.wait_timeout_s:
+            return []
+        return self._waiting_for_shared(mod, run)
+
+    def _release_held(self) -> None:
+        """Items whose shared state arrived, or whose wait timed out, join their module's queue."""
+        for mod in self.modules.values():
+            for run_id in list(mod.held):
+                run = self.runs.get(run_id)
+                missing = self._waiting(mod, run) if run is not None else []
+                if missing:
+                    continue
+                if run is not None and self._waiting_for_shared(mod, run):
+                    mod.counts["wait_timeouts"] += 1
+                    log.warning("run %s: %s waited %.0f s for %s; going on without it",
+                                run_id[:8], mod.spec.name, self.cfg.wait_timeout_s, ", ".join(self._waiting_for_shared(mod, run)))
+                mod.queue.extend(mod.held.pop(run_id))
+
+    def _waiting_for_shared(self, mod: ModuleState, run: RunState) -> list[str]:
+        doc = run.doc
+        return [f"{stage} {doc[key]}" for stage, key in mod.waits_for.items() if doc.get(key) and (stage, doc[key]) not in self.shared]
+
+    def _share(self, msg: Message) -> None:
+        """State every worker of the consuming modules needs: sent to each, kept for later ones."""
+        self.shared.pop((msg.stage, msg.run), None)
+        self.shared[(msg.stage, msg.run)] = msg
+        while len(self.shared) > MAX_SHARED:
+            del self.shared[next(iter(self.shared))]
+        for mod in self.consumers.get(msg.stage, ()):
+            for worker in mod.workers.values():
+                self._send_item(worker, self._new_item(mod.spec.name, msg, broadcast=True))
+        self._release_held()
 
     # ---------------------------------------------------------------- workers
     def _on_worker(self, frames: list) -> None:
@@ -371,6 +431,9 @@ class Handler:
             worker.draining = True
         mod.workers[identity] = worker
         log.info("worker %s pid %d ready with %d credits", name, worker.pid, worker.credits)
+        for (stage, _), shared in self.shared.items():  # state first: items that need it follow
+            if stage in mod.inputs:
+                self._send_item(worker, self._new_item(name, shared, broadcast=True))
         for run in self.runs.values():
             if run.start is not None and not run.aborted and not run.ended:
                 self._send_item(worker, self._new_item(name, run.start, broadcast=True))
@@ -407,6 +470,9 @@ class Handler:
         if worker is not None and worker.arena is not None and any(worker.arena.locate(a) is not None for a in arrays.values()):
             arrays = {k: np.array(a) for k, a in arrays.items()}  # the producer's slot is reused soon
         item_msg = Message("result", run=msg.run, seq=msg.seq, stage=msg.stage, meta={k: v for k, v in msg.meta.items() if k not in ("item", "done")}, arrays=arrays)
+        if msg.stage in self.shared_stages:
+            self._share(item_msg)
+            return
         for mod in consumers:
             self._enqueue(mod, run, item_msg)
 
@@ -523,6 +589,12 @@ class Handler:
                     else:
                         keep.append(item_id)
                 mod.queue = keep
+                for item_id in mod.held.pop(run.run, []):
+                    item = self.items.pop(item_id)
+                    if item.spill is not None:
+                        item.spill.unlink(missing_ok=True)
+                    mod.counts["aborted"] += 1
+                    dropped += 1
                 for worker in mod.workers.values():
                     self.backend.send_multipart([worker.identity, *encode(Message("control", run=run.run, meta={"command": "abort"}))])
             run.pending = sum(1 for it in self.items.values() if not it.broadcast and it.run == run.run)
@@ -589,8 +661,9 @@ class Handler:
                 "wanted_workers": mod.spec.workers,
                 "items_per_s": round(mod.rate(now), 2),
                 "queue": len(mod.queue),
+                "held": sum(map(len, mod.held.values())),
                 "in_flight": in_flight,
-                **{k: mod.counts.get(k, 0) for k in ("received", "processed", "redispatched", "duplicates", "errors", "aborted", "spilled", "shared_memory")},
+                **{k: mod.counts.get(k, 0) for k in ("received", "processed", "redispatched", "duplicates", "errors", "aborted", "spilled", "shared_memory", "held", "wait_timeouts")},
             }
         return {
             "pid": os.getpid(),
@@ -609,6 +682,7 @@ class Handler:
     # ---------------------------------------------------------------- loop
     def _housekeeping(self, now: float) -> None:
         self._prune_runs()
+        self._release_held()
         expiry = self.cfg.heartbeat_s * self.cfg.liveness
         for mod in self.modules.values():
             for worker in list(mod.workers.values()):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from .config import PipelineConfig
 from .logs import log_dir
@@ -88,3 +89,62 @@ class LocalPool:
                 p.kill()
                 p.wait()
             unlink_worker_segments(p.pid)
+
+
+class PipelineProcess:
+    """A handler and its local workers as a child process, for one program's lifetime (the demo, replay, tests).
+
+    ``with PipelineProcess(cfg, workdir) as pipe:`` writes the configuration next to the
+    logs, starts the handler, waits until every module has a worker, and on leaving
+    (also after Ctrl-C or an error) asks it to stop, then terminates what is left.
+    """
+
+    def __init__(self, cfg: PipelineConfig, workdir, *, ready_timeout_s: float = 60.0):
+        self.cfg, self.workdir, self.ready_timeout_s = cfg, Path(workdir), ready_timeout_s
+        self.proc: subprocess.Popen | None = None
+        self.control = None
+
+    def start(self) -> PipelineProcess:
+        from .client import ControlClient
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.cfg.log_dir is None:
+            self.cfg.log_dir = str(self.workdir / "logs")
+        path = self.workdir / "pipeline.json"
+        path.write_text(self.cfg.model_dump_json(indent=2))
+        log_dir(self.cfg.log_dir).mkdir(parents=True, exist_ok=True)
+        with open(log_dir(self.cfg.log_dir) / "handler.stderr", "ab") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "ns_bluesky.stream.handler", "--config", str(path)], stdin=subprocess.DEVNULL, stderr=err
+            )
+        self.control = ControlClient(self.cfg, timeout_s=5)
+        try:
+            self.control.wait_ready(self.ready_timeout_s)
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                self.control("stop")
+            except Exception:
+                self.proc.terminate()  # SIGTERM closes it like 'stop'
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> PipelineProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -33,6 +33,21 @@ class Module:
     #: returns; a module that keeps them (a reconstruction gathering frames) says so
     #: here and gets private copies
     keeps_inputs: ClassVar[bool] = False
+    #: run purposes (the start document's ``purpose``, e.g. "dark", "ptychography") whose items it
+    #: takes; empty: every run. Start and stop still reach it, so it may ignore a run it does not take.
+    purposes: ClassVar[tuple[str, ...]] = ()
+    #: result stages that are state rather than items (a dark's statistics): each such result goes to
+    #: every worker of the modules that consume it, and to workers that register later
+    shared_outputs: ClassVar[tuple[str, ...]] = ()
+    #: ``{stage: start key}``: a run's items wait until the shared result of ``stage`` for the run
+    #: the start document names under ``key`` was handed out (or the pipeline's ``wait_timeout_s``
+    #: passed; the module then works without it and says so)
+    waits_for: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def inputs_for(cls, params: BaseModel) -> tuple[str, ...]:
+        """The inputs this configuration consumes (a writer with a stage switched off takes less)."""
+        return cls.inputs
 
     def __init__(self, params: BaseModel | None = None):
         self.params = params if params is not None else self.Params()
@@ -60,6 +75,8 @@ class Module:
             "description": cls.description,
             "inputs": list(cls.inputs),
             "outputs": list(cls.outputs),
+            "shared_outputs": list(cls.shared_outputs),
+            "purposes": list(cls.purposes),
             "params": cls.Params.model_json_schema(),
         }
 

@@ -1,0 +1,120 @@
+"""Watch the pipeline's results while a scan runs: progress on the terminal, the latest images kept.
+
+A thread subscribes to the handler's results port (like a PyDM screen would) and keeps,
+per run, what a person watching wants: frames processed and flagged, the
+reconstruction's iteration and residual with the time of each update, the latest
+STXM, the first cleaned pattern, the final estimate and when it came, and the end of
+the run. It never blocks the pipeline: a slow terminal only delays its own bar.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import zmq
+from tqdm import tqdm
+
+from ns_bluesky.stream.config import PipelineConfig
+from ns_bluesky.stream.protocol import ProtocolError, decode
+from ns_bluesky.stream.security import secure_client
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunView:
+    processed: int = 0
+    usable: int = 0
+    flags: Counter = field(default_factory=Counter)
+    first_clean_at: float | None = None
+    last_clean_at: float | None = None
+    clean_pattern: np.ndarray | None = None
+    recon: dict | None = None  # latest: arrays and scalars
+    recon_updates: list = field(default_factory=list)  # (wall time, iteration, residual, frames)
+    final_at: float | None = None
+    stxm: dict | None = None
+    errors: list = field(default_factory=list)
+    cxi: list = field(default_factory=list)
+    ended: dict | None = None
+
+
+class LiveMonitor:
+    """``LiveMonitor(cfg)``; ``view(run)`` for what came, ``wait_end(run)`` for the end of a run."""
+
+    def __init__(self, cfg: PipelineConfig, *, progress: bool = True, total: int | None = None):
+        self.cfg = cfg
+        self.runs: dict[str, RunView] = {}
+        self.total = total
+        self._bar = tqdm(total=total, desc="pipeline", unit="frame", disable=not progress, position=1, dynamic_ncols=True, leave=True)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="live-monitor", daemon=True)
+        self._thread.start()
+        self._ready.wait(5)
+
+    def view(self, run: str) -> RunView:
+        with self._lock:
+            return self.runs.setdefault(run, RunView())
+
+    def wait_end(self, run: str, timeout_s: float) -> RunView:
+        deadline = time.monotonic() + timeout_s
+        while self.view(run).ended is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.view(run)
+
+    def _serve(self) -> None:
+        sock = zmq.Context.instance().socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        secure_client(sock, self.cfg.curve_keys)
+        sock.connect(self.cfg.address(self.cfg.results_port, connect=True))
+        self._ready.set()
+        try:
+            while not self._stop.is_set():
+                if sock.poll(100):
+                    try:
+                        self._on(decode(sock.recv_multipart(copy=False)[1:]), time.time())
+                    except ProtocolError as exc:
+                        log.warning("unreadable result ignored: %s", exc)
+        finally:
+            sock.close(linger=0)
+
+    def _on(self, msg, now: float) -> None:
+        v = self.view(msg.run)
+        scalars = msg.meta.get("scalars") or {}
+        if msg.kind == "result" and msg.stage == "clean":
+            v.processed += 1
+            v.usable += int(scalars.get("usable", 1))
+            for flag in filter(None, str(scalars.get("flags", "")).split(",")):
+                v.flags[flag] += 1
+            v.first_clean_at = v.first_clean_at or now
+            v.last_clean_at = now
+            if v.clean_pattern is None and scalars.get("usable", 1):
+                v.clean_pattern = np.array(msg.arrays["pattern"])
+            self._bar.update(1)
+        elif msg.kind == "result" and msg.stage == "recon":
+            v.recon = {"scalars": scalars, "arrays": {k: np.array(a) for k, a in msg.arrays.items()}, "meta": dict(msg.meta)}
+            v.recon_updates.append((now, scalars.get("iteration"), scalars.get("residual"), scalars.get("frames")))
+            if scalars.get("final"):
+                v.final_at = now
+            self._bar.set_postfix_str(f"recon it {scalars.get('iteration')} residual {scalars.get('residual', float('nan')):.4f}"
+                                      f" on {scalars.get('frames')} frames")
+        elif msg.kind == "result" and msg.stage == "stxm":
+            v.stxm = {k: np.array(a) for k, a in msg.arrays.items()}
+        elif msg.kind == "result" and msg.stage == "cxi":
+            v.cxi = list(msg.meta.get("paths") or [])
+        elif msg.kind == "error":
+            v.errors.append(f"{msg.stage} seq {msg.seq}: {msg.meta.get('error')}")
+        elif msg.kind == "end_of_run":
+            v.ended = dict(msg.meta)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._bar.close()

@@ -1,0 +1,164 @@
+"""Frame: the nine pre-processing steps on each raw frame, and its quality control.
+
+Run as many workers as the frame rate needs. Each keeps the darks it was handed
+(shared ``dark`` results) and cleans the frames of the runs that name them; the
+handler holds a run's frames until its dark has arrived. A frame that cannot be
+used (wrong shape, NaN, dropped packets, no flux) is not an error: it goes out
+flagged, with ``usable = 0``, so ``frames_qc`` counts it and the run goes on.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..ptycho import preprocess as pp
+from ..ptycho.stxm import bright_field_mask, stxm_signals
+from ..stream.module import Module, register
+from ..stream.protocol import Message
+from .scaninfo import ScanInfo, scan_info
+
+#: flags that make a frame unusable for the reconstruction ("no_dark" only lowers its quality)
+BLOCKING = frozenset({"shape", "nan", "zeros", "saturated", "no_flux"})
+
+
+class FrameParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    crop: int = Field(480, ge=16, description="detector pixels kept around the centre (sets the object pixel size)")
+    out_size: int = Field(128, ge=16, description="side of the cleaned pattern (FFT downsampling of the crop)")
+    overscan_order: int | None = Field(1, ge=0, le=2, description="per-channel offset fit from the overscan (None: off)")
+    spikes: bool = Field(True, description="remove the periodic readout spikes per channel")
+    photon_threshold: float | None = Field(0.5, ge=0, description="sub-photon threshold, photons (None: off)")
+    beamstop: bool = Field(True, description="divide the beamstop's shadow by its transmission")
+    zeros_fraction: float = Field(0.01, gt=0, le=1, description="flag a frame with more zero pixels than this (dropped packets)")
+    no_flux_fraction: float = Field(0.2, ge=0, le=1, description="flag a frame with fewer photons than this part of the run's median")
+
+
+class _Run:
+    def __init__(self, info: ScanInfo, beamstop: bool):
+        self.info = info
+        self.photons: list[float] = []
+        self.transmission = pp.beamstop_transmission(info.geometry) if beamstop else None
+
+
+@register
+class FrameModule(Module):
+    name = "frame"
+    description = "pre-processing (dark, overscan, spikes, photons, beamstop, crop, downsampling) and per-frame QC of light runs"
+    inputs = ("frame", "dark")
+    outputs = ("clean",)
+    purposes = ("ptychography",)
+    waits_for = {"dark": "dark_uid"}
+    Params = FrameParams
+
+    def __init__(self, params=None):
+        super().__init__(params)
+        self.darks: dict[str, dict[str, np.ndarray]] = {}
+        self.runs: dict[str, _Run] = {}
+        self._bright: dict[tuple, np.ndarray] = {}
+
+    def start_run(self, msg: Message) -> None:
+        info = scan_info(msg)
+        if info.purpose in self.purposes:
+            self.runs[msg.run] = _Run(info, self.params.beamstop)
+
+    def process(self, msg: Message) -> Message | None:
+        if msg.kind == "result" and msg.stage == "dark":
+            self.darks[msg.run] = dict(msg.arrays)
+            while len(self.darks) > 4:
+                del self.darks[next(iter(self.darks))]
+            return None
+        run = self.runs.get(msg.run)
+        if run is None:
+            return None
+        info, p = run.info, self.params
+        raw = msg.arrays.get("raw")
+        flags: list[str] = []
+        dark = self.darks.get(info.dark_uid or "")
+        if dark is None:
+            flags.append("no_dark")
+        pattern = np.zeros((p.out_size, p.out_size), np.float32)
+        qc = {"saturated": 0, "zeros": 0}
+        if raw is None or raw.shape != info.geometry.raw_shape:
+            flags.append("shape")
+        elif raw.dtype.kind == "f" and not np.isfinite(raw).all():
+            flags.append("nan")
+        else:
+            qc = self._raw_checks(raw, info, dark)
+            if qc["zeros"] > p.zeros_fraction * raw.size:
+                flags.append("zeros")
+            if qc["saturated"]:
+                flags.append("saturated")
+            pattern = self._clean(raw, run, dark)
+        photons = float(pattern.sum())
+        if "shape" not in flags and "nan" not in flags:
+            run.photons.append(photons)
+            if photons < p.no_flux_fraction * float(np.median(run.photons)):
+                flags.append("no_flux")
+        sig = stxm_signals(pattern[None], self._bright_field(info))
+        com = sig["dpc"][0]
+        position = info.position(msg.meta.get("data") or {}, msg.seq)
+        scalars = {
+            "seq": int(msg.seq),
+            "photons": photons,
+            "transmission": float(sig["transmission"][0]),
+            "dpc_y": float(np.nan_to_num(com[0])),
+            "dpc_x": float(np.nan_to_num(com[1])),
+            "saturated": int(qc["saturated"]),
+            "zeros": int(qc["zeros"]),
+            "position_y": float(position[0]),
+            "position_x": float(position[1]),
+            "usable": int(not BLOCKING.intersection(flags)),
+            "flags": ",".join(flags),
+        }
+        dx = info.geometry.distance_m * info.wavelength_m / (p.crop * info.geometry.pixel_size_m)
+        meta = {
+            "scalars": scalars,
+            "position_m": [float(v) for v in position],
+            "object_pixel_size_m": dx,
+            "pixel_size_m": info.geometry.pixel_size_m * p.crop / p.out_size,
+        }
+        return Message("result", run=msg.run, seq=msg.seq, stage="clean", meta=meta, arrays={"pattern": pattern})
+
+    def _raw_checks(self, raw: np.ndarray, info: ScanInfo, dark) -> dict:
+        good = None if dark is None else dark["bad_pixels"] == 0
+        zeros = raw == 0
+        saturated = raw >= info.geometry.saturation_adu
+        if good is not None:
+            zeros &= good
+            saturated &= good
+        return {"zeros": int(np.count_nonzero(zeros)), "saturated": int(np.count_nonzero(saturated))}
+
+    def _clean(self, raw: np.ndarray, run: _Run, dark) -> np.ndarray:
+        p, info = self.params, run.info
+        settings = pp.Settings(
+            dark=dark is not None, overscan_order=p.overscan_order, spikes=p.spikes,
+            photon_threshold=p.photon_threshold, beamstop=p.beamstop, crop=p.crop, out_size=p.out_size,
+        )
+        return pp.preprocess(
+            raw[None], info.geometry,
+            dark_mean=None if dark is None else dark["mean"],
+            bad_pixels=None if dark is None else dark["bad_pixels"],
+            adu_per_photon=info.adu_per_photon,
+            transmission_map=run.transmission,
+            settings=settings,
+        )[0]
+
+    def _bright_field(self, info: ScanInfo) -> np.ndarray:
+        """The direct beam's disc on the cleaned pattern: the zone plate's numerical aperture, else a tenth."""
+        p = self.params
+        key = (info.uid,)
+        if key not in self._bright:
+            radius = 0.1 * p.out_size
+            if info.optics is not None and info.energy_J is not None:
+                na = info.optics.numerical_aperture(info.energy_eV)
+                radius = na * info.geometry.distance_m / (info.geometry.pixel_size_m * p.crop / p.out_size)
+            self._bright = {key: bright_field_mask((p.out_size, p.out_size), radius)}
+        return self._bright[key]
+
+    def end_run(self, run: str) -> None:
+        self.runs.pop(run, None)
+
+    def abort_run(self, run: str) -> None:
+        self.runs.pop(run, None)

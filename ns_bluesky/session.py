@@ -1,0 +1,58 @@
+"""A private pipeline for one program (the demo, ``replay``): started, watched, recorded, stopped.
+
+Starts the handler and its local workers on free loopback ports, records the results
+as derived runs in the catalog, shows live progress, and on leaving (also after an
+error or Ctrl-C) stops all of it; a derived run still open gets a stop document
+saying why.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from .catalog import detector_dir, make_tiled_writer
+from .stream.config import PipelineConfig
+
+
+class PipelineSession:
+    """``with PipelineSession(cat, cat_dir, cfg, workdir) as s:`` then ``s.monitor``, ``s.recorder``, ``s.dark_of``."""
+
+    def __init__(self, cat, cat_dir, cfg: PipelineConfig, workdir, *, progress: bool = True, total: int | None = None):
+        self.cat, self.cat_dir, self.cfg, self.workdir = cat, Path(cat_dir), cfg, Path(workdir)
+        self.progress, self.total = progress, total
+        self.dark_of: dict[str, str] = {}  # raw uid -> dark uid, for the derived runs' start documents
+        self.pipe = self.recorder = self.monitor = self._writer = None
+
+    def __enter__(self) -> PipelineSession:
+        from .callbacks import ThreadedCallback
+        from .callbacks.live import LiveMonitor
+        from .callbacks.recorder import ResultsRecorder
+        from .stream.launcher import PipelineProcess
+
+        try:
+            self.pipe = PipelineProcess(self.cfg, self.workdir).start()
+            self._writer = ThreadedCallback(make_tiled_writer(self.cat), name="derived-catalog")
+            self.recorder = ResultsRecorder(self.cfg, self._writer, detector_dir(self.cat_dir) / "derived", dark_uid_of=self.dark_of.get)
+            self.monitor = LiveMonitor(self.cfg, progress=self.progress, total=self.total)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def finish(self, raw_uid: str, timeout_s: float):
+        """Wait for the pipeline's end of ``raw_uid`` and its derived run; returns the monitor's view."""
+        view = self.monitor.wait_end(raw_uid, timeout_s)
+        deadline = time.monotonic() + 30
+        while view.ended is not None and raw_uid not in self.recorder.finished and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return view
+
+    def __exit__(self, *exc) -> None:
+        for part in (self.monitor, self.recorder):
+            if part is not None:
+                part.close()
+        if self.pipe is not None:
+            self.pipe.stop()
+        if self._writer is not None:
+            self._writer.close()
