@@ -69,9 +69,11 @@ class _FrameFiles:
 class PipelineBridge(DocumentRouter):
     """Subscribe to a RunEngine: ``RE.subscribe(PipelineBridge(cfg))``."""
 
-    def __init__(self, cfg: PipelineConfig | None = None, *, max_queue: int = 1_000_000):
+    def __init__(self, cfg: PipelineConfig | None = None, *, max_queue: int = 1_000_000, warn_after_s: float = 5.0):
         super().__init__()
         self.cfg = cfg or PipelineConfig()
+        self.warn_after_s = warn_after_s
+        self.unprocessed: list[str] = []  # runs whose start the pipeline never acknowledged: replay them
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self.sent = 0
         self.refused = 0
@@ -104,6 +106,7 @@ class PipelineBridge(DocumentRouter):
         streams: dict[str, str] = {}  # descriptor uid -> stream name
         run = ""
         sent_frames = 0
+        started = None  # (when, key) of the last start sent, until the pipeline acknowledges it
         try:
             while not self._stop.is_set() or not self._queue.empty():
                 try:
@@ -115,6 +118,7 @@ class PipelineBridge(DocumentRouter):
                     datums.clear()
                     sent_frames = 0
                     self._send(Message("start", run=run, meta={"start": _jsonable(doc)}))
+                    started = (time.monotonic(), ("start", run, -1))
                 elif name == "stream_resource":
                     files.add(doc)
                 elif name == "descriptor":
@@ -142,8 +146,21 @@ class PipelineBridge(DocumentRouter):
                     self._send(Message("stop", run=run, meta=meta))
                     files.close()
                 self._client.tick()
+                if started is not None and started[1] not in self._client.unacked:
+                    started = None
+                elif started is not None and time.monotonic() - started[0] > self.warn_after_s:
+                    self._tell_unprocessed(started[1][1])
+                    started = None
         finally:
             files.close()
+
+    def _tell_unprocessed(self, run: str) -> None:
+        self.unprocessed.append(run)
+        log.error(
+            "the pipeline at %s does not answer: run %s is recorded in the catalog but not processed live. Its frames "
+            "wait here and go through if the pipeline comes back; or process it later with 'ns-bluesky replay %s'",
+            self.cfg.address(self.cfg.ingest_port, connect=True), run[:8], run,
+        )
 
     def _send(self, msg: Message) -> None:
         self._client.send(msg, timeout_s=None, cancel=self._stop)  # waits (resending) while the window is full

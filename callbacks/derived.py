@@ -65,6 +65,8 @@ class DerivedRun:
         if self.closed:
             raise RuntimeError(f"derived run {self.uid[:8]} is closed")
         scalars, arrays = dict(scalars or {}), {k: np.ascontiguousarray(v) for k, v in (arrays or {}).items()}
+        if set(scalars) & set(arrays):
+            raise ParameterError(f"stream {stream!r}: {sorted(set(scalars) & set(arrays))} given both as a scalar and an array")
         now = time.time() if timestamp is None else timestamp
         s = self.streams.get(stream) or self._describe(stream, scalars, arrays)
         keys = set(s.bundle.descriptor_doc["data_keys"])

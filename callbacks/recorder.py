@@ -5,7 +5,8 @@ run R goes to a stream of the derived run whose ``parent_uid`` is R (the bridge 
 pipeline runs by their raw run's uid): ``STREAMS`` names it (the frame workers'
 ``clean`` results become ``frames_qc``, their scalars only: the patterns are in the
 CXI file) and other stages keep their name. ``meta["scalars"]`` become the event's
-values and its arrays go to HDF5. The handler's end of run closes the derived run
+values and its arrays go to HDF5. The handler announces each run's start document, so
+the derived run names the dark run and carries the scan id and sample name. The handler's end of run closes the derived run
 (``abort`` when the run was aborted); module errors are kept in an ``errors`` stream.
 A result that does not fit its stream is logged and counted, never fatal: the recorder
 must outlive any one bad module.
@@ -55,6 +56,7 @@ class ResultsRecorder:
         self.dark_uid_of = dark_uid_of or (lambda raw_uid: None)
         self.md = md or {}
         self.runs: dict[str, DerivedRun] = {}
+        self.starts: dict[str, dict] = {}  # start documents the handler announced, until their first result
         self.finished: dict[str, str] = {}  # raw uid -> derived uid
         self.rejected = 0
         self._stop = threading.Event()
@@ -87,13 +89,19 @@ class ResultsRecorder:
 
     def _derived(self, raw_uid: str) -> DerivedRun:
         if raw_uid not in self.runs:
-            self.runs[raw_uid] = DerivedRun(
-                self.emit, self.write_dir, parent_uid=raw_uid, dark_uid=self.dark_uid_of(raw_uid), md=self.md
-            )
+            start = self.starts.pop(raw_uid, {})
+            dark_uid = self.dark_uid_of(raw_uid) or start.get("dark_uid")
+            md = {**{k: start[k] for k in ("scan_id", "sample_name") if k in start}, **self.md}
+            self.runs[raw_uid] = DerivedRun(self.emit, self.write_dir, parent_uid=raw_uid, dark_uid=dark_uid, md=md)
         return self.runs[raw_uid]
 
     def _on_message(self, msg) -> None:
-        if msg.kind == "result":
+        if msg.kind == "start":
+            doc = msg.meta.get("start")
+            self.starts[msg.run] = doc if isinstance(doc, dict) else dict(msg.meta)
+            while len(self.starts) > 100:  # runs that never had a result
+                del self.starts[next(iter(self.starts))]
+        elif msg.kind == "result":
             scalars = msg.meta.get("scalars") or {}
             stream, with_arrays = STREAMS.get(msg.stage, (msg.stage, True))
             self._derived(msg.run).add(stream, scalars, msg.arrays if with_arrays else None)
@@ -102,7 +110,12 @@ class ResultsRecorder:
             run.add("errors", {"seq": msg.seq, "module": msg.stage, "error": str(msg.meta.get("error", ""))[:500]})
         elif msg.kind == "end_of_run" and msg.run in self.runs:
             aborted = bool(msg.meta.get("aborted"))
-            run = self.runs.pop(msg.run)
+            run = self.runs[msg.run]
+            if "planned" in msg.meta:  # what never arrived or arrived twice: counted once per run
+                m = msg.meta
+                run.add("run_qc", {"planned": int(m["planned"]), "frames": int(m.get("frames", 0)), "missing": int(m.get("missing", 0)),
+                                   "duplicates": int(m.get("duplicates", 0)), "missing_seqs": ",".join(map(str, m.get("missing_seqs", [])))})
+            self.runs.pop(msg.run)
             run.close("abort" if aborted else "success", "the pipeline aborted the run" if aborted else "")
             self.finished[msg.run] = run.uid
 

@@ -219,7 +219,6 @@ def run_demo(
                 )
             )
             acquisition_s = time.monotonic() - t0
-            session.dark_of[raw_uid] = dark_uid
             bridge.flush(timeout_s=end_timeout_s)
             view = session.finish(raw_uid, end_timeout_s)
             derived_uid = session.recorder.finished.get(raw_uid)

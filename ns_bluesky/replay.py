@@ -92,7 +92,6 @@ def replay(
     cfg = ptycho_pipeline(frame_workers=workers, engine=engine, backend=backend, out_dir=out)
     n = int(start.get("num_points") or 0)
     with PipelineSession(cat, cat_dir, cfg, out / "pipeline", progress=progress, total=n or None) as session:
-        session.dark_of[start["uid"]] = start.get("dark_uid")
         client = IngestClient(cfg)
         try:
             if dark is not None:

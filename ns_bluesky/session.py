@@ -16,12 +16,11 @@ from .stream.config import PipelineConfig
 
 
 class PipelineSession:
-    """``with PipelineSession(cat, cat_dir, cfg, workdir) as s:`` then ``s.monitor``, ``s.recorder``, ``s.dark_of``."""
+    """``with PipelineSession(cat, cat_dir, cfg, workdir) as s:`` then ``s.monitor``, ``s.recorder``, ``s.finish(uid)``."""
 
     def __init__(self, cat, cat_dir, cfg: PipelineConfig, workdir, *, progress: bool = True, total: int | None = None):
         self.cat, self.cat_dir, self.cfg, self.workdir = cat, Path(cat_dir), cfg, Path(workdir)
         self.progress, self.total = progress, total
-        self.dark_of: dict[str, str] = {}  # raw uid -> dark uid, for the derived runs' start documents
         self.pipe = self.recorder = self.monitor = self._writer = None
 
     def __enter__(self) -> PipelineSession:
@@ -33,7 +32,7 @@ class PipelineSession:
         try:
             self.pipe = PipelineProcess(self.cfg, self.workdir).start()
             self._writer = ThreadedCallback(make_tiled_writer(self.cat), name="derived-catalog")
-            self.recorder = ResultsRecorder(self.cfg, self._writer, detector_dir(self.cat_dir) / "derived", dark_uid_of=self.dark_of.get)
+            self.recorder = ResultsRecorder(self.cfg, self._writer, detector_dir(self.cat_dir) / "derived")
             self.monitor = LiveMonitor(self.cfg, progress=self.progress, total=self.total)
         except BaseException:
             self.__exit__()

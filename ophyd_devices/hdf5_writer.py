@@ -19,9 +19,9 @@ DATASET = "/entry/data/data"
 
 
 class HDF5FrameWriter:
-    """Append frames of a fixed shape and dtype to a new file per run."""
+    """Append frames (images, or arrays of any fixed shape) of one dtype to a new file per run."""
 
-    def __init__(self, write_dir: str | os.PathLike, data_key: str, frame_shape: tuple[int, int], dtype: str = "<u2"):
+    def __init__(self, write_dir: str | os.PathLike, data_key: str, frame_shape: tuple[int, ...], dtype: str = "<u2"):
         self.write_dir = Path(write_dir)
         self.data_key, self.frame_shape, self.dtype = data_key, tuple(frame_shape), np.dtype(dtype)
         self._file: h5py.File | None = None
@@ -66,7 +66,7 @@ class HDF5FrameWriter:
         i = self.frames_written
         self._ds.resize(i + 1, axis=0)
         # one uncompressed chunk per frame: hand HDF5 the bytes, skip its selection machinery
-        self._ds.id.write_direct_chunk((i, 0, 0), np.ascontiguousarray(frame).data)
+        self._ds.id.write_direct_chunk((i, *(0,) * len(self.frame_shape)), np.ascontiguousarray(frame).data)
         self._file.flush()  # SWMR readers (tiled, live viewers) see the frame before its datum goes out
         self._docs.append(("stream_datum", self._compose_datum(indices={"start": i, "stop": i + 1})))
         self.frames_written = i + 1

@@ -70,11 +70,11 @@ class DarkModule(Module):
             "frames": int(stats.count),
             "refused": int(refused),
             "read_noise_adu": float(np.median(std)),
-            "bad_pixels": int(np.count_nonzero(maps.pixels)),
-            "bad_channels": int(np.count_nonzero(maps.channels)),
+            "bad_pixel_count": int(np.count_nonzero(maps.pixels)),
+            "bad_channel_count": int(np.count_nonzero(maps.channels)),
         }
         arrays = {"mean": stats.mean.astype(np.float32), "std": std, "bad_pixels": maps.pixels.astype(np.uint32),
-                  "bad_channel_map": maps.channels.astype(np.uint8)}
+                  "bad_channels": maps.channels.astype(np.uint8)}
         return Message("result", run=run, seq=0, stage="dark", meta={"scalars": scalars}, arrays=arrays)
 
     def abort_run(self, run: str) -> None:

@@ -59,6 +59,7 @@ class WorkerState:
     arena: SlotArena | None = None  # shared memory with a worker on this machine
     free_slots: list = field(default_factory=list)
     releasing: list = field(default_factory=list)  # (slot, zmq trackers of its published results)
+    last_dispatch: float = 0.0  # ties in credits go to the worker served least recently (zguide's LRU)
 
 
 @dataclass
@@ -89,6 +90,7 @@ class RunState:
     seen: set = field(default_factory=set)
     published: set = field(default_factory=set)
     started_at: float = 0.0  # monotonic time its start arrived: waits for shared state count from here
+    duplicates: int = 0  # repeated sequence numbers dropped
 
     @property
     def doc(self) -> dict:
@@ -302,6 +304,7 @@ class Handler:
                 self.counts["duplicate_ingest"] += 1
                 return
             run.start, run.started_at = msg, time.monotonic()
+            self._publish(msg, topic="start")  # subscribers (the recorder, screens) learn what the run is
             for mod in self.modules.values():
                 for worker in mod.workers.values():
                     self._send_item(worker, self._new_item(mod.spec.name, msg, broadcast=True))
@@ -318,6 +321,7 @@ class Handler:
         key = (msg.kind, msg.seq)
         if key in run.seen:
             self.counts["duplicate_ingest"] += 1
+            run.duplicates += 1
             return
         run.seen.add(key)
         if run.aborted:
@@ -539,9 +543,10 @@ class Handler:
                 ready = [w for w in mod.workers.values() if w.credits > 0 and not w.draining and (w.arena is None or w.free_slots)]
                 if not ready:
                     break
-                worker = max(ready, key=lambda w: w.credits)
+                worker = max(ready, key=lambda w: (w.credits, -w.last_dispatch))
                 item = self.items[mod.queue.popleft()]
                 worker.credits -= 1
+                worker.last_dispatch = time.monotonic()
                 self._send_item(worker, item)
 
     # ---------------------------------------------------------------- runs
@@ -564,10 +569,13 @@ class Handler:
 
     def _end_of_run(self, run: RunState) -> None:
         run.ended, run.stop_pending = True, 0
-        self._publish(
-            Message("end_of_run", run=run.run, meta={"frames": run.frames, "results": len(run.published), "aborted": run.aborted}),
-            topic="end_of_run",
-        )
+        meta = {"frames": run.frames, "results": len(run.published), "aborted": run.aborted, "duplicates": run.duplicates}
+        planned = run.doc.get("num_points")
+        if isinstance(planned, int) and not isinstance(planned, bool) and 0 < planned <= 10_000_000:
+            seqs = {seq for _, seq in run.seen}
+            missing = [s for s in range(1, planned + 1) if s not in seqs]  # event numbers start at 1
+            meta.update(planned=planned, missing=len(missing), missing_seqs=missing[:1000])
+        self._publish(Message("end_of_run", run=run.run, meta=meta), topic="end_of_run")
         log.info("run %s ended: %d frames, %d results, aborted=%s", run.run, run.frames, len(run.published), run.aborted)
 
     def abort(self, run_id: str | None = None) -> int:
