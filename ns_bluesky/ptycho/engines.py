@@ -61,6 +61,10 @@ class EngineParams(BaseModel):
     backend: str = Field("numpy", description="array module: numpy or cupy")
     seed: int = Field(0, description="order of frames and batches")
     threads: int = Field(0, ge=0, description="threads for the element-wise work on numpy (0: every core)")
+    restart_fraction: float = Field(
+        0.25, gt=0, description="new frames, as a part of those already active, that restart the schedule (mini-batch "
+        "sizes, momentum): while streaming, a trickle of frames into a large scan does not"
+    )
 
 
 _ENGINES: dict[str, type[Engine]] = {}
@@ -102,6 +106,7 @@ class Engine:
         self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
         self.iteration = 0
         self.data_changed_at = 0
+        self._added = 0  # frames added since the schedule last restarted
         self.residuals: list[float] = []
         self.obj = self.probe = None
 
@@ -113,7 +118,7 @@ class Engine:
         n = self.n = patterns.shape[-1]
         if probe.shape != (n, n):
             raise ParameterError(f"probe must be {n} x {n} like the patterns, got {probe.shape}")
-        origins = np.asarray(data.origins_px, dtype=np.float64)
+        origins = np.array(data.origins_px, dtype=np.float64)  # a copy: add_frames may move frames
         if origins.min() < 0:
             raise ParameterError("origins_px must be >= 0: shift the positions so the object grid holds them")
         shape = tuple(int(np.ceil(v)) + n + 1 for v in origins.max(axis=0))
@@ -138,16 +143,38 @@ class Engine:
         self.data_centre = _centre_of_mass(np.fft.ifftshift(np.maximum(patterns, 0).mean(axis=0)), np)  # FFT order, like the probe's far field
         self._prepare()
 
-    def add_frames(self, indices, patterns=None) -> None:
-        """Frames that arrived: weight 1 (and their data, if not given at prepare)."""
+    def add_frames(self, indices, patterns=None, origins_px=None) -> None:
+        """Frames that arrived: weight 1, their data (if not given at prepare) and where they were measured
+        (``origins_px``, when the stage's reading differs from the plan the grid was laid out for)."""
         xp = self.xp
-        idx = xp.asarray(np.atleast_1d(indices))
+        host = np.atleast_1d(np.asarray(indices, dtype=np.int64))
+        idx = xp.asarray(host)
         if patterns is not None:
             amp = np.fft.ifftshift(np.sqrt(np.maximum(np.asarray(patterns, np.float32), 0)), axes=(-2, -1))
             self.amp[idx] = xp.asarray(amp)
-            self.energy[np.atleast_1d(indices)] = (amp**2).sum(axis=(-2, -1))
+            self.energy[host] = (amp**2).sum(axis=(-2, -1))
+        if origins_px is not None:
+            self._move(host, np.asarray(origins_px, dtype=np.float64).reshape(-1, 2))
+        weights = asnumpy(self.weights)
+        self._added += int((weights[host] == 0).sum())
         self.weights[idx] = 1.0
-        self.data_changed_at = self.iteration
+        if self._added >= self.params.restart_fraction * max(int((weights > 0).sum()), 1):
+            self.data_changed_at, self._added = self.iteration, 0
+
+    def _move(self, host: np.ndarray, origins: np.ndarray) -> None:
+        """New probe-window origins for some frames, kept inside the object grid laid out at prepare."""
+        xp, n = self.xp, self.n
+        origins = np.clip(origins, 0, np.array(self.obj.shape) - n - 1)
+        whole = np.floor(origins)
+        frac = origins - whole
+        k = np.fft.fftfreq(n)
+        self.origins[host] = origins
+        self.iy_np[host], self.ix_np[host] = whole.astype(np.int64).T
+        self.iy, self.ix = xp.asarray(self.iy_np), xp.asarray(self.ix_np)
+        self.ry[xp.asarray(host)] = xp.asarray(np.exp(-2j * np.pi * frac[:, :1] * k[None, :]).astype(np.complex64))
+        self.rx[xp.asarray(host)] = xp.asarray(np.exp(-2j * np.pi * frac[:, 1:] * k[None, :]).astype(np.complex64))
+        if hasattr(self, "psi_ready"):  # projection engines: the exit waves of moved frames start again
+            self.psi_ready[host] = False
 
     def iterate(self, n: int = 1) -> list[float]:
         """Run ``n`` iterations; returns the data residual of each (0 frames: nothing to fit, residual nan)."""
@@ -374,92 +401,299 @@ class LSQMLParams(EngineParams):
     probe_reg: float = Field(0.05, gt=0, description="probe preconditioner floor, relative to the peak object intensity")
     step_reg: float = Field(0.1, ge=0, description="regularisation of the per-frame 2 x 2 step-size problem")
     max_step: float = Field(1.0, gt=0, description="upper bound of the optimal step sizes")
+    chunk: int = Field(16, ge=1, description="frames per vectorised step in each thread on numpy (cache-sized temporaries)")
+    likelihood: str = Field(
+        "amplitude", pattern="^(amplitude|poisson)$", description="noise model of the exit-wave update: amplitude "
+        "(Gaussian on sqrt I, the modulus projection) or poisson (half a gradient step of the Poisson likelihood; "
+        "measured here: NRMSE 0.0167 instead of 0.0213 on the simulated benchmark, but half-scan FRC 0.337 instead "
+        "of 0.355 on the measured star)"
+    )
+    poisson_cap: float = Field(2.0, gt=0, description="upper bound of the Poisson update's factor I / |F psi|^2 - 1, halved")
+    momentum: float = Field(
+        0.0, ge=0, description="gain of the object's momentum (0: none): the iterations' updates, while they keep "
+        "pointing the same way, add up in a velocity that is applied as well (PtychoShelves' LSQ-ML acceleration)"
+    )
 
 
 @register
 class LSQML(Engine):
-    """LSQ-ML with mini-batches and per-frame optimal steps (Odstrčil et al. 2018, eqs. 20-25)."""
+    """LSQ-ML with mini-batches and per-frame optimal steps (Odstrčil et al. 2018, eqs. 20-25).
+
+    Each mini-batch takes three passes over its frames, each spread over the threads in
+    cache-sized chunks with reused buffers (the FFTs in place): (1) exit waves, their
+    update chi = P_M(psi) - psi, and the object (P* chi, |P|^2, scattered onto the object
+    grid) and probe (O* chi unshifted, |O|^2) sums; (2) the per-frame products of the
+    directions the step-size problem needs; (3) the object update, each frame's part
+    scaled by its own step, added onto the object.
+    """
 
     name = "lsqml"
     Params = LSQMLParams
 
+    def _prepare(self) -> None:
+        xp = self.xp
+        self._ryc, self._rxc = self.ry.conj(), self.rx.conj()
+        self._lock = threading.Lock()  # the scatters onto the object grids, from every thread
+        self._store = None  # per batch: shifted probes, object patches, exit-wave updates
+        self._num = xp.empty_like(self.obj)  # object-grid sums, reused by every batch
+        self._ill = xp.empty(self.obj.shape, np.float32)
+
     def _iterate(self, active: np.ndarray) -> float:
-        xp, p = self.xp, self.params
+        p = self.params
         rng = np.random.default_rng([p.seed, self.iteration])
         order = rng.permutation(active)
-        err = 0.0
         update_probe = self.iteration >= p.probe_update_start
         age = self.iteration - self.data_changed_at  # new frames restart the schedule: they need the fast updates
         size = p.batch_size * 2 ** (age // p.batch_doubling) if p.batch_doubling else p.batch_size
-        num = xp.empty_like(self.obj)  # object-grid buffers, reused by every batch
-        precond = xp.empty(self.obj.shape, np.float32)
-        for batch in np.array_split(order, max(1, round(len(order) / size))):
-            parts = self._parallel(self._exit_update, batch)  # per frame: chi and its projections
-            err += sum(part["err"] for part in parts)
-            # object direction: sum_j P_j* chi_j over the illumination sum_j |P_j|^2
-            num[...] = 0
-            precond[...] = 0
-            for part in parts:
-                self._scatter(num, part["idx"], part["pchi"])
-                self._scatter(precond, part["idx"], part["p2"])
-            precond += p.object_reg * precond.max()
-            d_obj_full = num / precond
-            d_probe = None
-            if update_probe:  # probe direction: sum_j O_j* chi_j (unshifted) over sum_j |O_j|^2
-                d_probe = sum(part["ochi"] for part in parts)
-                o2 = sum(part["o2"] for part in parts)
-                d_probe /= o2 + p.probe_reg * float(o2.max())
-            steps = self._map(lambda part, d_obj=d_obj_full, d_p=d_probe: self._steps(part, d_obj, d_p), parts)
-            # apply: each frame's object contribution scaled by its own optimal step
-            num[...] = 0
-            for part, (alpha_o, _) in zip(parts, steps, strict=True):
-                part["pchi"] *= alpha_o[:, None, None]
-                self._scatter(num, part["idx"], part["pchi"])
-            num /= precond
-            self.obj += num
-            if update_probe:
-                alpha_p = xp.concatenate([a for _, a in steps])
-                self.probe += float(alpha_p.mean()) * d_probe
+        weights = asnumpy(self.weights)
+        start = self.obj.copy() if p.momentum else None
+        if self.xp is np:
+            self._tls.fft_kw = {"workers": 1}  # the probe's single FFTs: threads would only add overhead
+        try:
+            err = sum(self._batch(b, update_probe, weights) for b in np.array_split(order, max(1, round(len(order) / size))))
+        finally:
+            self._tls.__dict__.pop("fft_kw", None)
+        if p.momentum:
+            self._momentum(start, err / max(float(self.energy[active].sum()), 1e-30), active)
         return err
 
-    def _exit_update(self, batch) -> dict:
-        """The exit-wave update chi = P_M(psi) - psi of these frames and what the directions need."""
+    def _momentum(self, start, residual: float, active) -> None:
+        """Momentum on the object (after Odstrčil's PtychoShelves): while the last iterations' updates
+        correlate, they add up in a velocity (with a friction from how fast the correlation decays) and
+        the object moves by ``momentum`` times it as well, weighted towards the well-lit region."""
         xp = self.xp
-        idx = xp.asarray(batch)
-        ramps = self._ramps(idx)
-        probes = self._probes(idx, ramps)
-        patches = self._patches(self.obj, idx)
-        psi = probes * patches
-        new, err = self._modulus(psi, idx)
-        new -= psi
-        chi = new
-        chi *= self.weights[idx][:, None, None]
-        pchi = probes.conj()
-        pchi *= chi
-        ochi = patches.conj()
-        ochi *= chi
-        return {
-            "idx": idx, "err": err, "chi": chi, "probes": probes, "patches": patches, "pchi": pchi,
-            "p2": probes.real**2 + probes.imag**2,
-            "ochi": self._unshift_sum(ochi, idx, ramps),  # summed over the part, in the probe's own frame
-            "o2": (patches.real**2 + patches.imag**2).sum(axis=0),
-        }
+        upd = self.obj - start
+        if self.data_changed_at == self.iteration or getattr(self, "_mom", None) is None:
+            self._mom = {"updates": [], "residuals": [], "velocity": xp.zeros_like(self.obj)}
+        m = self._mom
+        norm = float(xp.sqrt(self._rdot(upd.reshape(1, -1), upd.reshape(1, -1))[0]))
+        m["updates"] = [*m["updates"], upd / max(norm, 1e-30)][-3:]
+        m["residuals"] = [*m["residuals"], residual][-3:]
+        if len(m["updates"]) < 3:
+            return
+        u2, u1, u0 = m["updates"]
+        corr = [float(self._rdot(u.reshape(1, -1), u0.reshape(1, -1))[0]) for u in (u1, u2)]
+        r2, r1, r0 = m["residuals"]
+        if max(r2, r1) > min(r1, r0) and min(corr) > 0:
+            slope = np.polyfit([0, 1, 2], [0, np.log(corr[0]), np.log(corr[1])], 1)[0]
+            friction = 0.5 * max(-slope, 0.0)
+            m["velocity"] *= 1 - friction
+            m["velocity"] += upd
+            if getattr(self, "_lit", None) is None or self._lit[0] != self.iteration:
+                self._lit = (self.iteration, self._illumination_weight(active))
+            self.obj += self.params.momentum * self._lit[1] * m["velocity"]
+        else:
+            m["velocity"] *= 0.5
 
-    def _steps(self, part: dict, d_obj_full, d_probe):
-        """Per frame, the real steps (alpha_o, alpha_p) minimising |chi - alpha_o a - alpha_p b|^2,
-        a = dO_j P_j, b = O_j dP (the sub-pixel shift of dP is left out of this estimate only)."""
+    def _illumination_weight(self, active):
+        """ill / (ill + 0.1 max ill) with the probe's (unshifted) intensity over the active frames."""
+        xp = self.xp
+        ill = xp.zeros(self.obj.shape, np.float32)
+        p2 = xp.abs(self.probe) ** 2
+        self._scatter(ill, xp.asarray(active), xp.broadcast_to(p2, (len(active), self.n, self.n)))
+        ill /= ill + 0.1 * float(ill.max())
+        return ill
+
+    def _rephase_waves(self, factors) -> None:
+        """The ambiguity fix moved the object: the stored updates no longer apply."""
+        self._mom = None
+
+    # ------------------------------------------------------------- one batch
+    def _batch(self, batch: np.ndarray, update_probe: bool, weights: np.ndarray) -> float:
+        xp, p = self.xp, self.params
+        size = len(batch)
+        if self._store is None or self._store[0].shape[0] < size:
+            self._store = None  # let the old storage go before the new is allocated
+            self._store = tuple(xp.empty((size, self.n, self.n), np.complex64) for _ in range(2))
+        parts = self.threads if xp is np and size >= 2 * self.threads else 1
+        slots = [(s[0], s[-1] + 1) for s in np.array_split(np.arange(size), parts)]
+        self._num.fill(0)
+        self._ill.fill(0)
+        fprobe = self._fft2(self.probe)
+        out = self._map(lambda s: self._forward(batch, s, fprobe, update_probe, weights), slots)
+        # object direction: sum_j P_j* chi_j over the illumination sum_j |P_j|^2 (floored); _ill becomes its inverse
+        xp.conjugate(self._num, out=self._num)
+        self._ill += p.object_reg * float(self._ill.max())
+        xp.reciprocal(self._ill, out=self._ill)
+        self._num *= self._ill
+        d_probe = None
+        if update_probe:  # probe direction: sum_j O_j* chi_j (unshifted) over sum_j |O_j|^2
+            d_probe = self._ifft2(sum(o[1] for o in out).conj())
+            o2 = sum(o[2] for o in out)
+            d_probe /= o2 + p.probe_reg * float(o2.max())
+        dots = self._map(lambda s: self._products(batch, s, d_probe), slots)
+        alpha_o, alpha_p = self._steps(*(xp.concatenate(d) for d in zip(*dots, strict=True)))
+        self._map(lambda s: self._apply(batch, s, alpha_o), slots)
+        if update_probe:
+            self.probe += float(alpha_p.mean()) * d_probe
+        return float(sum(o[0] for o in out))
+
+    def _chunks(self, batch, slot):
+        """(positions in the batch, host frame indices, device frame indices) of cache-sized chunks."""
+        step = self.params.chunk if self.xp is np else slot[1] - slot[0]
+        for c0 in range(slot[0], slot[1], step):
+            c1 = min(c0 + step, slot[1])
+            yield slice(c0, c1), batch[c0:c1], self.xp.asarray(batch[c0:c1])
+
+    def _work(self, c: int) -> dict:
+        """This thread's chunk temporaries, allocated once."""
+        work = getattr(self._tls, "work", None)
+        if work is None or work["ramp"].shape[0] < c:
+            xp, n = self.xp, self.n
+            work = self._tls.work = {"ramp": xp.empty((c, n, n), np.complex64), "tmp": xp.empty((c, n, n), np.complex64),
+                                     "mag": xp.empty((c, n, n), np.float32), "amp": xp.empty((c, n, n), np.float32),
+                                     "real": xp.empty((c, n, n), np.float32), "tmp2": xp.empty((c, n, n), np.complex64)}
+        return {k: v[:c] for k, v in work.items()}
+
+    def _forward(self, batch, slot, fprobe, want_probe: bool, weights):
+        """Exit-wave updates chi of a slot's frames (kept, with the shifted probes), the object sums
+        (scattered onto the grids) and the probe sums (returned)."""
+        xp, n = self.xp, self.n
+        probes, chis = self._store[:2]
+        err = 0.0
+        gsum = xp.zeros((n, n), np.complex64) if want_probe else None
+        o2 = xp.zeros((n, n), np.float32) if want_probe else None
+        for sl, idx_h, idx in self._chunks(batch, slot):
+            w = self._work(len(idx_h))
+            ramp, tmp, mag, amp, real = w["ramp"], w["tmp"], w["mag"], w["amp"], w["real"]
+            pr, chi = probes[sl], chis[sl]
+            xp.multiply(self.ry[idx][:, :, None], self.rx[idx][:, None, :], out=ramp)
+            xp.multiply(ramp, fprobe, out=pr)
+            self._fft_inplace(pr, inverse=True)  # the probe as each frame sees it (sub-pixel shifted)
+            self._windows(xp.multiply, pr, self.obj, idx_h, idx, chi)  # psi = P_j O_j
+            self._fft_inplace(chi)  # F psi
+            xp.abs(chi, out=mag)
+            xp.take(self.amp, idx, axis=0, out=amp)
+            if self.params.likelihood == "poisson":
+                xp.subtract(mag, amp, out=real)
+                err += self._rdot(real, real).sum(dtype=np.float64)
+                # half a gradient step of the Poisson likelihood: F psi (I / |F psi|^2 - 1) / 2, bounded
+                xp.square(mag, out=mag)
+                xp.maximum(mag, 1e-12, out=mag)
+                xp.square(amp, out=amp)
+                xp.divide(amp, mag, out=mag)
+                mag -= 1
+                mag *= 0.5
+                xp.minimum(mag, self.params.poisson_cap, out=mag)
+            else:
+                # F chi = F psi (amp / |F psi| - 1), so |F chi|^2 = (|F psi| - amp)^2: the misfit
+                xp.maximum(mag, 1e-12, out=mag)
+                xp.divide(amp, mag, out=mag)
+                mag -= 1
+            wj = weights[idx_h]
+            if (wj != 1).any():
+                mag *= xp.asarray(wj.astype(np.float32))[:, None, None]
+            chi *= mag
+            if self.params.likelihood != "poisson":
+                err += self._rdot(chi, chi).sum(dtype=np.float64)
+            self._fft_inplace(chi, inverse=True)  # chi = P_M(psi) - psi
+            # conj(chi) serves both sums: P_j conj(chi_j) is the conjugate of the object numerator P_j* chi_j
+            # (the grid is conjugated once per batch), O_j conj(chi_j) that of the probe's
+            xp.conjugate(chi, out=tmp)
+            xp.abs(pr, out=real)
+            real *= real
+            if want_probe:
+                u = w["tmp2"]
+                self._windows(xp.multiply, tmp, self.obj, idx_h, idx, u)
+            tmp *= pr
+            with self._lock:
+                self._scatter(self._num, idx, tmp)
+                self._scatter(self._ill, idx, real)
+            if want_probe:
+                # sum_j F(O_j* chi_j) conj(ramp_j) = conj(sum_j F^-1(O_j conj(chi_j)) ramp_j)  (orthonormal FFTs)
+                self._fft_inplace(u, inverse=True)
+                u *= ramp
+                gsum += u.sum(axis=0)
+                self._windows(xp.abs, None, self.obj, idx_h, idx, real)
+                real *= real
+                o2 += real.sum(axis=0)
+        return err, gsum, o2
+
+    def _products(self, batch, slot, d_probe):
+        """Per frame, the products of the step-size problem: a = dO_j P_j, b = O_j dP (the sub-pixel
+        shift of dP is left out of this estimate only): <a,a>, <a,chi>, <b,b>, <a,b>, <b,chi>."""
+        xp = self.xp
+        probes, chis = self._store[:2]
+        out = []
+        for sl, idx_h, idx in self._chunks(batch, slot):
+            w = self._work(len(idx_h))
+            a, b = w["tmp"], w["tmp2"]
+            pr, chi = probes[sl], chis[sl]
+            self._windows(xp.multiply, pr, self._num, idx_h, idx, a)
+            dots = [self._rdot(a, a), self._rdot(a, chi)]
+            if d_probe is not None:
+                self._windows(xp.multiply, d_probe[None], self.obj, idx_h, idx, b)
+                dots += [self._rdot(b, b), self._rdot(a, b), self._rdot(b, chi)]
+            # the object update's numerator P_j* chi_j, in the probes' place (not needed again)
+            xp.conjugate(pr, out=pr)
+            pr *= chi
+            out.append(dots)
+        return [xp.concatenate(d) for d in zip(*out, strict=True)]
+
+    def _steps(self, aa, ac, bb=None, ab=None, bc=None):
+        """Per frame, the real steps (alpha_o, alpha_p) minimising |chi - alpha_o a - alpha_p b|^2."""
         xp, lam, top = self.xp, self.params.step_reg, self.params.max_step
-        chi = part["chi"]
-        a = self._patches(d_obj_full, part["idx"]) * part["probes"]
-        aa, ac = self._rdot(a, a), self._rdot(a, chi)
-        if d_probe is None:
-            return xp.clip(ac / (aa + lam * aa.mean() + 1e-30), 0, top), None
-        b = part["patches"] * d_probe
-        bb, ab, bc = self._rdot(b, b), self._rdot(a, b), self._rdot(b, chi)
         aa = aa + lam * aa.mean() + 1e-30
+        if bb is None:
+            return xp.clip(ac / aa, 0, top), None
         bb = bb + lam * bb.mean() + 1e-30
         det = aa * bb - ab**2
         return xp.clip((bb * ac - ab * bc) / det, 0, top), xp.clip((aa * bc - ab * ac) / det, 0, top)
+
+    def _apply(self, batch, slot, alpha_o) -> None:
+        """The object update: each frame's P_j* chi_j / illumination, scaled by its own step."""
+        pchi = self._store[0]
+        for sl, idx_h, idx in self._chunks(batch, slot):
+            real = self._work(len(idx_h))["real"]
+            self._gather(self._ill, idx_h, idx, real)
+            real *= alpha_o[sl][:, None, None]
+            u = pchi[sl]
+            u *= real
+            with self._lock:
+                self._scatter(self.obj, idx, u)
+
+    # ------------------------------------------------------------- helpers
+    def _fft_inplace(self, a, inverse: bool = False) -> None:
+        """2-D FFT (orthonormal) of each frame of ``a``, written back into ``a``."""
+        fn = self.fft.ifft2 if inverse else self.fft.fft2
+        r = fn(a, axes=(-2, -1), norm="ortho", overwrite_x=True, **getattr(self._tls, "fft_kw", self.fft_kw))
+        if _address(r) != _address(a):
+            a[...] = r
+
+    def _windows(self, fn, a, grid, idx_h, idx, out) -> None:
+        """out[k] = fn(a[k], window of frame k on the grid), or fn(window) if ``a`` is None; ``a`` may
+        have one frame for all. Window by window on numpy: no copies of the windows."""
+        if self.xp is np:
+            n, one = self.n, a is not None and len(a) == 1
+            for k, j in enumerate(idx_h):
+                y, x = self.iy_np[j], self.ix_np[j]
+                win = grid[y : y + n, x : x + n]
+                if a is None:
+                    fn(win, out=out[k])
+                else:
+                    fn(a[0 if one else k], win, out=out[k])
+        else:
+            rows, cols = self._index(idx)
+            win = grid[rows, cols]
+            if a is None:
+                fn(win, out=out)
+            else:
+                fn(a, win, out=out)
+
+    def _gather(self, array, idx_h, idx, out) -> None:
+        """out[k] = array[window of frame idx[k]]."""
+        if self.xp is np:
+            n = self.n
+            for k, j in enumerate(idx_h):
+                y, x = self.iy_np[j], self.ix_np[j]
+                out[k] = array[y : y + n, x : x + n]
+        else:
+            rows, cols = self._index(idx)
+            out[...] = array[rows, cols]
+
+
+def _address(a) -> int:
+    return a.data.ptr if hasattr(a.data, "ptr") else a.__array_interface__["data"][0]
 
 
 # ------------------------------------------------------------------ DM and RAAR
