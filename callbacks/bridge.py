@@ -11,7 +11,6 @@ is back (the handler drops repeats). ``lag`` tells how far behind the bridge is.
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -24,15 +23,11 @@ from event_model import DocumentRouter
 
 from ns_bluesky.stream.client import IngestClient
 from ns_bluesky.stream.config import PipelineConfig
-from ns_bluesky.stream.protocol import Message
+from ns_bluesky.stream.protocol import Message, jsonable, start_message
 
 log = logging.getLogger(__name__)
 
 WINDOW = 64  # unacknowledged messages held (raw frames: about 150 MB)
-
-
-def _jsonable(doc: dict) -> dict:
-    return json.loads(json.dumps(doc, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
 
 
 class _FrameFiles:
@@ -117,7 +112,7 @@ class PipelineBridge(DocumentRouter):
                     run = doc["uid"]
                     datums.clear()
                     sent_frames = 0
-                    self._send(Message("start", run=run, meta={"start": _jsonable(doc)}))
+                    self._send(start_message(doc))
                     started = (time.monotonic(), ("start", run, -1))
                 elif name == "stream_resource":
                     files.add(doc)
@@ -138,7 +133,7 @@ class PipelineBridge(DocumentRouter):
                         except Exception as exc:
                             log.error("frame %s of run %s unreadable: %s", doc["seq_num"], run[:8], exc)
                     kind = "frame" if arrays else "event"
-                    meta = {"data": _jsonable(doc["data"]), "time": doc["time"], "lag": self.lag}
+                    meta = {"data": jsonable(doc["data"]), "time": doc["time"], "lag": self.lag}
                     self._send(Message(kind, run=run, seq=doc["seq_num"], meta=meta, arrays=arrays))
                     sent_frames += 1
                 elif name == "stop":

@@ -36,7 +36,9 @@ class RunView:
     clean_pattern: np.ndarray | None = None
     recon: dict | None = None  # latest: arrays and scalars
     recon_updates: list = field(default_factory=list)  # (wall time, iteration, residual, frames)
-    final_at: float | None = None
+    final_at: float | None = None  # the first final image (the refined one may follow)
+    first_final: dict | None = None
+    refined_at: float | None = None
     stxm: dict | None = None
     errors: list = field(default_factory=list)
     cxi: list = field(default_factory=list)
@@ -101,8 +103,11 @@ class LiveMonitor:
         elif msg.kind == "result" and msg.stage == "recon":
             v.recon = {"scalars": scalars, "arrays": {k: np.array(a) for k, a in msg.arrays.items()}, "meta": dict(msg.meta)}
             v.recon_updates.append((now, scalars.get("iteration"), scalars.get("residual"), scalars.get("frames")))
-            if scalars.get("final"):
+            if scalars.get("final") and v.final_at is None:
                 v.final_at = now
+                v.first_final = {"scalars": scalars, "arrays": {k: np.array(a) for k, a in msg.arrays.items()}, "meta": dict(msg.meta)}
+            if scalars.get("refined"):
+                v.refined_at = now
             self._bar.set_postfix_str(f"recon it {scalars.get('iteration')} residual {scalars.get('residual', float('nan')):.4f}"
                                       f" on {scalars.get('frames')} frames")
         elif msg.kind == "result" and msg.stage == "stxm":

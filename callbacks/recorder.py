@@ -23,7 +23,7 @@ from pathlib import Path
 import zmq
 
 from ns_bluesky.stream.config import PipelineConfig
-from ns_bluesky.stream.protocol import ProtocolError, decode
+from ns_bluesky.stream.protocol import ProtocolError, decode, start_document
 from ns_bluesky.stream.security import secure_client
 
 from .derived import DerivedRun, Emit
@@ -97,8 +97,7 @@ class ResultsRecorder:
 
     def _on_message(self, msg) -> None:
         if msg.kind == "start":
-            doc = msg.meta.get("start")
-            self.starts[msg.run] = doc if isinstance(doc, dict) else dict(msg.meta)
+            self.starts[msg.run] = start_document(msg)
             while len(self.starts) > 100:  # runs that never had a result
                 del self.starts[next(iter(self.starts))]
         elif msg.kind == "result":

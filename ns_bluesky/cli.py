@@ -78,6 +78,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         engine=args.engine,
         backend=args.backend,
         summary_json=args.summary_json,
+        refine_s=args.refine,
         progress=not args.quiet,
     )
     print(
@@ -200,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=int, default=2, help="frame workers (default 2)")
     demo.add_argument("--engine", choices=ENGINES, default="lsqml", help="live reconstruction engine (default lsqml)")
     demo.add_argument("--backend", choices=("numpy", "cupy"), default="numpy", help="array backend of the reconstruction")
+    demo.add_argument("--refine", type=float, default=60.0, metavar="S",
+                      help="seconds the reconstruction refines after its final image (default 60; 0: none)")
     demo.add_argument("--summary-json", metavar="F", help="summary file (default OUT/summary.json)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     _catalog_arg(demo)

@@ -8,7 +8,6 @@ pipeline was down, or again with another engine.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -17,13 +16,9 @@ from tqdm import tqdm
 
 from .errors import ParameterError
 from .stream.client import IngestClient
-from .stream.protocol import Message
+from .stream.protocol import Message, start_message
 
 BLOCK = 16  # frames read from the catalog at once
-
-
-def _jsonable(doc: dict) -> dict:
-    return json.loads(json.dumps(doc, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
 
 
 def stream_run(client: IngestClient, run, *, progress: bool = False) -> int:
@@ -40,7 +35,7 @@ def stream_run(client: IngestClient, run, *, progress: bool = False) -> int:
     scalars = {k: np.asarray(primary[k].read()) for k in primary if k != key and not k.startswith("ts_") and primary[k].shape[1:] == ()}
     times = scalars.pop("time", None)
     n = primary[key].shape[0]
-    client.send(Message("start", run=uid, meta={"start": _jsonable(start)}), timeout_s=60)
+    client.send(start_message(start), timeout_s=60)
     with tqdm(total=n, desc=f"replay {uid[:8]}", unit="frame", disable=not progress) as bar:
         for i0 in range(0, n, BLOCK):
             block = np.asarray(primary[key][i0 : i0 + BLOCK])
@@ -66,6 +61,7 @@ def replay(
     backend: str = "numpy",
     progress: bool = True,
     end_timeout_s: float = 600.0,
+    refine_s: float = 60.0,
 ) -> dict:
     """Replay ``run_id`` (uid, uid prefix or scan id) through a private pipeline; returns uids and paths."""
     from .catalog import default_catalog_dir, open_catalog
@@ -89,7 +85,7 @@ def replay(
         except KeyError:
             print(f"replay: the dark run {start['dark_uid'][:8]} is not in the catalog; frames are cleaned without it")
     out = Path(out).resolve()
-    cfg = ptycho_pipeline(frame_workers=workers, engine=engine, backend=backend, out_dir=out)
+    cfg = ptycho_pipeline(frame_workers=workers, engine=engine, backend=backend, out_dir=out, refine_s=refine_s)
     n = int(start.get("num_points") or 0)
     with PipelineSession(cat, cat_dir, cfg, out / "pipeline", progress=progress, total=n or None) as session:
         client = IngestClient(cfg)

@@ -48,10 +48,14 @@ class PipelineSession:
         return view
 
     def __exit__(self, *exc) -> None:
-        for part in (self.monitor, self.recorder):
-            if part is not None:
-                part.close()
-        if self.pipe is not None:
-            self.pipe.stop()
-        if self._writer is not None:
-            self._writer.close()
+        """Close every part even when one fails (a catalog write error must not leave the workers running)."""
+        errors = []
+        for part in (self.monitor, self.recorder, self.pipe, self._writer):
+            if part is None:
+                continue
+            try:
+                part.stop() if part is self.pipe else part.close()
+            except Exception as err:
+                errors.append(err)
+        if errors:
+            raise errors[0]

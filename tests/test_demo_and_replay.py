@@ -8,9 +8,9 @@ import logging
 import h5py
 import numpy as np
 import pytest
+from ns_bluesky.callbacks.bridge import PipelineBridge
 from tiled.queries import Key
 
-from ns_bluesky.callbacks.bridge import PipelineBridge
 from ns_bluesky.catalog import make_tiled_writer
 from ns_bluesky.modules.pipeline import ptycho_pipeline
 from ns_bluesky.plans import dark_frames, ptycho_scan
@@ -30,7 +30,7 @@ def test_demo_streams_the_scan_through_the_pipeline_into_a_derived_run(tmp_path)
     from ns_bluesky.demo import run_demo
 
     out = tmp_path / "out"
-    r = run_demo(scan=(5, 5), rate_hz=0, darks=3, out=out, catalog=tmp_path / "cat", progress=False, end_timeout_s=180)
+    r = run_demo(scan=(5, 5), rate_hz=0, darks=3, out=out, catalog=tmp_path / "cat", progress=False, end_timeout_s=180, refine_s=3)
     summary = json.loads((out / "summary.json").read_text())
     for key in ("frames", "acquisition_s", "last_frame_to_final_s", "frames_per_s", "nrmse", "raw_uid", "derived_uid", "cxi", "png"):
         assert summary.get(key) is not None, key
@@ -73,9 +73,47 @@ def test_a_scan_taken_while_the_pipeline_is_down_is_kept_told_and_replayed(tmp_p
     assert raw.metadata["stop"]["exit_status"] == "success"
     assert raw["primary"]["fccd_image"].shape == (9, 1040, 1152)  # the raw data is whole
 
-    result = replay(raw_uid, catalog=catalog_dir, out=tmp_path / "replay", workers=1, progress=False, end_timeout_s=120)
+    result = replay(raw_uid, catalog=catalog_dir, out=tmp_path / "replay", workers=1, progress=False, end_timeout_s=120, refine_s=2)
     assert result["frames"] == 9 and result["usable"] == 9 and result["flags"] == {}
     derived = _derived(cat, raw_uid)
     assert derived.metadata["start"]["uid"] == result["derived_uid"]
     assert derived.metadata["start"]["dark_uid"] == dark_uid
     assert len(np.asarray(derived["frames_qc"]["seq"].read())) == 9
+
+
+def test_ctrl_c_stops_everything_the_demo_started(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from ns_bluesky.stream.client import ControlClient
+    from ns_bluesky.stream.config import load_config
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "ns_bluesky.cli", "demo", "--scan", "10x10", "--rate", "5", "--darks", "3",
+                             "--out", str(out), "--catalog", str(tmp_path / "cat"), "--quiet"])
+    pids: list[int] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not pids:
+        time.sleep(0.5)
+        try:
+            status = ControlClient(load_config(out / "pipeline" / "pipeline.json"), timeout_s=1).status()
+            if status["runs"] and all(m["workers"] for m in status["modules"].values()):
+                pids = [status["pid"], *(w["pid"] for m in status["modules"].values() for w in m["workers"])]
+        except Exception:
+            continue
+    assert pids, "the demo's pipeline never came up"
+    time.sleep(2)  # mid-scan
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) != 0
+    time.sleep(1)
+    alive = []
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+            alive.append(pid)
+        except ProcessLookupError:
+            pass
+    assert not alive, f"still running after Ctrl-C: {alive}"

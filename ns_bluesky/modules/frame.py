@@ -9,6 +9,8 @@ flagged, with ``usable = 0``, so ``frames_qc`` counts it and the run goes on.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -49,7 +51,7 @@ class FrameModule(Module):
     inputs = ("frame", "dark")
     outputs = ("clean",)
     purposes = ("ptychography",)
-    waits_for = {"dark": "dark_uid"}
+    waits_for: ClassVar[dict[str, str]] = {"dark": "dark_uid"}
     Params = FrameParams
 
     def __init__(self, params=None):

@@ -20,6 +20,7 @@ def ptycho_pipeline(
     crop: int = 480,
     out_size: int = 128,
     raw_cxi: bool = False,
+    refine_s: float = 60.0,
     free_ports: bool = True,
     **settings,
 ) -> PipelineConfig:
@@ -28,7 +29,8 @@ def ptycho_pipeline(
         {"name": "dark", "module": "dark", "workers": 1},
         {"name": "frame", "module": "frame", "workers": frame_workers, "params": {"crop": crop, "out_size": out_size}},
         {"name": "image", "module": "image", "workers": 1},
-        {"name": "recon", "module": "recon", "workers": 1, "credits": 8, "params": {"engine": engine, "backend": backend}},
+        # the reconstruction iterates on whatever CPU the frames leave: cleaning them comes first
+        {"name": "recon", "module": "recon", "workers": 1, "credits": 8, "nice": 10, "params": {"engine": engine, "backend": backend, "refine_seconds": refine_s}},
         {"name": "cxiwrite", "module": "cxiwrite", "workers": 1, "credits": 8, "params": {"out_dir": str(out_dir), "raw": raw_cxi}},
     ]
     if free_ports:

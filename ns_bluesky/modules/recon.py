@@ -36,10 +36,14 @@ class ReconParams(BaseModel):
     engine: str = Field("lsqml", description="reconstruction engine (ns-bluesky reconstruct --help lists them)")
     backend: str = Field("numpy", description="numpy or cupy")
     threads: int = Field(0, ge=0, description="threads for the engine on numpy (0: every core)")
-    min_frames: int = Field(16, ge=1, description="frames to wait for before the first iteration")
+    min_frames: int = Field(8, ge=1, description="frames to wait for before the first iteration")
     publish_every_s: float = Field(1.0, gt=0, description="publish the growing estimate at most this often")
     final_seconds: float = Field(4.0, ge=0, description="iterate at most this long after the last frame")
     final_iterations: int = Field(200, ge=0, description="... or at most this many iterations")
+    refine_seconds: float = Field(
+        60.0, ge=0, description="after the final image, refine on the whole scan this long (new mini-batch schedule) "
+        "and publish the refined one; it ends the run (0: no refinement)"
+    )
 
 
 class _Session:
@@ -57,6 +61,7 @@ class _Session:
         self.finishing = threading.Event()
         self.last_frame_at = None
         self.final_started = None
+        self.iteration_s = 0.0
         self.lock = threading.Lock()
         self.error: Exception | None = None
         self.thread = threading.Thread(target=self._loop, name=f"recon-{info.uid[:8]}", daemon=True)
@@ -77,9 +82,13 @@ class _Session:
                         self.final_started = time.monotonic()
                         self.final_from = self.eng.iteration
                     p = self.params
-                    if time.monotonic() - self.final_started >= p.final_seconds or self.eng.iteration - self.final_from >= p.final_iterations:
+                    # stop before an iteration that would end past the budget (the last one's length)
+                    if (time.monotonic() - self.final_started + self.iteration_s > p.final_seconds
+                            or self.eng.iteration - self.final_from >= p.final_iterations):
                         break
+                t0 = time.monotonic()
                 self.eng.iterate(1)
+                self.iteration_s = time.monotonic() - t0
                 self._snap()
         except Exception as exc:  # kept, and reported by end_run: the worker must not die with it
             log.exception("reconstruction of run %s failed", self.info.uid[:8])
@@ -88,23 +97,24 @@ class _Session:
     def _absorb(self) -> None:
         while True:
             try:
-                index, pattern, dx = self.inbox.get_nowait()
+                index, pattern, dx, position = self.inbox.get_nowait()
             except queue.Empty:
                 break
             self.dx = self.dx or dx
             self.frames += 1
             if self.eng is None:
-                self.pending[index] = pattern
+                self.pending[index] = (pattern, position)
             else:
-                self.eng.add_frames([index], pattern[None])
+                self.eng.add_frames([index], pattern[None], self._origins(position[None]))
         if self.eng is None and (len(self.pending) >= self.params.min_frames or (self.finishing.is_set() and self.pending)):
             self._prepare()
 
     def _prepare(self) -> None:
-        info, n = self.info, next(iter(self.pending.values())).shape[-1]
-        probe_on_sample = -info.planned_m / self.dx  # (row, col): the probe moves opposite to the sample
-        origins = probe_on_sample - probe_on_sample.min(axis=0) + MARGIN_PX
-        first = np.stack(list(self.pending.values()))
+        info = self.info
+        self.corner = (-info.planned_m / self.dx).min(axis=0)
+        origins = self._origins(info.planned_m)  # the grid is laid out for the plan
+        first = np.stack([pattern for pattern, _ in self.pending.values()])
+        n = first.shape[-1]
         if info.optics is not None:
             probe = zone_plate_probe(n, self.dx, info.energy_eV, info.optics)
         else:
@@ -114,8 +124,14 @@ class _Session:
         p = self.params
         self.eng = engine(p.engine, backend=p.backend, threads=p.threads)
         self.eng.prepare(data, probe.astype(np.complex64))
-        self.eng.add_frames(list(self.pending), first)
+        positions = np.stack([position for _, position in self.pending.values()])
+        self.eng.add_frames(list(self.pending), first, self._origins(positions))  # each where it was measured
         self.pending.clear()
+
+    def _origins(self, positions_m: np.ndarray) -> np.ndarray:
+        """Probe-window corners (row, col) on the object grid for sample translations (y, x): the probe
+        moves opposite to the sample."""
+        return -np.asarray(positions_m, float) / self.dx - self.corner + MARGIN_PX
 
     def _snap(self) -> None:
         obj, probe, residuals = self.eng.finalize()
@@ -127,9 +143,9 @@ class _Session:
             self.snapshot, self.snapshot_id = snap, self.snapshot_id + 1
 
     # ---------------------------------------------------------------- worker side
-    def add(self, index: int, pattern: np.ndarray, dx: float) -> None:
+    def add(self, index: int, pattern: np.ndarray, dx: float, position_m: np.ndarray) -> None:
         self.last_frame_at = time.monotonic()
-        self.inbox.put((index, pattern, dx))
+        self.inbox.put((index, pattern, dx, position_m))
 
     def latest(self) -> tuple[int, dict | None]:
         with self.lock:
@@ -138,6 +154,19 @@ class _Session:
     def finish(self, timeout_s: float) -> None:
         self.finishing.set()
         self.thread.join(timeout_s)
+
+    def refine(self, seconds: float) -> None:
+        """More iterations on the whole scan, the mini-batch schedule started again: an estimate grown
+        while frames arrived converges slowly with the full batches it has reached by then."""
+        if self.eng is None or seconds <= 0:
+            return
+        self.eng.data_changed_at = self.eng.iteration
+        t0 = time.monotonic()
+        while time.monotonic() - t0 + self.iteration_s <= seconds and not self.should_stop():
+            t = time.monotonic()
+            self.eng.iterate(1)
+            self.iteration_s = time.monotonic() - t
+        self._snap()
 
 
 @register
@@ -168,21 +197,24 @@ class ReconModule(Module):
         scalars = msg.meta.get("scalars") or {}
         index = msg.seq - 1
         if scalars.get("usable", 1) and 0 <= index < len(session.info.planned_m) and "pattern" in msg.arrays:
-            session.add(index, msg.arrays["pattern"], float(msg.meta["object_pixel_size_m"]))
+            position = np.asarray(msg.meta.get("position_m", session.info.planned_m[index]), float)
+            if not np.isfinite(position).all():
+                position = session.info.planned_m[index]
+            session.add(index, msg.arrays["pattern"], float(msg.meta["object_pixel_size_m"]), position)
         last_id, last_t, _ = self.published[msg.run]
         snap_id, snap = session.latest()
         if snap is not None and snap_id != last_id and time.monotonic() - last_t >= self.params.publish_every_s:
             return self._result(msg.run, snap_id, snap, final=False)
         return None
 
-    def _result(self, run: str, snap_id: int, snap: dict, final: bool) -> Message:
+    def _result(self, run: str, snap_id: int, snap: dict, final: bool, refined: bool = False) -> Message:
         session = self.sessions[run]
         updates = self.published[run][2] + 1
         self.published[run] = (snap_id, time.monotonic(), updates)
         obj, probe = snap["object"], snap["probe"]
         scalars = {
             "iteration": int(snap["iteration"]), "residual": snap["residual"], "frames": int(snap["frames"]),
-            "update": updates, "final": int(final),
+            "update": updates, "final": int(final), "refined": int(refined),
             "seconds_after_last_frame": float(time.monotonic() - session.last_frame_at) if session.last_frame_at else 0.0,
         }
         arrays = {
@@ -201,7 +233,14 @@ class ReconModule(Module):
             if session.error is not None:
                 raise RuntimeError(f"reconstruction failed: {session.error!r}")
             snap_id, snap = session.latest()
-            return None if snap is None else self._result(run, snap_id, snap, final=True)
+            if snap is None:
+                return None
+            if self.params.refine_seconds <= 0:
+                return self._result(run, snap_id, snap, final=True)
+            self.emit(self._result(run, snap_id, snap, final=True))  # the final image now; the refined one ends the run
+            session.refine(self.params.refine_seconds)
+            snap_id, snap = session.latest()
+            return self._result(run, snap_id, snap, final=True, refined=True)
         finally:
             self.sessions.pop(run, None)
             self.published.pop(run, None)

@@ -13,13 +13,7 @@ import numpy as np
 
 from ..config import ELECTRON_VOLT_J, DetectorGeometry, ZonePlateOptics
 from ..ptycho.reconstruct import HC_J_M
-from ..stream.protocol import Message
-
-
-def start_document(msg: Message) -> dict:
-    """The start document of a ``start`` message (the bridge sends it whole under ``meta["start"]``)."""
-    doc = msg.meta.get("start")
-    return doc if isinstance(doc, dict) else dict(msg.meta)
+from ..stream.protocol import Message, start_document
 
 
 @dataclass
@@ -81,7 +75,7 @@ def scan_info(msg: Message) -> ScanInfo:
         geometry=geometry,
         energy_J=float(doc["energy_J"]) if isinstance(doc.get("energy_J"), (int, float)) else None,
         motors=tuple(motors) if isinstance(motors, list) and len(motors) == 2 else None,
-        planned_m=np.asarray(planned, dtype=float).reshape(-1, 2) if planned else None,
+        planned_m=np.asarray(planned, dtype=float).reshape(-1, 2) if planned is not None and len(planned) else None,
         step_m=float(scan["step_m"]) if isinstance(scan.get("step_m"), (int, float)) else None,
         optics=zp,
         dark_uid=doc.get("dark_uid"),

@@ -140,7 +140,8 @@ class Engine:
         self.energy = np.maximum(patterns, 0).sum(axis=(-2, -1), dtype=np.float64)  # sum I per frame, for the residual
         self.obj = xp.asarray(obj.astype(np.complex64))
         self.probe = xp.asarray(probe.astype(np.complex64))
-        self.data_centre = _centre_of_mass(np.fft.ifftshift(np.maximum(patterns, 0).mean(axis=0)), np)  # FFT order, like the probe's far field
+        self._pattern_sum = np.maximum(patterns, 0).sum(axis=0, dtype=np.float64)
+        self.data_centre = _centre_of_mass(np.fft.ifftshift(self._pattern_sum), np)  # FFT order, like the probe's far field
         self._prepare()
 
     def add_frames(self, indices, patterns=None, origins_px=None) -> None:
@@ -153,6 +154,9 @@ class Engine:
             amp = np.fft.ifftshift(np.sqrt(np.maximum(np.asarray(patterns, np.float32), 0)), axes=(-2, -1))
             self.amp[idx] = xp.asarray(amp)
             self.energy[host] = (amp**2).sum(axis=(-2, -1))
+            # the probe is held to the centre of the data that has arrived, not of the zeros before it
+            self._pattern_sum += np.maximum(np.asarray(patterns, np.float32), 0).sum(axis=0, dtype=np.float64)
+            self.data_centre = _centre_of_mass(np.fft.ifftshift(self._pattern_sum), np)
         if origins_px is not None:
             self._move(host, np.asarray(origins_px, dtype=np.float64).reshape(-1, 2))
         weights = asnumpy(self.weights)

@@ -30,6 +30,7 @@ class ModuleSpec(BaseModel):
     module: str = Field(description="registered module type, e.g. 'echo'")
     workers: int = Field(1, ge=0, le=256)
     credits: int = Field(2, ge=1, le=64, description="items a worker may hold at once")
+    nice: int = Field(0, ge=0, le=19, description="lower the local workers' CPU priority (a reconstruction takes what the frames leave)")
     params: dict[str, Any] = Field(default_factory=dict)
 
 

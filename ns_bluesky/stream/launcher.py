@@ -32,7 +32,7 @@ class LocalPool:
             sys.executable, "-m", "ns_bluesky.stream.worker",
             "--module", spec.module, "--name", spec.name,
             "--address", self.cfg.address(self.port, connect=True),
-            "--params", json.dumps(spec.params), "--credits", str(spec.credits),
+            "--params", json.dumps(spec.params), "--credits", str(spec.credits), "--nice", str(spec.nice),
             # the worker gives the handler 1.5x the handler's own patience before reconnecting
             "--heartbeat-s", str(self.cfg.heartbeat_s), "--liveness", str(int(self.cfg.liveness * 1.5)),
             "--exit-with-parent",

@@ -52,6 +52,13 @@ class Module:
     def __init__(self, params: BaseModel | None = None):
         self.params = params if params is not None else self.Params()
         self.aborted_runs: set[str] = set()  # the worker shares its set: filled the moment an abort arrives
+        self._emit = None  # set by the worker while it runs process/end_run
+
+    def emit(self, msg: Message) -> None:
+        """Send a result now, before ``process``/``end_run`` returns (a first final image while refining)."""
+        if self._emit is None:
+            raise RuntimeError(f"{self.name}: emit() outside process/end_run")
+        self._emit(msg)
 
     def should_stop(self, run: str) -> bool:
         """True once ``run`` is aborted: a long computation checks it between iterations and returns early."""

@@ -9,6 +9,7 @@ over the received ``zmq.Frame`` on receive). Every check that fails raises
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -216,3 +217,41 @@ def _array(spec: dict, frame) -> np.ndarray:
     if buf.nbytes != expected:
         raise ProtocolError("size-mismatch", f"{spec['name']}: {buf.nbytes} bytes for {spec['dtype']} {spec['shape']} ({expected})")
     return np.frombuffer(buf, dtype=spec["dtype"]).reshape(spec["shape"])
+
+
+def jsonable(doc: dict) -> dict:
+    """A document as plain JSON types (numpy values to lists, anything else to its text)."""
+    return json.loads(json.dumps(doc, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
+
+
+#: numeric lists in a start document longer than this travel as arrays, not in the header
+#: (a 40 x 40 scan's planned positions alone are 60 kB of JSON)
+START_ARRAY_ITEMS = 256
+
+
+def start_message(doc: dict) -> Message:
+    """The ``start`` message of a run: its document in the header, long numeric lists as arrays."""
+    doc = jsonable(doc)
+    arrays = {}
+    for key, value in list(doc.items()):
+        if isinstance(value, list) and len(value) > START_ARRAY_ITEMS:
+            try:
+                arr = np.asarray(value, dtype=np.float64)
+            except (TypeError, ValueError):
+                continue
+            arrays[f"start.{key}"] = arr
+            del doc[key]
+    return Message("start", run=str(doc["uid"]), meta={"start": doc, "start_arrays": [k[6:] for k in arrays]}, arrays=arrays)
+
+
+def start_document(msg: Message) -> dict:
+    """The start document a ``start`` message carries, its arrays put back (as numpy arrays).
+
+    A simple sender may put the document's keys straight into ``meta``: that is read too.
+    """
+    doc = msg.meta.get("start")
+    doc = dict(doc) if isinstance(doc, dict) else dict(msg.meta)
+    for key in msg.meta.get("start_arrays") or []:
+        if isinstance(key, str) and f"start.{key}" in msg.arrays:
+            doc[key] = msg.arrays[f"start.{key}"]
+    return doc

@@ -104,6 +104,7 @@ class Worker:
         if msg.run in self._aborted and msg.kind != "start":
             self._send_done_aborted(out, item_id, msg)
             return
+        self.module._emit = lambda result: self._emit(out, item_id, result)
         try:
             if msg.kind == "start":
                 self._aborted.discard(msg.run)
@@ -141,6 +142,13 @@ class Worker:
             out.send_multipart(frames, copy=False)
         if not encoded:
             self._send(out, Message("done", run=msg.run, seq=msg.seq, meta={"item": item_id}))
+
+    def _emit(self, out: zmq.Socket, item_id: int, result: Message) -> None:
+        """A result sent ahead of the item's end (the item's credit comes back with its last result)."""
+        if not isinstance(result, Message) or result.kind != "result" or result.stage not in self.module.outputs:
+            raise ValueError(f"{self.module.name}: emit() takes a result of one of its stages {self.module.outputs}")
+        result.meta["item"] = item_id
+        out.send_multipart(encode(result), copy=False)
 
     @staticmethod
     def _send(sock: zmq.Socket, msg: Message) -> None:
@@ -268,10 +276,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-dir", default=None)
     p.add_argument("--curve-keys", default=None, help="directory with client and server CURVE keys")
     p.add_argument("--exit-with-parent", action="store_true", help="exit when the process that started this one dies")
+    p.add_argument("--nice", type=int, default=0, help="lower this worker's CPU priority by this much (0-19)")
     p.add_argument("--shm-slot-bytes", type=int, default=0, help="share frames with a handler on this machine (0: TCP only)")
     args = p.parse_args(argv)
     name = args.name or args.module
     setup_process_logging(name, args.log_dir)
+    if args.nice > 0:
+        os.nice(min(args.nice, 19))  # before any thread starts: they inherit it
     cls = get_module(args.module)
     module = cls(cls.Params(**json.loads(args.params)))
     module.name = name

@@ -56,3 +56,15 @@ def test_malformed_is_a_protocol_error_with_a_reason(frames, reason):
     with pytest.raises(ProtocolError) as info:
         decode(frames)
     assert info.value.reason == reason
+
+
+def test_a_big_scans_start_document_travels_with_its_positions_as_arrays():
+    from ns_bluesky.stream.protocol import start_document, start_message
+
+    planned = np.random.default_rng(0).normal(size=(40 * 40, 2)) * 1e-6
+    doc = {"uid": "u1", "purpose": "ptychography", "planned_positions_m": planned.tolist(), "motors": ["y", "x"]}
+    frames = encode(start_message(doc))
+    assert len(bytes(frames[0])) < 4096  # 60 kB of positions would not fit a header
+    back = start_document(decode(frames))
+    np.testing.assert_array_equal(back["planned_positions_m"], planned)
+    assert back["motors"] == ["y", "x"] and back["uid"] == "u1"

@@ -26,7 +26,7 @@ RECON = """
 name = "recon"
 module = "recon"
 credits = 8
-params = { min_frames = 4, final_seconds = 1.0, publish_every_s = 0.2 }
+params = { min_frames = 4, final_seconds = 1.0, publish_every_s = 0.2, refine_seconds = 2.0 }
 """
 
 pytestmark = pytest.mark.slow
@@ -132,7 +132,22 @@ def test_a_frame_worker_killed_mid_scan_costs_the_reconstruction_no_frame(make_p
     pipe.results.collect(lambda ms: pipe.results.ended(sim_scan.uid), timeout_s=120)
     assert sorted(m.seq for m in _clean(pipe.results, sim_scan.uid)) == list(range(1, n + 1))
     recon = [m for m in pipe.results.messages if m.stage == "recon" and m.run == sim_scan.uid]
-    final = recon[-1].meta["scalars"]
-    assert final["final"] == 1 and final["frames"] == n
-    assert final["residual"] < recon[0].meta["scalars"]["residual"]
+    first, refined = recon[-2].meta["scalars"], recon[-1].meta["scalars"]
+    assert (first["final"], first["refined"], refined["final"], refined["refined"]) == (1, 0, 1, 1)
+    assert refined["frames"] == n and refined["iteration"] > first["iteration"]
+    assert refined["residual"] < recon[0].meta["scalars"]["residual"]
     assert recon[-1].arrays["object_phase"].ndim == 2
+
+
+def test_the_documented_pipeline_file_is_the_demos_pipeline():
+    from pathlib import Path
+
+    from ns_bluesky.modules.pipeline import ptycho_pipeline
+    from ns_bluesky.stream.config import load_config
+
+    documented = load_config(Path(__file__).parents[2] / "docs" / "pipeline-ptycho.toml")
+    built = ptycho_pipeline(free_ports=False, out_dir="cxi-output")
+    assert documented.levels() == built.levels() == [["dark"], ["frame"], ["image", "recon"], ["cxiwrite"]]
+    for doc_spec, spec in zip(documented.modules, built.modules, strict=True):
+        assert (doc_spec.module, doc_spec.workers, doc_spec.nice) == (spec.module, spec.workers, spec.nice)
+        assert {k: v for k, v in doc_spec.params.items() if k in spec.params} == spec.params
