@@ -19,6 +19,7 @@ import time
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..ptycho.backend import asnumpy
 from ..ptycho.engines import PtychoData, engine
 from ..ptycho.reconstruct import MARGIN_PX
 from ..ptycho.stxm import probe_from_patterns
@@ -38,11 +39,11 @@ class ReconParams(BaseModel):
     threads: int = Field(0, ge=0, description="threads for the engine on numpy (0: every core)")
     min_frames: int = Field(8, ge=1, description="frames to wait for before the first iteration")
     publish_every_s: float = Field(1.0, gt=0, description="publish the growing estimate at most this often")
-    final_seconds: float = Field(4.0, ge=0, description="iterate at most this long after the last frame")
+    final_seconds: float = Field(3.5, ge=0, description="iterate at most this long after the last frame")
     final_iterations: int = Field(200, ge=0, description="... or at most this many iterations")
     refine_seconds: float = Field(
-        60.0, ge=0, description="after the final image, refine on the whole scan this long (new mini-batch schedule) "
-        "and publish the refined one; it ends the run (0: no refinement)"
+        60.0, ge=0, description="after the final image, solve the whole scan again from the live probe this long "
+        "and publish that image; it ends the run (0: no refinement)"
     )
 
 
@@ -105,6 +106,7 @@ class _Session:
             if self.eng is None:
                 self.pending[index] = (pattern, position)
             else:
+                self.patterns[index] = pattern
                 self.eng.add_frames([index], pattern[None], self._origins(position[None]))
         if self.eng is None and (len(self.pending) >= self.params.min_frames or (self.finishing.is_set() and self.pending)):
             self._prepare()
@@ -126,6 +128,8 @@ class _Session:
         self.eng.prepare(data, probe.astype(np.complex64))
         positions = np.stack([position for _, position in self.pending.values()])
         self.eng.add_frames(list(self.pending), first, self._origins(positions))  # each where it was measured
+        self.patterns = np.zeros((len(origins), n, n), np.float32)  # kept for the refinement
+        self.patterns[list(self.pending)] = first
         self.pending.clear()
 
     def _origins(self, positions_m: np.ndarray) -> np.ndarray:
@@ -156,11 +160,18 @@ class _Session:
         self.thread.join(timeout_s)
 
     def refine(self, seconds: float) -> None:
-        """More iterations on the whole scan, the mini-batch schedule started again: an estimate grown
-        while frames arrived converges slowly with the full batches it has reached by then."""
+        """Solve the whole scan again, from the live probe and a fresh object, as an offline
+        reconstruction would: an object grown while frames arrived sits in a worse fit, from which
+        more iterations climb out slowly (measured: NRMSE 0.126 -> 0.119 in 60 s, against 0.090
+        for 100 iterations from the start)."""
         if self.eng is None or seconds <= 0:
             return
-        self.eng.data_changed_at = self.eng.iteration
+        live, p = self.eng, self.params
+        self.eng = engine(p.engine, backend=p.backend, threads=p.threads)
+        data = PtychoData(self.patterns, live.origins.copy(), asnumpy(live.weights))
+        self.eng.prepare(data, asnumpy(live.probe), np.ones(live.obj.shape, np.complex64))  # same grid as the live images
+        self.eng.iteration = live.iteration  # iterations count on, for the error curve
+        self.eng.data_changed_at = live.iteration
         t0 = time.monotonic()
         while time.monotonic() - t0 + self.iteration_s <= seconds and not self.should_stop():
             t = time.monotonic()
