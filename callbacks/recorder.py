@@ -6,7 +6,7 @@ pipeline runs by their raw run's uid): ``STREAMS`` names it (the frame workers'
 ``clean`` results become ``frames_qc``, their scalars only: the patterns are in the
 CXI file) and other stages keep their name. ``meta["scalars"]`` become the event's
 values and its arrays go to HDF5. The handler announces each run's start document, so
-the derived run names the dark run and carries the scan id and sample name. The handler's end of run closes the derived run
+the derived run names the dark run and its parent's scan id and sample name. The handler's end of run closes the derived run
 (``abort`` when the run was aborted); module errors are kept in an ``errors`` stream.
 A result that does not fit its stream is logged and counted, never fatal: the recorder
 must outlive any one bad module.
@@ -91,7 +91,8 @@ class ResultsRecorder:
         if raw_uid not in self.runs:
             start = self.starts.pop(raw_uid, {})
             dark_uid = self.dark_uid_of(raw_uid) or start.get("dark_uid")
-            md = {**{k: start[k] for k in ("scan_id", "sample_name") if k in start}, **self.md}
+            # under parent_*: scan_id and sample_name stay the raw run's own, so cat[scan_id] finds the scan
+            md = {**{f"parent_{k}": start[k] for k in ("scan_id", "sample_name") if k in start}, **self.md}
             self.runs[raw_uid] = DerivedRun(self.emit, self.write_dir, parent_uid=raw_uid, dark_uid=dark_uid, md=md)
         return self.runs[raw_uid]
 

@@ -47,8 +47,10 @@ def recorded(cat, catalog_dir, small_config):
     from ns_bluesky.ophyd_devices import make_sim_beamline
     from ns_bluesky.plans import dark_frames, ptycho_scan
 
+    from ns_bluesky.catalog import last_scan_id
+
     bl = make_sim_beamline(detector_dir(catalog_dir), small_config, rate_hz=0)
-    RE = RunEngine({}, call_returns_result=False)
+    RE = RunEngine({"scan_id": last_scan_id(cat)}, call_returns_result=False)  # scan ids of their own, whatever ran before
     docs: list[tuple[str, dict]] = []
     frames: list[np.ndarray] = []
     RE.subscribe(lambda name, doc: docs.append((name, doc)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -25,18 +26,17 @@ def _derived(cat, raw_uid):
     return found.values().last()
 
 
-def test_demo_streams_the_scan_through_the_pipeline_into_a_derived_run(tmp_path):
-    from ns_bluesky.catalog import open_catalog
+def test_demo_streams_the_scan_through_the_pipeline_into_a_derived_run(tmp_path, cat, catalog_dir):
     from ns_bluesky.demo import run_demo
 
+    # the session's catalog: one embedded tiled server per process (a second would void the first's key)
     out = tmp_path / "out"
-    r = run_demo(scan=(5, 5), rate_hz=0, darks=3, out=out, catalog=tmp_path / "cat", progress=False, end_timeout_s=180, refine_s=3)
+    r = run_demo(scan=(5, 5), rate_hz=0, darks=3, out=out, catalog=catalog_dir, progress=False, end_timeout_s=180, refine_s=3)
     summary = json.loads((out / "summary.json").read_text())
     for key in ("frames", "acquisition_s", "last_frame_to_final_s", "frames_per_s", "nrmse", "raw_uid", "derived_uid", "cxi", "png"):
         assert summary.get(key) is not None, key
     assert summary["frames"] == 25 and r.exit_status == "success" and r.frames_flagged == {}
     assert 0 < summary["nrmse"] < 0.6 and summary["last_frame_to_final_s"] < 60
-    cat = open_catalog(tmp_path / "cat")
     derived = _derived(cat, r.raw_uid)
     start = derived.metadata["start"]
     assert start["uid"] == r.derived_uid and start["dark_uid"] == r.dark_uid
@@ -51,7 +51,7 @@ def test_demo_streams_the_scan_through_the_pipeline_into_a_derived_run(tmp_path)
     with h5py.File(r.cxi) as f:
         assert f["entry_1/data_1/data"].shape == (25, 128, 128)
         assert f["entry_1/image_1/data_type"][()] == b"probe" and f["entry_1/image_2/data_type"][()] == b"object"
-    assert (out / "scan_00002.png").stat().st_size > 10_000
+    assert Path(r.png).stat().st_size > 10_000
 
 
 def test_a_scan_taken_while_the_pipeline_is_down_is_kept_told_and_replayed(tmp_path, RE, beamline, cat, catalog_dir, caplog):

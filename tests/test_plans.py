@@ -100,7 +100,7 @@ def test_missing_image_file_is_named(tmp_path):
     from ns_bluesky.demo import run_demo
 
     with pytest.raises(ParameterError, match="sample image not found: .*nope.png"):
-        run_demo(scan=(2, 2), rate_hz=0, darks=1, out=tmp_path, catalog=tmp_path / "cat", sample_image=str(tmp_path / "nope.png"), progress=False)
+        run_demo(scan=(2, 2), rate_hz=0, darks=2, out=tmp_path, catalog=tmp_path / "cat", sample_image=str(tmp_path / "nope.png"), progress=False)
 
 
 def test_detector_failure_mid_scan_closes_the_run_and_the_shutter(RE, beamline):

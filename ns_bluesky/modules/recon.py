@@ -5,8 +5,9 @@ every frame of the scan has a slot whose weight stays 0 until the frame arrives,
 the engine iterates on what it has while the rest is still being measured. A
 background thread iterates; ``process`` only hands frames over and, every
 ``publish_every_s``, returns the latest estimate. After the last frame the engine
-goes on for at most ``final_seconds`` (or ``final_iterations``) and the final estimate
-closes the run.
+goes on for at most ``final_seconds`` (or ``final_iterations``) and the final image goes
+out at once; then the whole scan is solved again from the live probe for
+``refine_seconds``, and that image ends the run (and goes into the CXI file).
 """
 
 from __future__ import annotations
