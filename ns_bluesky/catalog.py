@@ -158,12 +158,16 @@ def close_catalogs() -> None:
         _servers.clear()
 
 
-# Run before the interpreter joins non-daemon threads (plain atexit runs after, and the
-# server's thread would then keep the process alive forever).
-try:
-    threading._register_atexit(close_catalogs)
-except (AttributeError, RuntimeError):  # pragma: no cover - other interpreters
-    atexit.register(close_catalogs)
+def at_exit(fn) -> None:
+    """Run ``fn`` at exit while the embedded catalog servers still answer (they stop right after,
+    before the interpreter joins non-daemon threads: plain atexit runs too late for them)."""
+    try:
+        threading._register_atexit(fn)  # called last-registered first
+    except (AttributeError, RuntimeError):  # pragma: no cover - other interpreters
+        atexit.register(fn)
+
+
+at_exit(close_catalogs)
 
 
 def make_tiled_writer(cat, *, batch_size: int = 25):

@@ -165,6 +165,43 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ipython_dir(given: str | None):
+    from pathlib import Path
+
+    if given:
+        return Path(given).expanduser()
+    try:
+        from IPython.paths import get_ipython_dir
+    except ImportError:
+        raise NSBlueskyError("the beamline shell needs IPython: pip install 'ns-bluesky[shell]'") from None
+    return Path(get_ipython_dir())
+
+
+def _install_profile(ipython_dir) -> str:
+    import shutil
+
+    from .profiles import PROFILE_DIR
+
+    target = ipython_dir / "profile_nanosurveyor"
+    (target / "startup").mkdir(parents=True, exist_ok=True)
+    for f in [PROFILE_DIR / "README.md", *sorted((PROFILE_DIR / "startup").glob("*.py"))]:
+        shutil.copy2(f, target / f.relative_to(PROFILE_DIR))
+    return str(target)
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    print(f"profile installed: {_install_profile(_ipython_dir(args.ipython_dir))}")
+    return 0
+
+
+def _cmd_shell(args: argparse.Namespace) -> int:
+    ipython_dir = _ipython_dir(args.ipython_dir)
+    if not (ipython_dir / "profile_nanosurveyor" / "startup" / "00-base.py").exists():
+        _install_profile(ipython_dir)
+    os.execv(sys.executable, [sys.executable, "-m", "IPython", f"--ipython-dir={ipython_dir}", "--profile=nanosurveyor"])
+    return 0
+
+
 def _catalog_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--catalog",
@@ -251,6 +288,16 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--quiet", action="store_true")
     _catalog_arg(rep)
     rep.set_defaults(func=_cmd_replay)
+
+    prof = sub.add_parser("profile", help="install the beamline IPython profile",
+                          description="Copy profile_nanosurveyor (RunEngine, catalog, devices, pipeline, plans) into IPython's directory.")
+    prof.add_argument("action", choices=("install",))
+    prof.add_argument("--ipython-dir", help="IPython's directory (default: IPython's own, ~/.ipython)")
+    prof.set_defaults(func=_cmd_profile)
+    shell = sub.add_parser("shell", help="IPython with the beamline profile",
+                           description="Open IPython with profile_nanosurveyor (installing it first if needed).")
+    shell.add_argument("--ipython-dir", help="IPython's directory (default: IPython's own, ~/.ipython)")
+    shell.set_defaults(func=_cmd_shell)
 
     from .stream.commands import add_parsers
 

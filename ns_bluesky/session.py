@@ -18,8 +18,10 @@ from .stream.config import PipelineConfig
 class PipelineSession:
     """``with PipelineSession(cat, cat_dir, cfg, workdir) as s:`` then ``s.monitor``, ``s.recorder``, ``s.finish(uid)``."""
 
-    def __init__(self, cat, cat_dir, cfg: PipelineConfig, workdir, *, progress: bool = True, total: int | None = None):
+    def __init__(self, cat, cat_dir, cfg: PipelineConfig, workdir, *, progress: bool = True, total: int | None = None,
+                 own_pipeline: bool = True):
         self.cat, self.cat_dir, self.cfg, self.workdir = cat, Path(cat_dir), cfg, Path(workdir)
+        self.own_pipeline = own_pipeline  # False: record and watch a pipeline that runs already
         self.progress, self.total = progress, total
         self.pipe = self.recorder = self.monitor = self._writer = None
 
@@ -30,7 +32,8 @@ class PipelineSession:
         from .stream.launcher import PipelineProcess
 
         try:
-            self.pipe = PipelineProcess(self.cfg, self.workdir).start()
+            if self.own_pipeline:
+                self.pipe = PipelineProcess(self.cfg, self.workdir).start()
             self._writer = ThreadedCallback(make_tiled_writer(self.cat), name="derived-catalog")
             self.recorder = ResultsRecorder(self.cfg, self._writer, detector_dir(self.cat_dir) / "derived")
             self.monitor = LiveMonitor(self.cfg, progress=self.progress, total=self.total)
@@ -40,11 +43,13 @@ class PipelineSession:
         return self
 
     def finish(self, raw_uid: str, timeout_s: float):
-        """Wait for the pipeline's end of ``raw_uid`` and its derived run; returns the monitor's view."""
+        """Wait for the pipeline's end of ``raw_uid`` and for its derived run to be in the catalog; returns
+        the monitor's view."""
         view = self.monitor.wait_end(raw_uid, timeout_s)
         deadline = time.monotonic() + 30
         while view.ended is not None and raw_uid not in self.recorder.finished and time.monotonic() < deadline:
             time.sleep(0.05)
+        self._writer.flush()  # the derived run's last documents are in the catalog when this returns
         return view
 
     def __exit__(self, *exc) -> None:

@@ -174,7 +174,8 @@ class _Session:
         self.eng.iteration = live.iteration  # iterations count on, for the error curve
         self.eng.data_changed_at = live.iteration
         t0 = time.monotonic()
-        while time.monotonic() - t0 + self.iteration_s <= seconds and not self.should_stop():
+        while (time.monotonic() - t0 + self.iteration_s <= seconds and not self.should_stop()
+               and self.eng.iteration - live.iteration < 20 * self.params.final_iterations):
             t = time.monotonic()
             self.eng.iterate(1)
             self.iteration_s = time.monotonic() - t

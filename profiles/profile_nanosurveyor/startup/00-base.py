@@ -1,0 +1,24 @@
+"""Base: the RunEngine, the catalog (written off the RunEngine's thread), a progress bar and a live table.
+
+The catalog is ``$NS_BLUESKY_CATALOG`` (else ``~/.local/share/ns-bluesky/catalog``): an
+embedded tiled server on SQLite + files, or ``http(s)://...`` for a tiled server.
+"""
+
+import time as _time
+
+_t0 = _time.monotonic()
+
+from bluesky import RunEngine  # noqa: E402
+from bluesky.callbacks import LiveTable  # noqa: E402
+
+from ns_bluesky.callbacks import ProgressBar, ThreadedCallback  # noqa: E402
+from ns_bluesky.catalog import default_catalog_dir, last_scan_id, make_tiled_writer, open_catalog  # noqa: E402
+
+CATALOG_DIR = default_catalog_dir()
+cat = open_catalog(CATALOG_DIR)
+RE = RunEngine({"scan_id": last_scan_id(cat)}, call_returns_result=False)
+catalog_writer = ThreadedCallback(make_tiled_writer(cat), name="catalog")
+RE.subscribe(catalog_writer)
+RE.subscribe(ProgressBar())
+RE.subscribe(LiveTable(["stage_y", "stage_x", "fccd_frame_counter"], default_prec=9))
+print(f"[00-base] RE, cat ({CATALOG_DIR}, last scan id {RE.md['scan_id']})")
