@@ -134,8 +134,6 @@ def figure(path: Path, *, view, raw: np.ndarray, title: str, rates: str, dx: flo
     ax[6].set_title("data residual (live updates)")
     ax[7].axis("off")
     ax[7].text(0, 1, rates, va="top", family="monospace", fontsize=11)
-    for a_ in (ax[0], ax[1], ax[2], ax[3], ax[4], ax[5]):
-        a_.set_xticks([]) if a_ is not ax[0] else None
     fig.suptitle(title)
     fig.savefig(path, dpi=80)
     plt.close(fig)

@@ -8,11 +8,11 @@ import time as _time
 
 _t0 = _time.monotonic()
 
-from bluesky import RunEngine  # noqa: E402
-from bluesky.callbacks import LiveTable  # noqa: E402
+from bluesky import RunEngine
+from bluesky.callbacks import LiveTable
+from ns_bluesky.callbacks import ProgressBar, ThreadedCallback
 
-from ns_bluesky.callbacks import ProgressBar, ThreadedCallback  # noqa: E402
-from ns_bluesky.catalog import default_catalog_dir, last_scan_id, make_tiled_writer, open_catalog  # noqa: E402
+from ns_bluesky.catalog import default_catalog_dir, last_scan_id, make_tiled_writer, open_catalog
 
 CATALOG_DIR = default_catalog_dir()
 cat = open_catalog(CATALOG_DIR)

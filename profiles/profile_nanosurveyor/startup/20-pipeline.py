@@ -8,6 +8,7 @@ loopback ports and stopped when the session ends.
 import os
 
 from ns_bluesky.callbacks.bridge import PipelineBridge
+
 from ns_bluesky.catalog import at_exit
 from ns_bluesky.modules.pipeline import ptycho_pipeline
 from ns_bluesky.session import PipelineSession
