@@ -16,8 +16,6 @@ import os
 import tempfile
 import time
 
-import numpy as np
-
 from ns_bluesky.catalog import close_catalogs, open_catalog
 from ns_bluesky.config import SimConfig
 from ns_bluesky.demo import parse_scan, run_demo, score
@@ -33,9 +31,7 @@ def offline_nrmse(cat_dir: str, raw_uid: str, cxi: str, iterations: int, out: st
     t0 = time.perf_counter()
     rec = reconstruct.run(cxi, out, iterations=iterations, progress=False)
     seconds = time.perf_counter() - t0
-    view = {"arrays": {"object_amplitude": np.abs(rec.obj), "object_phase": np.angle(rec.obj), "probe_amplitude": np.abs(rec.probe)},
-            "meta": {"object_pixel_size_m": rec.pixel_size_m, "margin_px": reconstruct.MARGIN_PX}}
-    return score(sim, start, view)[0], seconds
+    return score(sim, start, rec.obj, rec.pixel_size_m, rec.probe.shape[-1]), seconds
 
 
 def main() -> None:

@@ -9,21 +9,17 @@ the run. It never blocks the pipeline: a slow terminal only delays its own bar.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
-import zmq
 from tqdm import tqdm
 
 from ns_bluesky.stream.config import PipelineConfig
-from ns_bluesky.stream.protocol import ProtocolError, decode
-from ns_bluesky.stream.security import secure_client
 
-log = logging.getLogger(__name__)
+from .subscriber import ResultsSubscriber
 
 
 @dataclass
@@ -45,20 +41,14 @@ class RunView:
     ended: dict | None = None
 
 
-class LiveMonitor:
+class LiveMonitor(ResultsSubscriber):
     """``LiveMonitor(cfg)``; ``view(run)`` for what came, ``wait_end(run)`` for the end of a run."""
 
     def __init__(self, cfg: PipelineConfig, *, progress: bool = True, total: int | None = None):
-        self.cfg = cfg
         self.runs: dict[str, RunView] = {}
-        self.total = total
         self._bar = tqdm(total=total, desc="pipeline", unit="frame", disable=not progress, position=1, dynamic_ncols=True, leave=True)
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="live-monitor", daemon=True)
-        self._thread.start()
-        self._ready.wait(5)
+        super().__init__(cfg, name="live-monitor")
 
     def view(self, run: str) -> RunView:
         with self._lock:
@@ -70,24 +60,8 @@ class LiveMonitor:
             time.sleep(0.05)
         return self.view(run)
 
-    def _serve(self) -> None:
-        sock = zmq.Context.instance().socket(zmq.SUB)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SUBSCRIBE, b"")
-        secure_client(sock, self.cfg.curve_keys)
-        sock.connect(self.cfg.address(self.cfg.results_port, connect=True))
-        self._ready.set()
-        try:
-            while not self._stop.is_set():
-                if sock.poll(100):
-                    try:
-                        self._on(decode(sock.recv_multipart(copy=False)[1:]), time.time())
-                    except ProtocolError as exc:
-                        log.warning("unreadable result ignored: %s", exc)
-        finally:
-            sock.close(linger=0)
-
-    def _on(self, msg, now: float) -> None:
+    def _on_message(self, msg) -> None:
+        now = time.time()
         v = self.view(msg.run)
         scalars = msg.meta.get("scalars") or {}
         if msg.kind == "result" and msg.stage == "clean":
@@ -104,8 +78,7 @@ class LiveMonitor:
             v.recon = {"scalars": scalars, "arrays": {k: np.array(a) for k, a in msg.arrays.items()}, "meta": dict(msg.meta)}
             v.recon_updates.append((now, scalars.get("iteration"), scalars.get("residual"), scalars.get("frames")))
             if scalars.get("final") and v.final_at is None:
-                v.final_at = now
-                v.first_final = {"scalars": scalars, "arrays": {k: np.array(a) for k, a in msg.arrays.items()}, "meta": dict(msg.meta)}
+                v.final_at, v.first_final = now, v.recon
             if scalars.get("refined"):
                 v.refined_at = now
             self._bar.set_postfix_str(f"recon it {scalars.get('iteration')} residual {scalars.get('residual', float('nan')):.4f}"
@@ -119,7 +92,6 @@ class LiveMonitor:
         elif msg.kind == "end_of_run":
             v.ended = dict(msg.meta)
 
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
+    def close(self, timeout_s: float = 5.0) -> None:
+        super().close(timeout_s)
         self._bar.close()

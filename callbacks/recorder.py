@@ -6,29 +6,23 @@ pipeline runs by their raw run's uid): ``STREAMS`` names it (the frame workers'
 ``clean`` results become ``frames_qc``, their scalars only: the patterns are in the
 CXI file) and other stages keep their name. ``meta["scalars"]`` become the event's
 values and its arrays go to HDF5. The handler announces each run's start document, so
-the derived run names the dark run and its parent's scan id and sample name. The handler's end of run closes the derived run
-(``abort`` when the run was aborted); module errors are kept in an ``errors`` stream.
-A result that does not fit its stream is logged and counted, never fatal: the recorder
-must outlive any one bad module.
+the derived run names the dark run and its parent's scan id and sample name. The
+handler's end of run closes the derived run (``abort`` when the run was aborted);
+module errors are kept in an ``errors`` stream. A result that does not fit its stream
+is logged and counted (``rejected``), never fatal.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
-import zmq
-
 from ns_bluesky.stream.config import PipelineConfig
-from ns_bluesky.stream.protocol import ProtocolError, decode, start_document
-from ns_bluesky.stream.security import secure_client
+from ns_bluesky.stream.protocol import start_document
 
 from .derived import DerivedRun, Emit
-
-log = logging.getLogger(__name__)
+from .subscriber import ResultsSubscriber
 
 #: stage -> (stream of the derived run, whether its arrays are recorded too)
 STREAMS = {
@@ -40,7 +34,7 @@ STREAMS = {
 }
 
 
-class ResultsRecorder:
+class ResultsRecorder(ResultsSubscriber):
     """``ResultsRecorder(cfg, emit, write_dir)``; ``close()`` ends what is still open as ``fail``."""
 
     def __init__(
@@ -52,40 +46,13 @@ class ResultsRecorder:
         dark_uid_of: Callable[[str], str | None] | None = None,
         md: dict | None = None,
     ):
-        self.cfg, self.emit, self.write_dir = cfg, emit, Path(write_dir)
+        self.emit, self.write_dir = emit, Path(write_dir)
         self.dark_uid_of = dark_uid_of or (lambda raw_uid: None)
         self.md = md or {}
         self.runs: dict[str, DerivedRun] = {}
         self.starts: dict[str, dict] = {}  # start documents the handler announced, until their first result
         self.finished: dict[str, str] = {}  # raw uid -> derived uid
-        self.rejected = 0
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="results-recorder", daemon=True)
-        self._thread.start()
-        self._ready.wait(5)
-
-    def _serve(self) -> None:
-        sock = zmq.Context.instance().socket(zmq.SUB)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SUBSCRIBE, b"")
-        secure_client(sock, self.cfg.curve_keys)
-        sock.connect(self.cfg.address(self.cfg.results_port, connect=True))
-        self._ready.set()
-        try:
-            while not self._stop.is_set():
-                if sock.poll(100):
-                    frames = sock.recv_multipart(copy=False)
-                    try:
-                        self._on_message(decode(frames[1:]))
-                    except ProtocolError as exc:
-                        self.rejected += 1
-                        log.warning("unreadable result dropped: %s", exc)
-                    except Exception:
-                        self.rejected += 1
-                        log.exception("result not recorded; the recorder goes on")
-        finally:
-            sock.close(linger=0)
+        super().__init__(cfg, name="results-recorder")
 
     def _derived(self, raw_uid: str) -> DerivedRun:
         if raw_uid not in self.runs:
@@ -120,8 +87,7 @@ class ResultsRecorder:
             self.finished[msg.run] = run.uid
 
     def close(self, timeout_s: float = 5.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout_s)
+        super().close(timeout_s)
         for raw_uid, run in list(self.runs.items()):
             run.close("fail", "the results recorder stopped before the pipeline ended this run")
             self.finished[raw_uid] = run.uid

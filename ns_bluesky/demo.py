@@ -23,6 +23,7 @@ import numpy as np
 from .catalog import default_catalog_dir, detector_dir, last_scan_id, make_tiled_writer, open_catalog
 from .config import SampleModel, ScanPattern, SimConfig
 from .errors import ParameterError
+from .ptycho.reconstruct import MARGIN_PX, grid_origins
 
 log = logging.getLogger(__name__)
 
@@ -80,22 +81,25 @@ class _LastEvent:
             self.last[run] = doc["time"]
 
 
-def score(sim, start: dict, recon: dict) -> tuple[float, np.ndarray, np.ndarray]:
-    """NRMSE of the final object against the simulation's truth over the scanned region (and both images)."""
+def score(sim, start: dict, obj: np.ndarray, dx: float, window: int, margin_px: float = MARGIN_PX) -> float:
+    """NRMSE of a reconstructed object against the simulation's truth over the scanned region; the
+    object's grid is laid out from the planned positions, as the live reconstruction's is."""
     from .ptycho.metrics import nrmse
 
-    arrays, meta = recon["arrays"], recon["meta"]
-    obj = arrays["object_amplitude"] * np.exp(1j * arrays["object_phase"])
-    dx, margin = float(meta["object_pixel_size_m"]), float(meta["margin_px"])
-    window = arrays["probe_amplitude"].shape[-1]
     planned = np.asarray(start["planned_positions_m"], float)
-    on_sample = -planned / dx
-    origins = on_sample - on_sample.min(axis=0) + margin
+    origins = grid_origins(-planned, dx, margin_px=margin_px)
     truth = sim.object_on_grid(planned[0], origins[0], dx, obj.shape, window)
     mask = np.zeros(obj.shape, bool)  # the region the probe centres swept
     lo, hi = np.floor(origins.min(axis=0) + window / 2).astype(int), np.ceil(origins.max(axis=0) + window / 2).astype(int)
     mask[lo[0] : hi[0] + 1, lo[1] : hi[1] + 1] = True
-    return nrmse(obj, truth, mask), obj, truth
+    return nrmse(obj, truth, mask)
+
+
+def score_recon(sim, start: dict, recon: dict) -> float:
+    """``score`` of a reconstruction result as the pipeline publishes it (amplitude and phase)."""
+    arrays, meta = recon["arrays"], recon["meta"]
+    obj = arrays["object_amplitude"] * np.exp(1j * arrays["object_phase"])
+    return score(sim, start, obj, float(meta["object_pixel_size_m"]), arrays["probe_amplitude"].shape[-1], float(meta["margin_px"]))
 
 
 def figure(path: Path, *, view, raw: np.ndarray, title: str, rates: str, dx: float | None) -> Path:
@@ -252,9 +256,9 @@ def run_demo(
         log.error("the pipeline did not finish run %s within %g s", raw_uid[:8], end_timeout_s)
     nrmse_value = nrmse_first = None
     if view.recon is not None and not prerendered:
-        nrmse_value, _, _ = score(beamline.sim, start, view.recon)
+        nrmse_value = score_recon(beamline.sim, start, view.recon)
         if view.first_final is not None:
-            nrmse_first, _, _ = score(beamline.sim, start, view.first_final)
+            nrmse_first = score_recon(beamline.sim, start, view.first_final)
     last_event = events.last.get(raw_uid)
     to_final = (view.final_at - last_event) if view.final_at and last_event else None
     to_refined = (view.refined_at - last_event) if view.refined_at and last_event else None

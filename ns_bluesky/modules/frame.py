@@ -38,10 +38,16 @@ class FrameParams(BaseModel):
 
 
 class _Run:
-    def __init__(self, info: ScanInfo, beamstop: bool):
+    def __init__(self, info: ScanInfo, params: FrameParams):
         self.info = info
         self.photons: list[float] = []
-        self.transmission = pp.beamstop_transmission(info.geometry) if beamstop else None
+        self.transmission = pp.beamstop_transmission(info.geometry) if params.beamstop else None
+        # the direct beam's disc on the cleaned pattern: the zone plate's numerical aperture, else a tenth
+        radius = 0.1 * params.out_size
+        if info.optics is not None and info.energy_J is not None:
+            na = info.optics.numerical_aperture(info.energy_eV)
+            radius = na * info.geometry.distance_m / (info.geometry.pixel_size_m * params.crop / params.out_size)
+        self.bright_field = bright_field_mask((params.out_size, params.out_size), radius)
 
 
 @register
@@ -58,12 +64,11 @@ class FrameModule(Module):
         super().__init__(params)
         self.darks: dict[str, dict[str, np.ndarray]] = {}
         self.runs: dict[str, _Run] = {}
-        self._bright: dict[tuple, np.ndarray] = {}
 
     def start_run(self, msg: Message) -> None:
         info = scan_info(msg)
         if info.purpose in self.purposes:
-            self.runs[msg.run] = _Run(info, self.params.beamstop)
+            self.runs[msg.run] = _Run(info, self.params)
 
     def process(self, msg: Message) -> Message | None:
         if msg.kind == "result" and msg.stage == "dark":
@@ -98,7 +103,7 @@ class FrameModule(Module):
             run.photons.append(photons)
             if photons < p.no_flux_fraction * float(np.median(run.photons)):
                 flags.append("no_flux")
-        sig = stxm_signals(pattern[None], self._bright_field(info))
+        sig = stxm_signals(pattern[None], run.bright_field)
         com = sig["dpc"][0]
         position = info.position(msg.meta.get("data") or {}, msg.seq)
         scalars = {
@@ -146,18 +151,6 @@ class FrameModule(Module):
             transmission_map=run.transmission,
             settings=settings,
         )[0]
-
-    def _bright_field(self, info: ScanInfo) -> np.ndarray:
-        """The direct beam's disc on the cleaned pattern: the zone plate's numerical aperture, else a tenth."""
-        p = self.params
-        key = (info.uid,)
-        if key not in self._bright:
-            radius = 0.1 * p.out_size
-            if info.optics is not None and info.energy_J is not None:
-                na = info.optics.numerical_aperture(info.energy_eV)
-                radius = na * info.geometry.distance_m / (info.geometry.pixel_size_m * p.crop / p.out_size)
-            self._bright = {key: bright_field_mask((p.out_size, p.out_size), radius)}
-        return self._bright[key]
 
     def end_run(self, run: str) -> None:
         self.runs.pop(run, None)

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..ptycho.backend import asnumpy
 from ..ptycho.engines import PtychoData, engine
-from ..ptycho.reconstruct import MARGIN_PX
+from ..ptycho.reconstruct import MARGIN_PX, grid_origins
 from ..ptycho.stxm import probe_from_patterns
 from ..sim.probe import zone_plate_probe
 from ..stream.module import Module, register
@@ -114,8 +114,8 @@ class _Session:
 
     def _prepare(self) -> None:
         info = self.info
-        self.corner = (-info.planned_m / self.dx).min(axis=0)
-        origins = self._origins(info.planned_m)  # the grid is laid out for the plan
+        self.lowest = (-info.planned_m).min(axis=0)  # the grid is laid out for the plan
+        origins = self._origins(info.planned_m)
         first = np.stack([pattern for pattern, _ in self.pending.values()])
         n = first.shape[-1]
         if info.optics is not None:
@@ -136,7 +136,7 @@ class _Session:
     def _origins(self, positions_m: np.ndarray) -> np.ndarray:
         """Probe-window corners (row, col) on the object grid for sample translations (y, x): the probe
         moves opposite to the sample."""
-        return -np.asarray(positions_m, float) / self.dx - self.corner + MARGIN_PX
+        return grid_origins(-np.asarray(positions_m, float), self.dx, self.lowest)
 
     def _snap(self) -> None:
         obj, probe, residuals = self.eng.finalize()

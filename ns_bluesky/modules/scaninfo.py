@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import ELECTRON_VOLT_J, DetectorGeometry, ZonePlateOptics
-from ..ptycho.reconstruct import HC_J_M
+from ..config import ELECTRON_VOLT_J, DetectorGeometry, ZonePlateOptics, wavelength_m
 from ..stream.protocol import Message, start_document
 
 
@@ -32,9 +31,7 @@ class ScanInfo:
 
     @property
     def wavelength_m(self) -> float:
-        if self.energy_J is None:
-            raise ValueError(f"run {self.uid[:8]}: the start document has no energy_J")
-        return HC_J_M / self.energy_J
+        return wavelength_m(self.energy_eV)
 
     @property
     def energy_eV(self) -> float:

@@ -64,6 +64,14 @@ def fccd_photons(frames: np.ndarray, geom: DetectorGeometry, energy_J: float, no
     return to_photons(frames, geom.adu_per_eV * energy_J / ELECTRON_VOLT_J, xp=np, inplace=True)
 
 
+def grid_origins(probe_yx_m: np.ndarray, dx: float, lowest_yx_m: np.ndarray | None = None, margin_px: float = MARGIN_PX) -> np.ndarray:
+    """Probe-window corners (row, col) in object pixels for probe positions on the sample (y, x, metres):
+    the lowest position (``lowest_yx_m``, default the lowest of these) sits ``margin_px`` in from the edge."""
+    probe = np.asarray(probe_yx_m, dtype=float)
+    lowest = probe.min(axis=0) if lowest_yx_m is None else np.asarray(lowest_yx_m, dtype=float)
+    return (probe - lowest) / dx + margin_px
+
+
 def prepare_data(path: str | os.PathLike, size: int | None = None) -> tuple[PtychoData, np.ndarray, float]:
     """Engine input from a CXI file: data, starting probe and object pixel size (m)."""
     cxi = read_cxi(path)
@@ -86,8 +94,7 @@ def prepare_data(path: str | os.PathLike, size: int | None = None) -> tuple[Ptyc
         frames = np.concatenate([fft_downsample(frames[i : i + 64], n) for i in range(0, len(frames), 64)])
     wavelength = HC_J_M / cxi.energy_J
     dx = cxi.distance_m * wavelength / (n_det * cxi.pixel_size_m[1])
-    probe_on_sample = cxi.translations_m[:, [1, 0]] / dx  # (row, col) in object pixels
-    origins = probe_on_sample - probe_on_sample.min(axis=0) + MARGIN_PX
+    origins = grid_origins(cxi.translations_m[:, [1, 0]], dx)  # CXI translations: the probe on the sample, (x, y)
     start = cxi.probe
     if start is None:  # a product written by ptychodus or by us: image_1 is the probe
         start = next((im.data for im in cxi.images[:1] if im.data_type == "probe"), None)

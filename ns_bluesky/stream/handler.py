@@ -35,7 +35,7 @@ from ..errors import ParameterError
 from .config import PipelineConfig, load_config, parse_counts
 from .launcher import LocalPool
 from .logs import setup_process_logging
-from .protocol import Message, ProtocolError, decode, encode
+from .protocol import Message, ProtocolError, decode, encode, start_document
 from .shm import IN, MIN_SHM_BYTES, Placer, SlotArena
 
 log = logging.getLogger(__name__)
@@ -89,25 +89,17 @@ class RunState:
     expected: int | None = None  # frames the sender says the run has (from its stop message)
     seen: set = field(default_factory=set)
     published: set = field(default_factory=set)
+    doc: dict = field(default_factory=dict)  # the start document, read once from the start message
     started_at: float = 0.0  # monotonic time its start arrived: waits for shared state count from here
     duplicates: int = 0  # repeated sequence numbers dropped
 
-    @property
-    def doc(self) -> dict:
-        """The start document (the bridge sends it as ``meta["start"]``; simple senders put its keys in meta)."""
-        if self.start is None:
-            return {}
-        doc = self.start.meta.get("start")
-        return doc if isinstance(doc, dict) else self.start.meta
-
 
 class ModuleState:
-    def __init__(self, spec):
+    def __init__(self, spec, inputs: tuple[str, ...]):
         from .module import get_module
 
-        self.spec = spec
+        self.spec, self.inputs = spec, inputs
         cls = get_module(spec.module)
-        self.inputs = cls.inputs_for(cls.Params(**spec.params))
         self.purposes, self.waits_for = cls.purposes, cls.waits_for
         self.queue: deque[int] = deque()
         self.held: dict[str, list[int]] = {}  # run -> items waiting for the shared state the run needs
@@ -126,7 +118,7 @@ class Handler:
     def __init__(self, cfg: PipelineConfig, *, context: zmq.Context | None = None, spawn: bool = True):
         self.cfg = cfg
         self.ctx = context or zmq.Context.instance()
-        self.modules = {spec.name: ModuleState(spec) for spec in cfg.modules}
+        self.modules = {spec.name: ModuleState(spec, cfg.inputs_of(spec)) for spec in cfg.modules}
         self.levels = [[self.modules[name] for name in level] for level in cfg.levels()]
         self.consumers: dict[str, list[ModuleState]] = {}  # result stage -> the modules fed by it
         for mod in self.modules.values():
@@ -303,7 +295,7 @@ class Handler:
             if run.start is not None:  # a client resending after a silence: already known
                 self.counts["duplicate_ingest"] += 1
                 return
-            run.start, run.started_at = msg, time.monotonic()
+            run.start, run.doc, run.started_at = msg, start_document(msg), time.monotonic()
             self._publish(msg, topic="start")  # subscribers (the recorder, screens) learn what the run is
             for mod in self.modules.values():
                 for worker in mod.workers.values():
@@ -337,7 +329,7 @@ class Handler:
         item = self._new_item(mod.spec.name, msg)
         mod.counts["received"] += 1
         run.pending += 1
-        if self._waiting(mod, run):
+        if self._missing_shared(mod, run) and not self._wait_over(run):
             mod.held.setdefault(run.run, []).append(item.id)
             mod.counts["held"] += 1
         else:
@@ -345,29 +337,27 @@ class Handler:
         if len(mod.queue) + sum(map(len, mod.held.values())) > self.cfg.backlog_items:
             self._spill(item)
 
-    def _waiting(self, mod: ModuleState, run: RunState) -> list[str]:
-        """What the run's items still wait for in this module ("dark abc123"); empty: nothing."""
-        if not mod.waits_for or run.start is None or time.monotonic() - run.started_at > self.cfg.wait_timeout_s:
-            return []
-        return self._waiting_for_shared(mod, run)
+    def _missing_shared(self, mod: ModuleState, run: RunState) -> list[str]:
+        """The shared results the run's items need in this module and that have not come ("dark abc123")."""
+        doc = run.doc
+        return [f"{stage} {doc[key]}" for stage, key in mod.waits_for.items() if doc.get(key) and (stage, doc[key]) not in self.shared]
+
+    def _wait_over(self, run: RunState) -> bool:
+        return time.monotonic() - run.started_at > self.cfg.wait_timeout_s
 
     def _release_held(self) -> None:
         """Items whose shared state arrived, or whose wait timed out, join their module's queue."""
         for mod in self.modules.values():
             for run_id in list(mod.held):
                 run = self.runs.get(run_id)
-                missing = self._waiting(mod, run) if run is not None else []
-                if missing:
+                missing = self._missing_shared(mod, run) if run is not None else []
+                if missing and not self._wait_over(run):
                     continue
-                if run is not None and self._waiting_for_shared(mod, run):
+                if missing:
                     mod.counts["wait_timeouts"] += 1
                     log.warning("run %s: %s waited %.0f s for %s; going on without it",
-                                run_id[:8], mod.spec.name, self.cfg.wait_timeout_s, ", ".join(self._waiting_for_shared(mod, run)))
+                                run_id[:8], mod.spec.name, self.cfg.wait_timeout_s, ", ".join(missing))
                 mod.queue.extend(mod.held.pop(run_id))
-
-    def _waiting_for_shared(self, mod: ModuleState, run: RunState) -> list[str]:
-        doc = run.doc
-        return [f"{stage} {doc[key]}" for stage, key in mod.waits_for.items() if doc.get(key) and (stage, doc[key]) not in self.shared]
 
     def _share(self, msg: Message) -> None:
         """State every worker of the consuming modules needs: sent to each, kept for later ones."""
