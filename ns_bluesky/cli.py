@@ -202,6 +202,15 @@ def _cmd_shell(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_gui(args: argparse.Namespace) -> int:
+    from .pydm_screens.app import run_gui
+
+    display_args = list(args.args)
+    if args.catalog:
+        display_args += ["--catalog", args.catalog]
+    return run_gui(args.screen, display_args, config=args.config, screenshot=args.screenshot, after_s=args.after)
+
+
 def _catalog_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--catalog",
@@ -298,6 +307,19 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Open IPython with profile_nanosurveyor (installing it first if needed).")
     shell.add_argument("--ipython-dir", help="IPython's directory (default: IPython's own, ~/.ipython)")
     shell.set_defaults(func=_cmd_shell)
+
+    gui = sub.add_parser(
+        "gui", help="the PyDM screens: live results, pipeline status and control, viewer",
+        description="Open a PyDM screen. live: the reconstruction, STXM, probe, frames, error curve and log as they come; "
+        "status: modules, workers, queues, rates, errors, with start/stop/abort/reset/scale; viewer: a CXI file or a catalog run.",
+    )
+    gui.add_argument("screen", choices=("live", "status", "viewer"), nargs="?", default="live")
+    gui.add_argument("args", nargs="*", help="for the viewer: a CXI file, or a run (scan id or uid) of --catalog")
+    gui.add_argument("--config", help="the pipeline to watch (default: $NS_BLUESKY_PIPELINE, else the default ports)")
+    gui.add_argument("--screenshot", metavar="PNG", help="save the window as PNG after --after seconds, then quit")
+    gui.add_argument("--after", type=float, default=10.0, help="seconds before the screenshot (default 10)")
+    _catalog_arg(gui)
+    gui.set_defaults(func=_cmd_gui)
 
     from .stream.commands import add_parsers
 

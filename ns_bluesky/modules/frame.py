@@ -9,6 +9,7 @@ flagged, with ``usable = 0``, so ``frames_qc`` counts it and the run goes on.
 
 from __future__ import annotations
 
+import time
 from typing import ClassVar
 
 import numpy as np
@@ -35,12 +36,14 @@ class FrameParams(BaseModel):
     beamstop: bool = Field(True, description="divide the beamstop's shadow by its transmission")
     zeros_fraction: float = Field(0.01, gt=0, le=1, description="flag a frame with more zero pixels than this (dropped packets)")
     no_flux_fraction: float = Field(0.2, ge=0, le=1, description="flag a frame with fewer photons than this part of the run's median")
+    preview_every_s: float = Field(1.0, ge=0, description="attach a 4 x 4-binned raw frame for the screens this often (0: never)")
 
 
 class _Run:
     def __init__(self, info: ScanInfo, params: FrameParams):
         self.info = info
         self.photons: list[float] = []
+        self.last_preview = -np.inf
         self.transmission = pp.beamstop_transmission(info.geometry) if params.beamstop else None
         # the direct beam's disc on the cleaned pattern: the zone plate's numerical aperture, else a tenth
         radius = 0.1 * params.out_size
@@ -48,6 +51,12 @@ class _Run:
             na = info.optics.numerical_aperture(info.energy_eV)
             radius = na * info.geometry.distance_m / (info.geometry.pixel_size_m * params.crop / params.out_size)
         self.bright_field = bright_field_mask((params.out_size, params.out_size), radius)
+
+
+def binned(raw: np.ndarray, n: int) -> np.ndarray:
+    """``raw`` averaged over n x n blocks: a raw frame small enough to show live."""
+    h, w = raw.shape[0] // n * n, raw.shape[1] // n * n
+    return raw[:h, :w].reshape(h // n, n, w // n, n).mean(axis=(1, 3), dtype=np.float32)
 
 
 @register
@@ -126,7 +135,12 @@ class FrameModule(Module):
             "object_pixel_size_m": dx,
             "pixel_size_m": info.geometry.pixel_size_m * p.crop / p.out_size,
         }
-        return Message("result", run=msg.run, seq=msg.seq, stage="clean", meta=meta, arrays={"pattern": pattern})
+        arrays = {"pattern": pattern}
+        now = time.monotonic()
+        if p.preview_every_s and raw is not None and raw.ndim == 2 and now - run.last_preview >= p.preview_every_s:
+            run.last_preview = now
+            arrays["raw_preview"] = binned(raw, 4)
+        return Message("result", run=msg.run, seq=msg.seq, stage="clean", meta=meta, arrays=arrays)
 
     def _raw_checks(self, raw: np.ndarray, info: ScanInfo, dark) -> dict:
         good = None if dark is None else dark["bad_pixels"] == 0

@@ -1,0 +1,1 @@
+from tests.stream.conftest import make_pipeline  # noqa: F401
