@@ -42,6 +42,8 @@ class PtychoLive(Display):
         plot.setShowLegend(True)
         for view in (self.ui.recon_phase, self.ui.recon_amplitude, self.ui.stxm, self.ui.probe, self.ui.raw_frame, self.ui.clean_frame):
             view.normalizeData = True  # colour limits follow each image: a phase and a photon count differ by 1e6
+        for col in range(3):
+            self.ui.grid.setColumnStretch(col, 1)
         layout = self.ui.modules_box.layout()
         for spec in hub().cfg.modules:
             layout.addWidget(module_row(self.ui.modules_box, spec.name))

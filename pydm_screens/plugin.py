@@ -68,7 +68,7 @@ class NSStreamConnection(PyDMConnection):
             self.prec_signal.emit(0)
             self.new_value_signal[int].emit(int(value))
         elif isinstance(value, (float, np.floating)):
-            self.prec_signal.emit(4 if abs(value) < 10 else 1)  # a residual needs digits, a rate does not
+            self.prec_signal.emit(4 if 0 < abs(value) < 10 else 1)  # a residual needs digits, a rate does not
             self.new_value_signal[float].emit(float(value))
         elif isinstance(value, str):
             self.new_value_signal[str].emit(value)
