@@ -226,6 +226,8 @@ def run_demo(
         with PipelineSession(cat, cat_dir, pipe_cfg, out / "pipeline", progress=progress, total=total) as session:
             bridge = PipelineBridge(pipe_cfg)
             RE.subscribe(bridge)
+            if progress:
+                print(f"watch it live: ns-bluesky gui live --config {out / 'pipeline' / 'pipeline.json'}", flush=True)
             (dark_uid,) = RE(dark_frames(beamline.fccd, beamline.shutter, darks, md={"sample_name": cfg.sample.name}))
             t0 = time.monotonic()
             (raw_uid,) = RE(
