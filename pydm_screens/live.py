@@ -7,11 +7,10 @@ the configuration the screen watches.
 
 from __future__ import annotations
 
+from ns_bluesky.pydm_screens.hub import hub
 from pydm import Display
 from pydm.widgets import PyDMLabel
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QWidget
-
-from ns_bluesky.pydm_screens.hub import hub
 
 #: per module: caption, status field
 MODULE_FIELDS = (("workers", "workers"), ("items/s", "rate"), ("queue", "queue"), ("held", "held"), ("errors", "errors"))

@@ -8,11 +8,10 @@ reset ask before they act.
 
 from __future__ import annotations
 
+from ns_bluesky.pydm_screens.hub import hub
 from pydm import Display
 from pydm.widgets import PyDMLabel, PyDMSpinbox
 from qtpy.QtWidgets import QLabel
-
-from ns_bluesky.pydm_screens.hub import hub
 
 #: columns of the module table: caption, status field
 COLUMNS = (

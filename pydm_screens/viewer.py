@@ -13,10 +13,9 @@ import argparse
 
 import numpy as np
 import pyqtgraph as pg
+from ns_bluesky.pydm_screens.sources import ViewData, open_source
 from pydm import Display
 from qtpy.QtWidgets import QFileDialog
-
-from ns_bluesky.pydm_screens.sources import ViewData, open_source
 
 
 class Viewer(Display):

@@ -13,16 +13,16 @@ import pytest
 
 pytest.importorskip("pydm", reason="the screens need the gui extra (pip install 'ns-bluesky[gui]')")
 
-from pydm.data_plugins import plugin_for_address  # noqa: E402
-from tests.conftest import SimScan  # noqa: E402
-from tiled.queries import Key  # noqa: E402
+from ns_bluesky.pydm_screens import hub as hubmod
+from ns_bluesky.pydm_screens.plugin import NSStreamPlugin
+from pydm.data_plugins import plugin_for_address
+from tiled.queries import Key
 
-from ns_bluesky.modules.pipeline import ptycho_pipeline  # noqa: E402
-from ns_bluesky.pydm_screens import hub as hubmod  # noqa: E402
-from ns_bluesky.pydm_screens.plugin import NSStreamPlugin  # noqa: E402
-from ns_bluesky.session import PipelineSession  # noqa: E402
-from ns_bluesky.stream.client import ControlClient, IngestClient, PipelineUnavailable  # noqa: E402
-from ns_bluesky.stream.protocol import Message  # noqa: E402
+from ns_bluesky.modules.pipeline import ptycho_pipeline
+from ns_bluesky.session import PipelineSession
+from ns_bluesky.stream.client import ControlClient, IngestClient, PipelineUnavailable
+from ns_bluesky.stream.protocol import Message
+from tests.conftest import SimScan
 
 pytestmark = pytest.mark.slow
 SHOTS = Path(__file__).resolve().parents[2] / "test-output" / "screens"
@@ -123,7 +123,7 @@ def test_live_and_status_screens_show_a_real_scan_and_the_viewer_opens_its_resul
 
     found = cat.search(Key("parent_uid") == raw)
     assert len(found) == 1
-    derived_uid = list(found)[0]
+    derived_uid = next(iter(found))
     viewer = Viewer(args=[derived_uid, "--catalog", str(catalog_dir)])
     qtbot.addWidget(viewer)
     viewer.resize(1400, 900)
@@ -192,6 +192,7 @@ def test_the_plugin_follows_the_handler_down_and_up(qtbot, watch, make_pipeline,
 
 def test_the_control_buttons_act_on_the_pipeline(qtbot, watch, make_pipeline, tmp_path):
     from ns_bluesky.pydm_screens.status import PipelineStatus
+
     from tests.stream.conftest import ECHO
 
     pipe = make_pipeline(ECHO.format(workers=1, delay=0.0))
