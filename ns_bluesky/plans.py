@@ -17,6 +17,7 @@ import numpy as np
 from bluesky.utils import Msg, MsgGenerator
 from ophyd.utils import LimitError
 
+from .adaptive import adaptive_ptycho  # noqa: F401  (re-exported: the plans live together)
 from .config import ELECTRON_VOLT_J, ScanPattern, ZonePlateOptics, wavelength_m
 from .errors import ParameterError
 from .sim.scan import positions as pattern_positions

@@ -26,6 +26,7 @@ from ophyd.status import DeviceStatus
 from ns_bluesky.config import DetectorGeometry
 from ns_bluesky.errors import DeviceError, ParameterError
 from ns_bluesky.sim import PtychoSimulation
+from ns_bluesky.sim.faults import Faults
 
 from .hdf5_writer import HDF5FrameWriter
 
@@ -39,14 +40,30 @@ class FrameSource(Protocol):
 
 
 class SimulationSource:
-    """Frames from the physics model, at the position the stage actually reached."""
+    """Frames from the physics model, at the position the stage actually reached.
 
-    def __init__(self, sim: PtychoSimulation, stage):
+    ``faults`` (:class:`ns_bluesky.sim.faults.Faults`) spoils scheduled light frames
+    (dropped packets, beam loss, saturation) and lets the sample drift on the stage: the
+    frame is rendered where the sample really is, the stage's dial position plus the
+    drift, while the stage reports its own readback.
+    """
+
+    def __init__(self, sim: PtychoSimulation, stage, faults: Faults | None = None):
         self.sim, self.stage, self.geometry = sim, stage, sim.geom
+        self.faults = faults
+        self.light_frames = 0  # light frames rendered: the faults' clock
 
     def render(self, frame_index: int, exposure_s: float, light: bool) -> np.ndarray:
-        translation = (self.stage.y.position, self.stage.x.position) if light else None
-        return self.sim.raw_frame(translation, frame_index, exposure_s)
+        if not light:
+            return self.sim.raw_frame(None, frame_index, exposure_s)
+        axes = (self.stage.y, self.stage.x)
+        translation = np.array([getattr(a, "dial_position", a.position) for a in axes])
+        faults, k = self.faults, self.light_frames
+        self.light_frames += 1
+        if faults is None:
+            return self.sim.raw_frame(translation, frame_index, exposure_s)
+        lit = None if k in faults.beam_loss else translation + faults.drift_m(k)
+        return faults.spoil(self.sim.raw_frame(lit, frame_index, exposure_s), k, self.geometry)
 
 
 class ReplaySource:

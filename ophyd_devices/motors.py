@@ -20,8 +20,23 @@ from ophyd.utils import LimitError
 _SYNC_MOVE_S = 5e-4
 
 
+class _UserOffset(Signal):
+    """The axis's user offset (an EPICS motor record's OFF): user = dial + offset. Changing it moves the
+    user readback, not the axis, which is how a drift correction is applied."""
+
+    def put(self, value, **kwargs):
+        old = self.get()
+        super().put(float(value), **kwargs)
+        parent = self.parent
+        if parent is not None and old is not None:
+            parent.readback.put(parent.readback.get() + float(value) - old)
+
+
 class SimMotor(Device):
-    """One stage axis in metres; ``set`` returns a status that finishes after the move and settle time."""
+    """One stage axis in metres; ``set`` returns a status that finishes after the move and settle time.
+
+    Positions are user coordinates, ``dial + user_offset``; with the default offset 0 they are the dial.
+    """
 
     readback = Cpt(Signal, value=0.0, kind="hinted")
     setpoint = Cpt(Signal, value=0.0, kind="normal")
@@ -30,6 +45,7 @@ class SimMotor(Device):
     jitter = Cpt(Signal, value=2e-9, kind="config", doc="rms readback error, m")
     low_limit = Cpt(Signal, value=-50e-6, kind="config")
     high_limit = Cpt(Signal, value=50e-6, kind="config")
+    user_offset = Cpt(_UserOffset, value=0.0, kind="config", doc="user = dial + offset, m")
 
     egu = "m"
 
@@ -42,6 +58,11 @@ class SimMotor(Device):
     @property
     def position(self) -> float:
         return self.readback.get()
+
+    @property
+    def dial_position(self) -> float:
+        """Where the axis itself is (its encoder), whatever the user offset says."""
+        return self.readback.get() - self.user_offset.get()
 
     @property
     def limits(self) -> tuple[float, float]:

@@ -57,3 +57,19 @@ def resample(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     zoom = (shape[0] / img.shape[0], shape[1] / img.shape[1])
     out = ndimage.zoom(img, zoom, order=1, grid_mode=True, mode="nearest")
     return out[: shape[0], : shape[1]]
+
+
+def with_empty_region(image: np.ndarray, side: str = "right", fraction: float = 0.5) -> np.ndarray:
+    """A copy of ``image`` with ``fraction`` of it, from ``side``, emptied (zero thickness): a sample
+    that does not fill the field, the case adaptive acquisition skips."""
+    if side not in ("left", "right", "top", "bottom"):
+        raise ParameterError(f"side must be 'left', 'right', 'top' or 'bottom', got {side!r}")
+    if not 0 <= fraction <= 1:
+        raise ParameterError(f"fraction must be in [0, 1], got {fraction!r}")
+    out = np.array(image, dtype=np.float32, copy=True)
+    axis = 1 if side in ("left", "right") else 0
+    n = round(fraction * out.shape[axis])
+    index = [slice(None), slice(None)]
+    index[axis] = slice(out.shape[axis] - n, None) if side in ("right", "bottom") else slice(0, n)
+    out[tuple(index)] = out.min() if out.size else 0
+    return out

@@ -20,6 +20,10 @@ print("LATEST", latest.get("purpose"), latest.get("parent_uid") == uid)
 print("SCAN", cat[uid]["primary"]["fccd_image"].shape)
 derived = cat.search(Key("parent_uid") == uid).values().last()
 print("DERIVED", derived.metadata["start"]["dark_uid"] == dark, derived.metadata["stop"]["exit_status"], sorted(derived))
+(auid,) = RE(adaptive_ptycho(fccd, stage, shutter, feedback=feedback, shape=(4, 4), overlap=0.7, optics=optics,
+                             dark_uid=dark, drift_check=False))
+catalog_writer.flush()
+print("ADAPTIVE", [str(a) for a in cat[auid]["adaptive"]["adaptive_action"].read()])
 """
 
 
@@ -41,4 +45,5 @@ def test_the_profile_loads_scans_and_finds_the_derived_run(tmp_path):
     assert loaded < 30  # a few seconds on an idle machine; CI shares its two cores
     assert "SCAN (9, 1040, 1152)" in out.stdout
     assert "DERIVED True success ['cxi', 'frames_qc', 'reconstruction', 'run_qc', 'stxm']" in out.stdout, text[-3000:]
+    assert "ADAPTIVE ['coarse_pass', " in out.stdout, text[-3000:]
     assert "failed" not in out.stderr, out.stderr[-3000:]  # the session's end closed everything cleanly

@@ -1,10 +1,17 @@
 """Plans: darks and ptychography scans, with a one-screen reminder (``plans_help()``)."""
 
+from ns_bluesky.adaptive import AdaptiveFeedback, adaptive_ptycho  # noqa: F401
 from ns_bluesky.plans import dark_frames, ptycho_scan, scan_positions  # noqa: F401
+
+feedback = AdaptiveFeedback(pipeline_cfg)  # noqa: F821  what adaptive_ptycho reads from the pipeline
+at_exit(feedback.close)  # noqa: F821
 
 _HELP = """\
   (dark,) = RE(dark_frames(fccd, shutter, 20))
   (uid,) = RE(ptycho_scan(fccd, stage, shutter, shape=(10, 10), overlap=0.7, optics=optics, dark_uid=dark))
+  (uid,) = RE(adaptive_ptycho(fccd, stage, shutter, feedback=feedback, shape=(20, 20), overlap=0.7,
+                              optics=optics, dark_uid=dark))   # coarse pass, region of interest, bad frames, drift
+  catalog_writer.flush(); cat[uid]["adaptive"].read()   # what it decided: adaptive_action, _reason, _positions
   pipeline.finish(uid, 120)                 # the live reconstruction's end; its derived run is then in cat
   cat[uid]["primary"]["fccd_image"]         # the raw frames, lazily
   from tiled.queries import Key; cat.search(Key("parent_uid") == uid)   # the derived run(s)
@@ -16,5 +23,5 @@ def plans_help() -> None:
     print(_HELP)
 
 
-print(f"[30-plans] dark_frames, ptycho_scan, scan_positions; plans_help() for examples "
+print(f"[30-plans] dark_frames, ptycho_scan, adaptive_ptycho (feedback), scan_positions; plans_help() for examples "
       f"(loaded in {_time.monotonic() - _t0:.1f} s)")  # noqa: F821
