@@ -1,7 +1,9 @@
 """Image: the STXM transmission and DPC images growing on the scan grid, and the first probe guess.
 
 Run one worker. Every cleaned frame adds its bright-field counts and its centre-of-mass
-shift to the pixel of its planned scan point; the images go out every ``every_s``
+shift to the pixel where it was measured (its stage readback, so a plan that skips or
+repeats points, like ``adaptive_ptycho``, still fills the right pixels; its planned
+point when the frame carries no position); the images go out every ``every_s``
 seconds while the scan runs and once more at its end, with the mean pattern's probe
 guess (COSMIC's: the inverse transform of its square root).
 """
@@ -34,17 +36,23 @@ class _Grid:
         self.origin, self.step = pos.min(axis=0), max(step, 1e-12)
         idx = np.rint((pos - self.origin) / self.step).astype(np.int64)
         self.shape = tuple(int(v) + 1 for v in idx.max(axis=0))
-        self.flat = idx[:, 0] * self.shape[1] + idx[:, 1]  # planned point -> pixel
+        self.planned = pos
         size = self.shape[0] * self.shape[1]
         self.sums = {k: np.zeros(size) for k in ("transmission", "dpc_y", "dpc_x")}
         self.count = np.zeros(size)
         self.pattern_sum = None
         self.frames = 0
 
-    def add(self, point: int, values: dict, pattern: np.ndarray) -> None:
-        if not 0 <= point < len(self.flat):
+    def pixel(self, position_m) -> int | None:
+        iy, ix = (int(v) for v in np.rint((np.asarray(position_m, float) - self.origin) / self.step))
+        if 0 <= iy < self.shape[0] and 0 <= ix < self.shape[1]:
+            return iy * self.shape[1] + ix
+        return None  # off the scanned field
+
+    def add(self, position_m, values: dict, pattern: np.ndarray) -> None:
+        pixel = self.pixel(position_m)
+        if pixel is None:
             return
-        pixel = self.flat[point]
         for k, total in self.sums.items():
             total[pixel] += values[k]
         self.count[pixel] += 1
@@ -87,7 +95,14 @@ class ImageModule(Module):
             return None
         scalars = msg.meta.get("scalars") or {}
         if scalars.get("usable", 1):
-            grid.add(msg.seq - 1, scalars, msg.arrays["pattern"])
+            if "position_y" in scalars and "position_x" in scalars:
+                position = (scalars["position_y"], scalars["position_x"])
+            elif 0 < msg.seq <= len(grid.planned):
+                position = grid.planned[msg.seq - 1]
+            else:
+                position = None
+            if position is not None:
+                grid.add(position, scalars, msg.arrays["pattern"])
         if time.monotonic() - self.last[msg.run] >= self.params.every_s and grid.frames:
             return self._publish(msg.run, final=False)
         return None

@@ -107,3 +107,14 @@ def test_the_stxm_image_grows_on_the_scan_grid(sim_scan, frame_module):
     assert t.shape == (4, 4) and final.meta["scalars"]["frames"] == 3 and final.meta["scalars"]["final"] == 1
     assert np.isfinite(t).sum() == 3 and np.isfinite(t[0, 0]) and np.isfinite(t[1, 1])
     assert outs[0] is not None and final.arrays["probe_amplitude"].shape == (128, 128)
+
+
+def test_a_frame_lands_where_it_was_measured_not_where_its_number_points(sim_scan, frame_module):
+    """An adaptive plan skips and repeats points: event 1 may be taken at planned point 11."""
+    image = ImageModule(ImageModule.Params(every_s=1e-3))
+    image.start_run(sim_scan.start())
+    clean = frame_module.process(sim_scan.frame(11))
+    clean.seq = 1  # the first event of the run, measured at point 11's position (its stage readback)
+    image.process(clean)
+    t = image.end_run(sim_scan.uid).arrays["transmission"]
+    assert np.isfinite(t).sum() == 1 and np.isfinite(t[2, 2])  # point 11 of the 4 x 4 raster, not point 1
