@@ -101,15 +101,17 @@ class StreamHub(ResultsSubscriber):
     def alive(self) -> bool:
         return bool(self._was_up) and time.monotonic() - self.last_ok < ALIVE_FOR_S  # the last poll, and not long ago
 
-    def get(self, address: str) -> tuple[int, Any]:
-        """``(version, value)``; version 0 and ``None`` for what has not come yet."""
+    def get(self, address: str, since: int = -1) -> tuple[int, Any]:
+        """``(version, value)``; version 0 and ``None`` for what has not come yet, and ``None`` when
+        the version is still ``since`` (a 10 Hz poll of a long curve copies it only when it grew)."""
         address = ALIASES.get(address, address)
         if address.endswith("/history"):
             with self._lock:
                 hist = self._histories.get(address[: -len("/history")])
-                if hist is None:
-                    return 0, None
-                return self._values.get(address, (0, None))[0], np.asarray(hist, dtype=np.float64)
+                version = self._values.get(address, (0, None))[0]
+                if hist is None or version == since:
+                    return version, None
+                return version, np.asarray(hist, dtype=np.float64)
         with self._lock:
             return self._values.get(address, (0, None))
 

@@ -56,7 +56,7 @@ class NSStreamConnection(PyDMConnection):
             self.connected = up
             self.connection_state_signal.emit(up)
             self.write_access_signal.emit(self.writable and up)
-        version, value = self.hub.get(self.address)
+        version, value = self.hub.get(self.address, since=self._version)
         if version != self._version and value is not None:
             self._version, self.value = version, value
             self._emit(value)
