@@ -50,9 +50,9 @@ def _run(s, name, iterations, every=None, **params):
     return eng, errors
 
 
-# measured here (NRMSE after 40 iterations): lsqml 0.013, epie 0.020, rpie 0.033, raar 0.035; dm 0.070 after 8,
+# measured here (NRMSE after 40 iterations): lsqml 0.010, epie 0.020, rpie 0.033, raar 0.035; dm 0.070 after 8,
 # then it wanders (the difference map has no fixed point on noisy data; PtyPy's drifts too)
-@pytest.mark.parametrize("name, iterations, target", [("lsqml", 40, 0.015), ("epie", 40, 0.024), ("rpie", 40, 0.04),
+@pytest.mark.parametrize("name, iterations, target", [("lsqml", 40, 0.012), ("epie", 40, 0.024), ("rpie", 40, 0.04),
                                                       ("raar", 40, 0.042), ("dm", 8, 0.08)])
 def test_each_engine_reaches_a_stated_nrmse_from_a_wrong_probe(sim, name, iterations, target):
     eng, errors = _run(sim, name, iterations)
@@ -170,21 +170,137 @@ def test_a_probe_whose_far_field_drifted_is_moved_back_without_changing_the_fit(
 
 
 def test_lsqml_result_does_not_depend_on_threads_or_chunks():
-    """The batch is split over threads and cache-sized chunks; the sums and steps are the batch's either way."""
+    """The batch is split over threads and cache-sized chunks; the sums and steps are the batch's either way.
+    (The amplitude update: the Poisson one's I / |F psi|^2 magnifies float rounding in the dark pixels of this
+    noise-free set into differences of ~1e-3 between any two summation orders.)"""
     data, _, probe, _ = _data()
     runs = []
     for params in ({"threads": 1, "chunk": 16}, {"threads": 2, "chunk": 3}):
-        eng = engine("lsqml", probe_update_start=1, **params)
+        eng = engine("lsqml", probe_update_start=1, likelihood="amplitude", **params)
         eng.prepare(data, (probe * 0.7).astype(np.complex64))
         runs.append((eng.iterate(6), eng.finalize()[0]))
     np.testing.assert_allclose(runs[1][0], runs[0][0], rtol=1e-4)
     np.testing.assert_allclose(runs[1][1], runs[0][1], atol=1e-3)
 
 
-# measured here (NRMSE after 40 iterations): poisson 0.0098, momentum 0.5 0.0132 (amplitude, no momentum: 0.0130)
-@pytest.mark.parametrize("params, target", [({"likelihood": "poisson"}, 0.011), ({"momentum": 0.5}, 0.015)])
+# measured here (NRMSE after 40 iterations): amplitude 0.0131, momentum 0.5 0.0105 (the default, Poisson without
+# momentum: 0.0100)
+@pytest.mark.parametrize("params, target", [({"likelihood": "amplitude"}, 0.015), ({"momentum": 0.5}, 0.012)])
 def test_lsqml_options_reach_a_stated_nrmse(sim, params, target):
     eng, errors = _run(sim, "lsqml", 40, every=10, **params)
     assert errors[-1] < target
     assert errors[-1] <= min(errors) * 1.02
     assert eng.residuals[-1] < eng.residuals[0]
+
+
+def _two_mode_set(s, power=0.25, seed=1):
+    """The set's patterns again from a mixed state: the probe and, with ``power`` of the total, a second mode
+    orthogonal to it whose far field sits one pixel aside (an incoherent source point off the axis)."""
+    p1 = s.probe.astype(np.complex128)
+    n = p1.shape[0]
+    p2 = s.probe_start.astype(np.complex128) * np.exp(2j * np.pi * np.arange(n) / n)[None, :]
+    p2 -= np.vdot(p1, p2) / np.vdot(p1, p1) * p1
+    total = (np.abs(p1) ** 2).sum()
+    p1, p2 = p1 * np.sqrt(1 - power), p2 * np.sqrt(power * total / (np.abs(p2) ** 2).sum())
+    k = np.fft.fftfreq(n)
+    patterns = np.empty((len(s.origins), n, n), np.float32)
+    for j, (oy, ox) in enumerate(s.origins):
+        iy, ix = int(oy), int(ox)
+        ramp = np.exp(-2j * np.pi * ((oy - iy) * k[:, None] + (ox - ix) * k[None, :]))
+        patch = s.obj[iy : iy + n, ix : ix + n]
+        patterns[j] = sum(np.abs(np.fft.fftshift(np.fft.fft2(np.fft.ifft2(np.fft.fft2(p) * ramp) * patch, norm="ortho"))) ** 2
+                          for p in (p1, p2))
+    return PtychoData(np.random.default_rng(seed).poisson(patterns).astype(np.float32), s.origins)
+
+
+def _deramped_nrmse(obj, truth, mask):
+    """NRMSE after removing the object's linear phase ramp against the truth: a ramp on the object and the
+    opposite one on every probe mode leave every intensity unchanged (PtychoShelves' FSC removes it too)."""
+    d = np.where(mask, obj * np.conj(truth), 0)
+    gy = np.angle((d[1:] * np.conj(d[:-1])).sum())
+    gx = np.angle((d[:, 1:] * np.conj(d[:, :-1])).sum())
+    rows, cols = np.indices(obj.shape)
+    return nrmse(obj * np.exp(-1j * (gy * rows + gx * cols)), truth, mask)
+
+
+def test_two_probe_modes_fit_a_partially_coherent_set_better_than_one(sim):
+    data = _two_mode_set(sim, power=0.25)
+    fits = {}
+    for modes in (1, 2):
+        eng = engine("lsqml", probe_modes=modes)
+        eng.prepare(data, sim.probe_start)
+        eng.iterate(40)
+        obj = eng.finalize()[0][: sim.obj.shape[0], : sim.obj.shape[1]]
+        power = [float((np.abs(m) ** 2).sum()) for m in [eng.probe, *(eng.modes if eng.modes is not None else [])]]
+        fits[modes] = (eng.residuals[-1], _deramped_nrmse(obj, sim.obj, sim.mask), np.array(power) / sum(power))
+    (res1, err1, _), (res2, err2, power2) = fits[1], fits[2]
+    assert res2 < 0.7 * res1
+    assert err2 < 0.92 * err1
+    assert len(power2) == 2 and 0.08 < power2[1] < 0.4  # the second mode kept, with a part of the true 0.25
+
+
+def test_a_second_mode_without_power_is_dropped_on_coherent_data(sim):
+    eng = engine("lsqml", probe_modes=2)
+    eng.prepare(PtychoData(sim.patterns, sim.origins), sim.probe_start)
+    eng.iterate(5)
+    assert eng.modes is not None and eng.modes.shape == (1, *sim.probe.shape)
+    eng.iterate(10)  # mode_check (10) iterations after the probe updates start: the mode held ~2 % and went
+    assert eng.modes is None
+    assert eng.finalize()[1].shape == sim.probe.shape
+
+
+def test_orthogonalising_the_modes_keeps_the_mixed_state_and_the_main_probe_phase():
+    data, _, probe, _ = _data()
+    eng = engine("lsqml", probe_modes=3)
+    eng.prepare(data, probe)
+    rng = np.random.default_rng(2)
+    eng.modes = (0.5 * (rng.normal(size=eng.modes.shape) + 1j * rng.normal(size=eng.modes.shape)) * np.abs(probe)).astype(np.complex64)
+    before = eng._all_modes().copy()
+    eng._orthogonalise_modes()
+    after = eng._all_modes()
+    gram = after.reshape(3, -1).conj() @ after.reshape(3, -1).T
+    power = np.diag(gram).real
+    assert np.abs(gram - np.diag(np.diag(gram))).max() < 1e-5 * power.max()  # orthogonal
+    assert (np.diff(power) <= 0).all()  # strongest first
+    intensity = (np.abs(before) ** 2).sum(axis=0)  # every exit wave's intensity is a sum of the modes'
+    np.testing.assert_allclose((np.abs(after) ** 2).sum(axis=0), intensity, atol=1e-5 * intensity.max())
+    assert abs(np.angle(np.vdot(before[0], after[0]))) < 1e-4
+
+
+def test_position_correction_moves_perturbed_positions_towards_the_truth(sim):
+    rng = np.random.default_rng(3)
+    wrong = sim.origins + rng.normal(0, 1.0, sim.origins.shape)  # 1.4 px rms off
+    wrong -= (wrong - sim.origins).mean(axis=0)
+
+    def rms(origins):
+        err = origins - sim.origins
+        err -= err.mean(axis=0)  # a common shift is invisible to the data
+        return float(np.sqrt((err**2).sum(axis=1).mean()))
+
+    out = {}
+    for correct in (False, True):
+        eng = engine("lsqml", position_correction=correct, position_every=5)
+        grid = np.ones((sim.obj.shape[0] + 4, sim.obj.shape[1] + 4), np.complex64)
+        eng.prepare(PtychoData(sim.patterns, wrong + 2), sim.probe_start, grid)
+        eng.iterate(80)  # refined every 5 iterations from the 10th
+        obj = eng.finalize()[0][2 : 2 + sim.obj.shape[0], 2 : 2 + sim.obj.shape[1]]
+        out[correct] = (rms(eng.origins - 2), nrmse(obj, sim.obj, sim.mask))
+    assert out[False][0] == pytest.approx(rms(wrong))  # left where they were put
+    assert out[True][0] < 0.4 * rms(wrong)  # measured: 1.42 -> 0.36 px
+    assert out[True][1] < 0.5 * out[False][1]  # measured: NRMSE 0.029 against 0.103
+
+
+def test_frames_that_just_joined_keep_their_positions_until_the_object_around_them_formed(sim):
+    n = len(sim.origins)
+    eng = engine("lsqml", position_start=10, position_every=1)
+    eng.prepare(PtychoData(sim.patterns, sim.origins, weights=np.zeros(n, np.float32)), sim.probe_start)
+    first, later = np.arange(n // 2), np.arange(n // 2, n)
+    eng.add_frames(first)
+    eng.iterate(12)
+    moved = eng.origins.copy()
+    assert not np.array_equal(moved[first], sim.origins[first])  # refined since iteration 10
+    eng.add_frames(later)
+    eng.iterate(9)
+    np.testing.assert_array_equal(eng.origins[later], sim.origins[later])  # 9 iterations in: not yet
+    eng.iterate(2)
+    assert not np.array_equal(eng.origins[later], sim.origins[later])
