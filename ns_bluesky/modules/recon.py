@@ -64,6 +64,7 @@ class _Session:
         self.last_frame_at = None
         self.final_started = None
         self.iteration_s = 0.0
+        self.snapped_at = 0.0
         self.lock = threading.Lock()
         self.error: Exception | None = None
         self.thread = threading.Thread(target=self._loop, name=f"recon-{info.uid[:8]}", daemon=True)
@@ -127,6 +128,7 @@ class _Session:
         p = self.params
         self.eng = engine(p.engine, backend=p.backend, threads=p.threads)
         self.eng.prepare(data, probe.astype(np.complex64))
+        self.eng.on_batch = self._on_time  # a pass over a large scan may take longer than publish_every_s
         positions = np.stack([position for _, position in self.pending.values()])
         self.eng.add_frames(list(self.pending), first, self._origins(positions))  # each where it was measured
         self.patterns = np.zeros((len(origins), n, n), np.float32)  # kept for the refinement
@@ -138,7 +140,12 @@ class _Session:
         moves opposite to the sample."""
         return grid_origins(-np.asarray(positions_m, float), self.dx, self.lowest)
 
+    def _on_time(self) -> None:
+        if time.monotonic() - self.snapped_at >= self.params.publish_every_s:
+            self._snap()
+
     def _snap(self) -> None:
+        self.snapped_at = time.monotonic()
         obj, probe, residuals = self.eng.finalize()
         snap = {
             "object": np.array(obj), "probe": np.array(probe), "iteration": self.eng.iteration,

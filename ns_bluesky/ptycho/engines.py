@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import ClassVar
@@ -111,6 +112,9 @@ class Engine:
         self.residuals: list[float] = []
         self.obj = self.probe = None
         self.modes = None  # further incoherent probe modes (K - 1, n, n), for engines that fit a mixed state
+        # called between mini-batches: a streaming reconstruction publishes its estimate on time even when
+        # one pass over many frames takes longer than the screens may wait
+        self.on_batch: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ public
     def prepare(self, data: PtychoData, probe: np.ndarray, obj: np.ndarray | None = None) -> None:
@@ -518,7 +522,11 @@ class LSQML(Engine):
         if self.xp is np:
             self._tls.fft_kw = {"workers": 1}  # the probe's single FFTs: threads would only add overhead
         try:
-            err = sum(self._batch(b, update_probe, weights) for b in np.array_split(order, max(1, round(len(order) / size))))
+            err = 0.0
+            for b in np.array_split(order, max(1, round(len(order) / size))):
+                err += self._batch(b, update_probe, weights)
+                if self.on_batch is not None:
+                    self.on_batch()
         finally:
             self._tls.__dict__.pop("fft_kw", None)
         if self._grads is not None:

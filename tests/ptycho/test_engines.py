@@ -304,3 +304,14 @@ def test_frames_that_just_joined_keep_their_positions_until_the_object_around_th
     np.testing.assert_array_equal(eng.origins[later], sim.origins[later])  # 9 iterations in: not yet
     eng.iterate(2)
     assert not np.array_equal(eng.origins[later], sim.origins[later])
+
+
+def test_lsqml_lets_a_streaming_caller_in_between_mini_batches(sim):
+    """A pass over a large scan may outlast the screens' patience: the caller publishes between batches."""
+    eng = engine("lsqml", batch_size=16, batch_doubling=0)
+    eng.prepare(PtychoData(sim.patterns, sim.origins), sim.probe_start)
+    seen = []
+    eng.on_batch = lambda: seen.append(float(np.abs(eng.obj).sum()))
+    eng.iterate(1)
+    assert len(seen) == round(len(sim.origins) / 16)  # 144 frames in 9 batches
+    assert len(set(seen)) == len(seen)  # the object moves on between the calls: each one sees the latest
