@@ -166,6 +166,59 @@ def _step(det, stage, y: float, x: float) -> MsgGenerator:
     yield Msg("save")
 
 
+def _layout(det, stage, optics, pattern: str, **scan) -> tuple[ZonePlateOptics, ScanPattern, np.ndarray, dict]:
+    """What every ptychography plan settles before a run opens: the detector's settings, the probe optics
+    (required: a reconstruction needs them), the positions (within the stage's limits) and the step."""
+    _check_detector(det)
+    if optics is None:
+        raise ParameterError(
+            "optics is required: the start document must record the energy and probe optics a reconstruction "
+            "needs (pass the beamline's ZonePlateOptics device, e.g. optics=bl.optics)"
+        )
+    zp = ZonePlateOptics(
+        diameter_m=optics.diameter.get(),
+        outer_zone_width_m=optics.outer_zone_width.get(),
+        central_stop_diameter_m=optics.central_stop_diameter.get(),
+        defocus_m=optics.defocus.get(),
+    )
+    beam = zp.beam_diameter_m(optics.energy.get())
+    spec, planned = scan_positions(pattern, beam_diameter_m=beam, **scan)
+    try:
+        stage.check_positions(planned)
+    except LimitError as exc:
+        raise ParameterError(f"positions beyond the stage limits: {exc}") from None
+    scan_md = spec.model_dump(mode="json")
+    step, overlap = scan.get("step"), scan.get("overlap")
+    scan_md["step_m"] = step if step is not None else beam * (1 - (0.7 if overlap is None else overlap))
+    scan_md["beam_diameter_m"] = beam
+    return zp, spec, planned, scan_md
+
+
+def _scan_md(det, stage, optics, scan_md: dict, planned: np.ndarray, sample: str | None, dark_uid: str | None) -> dict:
+    """The start document's part every ptychography plan shares: what a reconstruction reads."""
+    return {
+        "detectors": [det.name],
+        "motors": [stage.y.name, stage.x.name],
+        "purpose": "ptychography",
+        "sample_name": sample,
+        "dark_uid": dark_uid,
+        "scan": scan_md,
+        "planned_positions_m": planned.tolist(),
+        "positions_order": ["y", "x"],
+        "positions_convention": "sample translation; the probe's position on the sample is minus this",
+        "hints": {"dimensions": [([stage.x.name], "primary"), ([stage.y.name], "primary")]},
+        **ptycho_metadata(det, optics),
+    }
+
+
+def _with_caller_md(md: dict, caller: dict | None) -> dict:
+    """The caller's ``md`` wins; a sample given as ``sample`` there still names the run."""
+    md = {**md, **(caller or {})}
+    if md.get("sample_name") is None:
+        md["sample_name"] = md.get("sample", "unnamed")
+    return md
+
+
 def ptycho_scan(
     det,
     stage,
@@ -194,37 +247,9 @@ def ptycho_scan(
     --------
     dark_frames
     """
-    _check_detector(det)
-    if optics is None:
-        raise ParameterError(
-            "optics is required: the start document must record the energy and probe optics a reconstruction "
-            "needs (pass the beamline's ZonePlateOptics device, e.g. optics=bl.optics)"
-        )
-    zp = ZonePlateOptics(
-        diameter_m=optics.diameter.get(),
-        outer_zone_width_m=optics.outer_zone_width.get(),
-        central_stop_diameter_m=optics.central_stop_diameter.get(),
-        defocus_m=optics.defocus.get(),
+    _, spec, planned, scan_md = _layout(
+        det, stage, optics, pattern, shape=shape, num_points=num_points, step=step, overlap=overlap, jitter=jitter, center=center
     )
-    beam = zp.beam_diameter_m(optics.energy.get())
-    spec, planned = scan_positions(
-        pattern,
-        shape=shape,
-        num_points=num_points,
-        step=step,
-        overlap=overlap,
-        jitter=jitter,
-        center=center,
-        beam_diameter_m=beam,
-    )
-    try:
-        stage.check_positions(planned)
-    except LimitError as exc:
-        raise ParameterError(f"positions beyond the stage limits: {exc}") from None
-
-    scan_md = spec.model_dump(mode="json")
-    scan_md["step_m"] = step if step is not None else beam * (1 - (0.7 if overlap is None else overlap))
-    scan_md["beam_diameter_m"] = beam
     _md = {
         "plan_name": "ptycho_scan",
         "plan_args": {
@@ -239,25 +264,13 @@ def ptycho_scan(
             "jitter": jitter,
             "center": list(center),
         },
-        "detectors": [det.name],
-        "motors": [stage.y.name, stage.x.name],
         "num_points": len(planned),
         "num_intervals": len(planned) - 1,
-        "purpose": "ptychography",
-        "sample_name": sample,
-        "dark_uid": dark_uid,
-        "scan": scan_md,
-        "planned_positions_m": planned.tolist(),
-        "positions_order": ["y", "x"],
-        "positions_convention": "sample translation; the probe's position on the sample is minus this",
-        "hints": {"dimensions": [([stage.x.name], "primary"), ([stage.y.name], "primary")]},
-        **ptycho_metadata(det, optics),
+        **_scan_md(det, stage, optics, scan_md, planned, sample, dark_uid),
     }
     if spec.kind == "raster":
         _md["shape"] = list(spec.shape)
-    _md.update(md or {})
-    if _md.get("sample_name") is None:
-        _md["sample_name"] = _md.get("sample", "unnamed")
+    _md = _with_caller_md(_md, md)
 
     @bpp.stage_decorator([det, stage])
     @bpp.run_decorator(md=_md)

@@ -19,6 +19,7 @@ import numpy as np
 from ..stream.config import PipelineConfig
 from .decisions import local_errors
 
+
 @dataclass
 class RunFeedback:
     """What the pipeline said about one run so far."""

@@ -19,7 +19,6 @@ import numpy as np
 from bluesky.utils import Msg, MsgGenerator, RunEngineControlException
 from ophyd import Component as Cpt
 from ophyd import Device, Signal
-from ophyd.utils import LimitError
 
 from ..errors import ParameterError
 from ..stream.protocol import jsonable
@@ -352,36 +351,21 @@ def adaptive_ptycho(
     --------
     ns_bluesky.plans.ptycho_scan, ns_bluesky.plans.dark_frames
     """
-    from ..config import ZonePlateOptics
-    from ..plans import _check_detector, ptycho_metadata, scan_positions
+    from ..plans import _layout, _scan_md, _with_caller_md
 
-    _check_detector(det)
-    if optics is None:
-        raise ParameterError("optics is required: the start document must record the energy and probe optics (optics=bl.optics)")
     if isinstance(coarse_every, bool) or not isinstance(coarse_every, (int, np.integer)) or coarse_every < 1:
         raise ParameterError(f"coarse_every must be a whole number >= 1, got {coarse_every!r}")
     if drift_every is not None and (not isinstance(drift_every, (int, np.integer)) or drift_every < 1):
         raise ParameterError(f"drift_every must be a whole number of frames >= 1 or None, got {drift_every!r}")
     if remeasure_rounds < 0:
         raise ParameterError(f"remeasure_rounds must be >= 0, got {remeasure_rounds!r}")
-    zp = ZonePlateOptics(
-        diameter_m=optics.diameter.get(), outer_zone_width_m=optics.outer_zone_width.get(),
-        central_stop_diameter_m=optics.central_stop_diameter.get(), defocus_m=optics.defocus.get(),
-    )
-    beam = zp.beam_diameter_m(optics.energy.get())
-    spec, grid = scan_positions("raster", shape=shape, step=step, overlap=overlap, center=center, beam_diameter_m=beam)
-    try:
-        stage.check_positions(grid)
-    except LimitError as exc:
-        raise ParameterError(f"positions beyond the stage limits: {exc}") from None
-    step_m = step if step is not None else beam * (1 - (0.7 if overlap is None else overlap))
+    zp, spec, grid, scan_md = _layout(det, stage, optics, "raster", shape=shape, step=step, overlap=overlap, center=center)
+    step_m = scan_md["step_m"]
     ny, nx = spec.shape
     coarse = coarse_points((ny, nx), int(coarse_every))
     rest = np.setdiff1d(np.arange(ny * nx), coarse)
     planned = np.concatenate([grid[coarse], grid[rest], grid])
 
-    scan_md = spec.model_dump(mode="json")
-    scan_md.update(step_m=step_m, beam_diameter_m=beam)
     settings = {
         "coarse_every": int(coarse_every), "tolerance": tolerance, "dpc_tolerance": dpc_tolerance,
         "free_transmission": free_transmission, "remeasure_rounds": remeasure_rounds, "drift_check": drift_check,
@@ -392,25 +376,13 @@ def adaptive_ptycho(
         "plan_name": "adaptive_ptycho",
         "plan_args": {"det": repr(det), "stage": repr(stage), "shutter": repr(shutter), "shape": list(shape), "step": step,
                       "overlap": overlap, "center": list(center), **settings},
-        "detectors": [det.name],
-        "motors": [stage.y.name, stage.x.name],
-        "purpose": "ptychography",
-        "sample_name": sample,
-        "dark_uid": dark_uid,
-        "scan": scan_md,
+        **_scan_md(det, stage, optics, scan_md, planned, sample, dark_uid),
         "shape": [ny, nx],
         "grid_positions_m": grid.tolist(),
-        "planned_positions_m": planned.tolist(),
-        "positions_order": ["y", "x"],
-        "positions_convention": "sample translation; the probe's position on the sample is minus this",
         "adaptive": {**settings, "planned_positions_note": "coarse points, the rest of the grid, then the grid again as "
                      "slots for frames measured twice; the adaptive stream says what was measured and why"},
-        "hints": {"dimensions": [([stage.x.name], "primary"), ([stage.y.name], "primary")]},
-        **ptycho_metadata(det, optics),
     }
-    _md.update(md or {})
-    if _md.get("sample_name") is None:
-        _md["sample_name"] = _md.get("sample", "unnamed")
+    _md = _with_caller_md(_md, md)
     runner = _AdaptiveRun(det, stage, shutter, feedback, grid, (ny, nx), step_m, optics.energy.get(), zp, settings)
 
     def close_shutter():
