@@ -81,18 +81,26 @@ class _LastEvent:
             self.last[run] = doc["time"]
 
 
+def truth_and_swept(sim, planned_m, shape, dx: float, window: int, margin_px: float = MARGIN_PX,
+                    region=None) -> tuple[np.ndarray, np.ndarray]:
+    """The simulation's object on a reconstruction's grid (laid out from the planned positions, as the
+    live reconstruction's is) and the box the probe centres of ``region`` (indices; default all) swept."""
+    planned = np.asarray(planned_m, float)
+    origins = grid_origins(-planned, dx, margin_px=margin_px)
+    truth = sim.object_on_grid(planned[0], origins[0], dx, shape, window)
+    inside = origins if region is None else origins[np.asarray(region, int)]
+    lo, hi = np.floor(inside.min(axis=0) + window / 2).astype(int), np.ceil(inside.max(axis=0) + window / 2).astype(int)
+    swept = np.zeros(shape, bool)
+    swept[lo[0] : hi[0] + 1, lo[1] : hi[1] + 1] = True
+    return truth, swept
+
+
 def score(sim, start: dict, obj: np.ndarray, dx: float, window: int, margin_px: float = MARGIN_PX) -> float:
-    """NRMSE of a reconstructed object against the simulation's truth over the scanned region; the
-    object's grid is laid out from the planned positions, as the live reconstruction's is."""
+    """NRMSE of a reconstructed object against the simulation's truth over the scanned region."""
     from .ptycho.metrics import nrmse
 
-    planned = np.asarray(start["planned_positions_m"], float)
-    origins = grid_origins(-planned, dx, margin_px=margin_px)
-    truth = sim.object_on_grid(planned[0], origins[0], dx, obj.shape, window)
-    mask = np.zeros(obj.shape, bool)  # the region the probe centres swept
-    lo, hi = np.floor(origins.min(axis=0) + window / 2).astype(int), np.ceil(origins.max(axis=0) + window / 2).astype(int)
-    mask[lo[0] : hi[0] + 1, lo[1] : hi[1] + 1] = True
-    return nrmse(obj, truth, mask)
+    truth, swept = truth_and_swept(sim, start["planned_positions_m"], obj.shape, dx, window, margin_px)
+    return nrmse(obj, truth, swept)
 
 
 def score_recon(sim, start: dict, recon: dict) -> float:

@@ -209,14 +209,14 @@ def audit_reconstruction(
     ``grid_m`` (so both objects share pixels with the truth of ``ns_bluesky.demo.score``).
     """
     from ..ptycho.engines import PtychoData, engine
-    from ..ptycho.reconstruct import grid_origins
+    from ..ptycho.reconstruct import grid_origins, with_counts
     from ..sim.probe import zone_plate_probe
 
     patterns = np.asarray(patterns, np.float32)
     n = patterns.shape[-1]
     origins = grid_origins(-np.asarray(positions_m, float), dx, (-np.asarray(grid_m, float)).min(axis=0))
     probe = zone_plate_probe(n, dx, energy_eV, optics)
-    probe = probe * np.sqrt(patterns.sum(axis=(-2, -1)).mean() / max(float((np.abs(probe) ** 2).sum()), 1e-30))
+    probe = with_counts(probe, patterns)
     eng = engine(engine_name, threads=threads, probe_update_start=probe_update_start)
     eng.prepare(PtychoData(patterns, origins), probe.astype(np.complex64))
     eng.iterate(iterations)
@@ -230,15 +230,9 @@ def occupied_nrmse(sim, grid_m: np.ndarray, obj: np.ndarray, dx: float, window: 
     within 3 of the sample. Empty space is left out, so a scan that skipped it is judged on what it kept."""
     from scipy import ndimage
 
+    from ..demo import truth_and_swept
     from ..ptycho.metrics import nrmse
-    from ..ptycho.reconstruct import grid_origins
 
-    origins = grid_origins(-np.asarray(grid_m, float), dx)
-    truth = sim.object_on_grid(grid_m[0], origins[0], dx, obj.shape, window)
-    inside = origins if region is None else origins[np.asarray(region, int)]
-    lo = np.floor(inside.min(axis=0) + window / 2).astype(int)
-    hi = np.ceil(inside.max(axis=0) + window / 2).astype(int)
-    swept = np.zeros(obj.shape, bool)
-    swept[lo[0] : hi[0] + 1, lo[1] : hi[1] + 1] = True
+    truth, swept = truth_and_swept(sim, grid_m, obj.shape, dx, window, region=region)
     occupied = ndimage.binary_dilation(np.abs(truth - 1) > 1e-3, iterations=3) & swept
     return nrmse(obj, truth, occupied)

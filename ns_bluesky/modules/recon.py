@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..ptycho.backend import asnumpy
 from ..ptycho.engines import PtychoData, engine
-from ..ptycho.reconstruct import MARGIN_PX, grid_origins
+from ..ptycho.reconstruct import MARGIN_PX, grid_origins, with_counts
 from ..ptycho.stxm import probe_from_patterns
 from ..sim.probe import zone_plate_probe
 from ..stream.module import Module, register
@@ -123,7 +123,7 @@ class _Session:
             probe = zone_plate_probe(n, self.dx, info.energy_eV, info.optics)
         else:
             probe = probe_from_patterns(first.mean(axis=0))
-        probe = probe * np.sqrt(first.sum(axis=(-2, -1)).mean() / max(float((np.abs(probe) ** 2).sum()), 1e-30))
+        probe = with_counts(probe, first)
         data = PtychoData(np.zeros((len(origins), n, n), np.float32), origins, np.zeros(len(origins), np.float32))
         p = self.params
         self.eng = engine(p.engine, backend=p.backend, threads=p.threads)

@@ -104,9 +104,7 @@ def prepare_data(path: str | os.PathLike, size: int | None = None) -> tuple[Ptyc
         probe = crop_center(start, (start.shape[-2] // 2, start.shape[-1] // 2), n)
     else:
         probe = probe_from_patterns(frames.mean(axis=0))
-    # scale the probe to the measured counts: sum |P|^2 = mean photons per frame
-    probe = probe * np.sqrt(frames.sum(axis=(-2, -1)).mean() / max(float((np.abs(probe) ** 2).sum()), 1e-30))
-    return PtychoData(frames, origins), probe.astype(np.complex64), dx
+    return PtychoData(frames, origins), with_counts(probe, frames).astype(np.complex64), dx
 
 
 def run(
@@ -139,6 +137,12 @@ def run(
     if png_path:
         _picture(png_path, obj, probe, residuals, dx, engine_name)
     return Reconstruction(obj, probe, residuals, dx, out, png_path)
+
+
+def with_counts(probe: np.ndarray, patterns: np.ndarray) -> np.ndarray:
+    """The start probe scaled to the measured counts (sum |P|^2 = mean photons per frame): a guess from
+    optics or from the mean pattern knows the shape of the beam, not its flux."""
+    return probe * np.sqrt(patterns.sum(axis=(-2, -1)).mean() / max(float((np.abs(probe) ** 2).sum()), 1e-30))
 
 
 def write_product(path: str | os.PathLike, obj: np.ndarray, probe: np.ndarray, dx: float, residuals, engine_name: str) -> None:
