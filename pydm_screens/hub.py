@@ -72,7 +72,7 @@ def _displayable(array: np.ndarray) -> np.ndarray:
         if bad.all():
             out[:] = 0
         elif bad.any():
-            out[bad] = np.nanmin(np.where(bad, np.nan, out))
+            out[bad] = out[~bad].min()
     return out
 
 

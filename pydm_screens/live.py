@@ -17,7 +17,7 @@ MODULE_FIELDS = (("workers", "workers"), ("items/s", "rate"), ("queue", "queue")
 
 
 def module_row(parent: QWidget, module: str, fields=MODULE_FIELDS) -> QWidget:
-    """One line of PyDM labels for a module's status (shared with the status screen's log)."""
+    """One line of PyDM labels for a module's status."""
     row = QWidget(parent)
     lay = QHBoxLayout(row)
     lay.setContentsMargins(0, 0, 0, 0)

@@ -16,7 +16,7 @@ import numpy as np
 
 from ns_bluesky.errors import ParameterError
 from ns_bluesky.io.cxi import read_cxi
-from ns_bluesky.ptycho.reconstruct import MARGIN_PX
+from ns_bluesky.ptycho.reconstruct import grid_origins
 
 
 @dataclass
@@ -60,10 +60,9 @@ def from_cxi(path: str | os.PathLike) -> ViewData:
             view.residuals = np.asarray(f[key][()], np.float64)
     if obj is not None and probe is not None and len(data.translations_m):
         # where each probe window's centre lies on the object (the reconstruction's own grid)
-        xy = data.translations_m[:, :2]
-        dx = obj.pixel_size_m[1]
-        centre = (xy - xy.min(axis=0)) / dx + MARGIN_PX + view.images["probe amplitude"].shape[-1] / 2
-        view.positions_px, view.positions_on = centre[:, ::-1], "object phase"
+        corners = grid_origins(data.translations_m[:, [1, 0]], obj.pixel_size_m[1])  # CXI translations: (x, y)
+        view.positions_px = corners + view.images["probe amplitude"].shape[-1] / 2
+        view.positions_on = "object phase"
     if not view.images:
         raise ParameterError(f"{path}: no object, probe, image or frames to show")
     return view

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..callbacks.subscriber import ResultsSubscriber
 from ..stream.config import PipelineConfig
 from .decisions import local_errors
 
@@ -33,7 +34,7 @@ class RunFeedback:
     updated_at: float | None = None  # monotonic time of the last result
 
 
-class AdaptiveFeedback:
+class AdaptiveFeedback(ResultsSubscriber):
     """The plan's view of the pipeline: ``AdaptiveFeedback(cfg)``, then ``qc(run)``, ``stxm(run)``, ``recon(run)``,
     ``local_error(run, planned)``.
 
@@ -43,19 +44,11 @@ class AdaptiveFeedback:
     """
 
     def __init__(self, cfg: PipelineConfig, *, keep_patterns: bool = False):
-        from ..callbacks.subscriber import ResultsSubscriber
-
         self.keep_patterns = keep_patterns
         self._runs: dict[str, RunFeedback] = {}
         self._wanted: dict[str, set[int]] = {}
         self._lock = threading.Lock()
-        feedback = self
-
-        class _Subscriber(ResultsSubscriber):
-            def _on_message(self, msg) -> None:
-                feedback._on_message(msg)
-
-        self._subscriber = _Subscriber(cfg, name="adaptive-feedback")
+        super().__init__(cfg, name="adaptive-feedback")
 
     def _view(self, run: str) -> RunFeedback:
         return self._runs.setdefault(run, RunFeedback())
@@ -134,6 +127,3 @@ class AdaptiveFeedback:
         while self.ended(run) is None and time.monotonic() < deadline:
             time.sleep(0.05)
         return self.ended(run)
-
-    def close(self) -> None:
-        self._subscriber.close()
