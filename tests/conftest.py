@@ -13,6 +13,20 @@ from ns_bluesky.config import ELECTRON_VOLT_J, ScanPattern, SimConfig
 from ns_bluesky.sim.experiment import PtychoSimulation
 from ns_bluesky.stream.protocol import Message
 
+# The suite writes about 2.5 GB (raw FCCD frames in the session catalog, CXI files); on a
+# fuller disk SQLite fails mid-run with "database or disk is full", far from the cause.
+NEEDED_FREE_BYTES = 4 * 2**30
+
+
+def pytest_sessionstart(session):
+    import shutil
+
+    base = session.config._tmp_path_factory.getbasetemp()
+    free = shutil.disk_usage(base).free
+    if free < NEEDED_FREE_BYTES:
+        pytest.exit(f"only {free / 2**30:.1f} GiB free under {base}; the test suite writes about 2.5 GiB of "
+                    f"detector frames and catalog data and needs {NEEDED_FREE_BYTES / 2**30:.0f} GiB", returncode=1)
+
 
 @pytest.fixture(scope="session")
 def catalog_dir(tmp_path_factory):
