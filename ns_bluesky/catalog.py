@@ -104,10 +104,52 @@ def _embedded_server_uri(directory: Path, create: bool = True) -> str:
         _register_document_export()
         detector_dir(directory).mkdir(exist_ok=True)
         server = SimpleTiledServer(directory=directory, readable_storage=[detector_dir(directory)])
+        _serialize_connections(server.storage)
         server._ns_lock = lock  # held (and the lock with it) for the life of this process's server
         (directory / "server.json").write_text(json.dumps({"uri": server.uri, "pid": os.getpid()}))
         _servers[directory] = server
         return server.uri
+
+
+class _HeldConnection:
+    """A storage connection that holds its storage's lock until closed."""
+
+    def __init__(self, conn, lock: threading.RLock):
+        self._conn, self._lock = conn, lock
+
+    def __getattr__(self, name: str):
+        return getattr(self._conn, name)
+
+    def close(self) -> None:
+        try:
+            self._conn.close()
+        finally:
+            self._lock.release()
+
+
+def _serialize_connections(storage) -> None:
+    """One request at a time on the embedded server's tabular storage.
+
+    SimpleTiledServer keeps its tables in DuckDB through one shared ADBC connection
+    (tiled pools DuckDB with a StaticPool), and the server calls it from several worker
+    threads at once. DuckDB connections are not thread-safe: two writers appending
+    together (the raw run's and the derived run's TiledWriter) made ``commit()`` hang
+    or the append fail with HTTP 500 within seconds. tiled's adapters open the
+    connection with ``closing(storage.connect())``, so holding a lock from ``connect``
+    to ``close`` serializes every read and write without touching tiled itself.
+    """
+    lock = threading.RLock()  # re-entrant: an adapter may open a second connection while holding one
+    connect = storage.connect
+
+    def locked_connect():
+        lock.acquire()
+        try:
+            return _HeldConnection(connect(), lock)
+        except BaseException:
+            lock.release()
+            raise
+
+    object.__setattr__(storage, "connect", locked_connect)  # tiled's storage is a frozen dataclass
 
 
 def _check_reachable(uri: str, timeout_s: float = 3.0) -> None:

@@ -132,3 +132,35 @@ def test_read_only_open_does_not_create_a_catalog(tmp_path):
     with pytest.raises(CatalogError, match="no catalog at .*typo"):
         open_catalog(tmp_path / "typo", create=False)
     assert not (tmp_path / "typo").exists()
+
+
+def test_writers_appending_at_once_all_land(tmp_path):
+    """The raw and the derived run's writers append together; the embedded server's
+    DuckDB tables must take them one at a time (unserialized, commit() hung or failed with 500)."""
+    import threading
+
+    import pyarrow as pa
+
+    cat = open_catalog(tmp_path / "cat")
+    rows, appends, writers = 5, 60, 4
+    failures: list[str] = []
+
+    def write(k: int) -> None:
+        try:
+            table = pa.table({"seq_num": np.arange(rows), "photons": np.full(rows, float(k))})
+            node = cat.create_container(f"writer{k}").create_appendable_table(schema=table.schema, key="internal")
+            for _ in range(appends):
+                node.append_partition(0, table)
+            got = node.read()
+            if len(got) != rows * appends or not np.all(np.asarray(got["photons"]) == k):
+                failures.append(f"writer {k}: {len(got)} rows")
+        except Exception as exc:  # the failure is the finding; report it with the others
+            failures.append(f"writer {k}: {exc!r}"[:300])
+
+    threads = [threading.Thread(target=write, args=(k,), daemon=True) for k in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "a writer hung"
+    assert failures == []
