@@ -64,7 +64,9 @@ class DerivedRun:
         """One event of ``stream``; returns its sequence number (from 1)."""
         if self.closed:
             raise RuntimeError(f"derived run {self.uid[:8]} is closed")
-        scalars, arrays = dict(scalars or {}), {k: np.ascontiguousarray(v) for k, v in (arrays or {}).items()}
+        # NaN travels the wire as JSON null: a None scalar is a number that is not known (yet)
+        scalars = {k: float("nan") if v is None else v for k, v in (scalars or {}).items()}
+        arrays = {k: np.ascontiguousarray(v) for k, v in (arrays or {}).items()}
         if set(scalars) & set(arrays):
             raise ParameterError(f"stream {stream!r}: {sorted(set(scalars) & set(arrays))} given both as a scalar and an array")
         now = time.time() if timestamp is None else timestamp

@@ -76,12 +76,14 @@ class LiveMonitor(ResultsSubscriber):
             self._bar.update(1)
         elif msg.kind == "result" and msg.stage == "recon":
             v.recon = {"scalars": scalars, "arrays": {k: np.array(a) for k, a in msg.arrays.items()}, "meta": dict(msg.meta)}
-            v.recon_updates.append((now, scalars.get("iteration"), scalars.get("residual"), scalars.get("frames")))
+            residual = scalars.get("residual")
+            residual = float("nan") if residual is None else float(residual)  # NaN travels as JSON null
+            v.recon_updates.append((now, scalars.get("iteration"), residual, scalars.get("frames")))
             if scalars.get("final") and v.final_at is None:
                 v.final_at, v.first_final = now, v.recon
             if scalars.get("refined"):
                 v.refined_at = now
-            self._bar.set_postfix_str(f"recon it {scalars.get('iteration')} residual {scalars.get('residual', float('nan')):.4f}"
+            self._bar.set_postfix_str(f"recon it {scalars.get('iteration')} residual {residual:.4f}"
                                       f" on {scalars.get('frames')} frames")
         elif msg.kind == "result" and msg.stage == "stxm":
             v.stxm = {k: np.array(a) for k, a in msg.arrays.items()}

@@ -68,3 +68,20 @@ def test_results_that_change_shape_or_keys_are_refused(tmp_path):
         DerivedRun(lambda n, d: None, tmp_path, parent_uid="")
     run.close()
     assert docs[-1][0] == "stop"
+
+
+def test_a_residual_not_known_yet_is_recorded_as_nan(tmp_path):
+    """The first live estimate may come before any residual; NaN crosses the wire as JSON null."""
+    from ns_bluesky.stream.protocol import Message, decode, encode
+
+    sent = Message("result", run="r", seq=1, stage="recon", meta={"scalars": {"iteration": 0, "residual": float("nan")}})
+    scalars = decode(encode(sent)).meta["scalars"]
+    assert scalars["residual"] is None
+    docs = []
+    run = DerivedRun(lambda n, d: docs.append((n, d)), tmp_path, parent_uid="raw-uid")
+    run.add("reconstruction", scalars)
+    run.add("reconstruction", {"iteration": 1, "residual": 0.25})
+    descriptor = next(d for n, d in docs if n == "descriptor")
+    assert descriptor["data_keys"]["residual"]["dtype"] == "number"
+    residuals = [d["data"]["residual"] for n, d in docs if n == "event"]
+    assert np.isnan(residuals[0]) and residuals[1] == 0.25
