@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import secrets
 import threading
 import time
 from datetime import datetime
@@ -28,6 +29,7 @@ DETECTOR_SUBDIR = "detector"
 CATALOG_ENV = "NS_BLUESKY_CATALOG"
 
 _servers: dict[Path, Any] = {}
+_PROCESS_API_KEY = secrets.token_hex(16)
 _servers_lock = threading.Lock()
 
 
@@ -103,7 +105,9 @@ def _embedded_server_uri(directory: Path, create: bool = True) -> str:
             raise CatalogError(f"another process holds the catalog at {directory} but does not answer; see {info}") from None
         _register_document_export()
         detector_dir(directory).mkdir(exist_ok=True)
-        server = SimpleTiledServer(directory=directory, readable_storage=[detector_dir(directory)])
+        # one API key for every embedded server of this process: tiled keeps the single-user key in
+        # process-wide settings, so a second server with a key of its own locks the first one's clients out
+        server = SimpleTiledServer(directory=directory, readable_storage=[detector_dir(directory)], api_key=_PROCESS_API_KEY)
         _serialize_connections(server.storage)
         server._ns_lock = lock  # held (and the lock with it) for the life of this process's server
         (directory / "server.json").write_text(json.dumps({"uri": server.uri, "pid": os.getpid()}))

@@ -134,6 +134,14 @@ def test_read_only_open_does_not_create_a_catalog(tmp_path):
     assert not (tmp_path / "typo").exists()
 
 
+def test_two_catalogs_served_by_one_process_both_answer(cat, recorded, tmp_path):
+    """A session that opens a second catalog directory (a scratch catalog, a replay into
+    another one) must not lock the clients of the first out (tiled keeps one API key per process)."""
+    other = open_catalog(tmp_path / "second")
+    assert len(other) == 0
+    assert cat[recorded["scan"]].metadata["start"]["uid"] == recorded["scan"]
+
+
 def test_writers_appending_at_once_all_land(tmp_path):
     """The raw and the derived run's writers append together; the embedded server's
     DuckDB tables must take them one at a time (unserialized, commit() hung or failed with 500)."""
