@@ -31,6 +31,7 @@ class ModuleSpec(BaseModel):
     workers: int = Field(1, ge=0, le=256)
     credits: int = Field(2, ge=1, le=64, description="items a worker may hold at once")
     nice: int = Field(0, ge=0, le=19, description="lower the local workers' CPU priority (a reconstruction takes what the frames leave)")
+    idle: bool = Field(False, description="run the local workers only on CPU time nothing else wants (Linux SCHED_IDLE; elsewhere nice 19)")
     params: dict[str, Any] = Field(default_factory=dict)
 
 

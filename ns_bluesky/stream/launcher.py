@@ -37,6 +37,8 @@ class LocalPool:
             "--heartbeat-s", str(self.cfg.heartbeat_s), "--liveness", str(int(self.cfg.liveness * 1.5)),
             "--exit-with-parent",
         ]
+        if spec.idle:
+            cmd += ["--idle"]
         if self.cfg.log_dir:
             cmd += ["--log-dir", self.cfg.log_dir]
         if self.cfg.curve_keys:

@@ -149,5 +149,27 @@ def test_the_documented_pipeline_file_is_the_demos_pipeline():
     built = ptycho_pipeline(free_ports=False, out_dir="cxi-output")
     assert documented.levels() == built.levels() == [["dark"], ["frame"], ["image", "recon"], ["cxiwrite"]]
     for doc_spec, spec in zip(documented.modules, built.modules, strict=True):
-        assert (doc_spec.module, doc_spec.workers, doc_spec.nice) == (spec.module, spec.workers, spec.nice)
+        assert (doc_spec.module, doc_spec.workers, doc_spec.nice, doc_spec.idle) == (spec.module, spec.workers, spec.nice, spec.idle)
         assert {k: v for k, v in doc_spec.params.items() if k in spec.params} == spec.params
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux only")
+def test_the_reconstruction_worker_runs_only_on_idle_cpu(tmp_path):
+    """At --rate 0 the frames must not lose CPU to the live reconstruction (nice 10 still cost 8 %)."""
+    import subprocess
+
+    from ns_bluesky.modules.pipeline import ptycho_pipeline
+    from ns_bluesky.stream.launcher import LocalPool
+
+    cfg = ptycho_pipeline(free_ports=True, out_dir=str(tmp_path))
+    pool = LocalPool(cfg, cfg.worker_port)
+    assert "--idle" in pool.command("recon") and "--idle" not in pool.command("frame")
+    proc = subprocess.Popen(pool.command("recon"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while os.sched_getscheduler(proc.pid) != os.SCHED_IDLE and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert os.sched_getscheduler(proc.pid) == os.SCHED_IDLE
+    finally:
+        proc.kill()
+        proc.wait()
