@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .catalog import default_catalog_dir, detector_dir, last_scan_id, make_tiled_writer, open_catalog
+from .catalog import default_catalog_dir, detector_dir, last_scan_id, make_tiled_writer, open_catalog, writer_batch
 from .config import SampleModel, ScanPattern, SimConfig
 from .errors import ParameterError
 from .ptycho.reconstruct import MARGIN_PX, grid_origins
@@ -223,7 +223,8 @@ def run_demo(
     pipe_cfg = ptycho_pipeline(frame_workers=workers, engine=engine, backend=backend, out_dir=out, refine_s=refine_s)
 
     RE = RunEngine({"scan_id": last_scan_id(cat)}, call_returns_result=False)
-    raw_writer = ThreadedCallback(make_tiled_writer(cat), name="catalog")
+    batch = writer_batch(rate_hz)  # about 2.5 s of frames per catalog request
+    raw_writer = ThreadedCallback(make_tiled_writer(cat, batch_size=batch), name="catalog")
     events = _LastEvent()
     RE.subscribe(raw_writer)
     RE.subscribe(events)
@@ -231,7 +232,8 @@ def run_demo(
     total = scan[0] * scan[1] if pattern == "raster" else None
     bridge = None
     try:
-        with PipelineSession(cat, cat_dir, pipe_cfg, out / "pipeline", progress=progress, total=total) as session:
+        with PipelineSession(cat, cat_dir, pipe_cfg, out / "pipeline", progress=progress, total=total,
+                             batch_size=batch) as session:
             bridge = PipelineBridge(pipe_cfg)
             RE.subscribe(bridge)
             if progress:

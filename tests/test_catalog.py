@@ -172,3 +172,19 @@ def test_writers_appending_at_once_all_land(tmp_path):
         t.join(120)
     assert not any(t.is_alive() for t in threads), "a writer hung"
     assert failures == []
+
+
+def test_batches_sized_for_the_frame_rate_lose_no_event(cat):
+    """At --rate 0 the writer posts 250 events per request; a run that is not a multiple of
+    the batch still ends with every event in the catalog (the rest goes at the stop document)."""
+    from bluesky import RunEngine
+    from bluesky.plans import count
+    from ophyd.sim import det
+
+    from ns_bluesky.catalog import make_tiled_writer, writer_batch
+
+    assert writer_batch(0) == 250 and writer_batch(10) == 25 and writer_batch(40) == 100 and writer_batch(1e4) == 250
+    RE = RunEngine({"scan_id": last_scan_id(cat)}, call_returns_result=False)  # scan ids of its own
+    RE.subscribe(make_tiled_writer(cat, batch_size=writer_batch(0)))
+    (uid,) = RE(count([det], 260, md={"sample_name": "batching"}))
+    assert len(cat[uid]["primary"]["det"].read()) == 260
