@@ -25,7 +25,7 @@ from bluesky import RunEngine
 from ns_bluesky.callbacks.bridge import PipelineBridge
 from ns_bluesky.ophyd_devices import make_sim_beamline
 
-from ns_bluesky.adaptive import AdaptiveFeedback, adaptive_ptycho, audit_reconstruction, occupied_nrmse
+from ns_bluesky.adaptive import AdaptiveFeedback, adaptive_ptycho, audit_reconstruction, data_frames, occupied_nrmse
 from ns_bluesky.config import ScanPattern, SimConfig
 from ns_bluesky.demo import parse_scan
 from ns_bluesky.plans import dark_frames, ptycho_scan
@@ -48,23 +48,11 @@ class _Decisions:
             self.events.append(doc["data"])
 
 
-def usable_frames(feedback: AdaptiveFeedback, uid: str, grid: np.ndarray, decisions: list[dict]):
-    """Grid point -> (pattern, position) of its latest usable frame that is scan data."""
-    not_data = set()
-    for d in decisions:
-        detail = json.loads(d["adaptive_detail"])
-        not_data.update(detail.get("superseded", []))
-        if detail.get("data") is False:
-            not_data.update(json.loads(d["adaptive_seqs"]))
-    qc = feedback.qc(uid)
+def usable_frames(feedback: AdaptiveFeedback, uid: str, grid: np.ndarray, events: list[dict]):
+    """Grid point -> (pattern, QC) of its latest usable frame that is scan data, and the object pixel size."""
+    decisions = [{"seqs": json.loads(e["adaptive_seqs"]), "detail": json.loads(e["adaptive_detail"])} for e in events]
     patterns, dx = feedback.patterns(uid)
-    out = {}
-    for seq in sorted(qc):
-        s = qc[seq]
-        if s["usable"] and seq not in not_data:
-            pos = np.array([s["position_y"], s["position_x"]])
-            out[int(np.argmin(np.hypot(*(grid - pos).T)))] = (patterns[seq], pos)
-    return out, dx
+    return data_frames(feedback.qc(uid), patterns, grid, decisions), dx
 
 
 def main() -> None:
@@ -117,7 +105,7 @@ def main() -> None:
                 kept, dx = usable_frames(feedback, uid, grid, decisions.events)
                 points = sorted(kept)
                 patterns = np.stack([kept[p][0] for p in points])
-                positions = np.stack([kept[p][1] for p in points])
+                positions = np.array([(kept[p][1]["position_y"], kept[p][1]["position_x"]) for p in points])
                 obj = audit_reconstruction(patterns, positions, grid, dx, config.energy_eV, config.optics,
                                            iterations=args.iterations, threads=1)
                 error = occupied_nrmse(bl.sim, grid, obj, dx, patterns.shape[-1])

@@ -21,6 +21,7 @@ from ns_bluesky.adaptive import (
     AdaptiveFeedback,
     adaptive_ptycho,
     audit_reconstruction,
+    data_frames,
     estimate_drift,
     local_errors,
     occupied_nrmse,
@@ -100,22 +101,8 @@ def _frames(rig, uid, grid, decisions=()):
     """Grid point -> (pattern, QC) of the latest usable frame that no drift check superseded."""
     fb = rig["feedback"]
     assert fb.wait_end(uid, 60) is not None, "the pipeline did not end the run"
-    qc = fb.qc(uid)
     patterns, dx = fb.patterns(uid)
-    superseded = set()
-    for d in decisions:
-        superseded.update(d["detail"].get("superseded", []))
-        if d["detail"].get("data") is False:  # drift-check frames: registered on the reference, not scan data
-            superseded.update(d["seqs"])
-    out = {}
-    for seq in sorted(qc):
-        s = qc[seq]
-        if not s["usable"] or seq in superseded:
-            continue
-        pos = np.array([s["position_y"], s["position_x"]])
-        point = int(np.argmin(np.hypot(*(grid - pos).T)))
-        out[point] = (patterns[seq], s)
-    return out, dx
+    return data_frames(fb.qc(uid), patterns, grid, decisions), dx
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@
 from .decisions import (
     audit_reconstruction,
     coarse_points,
+    data_frames,
     estimate_drift,
     local_errors,
     occupied_nrmse,
@@ -23,6 +24,7 @@ __all__ = [
     "adaptive_ptycho",
     "audit_reconstruction",
     "coarse_points",
+    "data_frames",
     "estimate_drift",
     "local_errors",
     "occupied_nrmse",

@@ -112,21 +112,35 @@ def _patch(shape: tuple[int, int], i: int, j: int, radius: int) -> np.ndarray:
     return (np.array(rows)[:, None] * shape[1] + np.array(cols)[None, :]).ravel()
 
 
+def _window(obj_shape, fprobe: np.ndarray, k: np.ndarray, origin: np.ndarray) -> tuple[int, int, np.ndarray] | None:
+    """Integer corner of the probe window at ``origin`` (object pixels) and the probe shifted by its
+    fraction of a pixel (Fourier ramp on ``fprobe``, the probe's FFT); None for a window off the object."""
+    n = fprobe.shape[-1]
+    (y0, x0), (fy, fx) = np.floor(origin).astype(int), origin - np.floor(origin)
+    if y0 < 0 or x0 < 0 or y0 + n > obj_shape[0] or x0 + n > obj_shape[1]:
+        return None
+    return y0, x0, np.fft.ifft2(fprobe * np.exp(-2j * np.pi * (fy * k[:, None] + fx * k[None, :])))
+
+
+def _misfit(obj: np.ndarray, window: tuple[int, int, np.ndarray], amp: np.ndarray) -> float:
+    """sum (|F(P O)| - amp)^2 over one window (``amp``: the measured amplitudes, unshifted)."""
+    y0, x0, p = window
+    n = p.shape[-1]
+    return float(((np.abs(np.fft.fft2(p * obj[y0 : y0 + n, x0 : x0 + n], norm="ortho")) - amp) ** 2).sum())
+
+
 def local_errors(obj: np.ndarray, probe: np.ndarray, patterns: np.ndarray, origins_px: np.ndarray) -> np.ndarray:
     """Each frame's misfit to a reconstruction, ``sum (|F(P O)| - sqrt(I))^2 / sum I`` over its window:
     where the reconstruction does not explain the data (a bad frame, a wrong position, too little
     overlap). NaN for a window off the object."""
-    n = probe.shape[-1]
-    fprobe, k = np.fft.fft2(probe), np.fft.fftfreq(n)
+    fprobe, k = np.fft.fft2(probe), np.fft.fftfreq(probe.shape[-1])
     out = np.full(len(patterns), np.nan)
     for j, (o, pattern) in enumerate(zip(np.asarray(origins_px, float), patterns, strict=True)):
-        (y0, x0), (fy, fx) = np.floor(o).astype(int), o - np.floor(o)
-        if y0 < 0 or x0 < 0 or y0 + n > obj.shape[0] or x0 + n > obj.shape[1]:
+        w = _window(obj.shape, fprobe, k, o)
+        if w is None:
             continue
-        p = np.fft.ifft2(fprobe * np.exp(-2j * np.pi * (fy * k[:, None] + fx * k[None, :])))
         amp = np.fft.ifftshift(np.sqrt(np.maximum(np.asarray(pattern, np.float32), 0)))
-        model = np.abs(np.fft.fft2(p * obj[y0 : y0 + n, x0 : x0 + n], norm="ortho"))
-        out[j] = float(((model - amp) ** 2).sum() / max(float((amp**2).sum()), 1e-30))
+        out[j] = _misfit(obj, w, amp) / max(float((amp**2).sum()), 1e-30)
     return out
 
 
@@ -152,23 +166,15 @@ def estimate_drift(obj: np.ndarray, probe: np.ndarray, patterns: np.ndarray, ori
     k = np.fft.fftfreq(n)
     norm = max(float((amps**2).sum()), 1e-30)
 
-    def window(o: np.ndarray) -> tuple[int, int, np.ndarray] | None:
-        """Integer corner and sub-pixel-shifted probe of a window at origin ``o`` (None off the object)."""
-        (y0, x0), (fy, fx) = np.floor(o).astype(int), o - np.floor(o)
-        if y0 < 0 or x0 < 0 or y0 + n > obj.shape[0] or x0 + n > obj.shape[1]:
-            return None
-        return y0, x0, np.fft.ifft2(fprobe * np.exp(-2j * np.pi * (fy * k[:, None] + fx * k[None, :])))
-
     def misfit_at(windows) -> float:
         if any(w is None for w in windows):
             return np.inf
-        return sum(float(((np.abs(np.fft.fft2(p * obj[y0 : y0 + n, x0 : x0 + n], norm="ortho")) - a) ** 2).sum())
-                   for (y0, x0, p), a in zip(windows, amps, strict=True)) / norm
+        return sum(_misfit(obj, w, a) for w, a in zip(windows, amps, strict=True)) / norm
 
     def misfit(shift) -> float:
-        return misfit_at([window(o) for o in origins + np.asarray(shift, float)])
+        return misfit_at([_window(obj.shape, fprobe, k, o) for o in origins + np.asarray(shift, float)])
 
-    home = [window(o) for o in origins]  # whole-pixel shifts keep each window's sub-pixel probe
+    home = [_window(obj.shape, fprobe, k, o) for o in origins]  # whole-pixel shifts keep each window's sub-pixel probe
 
     def misfit_whole(sy: int, sx: int) -> float:
         moved = [None if w is None else (w[0] + sy, w[1] + sx, w[2]) for w in home]
@@ -185,6 +191,27 @@ def estimate_drift(obj: np.ndarray, probe: np.ndarray, patterns: np.ndarray, ori
     fit = minimize(misfit, np.array(start, float), method="Nelder-Mead",
                    options={"xatol": 0.02, "fatol": 1e-9, "initial_simplex": np.array(start) + [[0, 0], [0.7, 0], [0, 0.7]]})
     return np.asarray(fit.x, float), float(fit.fun)
+
+
+def data_frames(qc: dict[int, dict], patterns: dict[int, np.ndarray], grid_m: np.ndarray,
+                decisions=()) -> dict[int, tuple[np.ndarray, dict]]:
+    """Grid point -> (pattern, QC) of the latest usable frame that is scan data: what to reconstruct
+    an adaptive run from. ``decisions``: its ``adaptive`` events with ``seqs`` and ``detail`` decoded;
+    events they name ``superseded`` and drift-check frames (``detail["data"] is False``, registered on the
+    reference) are left out. Each frame goes to the grid point nearest its measured position."""
+    not_data: set[int] = set()
+    for d in decisions:
+        not_data.update(d["detail"].get("superseded", []))
+        if d["detail"].get("data") is False:
+            not_data.update(d["seqs"])
+    grid = np.asarray(grid_m, float)
+    out = {}
+    for seq in sorted(qc):
+        s = qc[seq]
+        if s["usable"] and seq not in not_data:
+            point = int(np.argmin(np.hypot(*(grid - (s["position_y"], s["position_x"])).T)))
+            out[point] = (patterns[seq], s)
+    return out
 
 
 def audit_reconstruction(

@@ -118,6 +118,11 @@ class _AdaptiveRun:
         self.next_seq += len(points)
         return seqs
 
+    def seqs_at(self, points) -> list[int]:
+        """The events measured so far at these grid points, in the order taken."""
+        points = {int(g) for g in points}
+        return [s for s, g in self.seq_point.items() if g in points]
+
     def qc(self, seqs: Sequence[int]) -> MsgGenerator[dict[int, dict]]:
         return (yield from _await_qc(self.feedback, self.uid, seqs, self.s["feedback_timeout_s"]))
 
@@ -143,7 +148,7 @@ class _AdaptiveRun:
 
     def reference(self, patch: np.ndarray) -> MsgGenerator[_Reference | None]:
         """Reconstruct the patch as first measured: what later frames are registered against."""
-        seqs = [s for s, g in self.seq_point.items() if g in set(patch.tolist())]
+        seqs = self.seqs_at(patch)
         qc = yield from self.qc(seqs)
         first: dict[int, int] = {}
         for s in sorted(seqs):
@@ -260,13 +265,14 @@ class _AdaptiveRun:
             if patch is None:
                 yield from self.record("no_drift_reference", "no 5 x 5 patch fits inside the region of interest")
             else:
-                first = [g for g in todo if g in set(patch.tolist())]
-                self.feedback.keep(self.uid, [s for s, g in self.seq_point.items() if g in set(patch.tolist())])
+                in_patch = set(patch.tolist())
+                first = [g for g in todo if g in in_patch]
+                self.feedback.keep(self.uid, self.seqs_at(patch))  # the coarse pass's frames in the patch
                 seqs = yield from self.measure(first, keep_patterns=True)
                 yield from self.remeasure_bad(seqs, "drift reference")
-                todo = [g for g in todo if g not in set(first)]
+                todo = [g for g in todo if g not in in_patch]
                 ref = yield from self.reference(patch)
-                patch_seqs = [s for s, g in self.seq_point.items() if g in set(patch.tolist())]
+                patch_seqs = self.seqs_at(patch)
                 if ref is None:
                     yield from self.record("no_drift_reference", "the reference patch has frames without usable data",
                                            patch, patch_seqs)
