@@ -16,7 +16,9 @@ from ophyd import Device, Signal
 from ophyd.status import DeviceStatus
 from ophyd.utils import LimitError
 
-#: moves shorter than this finish inside ``set`` instead of on a timer thread
+from . import clock
+
+#: moves shorter than this finish inside ``set`` instead of on the motion clock
 _SYNC_MOVE_S = 5e-4
 
 
@@ -91,9 +93,7 @@ class SimMotor(Device):
         if duration < _SYNC_MOVE_S:
             arrive()
         else:
-            timer = threading.Timer(duration, arrive)
-            timer.daemon = True
-            timer.start()
+            clock.after(duration, arrive)
         return status
 
     def stop(self, *, success: bool = False) -> None:

@@ -10,6 +10,8 @@ from ophyd.status import DeviceStatus
 
 from ns_bluesky.errors import ParameterError
 
+from . import clock
+
 _OPEN = {"open", "opened", 1}  # 1 == True
 _CLOSED = {"close", "closed", 0}  # 0 == False
 
@@ -23,7 +25,7 @@ class Shutter(Device):
     def __init__(self, prefix: str = "", *, name: str, **kwargs):
         super().__init__(prefix, name=name, **kwargs)
         self._lock = threading.Lock()
-        self._timer: threading.Timer | None = None
+        self._timer: clock.Pending | None = None
 
     @property
     def is_open(self) -> bool:
@@ -54,7 +56,5 @@ class Shutter(Device):
                 status.set_finished()
 
             self._pending = status
-            self._timer = threading.Timer(self.actuation_time.get(), done)
-            self._timer.daemon = True
-            self._timer.start()
+            self._timer = clock.after(self.actuation_time.get(), done)
         return status
