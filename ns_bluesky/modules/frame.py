@@ -51,12 +51,47 @@ class _Run:
             na = info.optics.numerical_aperture(info.energy_eV)
             radius = na * info.geometry.distance_m / (info.geometry.pixel_size_m * params.crop / params.out_size)
         self.bright_field = bright_field_mask((params.out_size, params.out_size), radius)
+        self.cleaner: pp.Preprocessor | None = None
+        self.cleaner_dark: object = None  # the dark the cleaner was prepared with
+
+    def prepared(self, dark, params: FrameParams) -> pp.Preprocessor:
+        """The run's :class:`Preprocessor`, made again only when its dark changes."""
+        if self.cleaner is None or self.cleaner_dark is not dark:
+            settings = pp.Settings(
+                dark=dark is not None, overscan_order=params.overscan_order, spikes=params.spikes,
+                photon_threshold=params.photon_threshold, beamstop=params.beamstop, crop=params.crop,
+                out_size=params.out_size,
+            )
+            self.cleaner = pp.prepare(
+                self.info.geometry,
+                dark_mean=None if dark is None else dark["mean"],
+                bad_pixels=None if dark is None else dark["bad_pixels"],
+                adu_per_photon=self.info.adu_per_photon,
+                transmission_map=self.transmission,
+                settings=settings,
+            )
+            self.cleaner_dark = dark
+        return self.cleaner
 
 
 def binned(raw: np.ndarray, n: int) -> np.ndarray:
     """``raw`` averaged over n x n blocks: a raw frame small enough to show live."""
     h, w = raw.shape[0] // n * n, raw.shape[1] // n * n
     return raw[:h, :w].reshape(h // n, n, w // n, n).mean(axis=(1, 3), dtype=np.float32)
+
+
+def _raw_checks(raw: np.ndarray, saturation_adu: float, bad_index: np.ndarray | None) -> dict:
+    """Zeroed (dropped packets) and saturated pixels, the dark's bad pixels left out.
+
+    Counted over the whole frame, then taken back at the few bad pixels: a good-pixel
+    mask would be a second full pass per frame.
+    """
+    zeros, saturated = raw == 0, raw >= saturation_adu
+    counts = {"zeros": int(np.count_nonzero(zeros)), "saturated": int(np.count_nonzero(saturated))}
+    if bad_index is not None and bad_index.size:
+        counts["zeros"] -= int(np.count_nonzero(zeros.ravel()[bad_index]))
+        counts["saturated"] -= int(np.count_nonzero(saturated.ravel()[bad_index]))
+    return counts
 
 
 @register
@@ -101,12 +136,13 @@ class FrameModule(Module):
         elif raw.dtype.kind == "f" and not np.isfinite(raw).all():
             flags.append("nan")
         else:
-            qc = self._raw_checks(raw, info, dark)
+            cleaner = run.prepared(dark, p)
+            qc = _raw_checks(raw, info.geometry.saturation_adu, cleaner.bad_index)
             if qc["zeros"] > p.zeros_fraction * raw.size:
                 flags.append("zeros")
             if qc["saturated"]:
                 flags.append("saturated")
-            pattern = self._clean(raw, run, dark)
+            pattern = cleaner(raw)
         photons = float(pattern.sum())
         if "shape" not in flags and "nan" not in flags:
             run.photons.append(photons)
@@ -141,30 +177,6 @@ class FrameModule(Module):
             run.last_preview = now
             arrays["raw_preview"] = binned(raw, 4)
         return Message("result", run=msg.run, seq=msg.seq, stage="clean", meta=meta, arrays=arrays)
-
-    def _raw_checks(self, raw: np.ndarray, info: ScanInfo, dark) -> dict:
-        good = None if dark is None else dark["bad_pixels"] == 0
-        zeros = raw == 0
-        saturated = raw >= info.geometry.saturation_adu
-        if good is not None:
-            zeros &= good
-            saturated &= good
-        return {"zeros": int(np.count_nonzero(zeros)), "saturated": int(np.count_nonzero(saturated))}
-
-    def _clean(self, raw: np.ndarray, run: _Run, dark) -> np.ndarray:
-        p, info = self.params, run.info
-        settings = pp.Settings(
-            dark=dark is not None, overscan_order=p.overscan_order, spikes=p.spikes,
-            photon_threshold=p.photon_threshold, beamstop=p.beamstop, crop=p.crop, out_size=p.out_size,
-        )
-        return pp.preprocess(
-            raw[None], info.geometry,
-            dark_mean=None if dark is None else dark["mean"],
-            bad_pixels=None if dark is None else dark["bad_pixels"],
-            adu_per_photon=info.adu_per_photon,
-            transmission_map=run.transmission,
-            settings=settings,
-        )[0]
 
     def end_run(self, run: str) -> None:
         self.runs.pop(run, None)

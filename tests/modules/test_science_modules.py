@@ -89,6 +89,28 @@ def test_a_frame_without_its_dark_is_cleaned_from_the_overscan_and_says_so(sim_s
     assert s["flags"] == "no_dark" and s["usable"] == 1 and s["photons"] > 0
 
 
+def test_the_cleaner_follows_a_dark_that_arrives_mid_run(sim_scan, dark_result, frame_module):
+    """The module prepares its cleaner once per dark: a dark that comes after the first
+    frames must still be used for the next one, exactly as if it had been there first."""
+    mod = FrameModule()
+    mod.start_run(sim_scan.start())
+    before = mod.process(sim_scan.frame(1))
+    mod.process(dark_result)
+    after = mod.process(sim_scan.frame(1))
+    assert before.meta["scalars"]["flags"] == "no_dark" and after.meta["scalars"]["flags"] == ""
+    np.testing.assert_array_equal(after.arrays["pattern"], frame_module.process(sim_scan.frame(1)).arrays["pattern"])
+
+
+def test_zeroed_pixels_are_counted_but_not_the_darks_bad_ones(sim_scan, dark_result, frame_module):
+    good = dark_result.arrays["bad_pixels"] == 0
+    msg = sim_scan.frame(2)
+    raw = msg.arrays["raw"]
+    already = np.count_nonzero((raw == 0) & good)
+    raw[~good] = 0  # masked anyway: not dropped packets
+    raw.ravel()[np.flatnonzero(good & (raw != 0))[5000:5010]] = 0  # ten good pixels zeroed
+    assert frame_module.process(msg).meta["scalars"]["zeros"] == already + 10
+
+
 def test_no_flux_is_flagged_against_the_runs_median(sim_scan, frame_module):
     for seq in (1, 2, 3):
         frame_module.process(sim_scan.frame(seq))

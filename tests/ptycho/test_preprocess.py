@@ -174,3 +174,23 @@ def test_preprocess_gives_what_the_steps_one_after_another_give(geom):
             )
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(want).max())
     np.testing.assert_array_equal(raw, kept)  # the caller's frames stay as they were
+
+
+def test_a_prepared_cleaner_reused_frame_after_frame_gives_what_fresh_calls_give(geom):
+    from ns_bluesky.ptycho.dark import DarkStatistics, bad_maps
+    from ns_bluesky.sim import PtychoSimulation
+
+    sim = PtychoSimulation()
+    stats = DarkStatistics(geom.raw_shape)
+    stats.update(np.stack([sim.raw_frame(None, i) for i in range(3)]))
+    bad = bad_maps(stats, geom).pixels
+    raw = np.stack([sim.raw_frame(sim.planned[i], 20 + i) for i in range(4)])
+    kw = dict(dark_mean=stats.mean, bad_pixels=bad, adu_per_photon=sim.fccd.adu_per_photon,
+              transmission_map=sim.beamstop_transmission_map, settings=pp.Settings(crop=480, out_size=128))
+    cleaner = pp.prepare(geom, **kw)
+    # frames one at a time, then two at once, through the same buffers: no frame leaks into the next
+    got = [cleaner(frame) for frame in raw] + list(cleaner(raw[:2], frames_per_pass=2))
+    want = [pp.preprocess(frame[None], geom, **kw)[0] for frame in raw] + [pp.preprocess(raw[k : k + 1], geom, **kw)[0] for k in (0, 1)]
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+    assert got[0] is not got[1] and not np.shares_memory(got[0], got[1])  # each call hands out its own array
