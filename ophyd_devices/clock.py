@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 class Pending:
     """A completion not yet run; ``cancel`` keeps it from running."""
 
-    __slots__ = ("due", "fn", "cancelled")
+    __slots__ = ("cancelled", "due", "fn")
 
     def __init__(self, due: float, fn: Callable[[], None]):
         self.due, self.fn, self.cancelled = due, fn, False

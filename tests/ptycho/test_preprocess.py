@@ -185,8 +185,8 @@ def test_a_prepared_cleaner_reused_frame_after_frame_gives_what_fresh_calls_give
     stats.update(np.stack([sim.raw_frame(None, i) for i in range(3)]))
     bad = bad_maps(stats, geom).pixels
     raw = np.stack([sim.raw_frame(sim.planned[i], 20 + i) for i in range(4)])
-    kw = dict(dark_mean=stats.mean, bad_pixels=bad, adu_per_photon=sim.fccd.adu_per_photon,
-              transmission_map=sim.beamstop_transmission_map, settings=pp.Settings(crop=480, out_size=128))
+    kw = {"dark_mean": stats.mean, "bad_pixels": bad, "adu_per_photon": sim.fccd.adu_per_photon,
+          "transmission_map": sim.beamstop_transmission_map, "settings": pp.Settings(crop=480, out_size=128)}
     cleaner = pp.prepare(geom, **kw)
     # frames one at a time, then two at once, through the same buffers: no frame leaks into the next
     got = [cleaner(frame) for frame in raw] + list(cleaner(raw[:2], frames_per_pass=2))
