@@ -36,29 +36,40 @@ class _FrameFiles:
     def __init__(self):
         self.resources: dict[str, dict] = {}
         self.files: dict[str, h5py.File] = {}
+        self.datasets: dict[str, tuple[h5py.Dataset, bool]] = {}  # and whether a frame is one raw chunk
 
     def add(self, doc: dict) -> None:
         self.resources[doc["uid"]] = doc
 
-    def read(self, resource_uid: str, index: int, timeout_s: float = 10.0) -> np.ndarray:
-        res = self.resources[resource_uid]
-        if resource_uid not in self.files:
+    def _dataset(self, resource_uid: str) -> tuple[h5py.Dataset, bool]:
+        if resource_uid not in self.datasets:
+            res = self.resources[resource_uid]
             path = Path(res["uri"].removeprefix("file://localhost"))
-            self.files[resource_uid] = h5py.File(path, "r", libver="latest", swmr=True)
-        ds = self.files[resource_uid][res["parameters"]["dataset"]]
+            f = self.files[resource_uid] = h5py.File(path, "r", libver="latest", swmr=True)
+            ds = f[res["parameters"]["dataset"]]
+            raw_chunks = ds.chunks == (1, *ds.shape[1:]) and ds.id.get_create_plist().get_nfilters() == 0
+            self.datasets[resource_uid] = (ds, raw_chunks)
+        return self.datasets[resource_uid]
+
+    def read(self, resource_uid: str, index: int, timeout_s: float = 10.0) -> np.ndarray:
+        ds, raw_chunks = self._dataset(resource_uid)
         deadline = time.monotonic() + timeout_s
         while True:
             ds.refresh()
             if ds.shape[0] > index:
+                if raw_chunks:  # the frame's bytes as filed: half the cost of h5py's selection machinery
+                    _, data = ds.id.read_direct_chunk((index, *(0,) * (ds.ndim - 1)))
+                    return np.frombuffer(data, dtype=ds.dtype).reshape(ds.shape[1:])
                 return ds[index]
             if time.monotonic() > deadline:
-                raise TimeoutError(f"frame {index} never appeared in {res['uri']}")
+                raise TimeoutError(f"frame {index} never appeared in {self.resources[resource_uid]['uri']}")
             time.sleep(0.005)
 
     def close(self) -> None:
         for f in self.files.values():
             f.close()
         self.files.clear()
+        self.datasets.clear()
 
 
 class PipelineBridge(DocumentRouter):

@@ -78,3 +78,23 @@ def test_a_baseline_stream_does_not_collide_with_the_frames(make_pipeline, RE, b
     assert all(m.arrays["raw"].shape == (1040, 1152) for m in results)
     assert bridge.skipped == 2  # the baseline's readings before and after
     bridge.close()
+
+
+def test_frames_are_read_back_whatever_the_files_layout(tmp_path):
+    """The detector's one-raw-chunk-per-frame files are read by chunk; any other layout
+    (compressed, several frames a chunk) goes through h5py's reader and gives the same frames."""
+    import h5py
+
+    from ns_bluesky.callbacks.bridge import _FrameFiles
+
+    frames = np.random.default_rng(0).integers(0, 4000, (5, 16, 12), dtype=np.uint16)
+    files = _FrameFiles()
+    for name, opts in {"raw": {"chunks": (1, 16, 12)}, "gzip": {"chunks": (2, 16, 12), "compression": "gzip"}}.items():
+        path = tmp_path / f"{name}.h5"
+        with h5py.File(path, "w") as f:
+            f.create_dataset("/entry/data/data", data=frames, maxshape=(None, 16, 12), **opts)
+        files.add({"uid": name, "uri": f"file://localhost{path}", "parameters": {"dataset": "/entry/data/data"}})
+        for i in (0, 3, 4):
+            np.testing.assert_array_equal(files.read(name, i), frames[i])
+    assert [raw for _, raw in files.datasets.values()] == [True, False]
+    files.close()
