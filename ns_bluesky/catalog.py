@@ -1,7 +1,7 @@
 """The run catalog: an embedded tiled server (SQLite + files) by default, any tiled server by URI.
 
 ``open_catalog(directory)`` starts tiled's ``SimpleTiledServer`` on 127.0.0.1 in a
-background thread of this process and returns the ``CatalogOfBlueskyRuns`` node that
+process of its own (:mod:`ns_bluesky.catalog_server`) and returns the ``CatalogOfBlueskyRuns`` node that
 runs are written to, so ``cat[scan_id]``, ``cat[uid]``, ``cat[uid[:8]]``, ``cat[-1]``
 and ``cat.search(...)`` work; ``open_catalog("http://host:8000?api_key=...")`` gives
 the same node of a standalone server with the same code. The node needs the spec
@@ -12,13 +12,15 @@ the same node of a standalone server with the same code. The node needs the spec
 from __future__ import annotations
 
 import atexit
+import json
 import os
-import secrets
+import selectors
+import subprocess
+import sys
 import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import platformdirs
 
@@ -28,8 +30,7 @@ RUNS_CONTAINER = "runs"
 DETECTOR_SUBDIR = "detector"
 CATALOG_ENV = "NS_BLUESKY_CATALOG"
 
-_servers: dict[Path, Any] = {}
-_PROCESS_API_KEY = secrets.token_hex(16)
+_servers: dict[Path, tuple[subprocess.Popen, str]] = {}  # directory -> (its server process, address)
 _servers_lock = threading.Lock()
 
 
@@ -59,101 +60,71 @@ def _runs_node(client, container: str):
     return node
 
 
-def _register_document_export() -> None:
-    """Let the embedded server replay a run's documents (``run.documents()``), as a configured server does."""
-    from bluesky_tiled_plugins.exporters import json_seq_exporter
-    from tiled.media_type_registration import default_serialization_registry as registry
+def _start_server(directory: Path, timeout_s: float = 120.0) -> tuple[subprocess.Popen, str] | None:
+    """Start :mod:`ns_bluesky.catalog_server` for ``directory``; None if another process serves it."""
+    log_path = directory / "server.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ns_bluesky.catalog_server", str(directory)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+            start_new_session=True,  # no Ctrl-C from the terminal: the scan's stop document must still land
+        )
+    import tiled.client  # noqa: F401  the caller's next import, done while the server starts (a second each)
 
-    if "application/json-seq" not in registry.media_types("BlueskyRun"):
-        registry.register("BlueskyRun", "application/json-seq", json_seq_exporter)
+    deadline = time.monotonic() + timeout_s
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
+                break
+            line = proc.stdout.readline()
+            if not line:  # it exited before saying where it serves
+                break
+            try:
+                said = json.loads(line)
+            except ValueError:
+                continue  # something else on its stdout
+            if said.get("busy"):
+                proc.wait(10)
+                return None
+            if "uri" in said:
+                return proc, said["uri"]
+    proc.kill()
+    proc.wait(10)
+    tail = log_path.read_text(errors="replace").strip().splitlines()[-15:]
+    raise CatalogError(f"the catalog server for {directory} did not start; {log_path} ends:\n" + "\n".join(tail))
 
 
 def _embedded_server_uri(directory: Path, create: bool = True) -> str:
     """URI of the one server for ``directory``: ours, or the one another process runs.
 
     tiled's embedded storage (SQLite + DuckDB) admits one server per directory, so the
-    first process to open it takes ``server.lock``, serves it on 127.0.0.1 and writes
-    its address to ``server.json``; later processes (a second terminal, ``nsraw2cxi``
-    during a scan) connect there instead of starting a second server.
+    first process to open it starts :mod:`ns_bluesky.catalog_server`, which takes
+    ``server.lock``, serves it on 127.0.0.1 and writes its address to ``server.json``;
+    later processes (a second terminal, ``nsraw2cxi`` during a scan) connect there
+    instead of starting a second server.
     """
-    import fcntl
-    import json
-
-    from tiled.server import SimpleTiledServer
-
     with _servers_lock:
-        if directory in _servers:
-            return _servers[directory].uri
+        if directory in _servers and _servers[directory][0].poll() is None:
+            return _servers[directory][1]
         if not (directory / "catalog.db").exists():
             if not create:
                 raise CatalogError(f"no catalog at {directory} (check --catalog; 'ns-bluesky demo' creates one)")
             directory.mkdir(parents=True, exist_ok=True)
-        lock = open(directory / "server.lock", "a+")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            info = directory / "server.json"
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                try:
-                    uri = json.loads(info.read_text())["uri"]
-                    _check_reachable(uri)
-                    return uri
-                except (OSError, ValueError, KeyError, CatalogError):
-                    time.sleep(0.2)
-            raise CatalogError(f"another process holds the catalog at {directory} but does not answer; see {info}") from None
-        _register_document_export()
-        detector_dir(directory).mkdir(exist_ok=True)
-        # one API key for every embedded server of this process: tiled keeps the single-user key in
-        # process-wide settings, so a second server with a key of its own locks the first one's clients out
-        server = SimpleTiledServer(directory=directory, readable_storage=[detector_dir(directory)], api_key=_PROCESS_API_KEY)
-        _serialize_connections(server.storage)
-        server._ns_lock = lock  # held (and the lock with it) for the life of this process's server
-        (directory / "server.json").write_text(json.dumps({"uri": server.uri, "pid": os.getpid()}))
-        _servers[directory] = server
-        return server.uri
-
-
-class _HeldConnection:
-    """A storage connection that holds its storage's lock until closed."""
-
-    def __init__(self, conn, lock: threading.RLock):
-        self._conn, self._lock = conn, lock
-
-    def __getattr__(self, name: str):
-        return getattr(self._conn, name)
-
-    def close(self) -> None:
-        try:
-            self._conn.close()
-        finally:
-            self._lock.release()
-
-
-def _serialize_connections(storage) -> None:
-    """One request at a time on the embedded server's tabular storage.
-
-    SimpleTiledServer keeps its tables in DuckDB through one shared ADBC connection
-    (tiled pools DuckDB with a StaticPool), and the server calls it from several worker
-    threads at once. DuckDB connections are not thread-safe: two writers appending
-    together (the raw run's and the derived run's TiledWriter) made ``commit()`` hang
-    or the append fail with HTTP 500 within seconds. tiled's adapters open the
-    connection with ``closing(storage.connect())``, so holding a lock from ``connect``
-    to ``close`` serializes every read and write without touching tiled itself.
-    """
-    lock = threading.RLock()  # re-entrant: an adapter may open a second connection while holding one
-    connect = storage.connect
-
-    def locked_connect():
-        lock.acquire()
-        try:
-            return _HeldConnection(connect(), lock)
-        except BaseException:
-            lock.release()
-            raise
-
-    object.__setattr__(storage, "connect", locked_connect)  # tiled's storage is a frozen dataclass
+        started = _start_server(directory)
+        if started is not None:
+            _servers[directory] = started
+            return started[1]
+        info = directory / "server.json"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                uri = json.loads(info.read_text())["uri"]
+                _check_reachable(uri)
+                return uri
+            except (OSError, ValueError, KeyError, CatalogError):
+                time.sleep(0.2)
+        raise CatalogError(f"another process holds the catalog at {directory} but does not answer; see {info}")
 
 
 def _check_reachable(uri: str, timeout_s: float = 3.0) -> None:
@@ -175,10 +146,10 @@ def open_catalog(path_or_uri: str | os.PathLike | None = None, *, container: str
     ``create=False`` (for read-only commands) refuses a directory that holds no catalog
     instead of making an empty one.
     """
-    from tiled.client import from_uri
-
     target = default_catalog_dir() if path_or_uri is None else path_or_uri
     if _is_uri(target):
+        from tiled.client import from_uri
+
         _check_reachable(str(target))
         try:
             client = from_uri(str(target))
@@ -188,19 +159,25 @@ def open_catalog(path_or_uri: str | os.PathLike | None = None, *, container: str
         directory = Path(target).expanduser().resolve()
         if directory.exists() and not directory.is_dir():
             raise CatalogError(f"catalog path {directory} is a file, not a directory")
-        client = from_uri(_embedded_server_uri(directory, create))
+        uri = _embedded_server_uri(directory, create)
+        from tiled.client import from_uri
+
+        client = from_uri(uri)
     return _runs_node(client, container)
 
 
 def close_catalogs() -> None:
     """Stop every embedded server this process started (also done at exit)."""
     with _servers_lock:
-        for directory, server in _servers.items():
+        for proc, _ in _servers.values():
             try:
-                (directory / "server.json").unlink(missing_ok=True)
-                server.close()
-            except Exception:  # already stopped by the interpreter tearing down
+                proc.stdin.close()  # the server's signal to stop
+                proc.wait(15)
+            except (OSError, ValueError):
                 pass
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
         _servers.clear()
 
 

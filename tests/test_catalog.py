@@ -136,7 +136,8 @@ def test_read_only_open_does_not_create_a_catalog(tmp_path):
 
 def test_two_catalogs_served_by_one_process_both_answer(cat, recorded, tmp_path):
     """A session that opens a second catalog directory (a scratch catalog, a replay into
-    another one) must not lock the clients of the first out (tiled keeps one API key per process)."""
+    another one) must not lock the clients of the first out (tiled keeps one API key per
+    process: in-process servers once did; each server now has a process of its own)."""
     other = open_catalog(tmp_path / "second")
     assert len(other) == 0
     assert cat[recorded["scan"]].metadata["start"]["uid"] == recorded["scan"]
@@ -188,3 +189,50 @@ def test_batches_sized_for_the_frame_rate_lose_no_event(cat):
     RE.subscribe(make_tiled_writer(cat, batch_size=writer_batch(0)))
     (uid,) = RE(count([det], 260, md={"sample_name": "batching"}))
     assert len(cat[uid]["primary"]["det"].read()) == 260
+
+
+def test_the_catalog_server_outlives_ctrl_c_but_not_its_process(tmp_path):
+    """The embedded server runs in a process of its own: Ctrl-C (SIGINT to the scan's process
+    group) must leave it serving, so an aborted scan's stop document still lands; when the
+    process that started it dies, even by SIGKILL, it stops and says so in server.json."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import sys, json, time; from ns_bluesky.catalog import open_catalog, _servers; "
+        "cat = open_catalog(sys.argv[1]); (proc, uri), = _servers.values(); "
+        "print(json.dumps({'pid': proc.pid, 'uri': uri}), flush=True); time.sleep(600)"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "cat")], stdout=subprocess.PIPE, text=True)
+    try:
+        said = json.loads(owner.stdout.readline())
+        info = tmp_path / "cat" / "server.json"
+        assert json.loads(info.read_text())["pid"] == said["pid"]
+        os.kill(said["pid"], signal.SIGINT)
+        time.sleep(1)
+        assert len(open_catalog(tmp_path / "cat")) == 0  # still answers (through server.json)
+        owner.kill()
+        owner.wait(10)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _alive(said["pid"]):
+            time.sleep(0.2)
+        assert not _alive(said["pid"]) and not info.exists()
+    finally:
+        owner.kill()
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by its parent) is gone too
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
