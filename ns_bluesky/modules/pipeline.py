@@ -27,7 +27,8 @@ def ptycho_pipeline(
     """The pipeline for a ptychography scan; ``free_ports`` picks loopback ports nobody uses (a private pipeline)."""
     modules = [
         {"name": "dark", "module": "dark", "workers": 1},
-        {"name": "frame", "module": "frame", "workers": frame_workers, "params": {"crop": crop, "out_size": out_size}},
+        # several frame workers share the cores: one FFT thread each
+        {"name": "frame", "module": "frame", "workers": frame_workers, "fft_threads": 1, "params": {"crop": crop, "out_size": out_size}},
         {"name": "image", "module": "image", "workers": 1},
         # the reconstruction iterates on whatever CPU the frames leave: cleaning them comes first
         {"name": "recon", "module": "recon", "workers": 1, "credits": 8, "nice": 10, "idle": True, "params": {"engine": engine, "backend": backend, "refine_seconds": refine_s}},

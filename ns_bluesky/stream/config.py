@@ -32,6 +32,7 @@ class ModuleSpec(BaseModel):
     credits: int = Field(2, ge=1, le=64, description="items a worker may hold at once")
     nice: int = Field(0, ge=0, le=19, description="lower the local workers' CPU priority (a reconstruction takes what the frames leave)")
     idle: bool = Field(False, description="run the local workers only on CPU time nothing else wants (Linux SCHED_IDLE; elsewhere nice 19)")
+    fft_threads: int | None = Field(None, ge=1, le=256, description="FFT threads per local worker (None: all cores; 1 where several workers share them)")
     params: dict[str, Any] = Field(default_factory=dict)
 
 

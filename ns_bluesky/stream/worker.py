@@ -287,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--exit-with-parent", action="store_true", help="exit when the process that started this one dies")
     p.add_argument("--nice", type=int, default=0, help="lower this worker's CPU priority by this much (0-19)")
     p.add_argument("--idle", action="store_true", help="run only on CPU time nothing else wants (Linux SCHED_IDLE)")
+    p.add_argument("--fft-threads", type=int, default=None, help="threads for this worker's FFTs (default: all cores)")
     p.add_argument("--shm-slot-bytes", type=int, default=0, help="share frames with a handler on this machine (0: TCP only)")
     args = p.parse_args(argv)
     name = args.name or args.module
@@ -295,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
         os.nice(min(args.nice, 19))  # before any thread starts: they inherit it
     if args.idle:
         _run_when_idle()
+    if args.fft_threads:
+        from ..ptycho.backend import set_fft_threads
+
+        set_fft_threads(args.fft_threads)
     cls = get_module(args.module)
     module = cls(cls.Params(**json.loads(args.params)))
     module.name = name

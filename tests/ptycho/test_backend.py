@@ -14,6 +14,27 @@ def test_numpy_is_the_default_and_unknown_names_are_refused():
         get_xp("torch")
 
 
+def test_fft_threads_are_set_per_process_and_change_no_value():
+    import os
+
+    import scipy.fft
+
+    from ns_bluesky.ptycho.backend import fft_workers, set_fft_threads
+
+    x = np.random.default_rng(1).random((64, 480)).astype(np.float32)
+    assert fft_workers(np) == {"workers": os.cpu_count()}
+    every_core = scipy.fft.rfft(x, axis=-1, **fft_workers(np))
+    try:
+        set_fft_threads(1)
+        assert fft_workers(np) == {"workers": 1}
+        np.testing.assert_array_equal(scipy.fft.rfft(x, axis=-1, **fft_workers(np)), every_core)
+        with pytest.raises(ParameterError, match="FFT threads must be >= 1"):
+            set_fft_threads(0)
+    finally:
+        set_fft_threads(None)
+    assert fft_workers(np) == {"workers": os.cpu_count()}
+
+
 def _cupy_or_skip():
     try:
         return get_xp("cupy")

@@ -149,7 +149,8 @@ def test_the_documented_pipeline_file_is_the_demos_pipeline():
     built = ptycho_pipeline(free_ports=False, out_dir="cxi-output")
     assert documented.levels() == built.levels() == [["dark"], ["frame"], ["image", "recon"], ["cxiwrite"]]
     for doc_spec, spec in zip(documented.modules, built.modules, strict=True):
-        assert (doc_spec.module, doc_spec.workers, doc_spec.nice, doc_spec.idle) == (spec.module, spec.workers, spec.nice, spec.idle)
+        assert (doc_spec.module, doc_spec.workers, doc_spec.nice, doc_spec.idle, doc_spec.fft_threads) == (
+            spec.module, spec.workers, spec.nice, spec.idle, spec.fft_threads)
         assert {k: v for k, v in doc_spec.params.items() if k in spec.params} == spec.params
 
 
@@ -164,6 +165,8 @@ def test_the_reconstruction_worker_runs_only_on_idle_cpu(tmp_path):
     cfg = ptycho_pipeline(free_ports=True, out_dir=str(tmp_path))
     pool = LocalPool(cfg, cfg.worker_port)
     assert "--idle" in pool.command("recon") and "--idle" not in pool.command("frame")
+    frame = pool.command("frame")
+    assert frame[frame.index("--fft-threads") + 1] == "1" and "--fft-threads" not in pool.command("recon")
     proc = subprocess.Popen(pool.command("recon"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
