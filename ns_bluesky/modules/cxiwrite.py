@@ -10,6 +10,7 @@ added as ``image_1`` (probe) and ``image_2`` (object).
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,11 @@ class CXIWriteParams(BaseModel):
     recon: bool = Field(True, description="add the final reconstruction to the cleaned file")
 
 
+#: frames reach the file in blocks of this many bytes, frames or seconds, whichever comes first:
+#: four HDF5 calls per 64 KB pattern cost about as much as receiving it
+FLUSH_BYTES, FLUSH_FRAMES, FLUSH_S = 8 << 20, 64, 1.0
+
+
 class _Run:
     def __init__(self, info: ScanInfo, out_dir: Path):
         self.info = info
@@ -40,6 +46,26 @@ class _Run:
         self.recon: dict | None = None
         self.residuals: list[float] = []
         self.written = {"raw": 0, "clean": 0}
+        self.pending: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}  # not in the file yet
+        self.pending_bytes, self.last_flush = 0, time.monotonic()
+
+    def add(self, kind: str, frame: np.ndarray, translation: np.ndarray, pixel_size_m: float) -> None:
+        """Queue a frame for the ``kind`` file (a copy: the message's buffer is reused once processed)."""
+        self.writer(kind, frame.shape, frame.dtype, pixel_size_m)
+        frames, translations = self.pending.setdefault(kind, ([], []))
+        frames.append(np.array(frame))
+        translations.append(translation)
+        self.pending_bytes += frame.nbytes
+        self.written[kind] += 1
+        if self.pending_bytes >= FLUSH_BYTES or len(frames) >= FLUSH_FRAMES or time.monotonic() - self.last_flush >= FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        for kind, (frames, translations) in self.pending.items():
+            if frames:
+                self.writers[kind].append(np.stack(frames), np.concatenate(translations))
+        self.pending.clear()
+        self.pending_bytes, self.last_flush = 0, time.monotonic()
 
     def writer(self, kind: str, shape, dtype, pixel_size_m: float) -> CXIWriter:
         if kind not in self.writers:
@@ -55,6 +81,7 @@ class _Run:
         return self.writers[kind]
 
     def close(self) -> list[str]:
+        self.flush()  # also on an abort: what arrived is kept
         for w in self.writers.values():
             w.close()
         return [str(self.paths[k]) for k in self.writers]
@@ -96,14 +123,10 @@ class CXIWriteModule(Module):
             return
         if msg.kind == "frame" and self.params.raw and "raw" in msg.arrays:
             raw = msg.arrays["raw"]
-            w = run.writer("raw", raw.shape, raw.dtype, run.info.geometry.pixel_size_m)
-            w.append(raw[None], _translation(run.info.position(msg.meta.get("data") or {}, msg.seq)))
-            run.written["raw"] += 1
+            run.add("raw", raw, _translation(run.info.position(msg.meta.get("data") or {}, msg.seq)), run.info.geometry.pixel_size_m)
         elif msg.stage == "clean" and self.params.clean and (msg.meta.get("scalars") or {}).get("usable", 1):
             pattern = msg.arrays["pattern"]
-            w = run.writer("clean", pattern.shape, pattern.dtype, float(msg.meta["pixel_size_m"]))
-            w.append(pattern[None], _translation(msg.meta["position_m"]))
-            run.written["clean"] += 1
+            run.add("clean", pattern, _translation(msg.meta["position_m"]), float(msg.meta["pixel_size_m"]))
         elif msg.stage == "recon":
             run.recon = {**msg.arrays, "dx": float(msg.meta["object_pixel_size_m"]), "engine": msg.meta.get("engine", "")}
             run.residuals.append(float((msg.meta.get("scalars") or {}).get("residual", np.nan)))

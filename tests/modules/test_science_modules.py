@@ -140,3 +140,29 @@ def test_a_frame_lands_where_it_was_measured_not_where_its_number_points(sim_sca
     image.process(clean)
     t = image.end_run(sim_scan.uid).arrays["transmission"]
     assert np.isfinite(t).sum() == 1 and np.isfinite(t[2, 2])  # point 11 of the 4 x 4 raster, not point 1
+
+
+@pytest.mark.parametrize("ending", ["end", "abort"])
+def test_the_cxi_file_holds_every_usable_frame_in_order_also_after_an_abort(sim_scan, frame_module, tmp_path, ending):
+    """Frames reach the CXI file in blocks; the last, partial block must be written too, also
+    when the run is aborted, and a frame whose message buffer is reused must not change."""
+    import h5py
+
+    from ns_bluesky.modules.cxiwrite import CXIWriteModule, CXIWriteParams
+
+    writer = CXIWriteModule(CXIWriteParams(out_dir=str(tmp_path)))
+    writer.start_run(sim_scan.start())
+    cleaned = [frame_module.process(sim_scan.frame(seq)) for seq in range(1, 6)]
+    kept = [c.arrays["pattern"].copy() for c in cleaned]
+    for c in cleaned:
+        writer.process(c)
+        c.arrays["pattern"][...] = -1  # the runtime reuses the buffer once process() returned
+    if ending == "end":
+        writer.end_run(sim_scan.uid)
+    else:
+        writer.abort_run(sim_scan.uid)
+    (path,) = tmp_path.glob("*_clean.cxi")
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["entry_1/instrument_1/detector_1/data"][()], np.stack(kept))
+        trans = f["entry_1/sample_1/geometry_1/translation"][()]
+    np.testing.assert_allclose(trans[:, :2], [[-c.meta["position_m"][1], -c.meta["position_m"][0]] for c in cleaned])
