@@ -3,12 +3,25 @@
 Frames never travel inside events: one file per run, one dataset growing by one
 frame per trigger (SWMR, so tiled and live readers can follow it), and one
 ``stream_datum`` per frame pointing at its index.
+
+Every ``WRITEBACK_BYTES`` the writer starts the disk writes of its file (Linux
+``sync_file_range``, which returns at once) and drops from the page cache what lies
+more than ``KEEP_CACHED_BYTES`` behind the last frame (``posix_fadvise``; the bridge
+reads frames just behind the writer). Left to the kernel, a raw-frame stream (240 MB/s
+at 100 frames/s) fills the page cache, and from then on every write pays for reclaiming
+pages: on the development machine 5.6-5.7 ms of CPU per 2.4 MB frame against 0.6-1.9 ms
+with the early writeback and drop (900 frames a round, rounds alternated), and each
+scan of a session started slower than the last (101, 81, 66 frames/s for three 30 x 30
+rate-0 demos in one process). Reading a frame back later costs a disk read.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -16,6 +29,21 @@ import numpy as np
 from event_model import compose_stream_resource
 
 DATASET = "/entry/data/data"
+WRITEBACK_BYTES = 32 << 20
+KEEP_CACHED_BYTES = 64 << 20
+
+
+def _writeback_starter() -> Callable[[int], None] | None:
+    """``fd -> sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)``, or None where the C library lacks it."""
+    try:
+        call = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).sync_file_range
+    except (OSError, AttributeError, TypeError):  # not Linux
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+    return lambda fd: call(fd, 0, 0, 2)  # 2: SYNC_FILE_RANGE_WRITE, start the writes and return
+
+
+start_writeback = _writeback_starter()
 
 
 class HDF5FrameWriter:
@@ -28,6 +56,8 @@ class HDF5FrameWriter:
         self._docs: list[tuple[str, dict]] = []
         self.path: Path | None = None
         self.frames_written = 0
+        self._unsynced = 0  # bytes written since the disk writes were last started
+        self._uncached_to = 0  # file offset below which the page cache was told to drop this file
 
     def open(self) -> Path:
         """Start a new file; the next documents out are its ``stream_resource``."""
@@ -52,6 +82,7 @@ class HDF5FrameWriter:
         self._compose_datum = bundle.compose_stream_datum
         self._docs = [("stream_resource", bundle.stream_resource_doc)]
         self.frames_written = 0
+        self._unsynced = self._uncached_to = 0
         return self.path
 
     def write(self, frame: np.ndarray) -> int:
@@ -68,6 +99,10 @@ class HDF5FrameWriter:
         # one uncompressed chunk per frame: hand HDF5 the bytes, skip its selection machinery
         self._ds.id.write_direct_chunk((i, *(0,) * len(self.frame_shape)), np.ascontiguousarray(frame).data)
         self._file.flush()  # SWMR readers (tiled, live viewers) see the frame before its datum goes out
+        self._unsynced += frame.nbytes
+        if self._unsynced >= WRITEBACK_BYTES:
+            self._unsynced = 0
+            self._writeback()
         # the schema check costs about 0.2 ms a frame of the RunEngine process's GIL; every datum of
         # a file comes from the same composer with integer indices, so the first one speaks for all (and
         # bluesky's TiledWriter checks every document again on its way into the catalog)
@@ -75,6 +110,15 @@ class HDF5FrameWriter:
         self._docs.append(("stream_datum", datum))
         self.frames_written = i + 1
         return i
+
+    def _writeback(self) -> None:
+        fd = self._file.id.get_vfd_handle()
+        if start_writeback is not None:
+            start_writeback(fd)
+        old = os.fstat(fd).st_size - KEEP_CACHED_BYTES
+        if old > self._uncached_to and hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, self._uncached_to, old - self._uncached_to, os.POSIX_FADV_DONTNEED)
+            self._uncached_to = old
 
     def collect_docs(self):
         """Hand out the queued documents once each, in order."""
