@@ -7,6 +7,7 @@ from tiled.queries import Key
 
 from ns_bluesky.catalog import get_run, last_scan_id, open_catalog, search_runs
 from ns_bluesky.errors import CatalogError
+from tests.conftest import process_running
 
 
 def test_frames_read_back_lazily_equal_what_the_device_wrote(cat, recorded):
@@ -218,21 +219,9 @@ def test_the_catalog_server_outlives_ctrl_c_but_not_its_process(tmp_path):
         owner.kill()
         owner.wait(10)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and _alive(said["pid"]):
+        while time.monotonic() < deadline and process_running(said["pid"]):
             time.sleep(0.2)
-        assert not _alive(said["pid"]) and not info.exists()
+        assert not process_running(said["pid"]) and not info.exists()
     finally:
         owner.kill()
 
-
-def _alive(pid: int) -> bool:
-    import os
-
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie (exited, not yet reaped by its parent) is gone too
-        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False

@@ -13,6 +13,7 @@ from ns_bluesky.callbacks.bridge import PipelineBridge
 from tiled.queries import Key
 
 from ns_bluesky.catalog import make_tiled_writer
+from tests.conftest import process_running
 from ns_bluesky.modules.pipeline import ptycho_pipeline
 from ns_bluesky.plans import dark_frames, ptycho_scan
 from ns_bluesky.replay import replay
@@ -82,7 +83,6 @@ def test_a_scan_taken_while_the_pipeline_is_down_is_kept_told_and_replayed(tmp_p
 
 
 def test_ctrl_c_stops_everything_the_demo_started(tmp_path):
-    import os
     import signal
     import subprocess
     import sys
@@ -101,19 +101,15 @@ def test_ctrl_c_stops_everything_the_demo_started(tmp_path):
         try:
             status = ControlClient(load_config(out / "pipeline" / "pipeline.json"), timeout_s=1).status()
             if status["runs"] and all(m["workers"] for m in status["modules"].values()):
-                pids = [status["pid"], *(w["pid"] for m in status["modules"].values() for w in m["workers"])]
+                server = json.loads((tmp_path / "cat" / "server.json").read_text())["pid"]  # the catalog's
+                pids = [server, status["pid"], *(w["pid"] for m in status["modules"].values() for w in m["workers"])]
         except Exception:
             continue
     assert pids, "the demo's pipeline never came up"
     time.sleep(2)  # mid-scan
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) != 0
-    time.sleep(1)
-    alive = []
-    for pid in pids:
-        try:
-            os.kill(pid, 0)
-            alive.append(pid)
-        except ProcessLookupError:
-            pass
+    deadline = time.monotonic() + 15
+    while (alive := [pid for pid in pids if process_running(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert not alive, f"still running after Ctrl-C: {alive}"
