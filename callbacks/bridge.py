@@ -35,8 +35,7 @@ class _FrameFiles:
 
     def __init__(self):
         self.resources: dict[str, dict] = {}
-        self.files: dict[str, h5py.File] = {}
-        self.datasets: dict[str, tuple[h5py.Dataset, bool]] = {}  # and whether a frame is one raw chunk
+        self.datasets: dict[str, tuple[h5py.Dataset, bool]] = {}  # open SWMR, and whether a frame is one raw chunk
 
     def add(self, doc: dict) -> None:
         self.resources[doc["uid"]] = doc
@@ -45,8 +44,7 @@ class _FrameFiles:
         if resource_uid not in self.datasets:
             res = self.resources[resource_uid]
             path = Path(res["uri"].removeprefix("file://localhost"))
-            f = self.files[resource_uid] = h5py.File(path, "r", libver="latest", swmr=True)
-            ds = f[res["parameters"]["dataset"]]
+            ds = h5py.File(path, "r", libver="latest", swmr=True)[res["parameters"]["dataset"]]
             raw_chunks = ds.chunks == (1, *ds.shape[1:]) and ds.id.get_create_plist().get_nfilters() == 0
             self.datasets[resource_uid] = (ds, raw_chunks)
         return self.datasets[resource_uid]
@@ -66,9 +64,8 @@ class _FrameFiles:
             time.sleep(0.005)
 
     def close(self) -> None:
-        for f in self.files.values():
-            f.close()
-        self.files.clear()
+        for ds, _ in self.datasets.values():
+            ds.file.close()
         self.datasets.clear()
 
 

@@ -62,7 +62,7 @@ class _Run:
                 photon_threshold=params.photon_threshold, beamstop=params.beamstop, crop=params.crop,
                 out_size=params.out_size,
             )
-            self.cleaner = pp.prepare(
+            self.cleaner = pp.Preprocessor(
                 self.info.geometry,
                 dark_mean=None if dark is None else dark["mean"],
                 bad_pixels=None if dark is None else dark["bad_pixels"],

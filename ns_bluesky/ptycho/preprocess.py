@@ -316,12 +316,16 @@ class Preprocessor:
     A frame worker cleans thousands of frames against one dark and one beamstop: the
     bad-pixel index, the beamstop's inverse window and the working buffers are made
     here, not per frame (per frame they cost about 2 ms of a 9 ms frame, and the fresh
-    buffers' page faults more). Build it with :func:`prepare`; not thread-safe (the
-    buffers are reused).
+    buffers' page faults more). One is good for frames that share this dark, beamstop,
+    centre and settings; not thread-safe (the buffers are reused).
+
+    The order differs from the step list where that changes no value: the spike ripple is
+    subtracted after assembly (only the image's samples need it), and the crop comes before
+    the photon and beamstop steps (both map the zero padding to zero).
     """
 
-    def __init__(self, geom: DetectorGeometry, *, dark_mean, bad_pixels, adu_per_photon: float,
-                 transmission_map, center, settings: Settings | None, xp):
+    def __init__(self, geom: DetectorGeometry, *, dark_mean=None, bad_pixels=None, adu_per_photon: float,
+                 transmission_map=None, center=None, settings: Settings | None = None, xp=np):
         s = self.settings = settings or Settings()
         self.geom, self.adu_per_photon, self.xp = geom, adu_per_photon, xp
         self.dark = xp.asarray(dark_mean, dtype=xp.float32) if s.dark and dark_mean is not None else None
@@ -383,27 +387,6 @@ class Preprocessor:
         return out.reshape(*lead, s.out_size, s.out_size)
 
 
-def prepare(
-    geom: DetectorGeometry,
-    *,
-    dark_mean=None,
-    bad_pixels=None,
-    adu_per_photon: float,
-    transmission_map=None,
-    center=None,
-    settings: Settings | None = None,
-    xp=np,
-) -> Preprocessor:
-    """A :class:`Preprocessor` for frames that share this dark, beamstop, centre and settings.
-
-    The order differs from the step list where that changes no value: the spike ripple is
-    subtracted after assembly (only the image's samples need it), and the crop comes before
-    the photon and beamstop steps (both map the zero padding to zero).
-    """
-    return Preprocessor(geom, dark_mean=dark_mean, bad_pixels=bad_pixels, adu_per_photon=adu_per_photon,
-                        transmission_map=transmission_map, center=center, settings=settings, xp=xp)
-
-
 def preprocess(
     raw,
     geom: DetectorGeometry,
@@ -418,7 +401,7 @@ def preprocess(
     frames_per_pass: int | None = None,
 ):
     """Raw readout frames ``(N, 1040, 1152)`` to photon patterns ``(N, out_size, out_size)``, centred:
-    :func:`prepare` and one call (streams of frames keep the :class:`Preprocessor` instead)."""
-    cleaner = prepare(geom, dark_mean=dark_mean, bad_pixels=bad_pixels, adu_per_photon=adu_per_photon,
-                      transmission_map=transmission_map, center=center, settings=settings, xp=xp)
+    a :class:`Preprocessor` for one call (streams of frames keep theirs instead)."""
+    cleaner = Preprocessor(geom, dark_mean=dark_mean, bad_pixels=bad_pixels, adu_per_photon=adu_per_photon,
+                           transmission_map=transmission_map, center=center, settings=settings, xp=xp)
     return cleaner(raw, frames_per_pass)

@@ -187,7 +187,7 @@ def test_a_prepared_cleaner_reused_frame_after_frame_gives_what_fresh_calls_give
     raw = np.stack([sim.raw_frame(sim.planned[i], 20 + i) for i in range(4)])
     kw = {"dark_mean": stats.mean, "bad_pixels": bad, "adu_per_photon": sim.fccd.adu_per_photon,
           "transmission_map": sim.beamstop_transmission_map, "settings": pp.Settings(crop=480, out_size=128)}
-    cleaner = pp.prepare(geom, **kw)
+    cleaner = pp.Preprocessor(geom, **kw)
     # frames one at a time, then two at once, through the same buffers: no frame leaks into the next
     got = [cleaner(frame) for frame in raw] + list(cleaner(raw[:2], frames_per_pass=2))
     want = [pp.preprocess(frame[None], geom, **kw)[0] for frame in raw] + [pp.preprocess(raw[k : k + 1], geom, **kw)[0] for k in (0, 1)]
