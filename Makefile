@@ -10,7 +10,7 @@ PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(
 DEMO_ARGS   ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test clean-venv
+.PHONY: demo test lint-imports clean-venv
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "ns-bluesky needs Python 3.11 or newer; set PYTHON=python3.11")'
@@ -28,8 +28,12 @@ $(VENV)/.test: $(VENV)/.core
 demo: $(VENV)/.core
 	$(BIN)/ns-bluesky demo $(DEMO_ARGS)
 
-## the whole test suite; pytest's "no tests collected" (exit 5) is a failure
-test: $(VENV)/.test
+## the import contracts of pyproject.toml ([tool.importlinter]), checked on a staged copy of the package
+lint-imports: $(VENV)/.test
+	@$(BIN)/python tools/lint_imports.py
+
+## the whole test suite, after the import contracts; pytest's "no tests collected" (exit 5) is a failure
+test: lint-imports
 	@QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
 

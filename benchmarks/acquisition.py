@@ -17,14 +17,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from bluesky import RunEngine
-
 from ns_bluesky.callbacks import ThreadedCallback
-from ns_bluesky.catalog import close_catalogs, detector_dir, make_tiled_writer, open_catalog
-from ns_bluesky.config import ScanPattern, SimConfig
-from ns_bluesky.demo import parse_scan
 from ns_bluesky.ophyd_devices import ReplaySource, make_sim_beamline
+
+from ns_bluesky.apps.demo import parse_scan
+from ns_bluesky.instrument.scan import ScanPattern
+from ns_bluesky.io.catalog import close_catalogs, detector_dir, make_tiled_writer, open_catalog
 from ns_bluesky.plans import ptycho_scan
 from ns_bluesky.sim import PtychoSimulation
+from ns_bluesky.sim.settings import SimConfig
 
 
 def simulated_frames_per_s(sim: PtychoSimulation, n: int, threads: int, light: bool = True) -> float:

@@ -23,13 +23,17 @@ from pathlib import Path
 import numpy as np
 from bluesky import RunEngine
 from ns_bluesky.callbacks.bridge import PipelineBridge
+from ns_bluesky.callbacks.feedback import AdaptiveFeedback
 from ns_bluesky.ophyd_devices import make_sim_beamline
 
-from ns_bluesky.adaptive import AdaptiveFeedback, adaptive_ptycho, audit_reconstruction, data_frames, occupied_nrmse
-from ns_bluesky.config import ScanPattern, SimConfig
-from ns_bluesky.demo import parse_scan
+from ns_bluesky.apps.demo import parse_scan
+from ns_bluesky.instrument.scan import ScanPattern
 from ns_bluesky.plans import dark_frames, ptycho_scan
+from ns_bluesky.plans.adaptive import adaptive_ptycho
+from ns_bluesky.ptycho.adaptive import audit_reconstruction, data_frames
 from ns_bluesky.sim import sample as sim_sample
+from ns_bluesky.sim.scoring import occupied_nrmse
+from ns_bluesky.sim.settings import SimConfig
 from ns_bluesky.stream.config import PipelineConfig, free_loopback_ports
 from ns_bluesky.stream.launcher import PipelineProcess
 

@@ -16,11 +16,12 @@ import os
 import tempfile
 import time
 
-from ns_bluesky.catalog import close_catalogs, open_catalog
-from ns_bluesky.config import SimConfig
-from ns_bluesky.demo import parse_scan, run_demo, score
-from ns_bluesky.ptycho import reconstruct
+from ns_bluesky.apps import reconstruct
+from ns_bluesky.apps.demo import parse_scan, run_demo
+from ns_bluesky.io.catalog import close_catalogs, open_catalog
 from ns_bluesky.sim.experiment import PtychoSimulation
+from ns_bluesky.sim.scoring import score
+from ns_bluesky.sim.settings import SimConfig
 
 
 def offline_nrmse(cat_dir: str, raw_uid: str, cxi: str, iterations: int, out: str) -> tuple[float, float]:

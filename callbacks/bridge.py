@@ -69,11 +69,63 @@ class _FrameFiles:
         self.datasets.clear()
 
 
-class PipelineBridge(DocumentRouter):
+class _Translator(DocumentRouter):
+    """Documents to stream messages, on the sender thread: the frame files, each datum paired with its
+    event, the run's frame count. One method per document name, as event-model routes them."""
+
+    def __init__(self, send, lag):
+        super().__init__()
+        self._send, self._lag = send, lag
+        self.files = _FrameFiles()
+        self.datums: dict[tuple[str, int], tuple[str, int]] = {}  # (descriptor, seq_num) -> (resource, index)
+        self.streams: dict[str, str] = {}  # descriptor uid -> stream name
+        self.run = ""
+        self.sent_frames = 0
+        self.skipped = 0
+
+    def start(self, doc):
+        self.run = doc["uid"]
+        self.datums.clear()
+        self.sent_frames = 0
+        self._send(start_message(doc))
+
+    def stream_resource(self, doc):
+        self.files.add(doc)
+
+    def descriptor(self, doc):
+        self.streams[doc["uid"]] = doc.get("name", "primary")
+
+    def stream_datum(self, doc):
+        first = doc["seq_nums"]["start"]
+        for k, index in enumerate(range(doc["indices"]["start"], doc["indices"]["stop"])):
+            self.datums[(doc["descriptor"], first + k)] = (doc["stream_resource"], index)
+
+    def event(self, doc):
+        if self.streams.get(doc["descriptor"], "primary") != "primary":
+            self.skipped += 1  # baseline and monitor streams number their events apart: not frames
+            return
+        arrays = {}
+        where = self.datums.pop((doc["descriptor"], doc["seq_num"]), None)
+        if where is not None:
+            try:
+                arrays["raw"] = self.files.read(*where)
+            except Exception as exc:
+                log.error("frame %s of run %s unreadable: %s", doc["seq_num"], self.run[:8], exc)
+        kind = "frame" if arrays else "event"
+        meta = {"data": jsonable(doc["data"]), "time": doc["time"], "lag": self._lag()}
+        self._send(Message(kind, run=self.run, seq=doc["seq_num"], meta=meta, arrays=arrays))
+        self.sent_frames += 1
+
+    def stop(self, doc):
+        meta = {"exit_status": doc.get("exit_status"), "reason": doc.get("reason", ""), "num_frames": self.sent_frames}
+        self._send(Message("stop", run=self.run, meta=meta))
+        self.files.close()
+
+
+class PipelineBridge:
     """Subscribe to a RunEngine: ``RE.subscribe(PipelineBridge(cfg))``."""
 
     def __init__(self, cfg: PipelineConfig | None = None, *, max_queue: int = 1_000_000, warn_after_s: float = 5.0):
-        super().__init__()
         self.cfg = cfg or PipelineConfig()
         self.warn_after_s = warn_after_s
         self.unprocessed: list[str] = []  # runs whose start the pipeline never acknowledged: replay them
@@ -104,11 +156,7 @@ class PipelineBridge(DocumentRouter):
 
     # sender thread -------------------------------------------------------------
     def _run(self) -> None:
-        files = _FrameFiles()
-        datums: dict[tuple[str, int], tuple[str, int]] = {}  # (descriptor, seq_num) -> (resource, index)
-        streams: dict[str, str] = {}  # descriptor uid -> stream name
-        run = ""
-        sent_frames = 0
+        translate = _Translator(self._send, lambda: self.lag)
         started = None  # (when, key) of the last start sent, until the pipeline acknowledges it
         try:
             while not self._stop.is_set() or not self._queue.empty():
@@ -116,38 +164,11 @@ class PipelineBridge(DocumentRouter):
                     name, doc = self._queue.get(timeout=0.1)
                 except queue.Empty:
                     name = None
-                if name == "start":
-                    run = doc["uid"]
-                    datums.clear()
-                    sent_frames = 0
-                    self._send(start_message(doc))
-                    started = (time.monotonic(), ("start", run, -1))
-                elif name == "stream_resource":
-                    files.add(doc)
-                elif name == "descriptor":
-                    streams[doc["uid"]] = doc.get("name", "primary")
-                elif name == "stream_datum":
-                    first = doc["seq_nums"]["start"]
-                    for k, index in enumerate(range(doc["indices"]["start"], doc["indices"]["stop"])):
-                        datums[(doc["descriptor"], first + k)] = (doc["stream_resource"], index)
-                elif name == "event" and streams.get(doc["descriptor"], "primary") != "primary":
-                    self.skipped += 1  # baseline and monitor streams number their events apart: not frames
-                elif name == "event":
-                    arrays = {}
-                    where = datums.pop((doc["descriptor"], doc["seq_num"]), None)
-                    if where is not None:
-                        try:
-                            arrays["raw"] = files.read(*where)
-                        except Exception as exc:
-                            log.error("frame %s of run %s unreadable: %s", doc["seq_num"], run[:8], exc)
-                    kind = "frame" if arrays else "event"
-                    meta = {"data": jsonable(doc["data"]), "time": doc["time"], "lag": self.lag}
-                    self._send(Message(kind, run=run, seq=doc["seq_num"], meta=meta, arrays=arrays))
-                    sent_frames += 1
-                elif name == "stop":
-                    meta = {"exit_status": doc.get("exit_status"), "reason": doc.get("reason", ""), "num_frames": sent_frames}
-                    self._send(Message("stop", run=run, meta=meta))
-                    files.close()
+                if name is not None:
+                    translate(name, doc)
+                    self.skipped = translate.skipped
+                    if name == "start":
+                        started = (time.monotonic(), ("start", translate.run, -1))
                 self._client.tick()
                 if started is not None and started[1] not in self._client.unacked:
                     started = None
@@ -155,7 +176,7 @@ class PipelineBridge(DocumentRouter):
                     self._tell_unprocessed(started[1][1])
                     started = None
         finally:
-            files.close()
+            translate.files.close()
 
     def _tell_unprocessed(self, run: str) -> None:
         self.unprocessed.append(run)

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 from event_model import compose_run
-from ns_bluesky.ophyd_devices.hdf5_writer import HDF5FrameWriter
 
 from ns_bluesky.errors import ParameterError
+from ns_bluesky.io.frame_writer import HDF5FrameWriter
 
 Emit = Callable[[str, dict], None]
 

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from ns_bluesky.stream.config import PipelineConfig
 
-from .subscriber import ResultsSubscriber
+from ..stream.subscriber import ResultsSubscriber
 
 
 @dataclass

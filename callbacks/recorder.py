@@ -21,8 +21,8 @@ from pathlib import Path
 from ns_bluesky.stream.config import PipelineConfig
 from ns_bluesky.stream.protocol import start_document
 
+from ..stream.subscriber import ResultsSubscriber
 from .derived import DerivedRun, Emit
-from .subscriber import ResultsSubscriber
 
 #: stage -> (stream of the derived run, whether its arrays are recorded too)
 STREAMS = {

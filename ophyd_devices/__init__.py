@@ -4,9 +4,9 @@ The simulated set (``make_sim_beamline``) shares one physics model so the detect
 the sample where the stage really is.
 """
 
+from ..io.frame_writer import HDF5FrameWriter
 from .beamline import SimBeamline, make_sim_beamline
 from .fccd import ReplaySource, SimFCCD, SimulationSource
-from .hdf5_writer import HDF5FrameWriter
 from .motors import SampleStage, SimMotor
 from .optics import ZonePlateOptics
 from .shutter import Shutter

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ns_bluesky.config import SimConfig
 from ns_bluesky.sim import PtychoSimulation
+from ns_bluesky.sim.settings import SimConfig
 
 from .fccd import SimFCCD, SimulationSource
 from .motors import SampleStage

@@ -23,12 +23,12 @@ from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.status import DeviceStatus
 
-from ns_bluesky.config import DetectorGeometry
 from ns_bluesky.errors import DeviceError, ParameterError
+from ns_bluesky.instrument.detector import DetectorGeometry
 from ns_bluesky.sim import PtychoSimulation
 from ns_bluesky.sim.faults import Faults
 
-from .hdf5_writer import HDF5FrameWriter
+from ..io.frame_writer import HDF5FrameWriter
 
 
 class FrameSource(Protocol):

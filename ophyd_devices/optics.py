@@ -5,7 +5,7 @@ from __future__ import annotations
 from ophyd import Component as Cpt
 from ophyd import Device, Signal
 
-from ns_bluesky.config import ZonePlateOptics as ZonePlateModel
+from ns_bluesky.instrument.optics import ZonePlateOptics as ZonePlateModel
 
 
 class ZonePlateOptics(Device):

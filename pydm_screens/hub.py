@@ -42,11 +42,11 @@ from collections import deque
 from typing import Any
 
 import numpy as np
-from ns_bluesky.callbacks.subscriber import ResultsSubscriber
 
 from ns_bluesky.stream.client import ControlClient
 from ns_bluesky.stream.config import PipelineConfig, load_config
 from ns_bluesky.stream.protocol import Message, start_document
+from ns_bluesky.stream.subscriber import ResultsSubscriber
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ class StreamHub(ResultsSubscriber):
     def _start_pipeline(self) -> str:
         if self.alive:
             return "start: a pipeline is already running"
-        cmd = [sys.executable, "-m", "ns_bluesky.cli", "pipeline", "start"]
+        cmd = [sys.executable, "-m", "ns_bluesky.apps.cli", "pipeline", "start"]
         if self.config_path:
             cmd += ["--config", self.config_path]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)

@@ -16,7 +16,7 @@ import numpy as np
 
 from ns_bluesky.errors import ParameterError
 from ns_bluesky.io.cxi import read_cxi
-from ns_bluesky.ptycho.reconstruct import grid_origins
+from ns_bluesky.ptycho.layout import grid_origins
 
 
 @dataclass
@@ -124,6 +124,6 @@ def open_source(source: str, catalog: str | os.PathLike | None = None) -> ViewDa
     """``source``: a CXI file, or a run (scan id, uid or uid prefix) of ``catalog``."""
     if source.endswith((".cxi", ".h5")) or Path(source).is_file():
         return from_cxi(source)
-    from ns_bluesky.catalog import get_run, open_catalog
+    from ns_bluesky.io.catalog import get_run, open_catalog
 
     return from_run(get_run(open_catalog(catalog, create=False), source))

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..catalog import get_run
-from ..config import DetectorGeometry, ZonePlateOptics
 from ..errors import CatalogError
-from ..sim.fccd import assemble
-from ..sim.probe import zone_plate_probe
+from ..instrument.detector import DetectorGeometry, assemble
+from ..instrument.optics import ZonePlateOptics
+from ..instrument.probe import zone_plate_probe
+from .catalog import get_run
 from .cxi import CXIWriter
 
 BLOCK = 32

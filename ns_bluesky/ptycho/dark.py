@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import DetectorGeometry
-from ..sim.fccd import channel_series
+from ..instrument.detector import DetectorGeometry, channel_series
 
 MASK_HOT = 0x4
 MASK_DEAD = 0x8

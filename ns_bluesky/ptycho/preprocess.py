@@ -16,9 +16,9 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
-from ..config import DetectorGeometry
-from ..sim.fccd import blocks
+from ..instrument.detector import DetectorGeometry, blocks
 from .backend import fft_module, fft_workers
 
 
@@ -175,7 +175,7 @@ def _image_rows(geom: DetectorGeometry) -> slice:
 
 
 def _assemble_into(raw, geom: DetectorGeometry, out):
-    """:func:`ns_bluesky.sim.fccd.assemble`, written straight into ``out`` (no concatenate copy)."""
+    """:func:`ns_bluesky.instrument.detector.assemble`, written straight into ``out`` (no concatenate copy)."""
     b = blocks(raw, geom)[..., _image_rows(geom), :, : geom.data_cols_per_channel]
     top, bottom = _image_blocks(out, geom)
     top[...] = b[..., 0, :, :, :]
@@ -234,15 +234,6 @@ def _divide_transmission(images, inverse, window):
     return images
 
 
-def beamstop_transmission(geom: DetectorGeometry, center=None) -> np.ndarray:
-    """The beamstop's transmission on the assembled image: a disc of ``beamstop_radius_m`` (1 outside)."""
-    n_y, n_x = geom.image_shape
-    cy, cx = (n_y // 2, n_x // 2) if center is None else center
-    yy, xx = np.ogrid[:n_y, :n_x]
-    r = np.hypot(yy - cy, xx - cx)
-    return np.where(r <= geom.beamstop_radius_m / geom.pixel_size_m, geom.beamstop_transmission, 1.0).astype(np.float32)
-
-
 def beamstop_correct(images, transmission_map, xp=np, inplace: bool = False):
     """Step 7: divide the beamstop's shadow by its transmission (1 outside the beamstop)."""
     inverse, window = _inverse_window(transmission_map, xp)
@@ -290,24 +281,19 @@ def fft_downsample(images, size: int, xp=np):
     return fft.irfft2(kept, s=(size, size), **fft_workers(xp)).astype(xp.float32, copy=False)
 
 
-class Settings:
-    """Which steps run, and their parameters (defaults: COSMIC's)."""
+class Settings(BaseModel):
+    """Which steps run, and their parameters (defaults: COSMIC's). The frame stage's parameters extend these."""
 
-    def __init__(
-        self,
-        *,
-        dark: bool = True,
-        overscan_order: int | None = 1,
-        spikes: bool = True,
-        background_adu: float | None = None,
-        photon_threshold: float | None = 0.5,
-        beamstop: bool = True,
-        crop: int | None = 960,
-        out_size: int = 256,
-    ):
-        self.dark, self.overscan_order, self.spikes = dark, overscan_order, spikes
-        self.background_adu, self.photon_threshold, self.beamstop = background_adu, photon_threshold, beamstop
-        self.crop, self.out_size = crop, out_size
+    model_config = ConfigDict(extra="forbid")
+
+    dark: bool = Field(True, description="subtract the dark, when the run has one")
+    overscan_order: int | None = Field(1, ge=0, le=2, description="per-channel offset fit from the overscan (None: off)")
+    spikes: bool = Field(True, description="remove the periodic readout spikes per channel")
+    background_adu: float | None = Field(None, ge=0, description="zero values below this many ADU (None: off)")
+    photon_threshold: float | None = Field(0.5, ge=0, description="sub-photon threshold, photons (None: off)")
+    beamstop: bool = Field(True, description="divide the beamstop's shadow by its transmission")
+    crop: int | None = Field(960, ge=16, description="detector pixels kept around the centre, which sets the object pixel size (None: all)")
+    out_size: int = Field(256, ge=16, description="side of the cleaned pattern (FFT downsampling of the crop)")
 
 
 class Preprocessor:

@@ -5,11 +5,12 @@ raw-frame model together; ``fccd`` holds the raw layout and its inverse (used by
 processing as well).
 """
 
+from ..instrument.detector import assemble, disassemble
+from ..instrument.probe import zone_plate_probe
+from ..instrument.scan import fermat_spiral, positions, raster, step_from_overlap
 from .experiment import PtychoSimulation, SimulatedScan, Truth, simulate_scan
-from .fccd import FCCDModel, assemble, disassemble, sample_photons
-from .probe import zone_plate_probe
+from .fccd import FCCDModel, sample_photons
 from .sample import test_pattern, transmission
-from .scan import fermat_spiral, positions, raster, step_from_overlap
 
 __all__ = [
     "FCCDModel",

@@ -18,11 +18,12 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.fft as sfft
 
-from ..config import SimConfig
+from ..instrument.detector import beamstop_transmission
+from ..instrument.probe import zone_plate_probe
+from ..instrument.scan import positions as _positions
 from . import sample as _sample
 from .fccd import FCCDModel
-from .probe import zone_plate_probe
-from .scan import positions as _positions
+from .settings import SimConfig
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,6 @@ class PtychoSimulation:
         c = self.det_n // 2
         yy, xx = np.ogrid[: self.det_n, : self.det_n]
         r = np.hypot(yy - c, xx - c)
-        from ..ptycho.preprocess import beamstop_transmission  # here: ptycho imports sim.fccd
-
         trans = beamstop_transmission(g)
         bg = nz.background_photons + nz.background_center_photons * np.exp(-r / nz.background_radius_px)
         return trans.astype(np.float32), (bg * trans).astype(np.float32)

@@ -15,10 +15,10 @@ import numpy as np
 import scipy.fft as sfft
 from scipy import ndimage
 
-from ..config import ZonePlateOptics
-from .probe import zone_plate_probe
+from ..instrument.optics import ZonePlateOptics
+from ..instrument.probe import zone_plate_probe
+from ..instrument.scan import raster
 from .sample import resample, test_pattern, transmission
-from .scan import raster
 
 
 @dataclass

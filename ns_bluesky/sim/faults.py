@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..config import DetectorGeometry
+from ..instrument.detector import DetectorGeometry
 
 #: rows of a raw frame lost with one dropped packet burst (about 5 % of the 1040 rows: flagged as ``zeros``)
 DROPPED_ROWS = 56

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from ..config import wavelength_m
 from ..errors import ParameterError
+from ..instrument.units import wavelength_m
 
 
 def test_pattern(shape: tuple[int, int] = (512, 512), spokes: int = 36) -> np.ndarray:

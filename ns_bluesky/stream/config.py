@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import ParameterError
+from .stage import load_stage
 
 #: what the ingest port (the bridge from Bluesky, or ``stream-sim``) produces
 INGEST_KINDS = ("start", "frame", "event", "stop")
@@ -27,12 +28,11 @@ class ModuleSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="the stage name this module's workers serve")
-    module: str = Field(description="registered module type, e.g. 'echo'")
+    module: str = Field(description="stage type: an installed stage's name (e.g. 'echo') or package.module:Class")
     workers: int = Field(1, ge=0, le=256)
     credits: int = Field(2, ge=1, le=64, description="items a worker may hold at once")
     nice: int = Field(0, ge=0, le=19, description="lower the local workers' CPU priority (a reconstruction takes what the frames leave)")
     idle: bool = Field(False, description="run the local workers only on CPU time nothing else wants (Linux SCHED_IDLE; elsewhere nice 19)")
-    fft_threads: int | None = Field(None, ge=1, le=256, description="FFT threads per local worker (None: all cores; 1 where several workers share them)")
     params: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -60,16 +60,16 @@ class PipelineConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_wiring(self) -> PipelineConfig:
-        from .module import registry
-
-        known = registry()
         names = [m.name for m in self.modules]
         if len(set(names)) != len(names):
             raise ValueError(f"module names must be unique, got {names}")
         produced = {kind: "ingest" for kind in INGEST_KINDS}
+        known = {}
         for spec in self.modules:
-            if spec.module not in known:
-                raise ValueError(f"module {spec.name!r}: unknown type {spec.module!r}; known: {', '.join(sorted(known))}")
+            try:
+                known[spec.module] = load_stage(spec.module)
+            except KeyError as exc:
+                raise ValueError(f"module {spec.name!r}: {exc.args[0]}") from None
             for stage in known[spec.module].outputs:
                 if stage in produced:
                     raise ValueError(f"module {spec.name!r} ({spec.module}) produces {stage!r}, which {produced[stage]!r} already produces")
@@ -95,10 +95,7 @@ class PipelineConfig(BaseModel):
         A run's end travels stage by stage, so what a module flushes at the end of a run
         still reaches the modules it feeds. A cycle is refused, naming its modules.
         """
-        from .module import registry
-
-        known = registry()
-        producer = {stage: spec.name for spec in self.modules for stage in known[spec.module].outputs}
+        producer = {stage: spec.name for spec in self.modules for stage in load_stage(spec.module).outputs}
         feeds = {spec.name: {producer[k] for k in self.inputs_of(spec) if k in producer} for spec in self.modules}
         level: dict[str, int] = {}
         while len(level) < len(feeds):
@@ -111,9 +108,7 @@ class PipelineConfig(BaseModel):
 
     def inputs_of(self, spec: ModuleSpec) -> tuple[str, ...]:
         """What the module of ``spec`` consumes with its parameters."""
-        from .module import get_module
-
-        cls = get_module(spec.module)
+        cls = load_stage(spec.module)
         return cls.inputs_for(cls.Params(**spec.params))
 
     def address(self, port: int, *, connect: bool = False) -> str:

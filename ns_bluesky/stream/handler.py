@@ -96,10 +96,10 @@ class RunState:
 
 class ModuleState:
     def __init__(self, spec, inputs: tuple[str, ...]):
-        from .module import get_module
+        from .stage import load_stage
 
         self.spec, self.inputs = spec, inputs
-        cls = get_module(spec.module)
+        cls = load_stage(spec.module)
         self.purposes, self.waits_for = cls.purposes, cls.waits_for
         self.queue: deque[int] = deque()
         self.held: dict[str, list[int]] = {}  # run -> items waiting for the shared state the run needs
@@ -124,9 +124,9 @@ class Handler:
         for mod in self.modules.values():
             for kind in mod.inputs:
                 self.consumers.setdefault(kind, []).append(mod)
-        from .module import get_module
+        from .stage import load_stage
 
-        self.shared_stages = {stage for spec in cfg.modules for stage in get_module(spec.module).shared_outputs}
+        self.shared_stages = {stage for spec in cfg.modules for stage in load_stage(spec.module).shared_outputs}
         self.shared: dict[tuple[str, str], Message] = {}  # (stage, run) -> the latest shared results, oldest first
         self.items: dict[int, Item] = {}
         self.runs: dict[str, RunState] = {}

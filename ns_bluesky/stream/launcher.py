@@ -39,8 +39,6 @@ class LocalPool:
         ]
         if spec.idle:
             cmd += ["--idle"]
-        if spec.fft_threads:
-            cmd += ["--fft-threads", str(spec.fft_threads)]
         if self.cfg.log_dir:
             cmd += ["--log-dir", self.cfg.log_dir]
         if self.cfg.curve_keys:

@@ -1,4 +1,4 @@
-"""Worker process: owns the socket, the heartbeats and the control commands; a module only computes.
+"""Worker process: owns the socket, the heartbeats and the control commands; a stage only computes.
 
 Paranoid-Pirate style (zguide ``ppworker``), with its known flaw fixed: the module's
 ``process`` runs on a compute thread, so a long computation never starves the
@@ -26,9 +26,9 @@ import numpy as np
 import zmq
 
 from .logs import setup_process_logging
-from .module import Module, get_module
 from .protocol import Message, ProtocolError, decode, encode
 from .shm import IN, OUT, Placer, SlotArena
+from .stage import Stage, load_stage
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +46,19 @@ def _as_list(out) -> list[Message]:
 
 
 class Worker:
-    """Serve one module to a handler until told to shut down."""
+    """Serve one stage to a handler until told to shut down.
+
+    The worker builds its stage, handing it the two things a stage may ask of the worker:
+    ``emit`` (a result before the item ends) and the live set of aborted runs.
+    """
 
     def __init__(
         self,
-        module: Module,
+        stage: type[Stage],
         address: str,
         *,
+        params=None,
+        name: str | None = None,
         credits: int = 2,
         context: zmq.Context | None = None,
         curve: dict | None = None,
@@ -61,19 +67,21 @@ class Worker:
         shm_slot_bytes: int = 0,
         parent_pid: int | None = None,
     ):
-        self.module, self.address, self.credits = module, address, credits
+        self.address, self.credits = address, credits
+        self.name = name or stage.name  # the pipeline's name for the stage: what the handler routes by
         self.heartbeat_s, self.liveness = heartbeat_s, liveness
         self.ctx = context or zmq.Context.instance()
         self.curve = curve
         self._work: queue.Queue = queue.Queue()
         self._aborted: set[str] = set()
-        module.aborted_runs = self._aborted  # shared with the module: should_stop() reads it
+        self._current: tuple[zmq.Socket, int] | None = None  # the item being computed: where emit() sends
         self._stop = threading.Event()
         self._pipe_addr = f"inproc://worker-results-{id(self)}"
         self.processed = 0
         self.errors = 0
         self.parent_pid = parent_pid  # a local worker ends with the handler that started it
         self.arena: SlotArena | None = None
+        self.stage = stage(params, emit=self._emit_current, aborted=self._aborted)
         if shm_slot_bytes:
             try:
                 self.arena = SlotArena.create(2 * credits + 2, shm_slot_bytes)  # results still being published hold theirs
@@ -99,20 +107,20 @@ class Worker:
 
     def _handle(self, out: zmq.Socket, item_id: int, msg: Message) -> None:
         if item_id < 0:  # the abort marker: the module forgets the run
-            self.module.abort_run(msg.run)
+            self.stage.abort_run(msg.run)
             return
         if msg.run in self._aborted and msg.kind != "start":
             self._send_done_aborted(out, item_id, msg)
             return
-        self.module._emit = lambda result: self._emit(out, item_id, result)
+        self._current = (out, item_id)
         try:
             if msg.kind == "start":
                 self._aborted.discard(msg.run)
-                results = _as_list(self.module.start_run(msg)) if hasattr(self.module, "start_run") else []
+                results = _as_list(self.stage.start_run(msg))
             elif msg.kind == "stop":
-                results = _as_list(self.module.end_run(msg.run))
+                results = _as_list(self.stage.end_run(msg.run))
             else:
-                results = _as_list(self.module.process(msg))
+                results = _as_list(self.stage.process(msg))
             if msg.kind != "start" and msg.run in self._aborted:  # aborted while computing: nothing to send
                 self._send_done_aborted(out, item_id, msg)
                 return
@@ -121,9 +129,9 @@ class Worker:
             encoded = []
             for k, result in enumerate(results):  # encode all before sending any: all or nothing
                 if not isinstance(result, Message):
-                    raise TypeError(f"{self.module.name} returned {type(result).__name__}, not a Message")
-                if result.kind == "result" and result.stage not in self.module.outputs:
-                    raise ValueError(f"{self.module.name} returned stage {result.stage!r}, not one of its outputs {self.module.outputs}")
+                    raise TypeError(f"{self.name} returned {type(result).__name__}, not a Message")
+                if result.kind == "result" and result.stage not in self.stage.outputs:
+                    raise ValueError(f"{self.name} returned stage {result.stage!r}, not one of its outputs {self.stage.outputs}")
                 result.meta["item"] = item_id
                 if k == len(results) - 1:
                     result.meta["done"] = True  # the last result also returns the credit: one message less
@@ -131,7 +139,7 @@ class Worker:
         except Exception as exc:
             self.errors += 1
             tb = traceback.format_exc()
-            log.error("module %s failed on run %s seq %s:\n%s", self.module.name, msg.run, msg.seq, tb)
+            log.error("module %s failed on run %s seq %s:\n%s", self.name, msg.run, msg.seq, tb)
             self._send(
                 out,
                 Message("error", run=msg.run, seq=msg.seq, meta={"item": item_id, "error": repr(exc)[:500], "traceback": tb[-4000:]}),
@@ -143,10 +151,13 @@ class Worker:
         if not encoded:
             self._send(out, Message("done", run=msg.run, seq=msg.seq, meta={"item": item_id}))
 
-    def _emit(self, out: zmq.Socket, item_id: int, result: Message) -> None:
+    def _emit_current(self, result: Message) -> None:
         """A result sent ahead of the item's end (the item's credit comes back with its last result)."""
-        if not isinstance(result, Message) or result.kind != "result" or result.stage not in self.module.outputs:
-            raise ValueError(f"{self.module.name}: emit() takes a result of one of its stages {self.module.outputs}")
+        if self._current is None:
+            raise RuntimeError(f"{self.name}: emit() outside start_run/process/end_run")
+        out, item_id = self._current
+        if not isinstance(result, Message) or result.kind != "result" or result.stage not in self.stage.outputs:
+            raise ValueError(f"{self.name}: emit() takes a result of one of its stages {self.stage.outputs}")
         result.meta["item"] = item_id
         out.send_multipart(encode(result), copy=False)
 
@@ -163,7 +174,7 @@ class Worker:
             sock.curve_publickey = self.curve["public"]
             sock.curve_serverkey = self.curve["server"]
         sock.connect(self.address)
-        meta = {"module": self.module.name, "credits": self.credits, "pid": os.getpid()}
+        meta = {"module": self.name, "credits": self.credits, "pid": os.getpid()}
         if self.arena is not None:
             meta["shm"] = {"name": self.arena.name, "slots": self.arena.slots, "slot_bytes": self.arena.slot_bytes}
         ready = Message("ready", meta=meta)
@@ -200,7 +211,7 @@ class Worker:
         last_sent = last_heard = time.monotonic()
         hb = self.heartbeat_s
         backoff = hb
-        log.info("worker %s pid %d connected to %s", self.module.name, os.getpid(), self.address)
+        log.info("worker %s pid %d connected to %s", self.name, os.getpid(), self.address)
         try:
             while not self._stop.is_set():
                 events = dict(poller.poll(hb * 1000 / 2))
@@ -215,7 +226,7 @@ class Worker:
                         backoff = hb
                         self._on_message(sock.recv_multipart(copy=False), sock)
                 if now - last_sent >= hb:
-                    self._send(sock, Message("heartbeat", meta={"module": self.module.name, "pid": os.getpid()}))
+                    self._send(sock, Message("heartbeat", meta={"module": self.name, "pid": os.getpid()}))
                     last_sent = now
                 if self.parent_pid is not None and os.getppid() != self.parent_pid:
                     log.warning("the handler that started this worker is gone; exiting")
@@ -237,7 +248,7 @@ class Worker:
             if self.arena is not None:
                 self.arena.unlink()
                 self.arena.close()
-            log.info("worker %s pid %d stopped: %d processed, %d errors", self.module.name, os.getpid(), self.processed, self.errors)
+            log.info("worker %s pid %d stopped: %d processed, %d errors", self.name, os.getpid(), self.processed, self.errors)
 
     def _on_message(self, frames: Iterable, sock: zmq.Socket) -> None:
         try:
@@ -245,7 +256,7 @@ class Worker:
         except ProtocolError as exc:
             log.error("malformed message from the handler dropped: %s", exc)
             return
-        if "slot" in msg.meta and self.module.keeps_inputs:  # the slot is rewritten once this item is done
+        if "slot" in msg.meta and self.stage.keeps_inputs:  # the slot is rewritten once this item is done
             msg.arrays = {k: np.array(v) for k, v in msg.arrays.items()}
         if msg.kind == "heartbeat":
             return
@@ -275,7 +286,7 @@ def _run_when_idle() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ns-bluesky-worker", description="Serve one processing module to a handler.")
-    p.add_argument("--module", required=True, help="registered module type")
+    p.add_argument("--module", required=True, help="stage type: an installed stage's name or package.module:Class")
     p.add_argument("--name", default=None, help="the pipeline's name for this module (default: its type)")
     p.add_argument("--address", required=True, help="the handler's worker port, e.g. tcp://127.0.0.1:5562")
     p.add_argument("--params", default="{}", help="module parameters as JSON")
@@ -287,7 +298,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--exit-with-parent", action="store_true", help="exit when the process that started this one dies")
     p.add_argument("--nice", type=int, default=0, help="lower this worker's CPU priority by this much (0-19)")
     p.add_argument("--idle", action="store_true", help="run only on CPU time nothing else wants (Linux SCHED_IDLE)")
-    p.add_argument("--fft-threads", type=int, default=None, help="threads for this worker's FFTs (default: all cores)")
     p.add_argument("--shm-slot-bytes", type=int, default=0, help="share frames with a handler on this machine (0: TCP only)")
     args = p.parse_args(argv)
     name = args.name or args.module
@@ -296,19 +306,14 @@ def main(argv: list[str] | None = None) -> int:
         os.nice(min(args.nice, 19))  # before any thread starts: they inherit it
     if args.idle:
         _run_when_idle()
-    if args.fft_threads:
-        from ..ptycho.backend import set_fft_threads
-
-        set_fft_threads(args.fft_threads)
-    cls = get_module(args.module)
-    module = cls(cls.Params(**json.loads(args.params)))
-    module.name = name
+    cls = load_stage(args.module)
+    params = cls.Params(**json.loads(args.params))
     curve = None
     if args.curve_keys:
         from .security import client_keys
 
         curve = client_keys(args.curve_keys)
-    Worker(module, args.address, credits=args.credits, curve=curve, heartbeat_s=args.heartbeat_s, liveness=args.liveness, shm_slot_bytes=args.shm_slot_bytes,
+    Worker(cls, args.address, params=params, name=name, credits=args.credits, curve=curve, heartbeat_s=args.heartbeat_s, liveness=args.liveness, shm_slot_bytes=args.shm_slot_bytes,
            parent_pid=os.getppid() if args.exit_with_parent else None).serve()
     return 0
 

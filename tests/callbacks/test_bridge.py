@@ -5,8 +5,8 @@ import time
 import numpy as np
 from ns_bluesky.callbacks.bridge import PipelineBridge
 
+from ns_bluesky.instrument.detector import assemble
 from ns_bluesky.plans import ptycho_scan
-from ns_bluesky.sim.fccd import assemble
 
 
 def _scan(RE, beamline, shape=(4, 5)):
@@ -32,7 +32,7 @@ def test_frames_and_positions_reach_the_workers(make_pipeline, RE, beamline):
 
 
 def test_scan_finishes_with_the_pipeline_down_and_nothing_is_lost_once_it_is_up(tmp_path, RE, beamline):
-    from tests.stream.conftest import ECHO, Pipeline, write_config
+    from tests.support.pipeline import ECHO, Pipeline, write_config
 
     cfg = write_config(tmp_path / "later.toml", ECHO.format(workers=1, delay=0.0))
     bridge = PipelineBridge(cfg)
@@ -46,7 +46,7 @@ def test_scan_finishes_with_the_pipeline_down_and_nothing_is_lost_once_it_is_up(
     import sys
 
     from ns_bluesky.stream.client import ControlClient
-    from tests.stream.conftest import Results
+    from tests.support.pipeline import Results
 
     pipe.cfg = cfg
     pipe.results = Results(cfg)  # subscribed before the handler binds: nothing it publishes is missed
@@ -84,7 +84,6 @@ def test_frames_are_read_back_whatever_the_files_layout(tmp_path):
     """The detector's one-raw-chunk-per-frame files are read by chunk; any other layout
     (compressed, several frames a chunk) goes through h5py's reader and gives the same frames."""
     import h5py
-
     from ns_bluesky.callbacks.bridge import _FrameFiles
 
     frames = np.random.default_rng(0).integers(0, 4000, (5, 16, 12), dtype=np.uint16)

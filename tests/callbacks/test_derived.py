@@ -5,8 +5,8 @@ import pytest
 from ns_bluesky.callbacks.derived import DerivedRun
 from tiled.queries import Key
 
-from ns_bluesky.catalog import detector_dir, make_tiled_writer
 from ns_bluesky.errors import ParameterError
+from ns_bluesky.io.catalog import detector_dir, make_tiled_writer
 
 
 def _emit_to(cat, docs):

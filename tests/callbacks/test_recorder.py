@@ -4,7 +4,7 @@ import numpy as np
 from ns_bluesky.callbacks.recorder import ResultsRecorder
 from tiled.queries import Key
 
-from ns_bluesky.catalog import detector_dir, make_tiled_writer
+from ns_bluesky.io.catalog import detector_dir, make_tiled_writer
 from ns_bluesky.stream.protocol import Message
 
 CHAIN = (
@@ -53,7 +53,7 @@ def test_each_runs_results_become_a_derived_run(make_pipeline, cat, catalog_dir,
 
 
 def test_an_aborted_run_is_recorded_as_aborted(make_pipeline, cat, catalog_dir, recorded):
-    from tests.stream.conftest import ECHO
+    from tests.support.pipeline import ECHO
 
     pipe = make_pipeline(ECHO.format(workers=1, delay=0.2))
     raw_uid = recorded["other"]

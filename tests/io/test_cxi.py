@@ -4,11 +4,10 @@ import h5py
 import numpy as np
 import pytest
 
-from ns_bluesky.config import DetectorGeometry
 from ns_bluesky.errors import CXIError
+from ns_bluesky.instrument.detector import DetectorGeometry, assemble
 from ns_bluesky.io.cxi import CXIData, CXIImage, append_image, read_cxi, write_cxi
 from ns_bluesky.io.export import export_run
-from ns_bluesky.sim.fccd import assemble
 
 
 @pytest.fixture

@@ -5,10 +5,10 @@ import time
 import h5py
 import numpy as np
 import pytest
+from ns_bluesky.ophyd_devices import SampleStage, Shutter
 from ophyd.utils import LimitError
 
 from ns_bluesky.errors import DeviceError, ParameterError
-from ns_bluesky.ophyd_devices import SampleStage, Shutter
 
 
 def test_motor_limits_jitter_and_settle():

@@ -28,7 +28,7 @@ print("ADAPTIVE", [str(a) for a in cat[auid]["adaptive"]["adaptive_action"].read
 
 
 def test_the_profile_loads_scans_and_finds_the_derived_run(tmp_path):
-    ns = [sys.executable, "-m", "ns_bluesky.cli"]
+    ns = [sys.executable, "-m", "ns_bluesky.apps.cli"]
     install = subprocess.run([*ns, "profile", "install", "--ipython-dir", str(tmp_path / "ipy")], capture_output=True, text=True, timeout=60)
     assert install.returncode == 0, install.stderr
     assert (tmp_path / "ipy" / "profile_nanosurveyor" / "startup" / "30-plans.py").exists()

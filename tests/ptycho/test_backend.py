@@ -44,7 +44,7 @@ def _cupy_or_skip():
 
 def test_cupy_preprocessing_matches_numpy():
     cp = _cupy_or_skip()
-    from ns_bluesky.config import DetectorGeometry
+    from ns_bluesky.instrument.detector import DetectorGeometry
     from ns_bluesky.sim import PtychoSimulation
 
     geom = DetectorGeometry()
@@ -61,13 +61,8 @@ def test_cupy_preprocessing_matches_numpy():
 @pytest.mark.parametrize("name", ["lsqml", "raar", "dm", "epie"])
 def test_cupy_engines_match_numpy(name):
     _cupy_or_skip()
-    import sys
-    from pathlib import Path
-
     from ns_bluesky.ptycho.engines import engine
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_engines import _data
+    from tests.support.ptycho_set import small_set as _data
 
     data, obj, probe, mask = _data()
     results = {}

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from ns_bluesky.config import DetectorGeometry, DetectorNoise
+from ns_bluesky.instrument.detector import DetectorGeometry, assemble
 from ns_bluesky.ptycho.dark import MASK_HOT, DarkStatistics, bad_maps
-from ns_bluesky.sim.fccd import FCCDModel, assemble
+from ns_bluesky.sim.fccd import FCCDModel
+from ns_bluesky.sim.settings import DetectorNoise
 
 
 def test_streaming_statistics_equal_numpy_on_all_frames():

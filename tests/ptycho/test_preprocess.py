@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import scipy.fft as sfft
 
-from ns_bluesky.config import DetectorGeometry, DetectorNoise
+from ns_bluesky.instrument.detector import DetectorGeometry, assemble, channel_series, overscan
 from ns_bluesky.ptycho import preprocess as pp
-from ns_bluesky.sim.fccd import FCCDModel, assemble, channel_series, overscan
+from ns_bluesky.sim.fccd import FCCDModel
+from ns_bluesky.sim.settings import DetectorNoise
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +96,10 @@ def test_fft_downsampling_is_exact_for_a_probe_sized_exit_wave():
 
 def test_the_nine_steps_together_recover_the_photons_behind_a_raw_frame(geom):
     """Noise-free electronics (offsets, slope, drift, spikes stay): raw in, the true photon pattern out."""
-    from ns_bluesky.config import ScanPattern, SimConfig
+    from ns_bluesky.instrument.scan import ScanPattern
     from ns_bluesky.ptycho.dark import DarkStatistics
     from ns_bluesky.sim import PtychoSimulation
+    from ns_bluesky.sim.settings import SimConfig
 
     noise = DetectorNoise(read_noise_adu=0.0, hot_pixel_fraction=0.0, dead_pixel_fraction=0.0, dark_current_adu_per_s=0.0, offset_drift_adu=0.0)
     sim = PtychoSimulation(SimConfig(noise=noise, scan=ScanPattern(shape=(2, 2), step_m=1e-7)))

@@ -3,9 +3,11 @@
 import numpy as np
 import pytest
 
-from ns_bluesky.config import SampleModel, ScanPattern, SimConfig, wavelength_m
+from ns_bluesky.instrument.scan import ScanPattern
+from ns_bluesky.instrument.units import wavelength_m
 from ns_bluesky.ptycho.stxm import bright_field_mask, grid_image, probe_from_patterns, stxm_signals
 from ns_bluesky.sim import PtychoSimulation
+from ns_bluesky.sim.settings import SampleModel, SimConfig
 
 
 @pytest.fixture(scope="module")

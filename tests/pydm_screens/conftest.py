@@ -1,6 +1,4 @@
 import os
 
-from tests.stream.conftest import make_pipeline  # noqa: F401
-
 # a plain `pytest` on a machine without a display: Qt would abort the whole session
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")

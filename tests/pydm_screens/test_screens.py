@@ -18,11 +18,11 @@ from ns_bluesky.pydm_screens.plugin import NSStreamPlugin
 from pydm.data_plugins import plugin_for_address
 from tiled.queries import Key
 
-from ns_bluesky.modules.pipeline import ptycho_pipeline
-from ns_bluesky.session import PipelineSession
+from ns_bluesky.apps.session import PipelineSession
+from ns_bluesky.stages.pipeline import ptycho_pipeline
 from ns_bluesky.stream.client import ControlClient, IngestClient, PipelineUnavailable
 from ns_bluesky.stream.protocol import Message
-from tests.conftest import SimScan
+from tests.support.scan import SimScan
 
 pytestmark = pytest.mark.slow
 SHOTS = Path(__file__).resolve().parents[2] / "test-output" / "screens"
@@ -172,7 +172,7 @@ def test_the_hub_keeps_latest_values_histories_per_run_and_displayable_images():
 def test_the_plugin_follows_the_handler_down_and_up(qtbot, watch, make_pipeline, tmp_path):
     from pydm.widgets import PyDMLabel
 
-    from tests.stream.conftest import ECHO
+    from tests.support.pipeline import ECHO
 
     pipe = make_pipeline(ECHO.format(workers=1, delay=0.0))
     watch(pipe.cfg, tmp_path / "watched.json")
@@ -193,7 +193,7 @@ def test_the_plugin_follows_the_handler_down_and_up(qtbot, watch, make_pipeline,
 def test_the_control_buttons_act_on_the_pipeline(qtbot, watch, make_pipeline, tmp_path):
     from ns_bluesky.pydm_screens.status import PipelineStatus
 
-    from tests.stream.conftest import ECHO
+    from tests.support.pipeline import ECHO
 
     pipe = make_pipeline(ECHO.format(workers=1, delay=0.0))
     watch(pipe.cfg, tmp_path / "watched.json")  # the start button starts this configuration

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 from ns_bluesky.ophyd_devices import SampleStage, SimulationSource
 
-from ns_bluesky.config import ScanPattern, SimConfig
 from ns_bluesky.errors import ParameterError
-from ns_bluesky.modules.frame import FrameParams
+from ns_bluesky.instrument.scan import ScanPattern
 from ns_bluesky.sim import PtychoSimulation
 from ns_bluesky.sim import sample as sim_sample
 from ns_bluesky.sim.faults import Faults, StageDrift, drop_packets, saturate
+from ns_bluesky.sim.settings import SimConfig
+from ns_bluesky.stages.frame import FrameParams
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ def _results(pipe, run):
 
 
 def test_every_frame_comes_back_exactly_once(make_pipeline):
-    from tests.stream.conftest import send_run
+    from tests.support.pipeline import send_run
 
     pipe = make_pipeline()
     client = pipe.ingest()
@@ -34,7 +34,7 @@ def test_every_frame_comes_back_exactly_once(make_pipeline):
 
 
 def test_sigkill_a_worker_mid_run_every_frame_once(make_pipeline):
-    from tests.stream.conftest import ECHO
+    from tests.support.pipeline import ECHO
 
     pipe = make_pipeline(ECHO.format(workers=3, delay=0.01))
     client = pipe.ingest()
@@ -88,7 +88,7 @@ def test_a_slow_worker_gets_less(make_pipeline, tmp_path):
         while len(pipe.control.status()["modules"]["echo"]["workers"]) < 3 and time.monotonic() < deadline:
             time.sleep(0.1)
         client = pipe.ingest()
-        from tests.stream.conftest import send_run
+        from tests.support.pipeline import send_run
 
         send_run(client, "slow", 200, shape=(8, 8))
         client.flush()
@@ -141,7 +141,7 @@ def test_malformed_messages_are_counted_answered_and_survived(make_pipeline):
         reply = decode(sock.recv_multipart())
         assert reply.kind == "nack" and reply.meta["reason"] == reason
     assert pipe.control.status()["malformed"] == {reason: 1 for reason in MALFORMED}
-    from tests.stream.conftest import send_run
+    from tests.support.pipeline import send_run
 
     client = pipe.ingest()
     send_run(client, "after", 10)
@@ -151,7 +151,7 @@ def test_malformed_messages_are_counted_answered_and_survived(make_pipeline):
 
 
 def test_abort_drops_queued_work_fast_and_reset_makes_it_ready(make_pipeline):
-    from tests.stream.conftest import ECHO, send_run
+    from tests.support.pipeline import ECHO, send_run
 
     pipe = make_pipeline(ECHO.format(workers=2, delay=0.05))
     client = pipe.ingest()
@@ -180,7 +180,7 @@ def test_abort_drops_queued_work_fast_and_reset_makes_it_ready(make_pipeline):
 
 
 def test_scale_up_and_down_mid_run_without_loss(make_pipeline):
-    from tests.stream.conftest import ECHO
+    from tests.support.pipeline import ECHO
 
     pipe = make_pipeline(ECHO.format(workers=1, delay=0.01))
     client = pipe.ingest()
@@ -205,7 +205,7 @@ def test_scale_up_and_down_mid_run_without_loss(make_pipeline):
 
 
 def test_module_errors_are_reported_and_the_worker_goes_on(make_pipeline):
-    from tests.stream.conftest import send_run
+    from tests.support.pipeline import send_run
 
     pipe = make_pipeline('[[modules]]\nname = "echo"\nmodule = "echo"\nworkers = 1\nparams = { fail_every = 10 }\n')
     client = pipe.ingest()
@@ -236,7 +236,7 @@ def test_repeated_frames_are_counted_not_processed_twice(make_pipeline):
 
 
 def test_backlog_spills_to_disk_and_loses_nothing(make_pipeline):
-    from tests.stream.conftest import ECHO, send_run
+    from tests.support.pipeline import ECHO, send_run
 
     pipe = make_pipeline(ECHO.format(workers=1, delay=0.002), backlog_items=10)
     client = pipe.ingest()
@@ -269,7 +269,7 @@ def test_malformed_worker_messages_are_counted_and_survived(make_pipeline):
     malformed = pipe.control.status()["malformed"]
     # 1e999 is beyond a float: refused as bad JSON rather than read as infinity
     assert malformed == {"worker:bad-ready": 2, "worker:bad-item": 2, "worker:bad-json": 1}
-    from tests.stream.conftest import send_run
+    from tests.support.pipeline import send_run
 
     client = pipe.ingest()
     send_run(client, "still-up", 10)
@@ -279,7 +279,7 @@ def test_malformed_worker_messages_are_counted_and_survived(make_pipeline):
 
 
 def test_an_unsendable_module_result_is_an_error_and_the_run_still_ends(make_pipeline):
-    from tests.stream.conftest import send_run
+    from tests.support.pipeline import send_run
 
     pipe = make_pipeline('[[modules]]\nname = "echo"\nmodule = "echo"\nworkers = 1\nparams = { unsendable_every = 5 }\n')
     client = pipe.ingest()
@@ -291,7 +291,7 @@ def test_an_unsendable_module_result_is_an_error_and_the_run_still_ends(make_pip
 
 
 def test_reset_does_not_end_a_finished_run_twice_and_late_frames_are_refused(make_pipeline):
-    from tests.stream.conftest import send_run
+    from tests.support.pipeline import send_run
 
     pipe = make_pipeline()
     client = pipe.ingest()
@@ -342,7 +342,7 @@ def test_ended_runs_are_forgotten_beyond_a_bound_but_still_refuse_late_frames():
 
 
 def test_results_feed_the_next_module_and_the_end_follows_them(make_pipeline):
-    from tests.stream.conftest import send_run
+    from tests.support.pipeline import send_run
 
     pipe = make_pipeline(
         '[[modules]]\nname = "echo"\nmodule = "echo"\nworkers = 2\nparams = { delay_s = 0.002 }\n'
@@ -362,7 +362,7 @@ def test_results_feed_the_next_module_and_the_end_follows_them(make_pipeline):
 
 
 def test_abort_stops_a_long_computation_within_a_second(make_pipeline):
-    from tests.stream.conftest import ECHO, send_run
+    from tests.support.pipeline import ECHO, send_run
 
     pipe = make_pipeline(ECHO.format(workers=2, delay=30.0))  # each item would take 30 s
     client = pipe.ingest()

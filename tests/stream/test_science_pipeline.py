@@ -142,15 +142,14 @@ def test_a_frame_worker_killed_mid_scan_costs_the_reconstruction_no_frame(make_p
 def test_the_documented_pipeline_file_is_the_demos_pipeline():
     from pathlib import Path
 
-    from ns_bluesky.modules.pipeline import ptycho_pipeline
+    from ns_bluesky.stages.pipeline import ptycho_pipeline
     from ns_bluesky.stream.config import load_config
 
     documented = load_config(Path(__file__).parents[2] / "docs" / "pipeline-ptycho.toml")
     built = ptycho_pipeline(free_ports=False, out_dir="cxi-output")
     assert documented.levels() == built.levels() == [["dark"], ["frame"], ["image", "recon"], ["cxiwrite"]]
     for doc_spec, spec in zip(documented.modules, built.modules, strict=True):
-        assert (doc_spec.module, doc_spec.workers, doc_spec.nice, doc_spec.idle, doc_spec.fft_threads) == (
-            spec.module, spec.workers, spec.nice, spec.idle, spec.fft_threads)
+        assert (doc_spec.module, doc_spec.workers, doc_spec.nice, doc_spec.idle) == (spec.module, spec.workers, spec.nice, spec.idle)
         assert {k: v for k, v in doc_spec.params.items() if k in spec.params} == spec.params
 
 
@@ -159,14 +158,12 @@ def test_the_reconstruction_worker_runs_only_on_idle_cpu(tmp_path):
     """At --rate 0 the frames must not lose CPU to the live reconstruction (nice 10 still cost 8 %)."""
     import subprocess
 
-    from ns_bluesky.modules.pipeline import ptycho_pipeline
+    from ns_bluesky.stages.pipeline import ptycho_pipeline
     from ns_bluesky.stream.launcher import LocalPool
 
     cfg = ptycho_pipeline(free_ports=True, out_dir=str(tmp_path))
     pool = LocalPool(cfg, cfg.worker_port)
     assert "--idle" in pool.command("recon") and "--idle" not in pool.command("frame")
-    frame = pool.command("frame")
-    assert frame[frame.index("--fft-threads") + 1] == "1" and "--fft-threads" not in pool.command("recon")
     proc = subprocess.Popen(pool.command("recon"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
@@ -176,3 +173,19 @@ def test_the_reconstruction_worker_runs_only_on_idle_cpu(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_the_frame_stage_takes_its_fft_threads_from_its_params():
+    """Several frame workers share the cores: the pipeline asks each for one FFT thread, the stage sets it."""
+    import numpy as np
+
+    from ns_bluesky.ptycho.backend import fft_workers, set_fft_threads
+    from ns_bluesky.stages.frame import FrameStage
+    from ns_bluesky.stages.pipeline import ptycho_pipeline
+
+    spec = next(m for m in ptycho_pipeline(free_ports=False).modules if m.name == "frame")
+    try:
+        FrameStage(FrameStage.Params(**spec.params))
+        assert fft_workers(np) == {"workers": 1}
+    finally:
+        set_fft_threads(None)

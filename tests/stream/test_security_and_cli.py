@@ -25,7 +25,7 @@ def test_non_loopback_bind_without_keys_is_refused():
 
 
 def test_keyless_client_is_rejected_and_a_keyed_one_served(tmp_path):
-    from tests.stream.conftest import write_config
+    from tests.support.pipeline import write_config
 
     keys = generate(tmp_path / "keys")
     cfg = write_config(tmp_path / "p.toml", '[[modules]]\nname = "echo"\nmodule = "echo"\nworkers = 1\n', curve_keys=str(keys))
@@ -49,7 +49,7 @@ def test_wiring_and_params_are_checked_before_start(tmp_path):
     with pytest.raises(Exception, match="module 'e' \\(echo\\): bad params"):
         load_config(bad)
     bad.write_text('[[modules]]\nname = "e"\nmodule = "nosuch"\n')
-    with pytest.raises(Exception, match="unknown type 'nosuch'"):
+    with pytest.raises(Exception, match="module 'e': unknown stage type 'nosuch'; installed: .*echo"):
         load_config(bad)
     with pytest.raises(ParameterError, match="no module 'frame'"):
         load_config(None, {"frame": 3})
@@ -60,7 +60,7 @@ def _cli(*args, env=None, timeout=120):
 
 
 def test_pipeline_start_status_scale_stop_from_the_shell(tmp_path):
-    from tests.stream.conftest import write_config
+    from tests.support.pipeline import write_config
 
     write_config(tmp_path / "p.toml", '[[modules]]\nname = "echo"\nmodule = "echo"\nworkers = 1\n')
     env = {**os.environ, "NS_BLUESKY_STREAM_LOG_DIR": str(tmp_path / "logs")}
@@ -106,31 +106,15 @@ def test_stream_sim_feeds_a_running_pipeline_and_fails_clearly_without_one(make_
 
 
 def test_a_wiring_whose_types_do_not_match_fails_naming_both_ends(tmp_path):
-    from ns_bluesky.stream.module import Module, register
-
-    @register
-    class NeedsStxm(Module):
-        name = "needs-stxm"
-        inputs = ("stxm",)
-        outputs = ("result",)
-
     conf = tmp_path / "wiring.yaml"
-    conf.write_text("modules:\n  - {name: echo, module: echo}\n  - {name: viewer, module: needs-stxm}\n")
-    with pytest.raises(Exception, match="module 'viewer' \\(needs-stxm\\) consumes 'stxm', which nothing produces .*echo from echo"):
+    conf.write_text("modules:\n  - {name: echo, module: echo}\n  - {name: viewer, module: 'tests.support.stages:NeedsStxm'}\n")
+    with pytest.raises(Exception, match="module 'viewer' \\(tests.support.stages:NeedsStxm\\) consumes 'stxm', which nothing produces .*echo from echo"):
         load_config(conf)
 
 
 def test_a_cycle_or_a_stage_with_two_producers_is_refused_at_start(tmp_path):
-    from ns_bluesky.stream.module import Module, register
-
-    @register
-    class Loop(Module):
-        name = "loop"
-        inputs = ("loop",)
-        outputs = ("loop",)
-
     conf = tmp_path / "chain.toml"
-    conf.write_text('[[modules]]\nname = "echo"\nmodule = "echo"\n[[modules]]\nname = "self-fed"\nmodule = "loop"\n')
+    conf.write_text('[[modules]]\nname = "echo"\nmodule = "echo"\n[[modules]]\nname = "self-fed"\nmodule = "tests.support.stages:Loop"\n')
     with pytest.raises(Exception, match="modules feed each other in a cycle: self-fed"):
         load_config(conf)
     conf.write_text('[[modules]]\nname = "a"\nmodule = "echo"\n[[modules]]\nname = "b"\nmodule = "echo"\n')
@@ -154,7 +138,7 @@ def test_scale_refuses_bad_counts_without_applying_any(make_pipeline):
 
 
 def test_no_local_workers_waits_for_workers_from_elsewhere(tmp_path):
-    from tests.stream.conftest import write_config
+    from tests.support.pipeline import write_config
 
     cfg = write_config(tmp_path / "p.toml", '[[modules]]\nname = "echo"\nmodule = "echo"\nworkers = 1\n')
     env = {**os.environ, "NS_BLUESKY_STREAM_LOG_DIR": str(tmp_path / "logs")}

@@ -60,7 +60,7 @@ def test_offsets_outside_the_segment_and_oversized_arrays_are_refused(arena):
 
 
 def test_large_frames_use_shared_memory_and_every_one_comes_back_intact(make_pipeline):
-    from tests.stream.conftest import send_run
+    from tests.support.pipeline import send_run
 
     pipe = make_pipeline()
     client = pipe.ingest()
@@ -76,7 +76,7 @@ def test_large_frames_use_shared_memory_and_every_one_comes_back_intact(make_pip
 
 
 def test_a_killed_workers_segment_is_removed_and_its_frames_done_once(make_pipeline):
-    from tests.stream.conftest import ECHO
+    from tests.support.pipeline import ECHO
 
     pipe = make_pipeline(ECHO.format(workers=2, delay=0.01))
     client = pipe.ingest()

@@ -12,7 +12,7 @@ from bluesky import RunEngine
 from bluesky.callbacks import LiveTable
 from ns_bluesky.callbacks import ProgressBar, ThreadedCallback
 
-from ns_bluesky.catalog import default_catalog_dir, last_scan_id, make_tiled_writer, open_catalog
+from ns_bluesky.io.catalog import default_catalog_dir, last_scan_id, make_tiled_writer, open_catalog
 
 CATALOG_DIR = default_catalog_dir()
 cat = open_catalog(CATALOG_DIR)

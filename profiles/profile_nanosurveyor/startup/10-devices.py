@@ -2,7 +2,7 @@
 
 from ns_bluesky.ophyd_devices import make_sim_beamline
 
-from ns_bluesky.catalog import detector_dir
+from ns_bluesky.io.catalog import detector_dir
 
 beamline = make_sim_beamline(detector_dir(CATALOG_DIR), rate_hz=10)  # noqa: F821  (00-base)
 fccd, stage, shutter, optics = beamline.fccd, beamline.stage, beamline.shutter, beamline.optics

@@ -9,9 +9,9 @@ import os
 
 from ns_bluesky.callbacks.bridge import PipelineBridge
 
-from ns_bluesky.catalog import at_exit
-from ns_bluesky.modules.pipeline import ptycho_pipeline
-from ns_bluesky.session import PipelineSession
+from ns_bluesky.apps.session import PipelineSession
+from ns_bluesky.io.catalog import at_exit
+from ns_bluesky.stages.pipeline import ptycho_pipeline
 from ns_bluesky.stream.config import load_config
 
 _shared = os.environ.get("NS_BLUESKY_PIPELINE")

@@ -1,7 +1,9 @@
 """Plans: darks and ptychography scans, with a one-screen reminder (``plans_help()``)."""
 
-from ns_bluesky.adaptive import AdaptiveFeedback, adaptive_ptycho  # noqa: F401
+from ns_bluesky.callbacks.feedback import AdaptiveFeedback
+
 from ns_bluesky.plans import dark_frames, ptycho_scan, scan_positions  # noqa: F401
+from ns_bluesky.plans.adaptive import adaptive_ptycho  # noqa: F401
 
 feedback = AdaptiveFeedback(pipeline_cfg)  # noqa: F821  what adaptive_ptycho reads from the pipeline
 at_exit(feedback.close)  # noqa: F821

@@ -1,0 +1,366 @@
+"""Command line: ``ns-bluesky <subcommand>`` and ``nsraw2cxi``.
+
+Every subcommand has ``--help``; a user error prints one line starting with the
+program name and exits 1 (argparse's usage errors exit 2). Set ``NS_BLUESKY_DEBUG=1``
+to see the traceback of an unexpected error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from pydantic import ValidationError
+
+from ..errors import NSBlueskyError
+
+#: the engines' names for --help (importing the engines to list them would slow every command)
+ENGINES = ("lsqml", "raar", "dm", "epie", "rpie")
+
+def _fail(prog: str, message: str, code: int = 1) -> int:
+    first = next((line.strip() for line in str(message).splitlines() if line.strip()), "failed")
+    print(f"{prog}: error: {first}", file=sys.stderr)
+    return code
+
+
+def _log_to_file() -> None:
+    """Library warnings and tracebacks go to a log file, so the terminal shows only our one-line errors."""
+    import logging
+
+    import platformdirs
+
+    path = os.environ.get("NS_BLUESKY_LOG") or str(platformdirs.user_log_path("ns-bluesky") / "ns-bluesky.log")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    logging.basicConfig(
+        level=logging.INFO, filename=path, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request otherwise
+
+
+def _guarded(prog: str, func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    try:
+        _log_to_file()
+        return func(args)
+    except KeyboardInterrupt:
+        return _fail(prog, "interrupted; open runs were closed with exit_status 'abort'", 130)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "configuration"
+        return _fail(prog, f"invalid {where}: {first.get('msg')}")
+    except (NSBlueskyError, OSError) as exc:
+        return _fail(prog, str(exc))
+    except Exception as exc:  # a bug: still one line, the traceback on request
+        if os.environ.get("NS_BLUESKY_DEBUG"):
+            raise
+        return _fail(prog, f"unexpected {type(exc).__name__}: {exc} (set NS_BLUESKY_DEBUG=1 for the traceback)")
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import parse_scan, run_demo
+
+    result = run_demo(
+        scan=parse_scan(args.scan),
+        rate_hz=args.rate,
+        darks=args.darks,
+        pattern=args.pattern,
+        out=args.out,
+        catalog=args.catalog,
+        sample_image=args.sample_image,
+        sample_name=args.sample_name,
+        exposure_s=args.exposure,
+        seed=args.seed,
+        workers=args.workers,
+        engine=args.engine,
+        backend=args.backend,
+        summary_json=args.summary_json,
+        refine_s=args.refine,
+        progress=not args.quiet,
+    )
+    print(
+        f"scan {result.scan_id}: {result.frames} frames in {result.acquisition_s:.1f} s, exit status {result.exit_status}\n"
+        f"  raw run      {result.raw_uid}\n"
+        f"  dark run     {result.dark_uid}\n"
+        f"  derived run  {result.derived_uid}\n"
+        f"  catalog      {result.catalog}\n"
+        f"  CXI          {result.cxi}\n"
+        f"  picture      {result.png}\n"
+        f"  summary      {args.summary_json or os.path.join(os.path.dirname(result.png), 'summary.json')}"
+    )
+    return 0
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from ..io.catalog import open_catalog, search_runs
+
+    cat = open_catalog(args.catalog, create=False)
+    results = search_runs(
+        cat,
+        scan_id=args.scan_id,
+        uid=args.uid,
+        sample=args.sample,
+        plan_name=args.plan,
+        since=args.since,
+        until=args.until,
+        text=args.text,
+    )
+    rows = []
+    if args.limit < 1:
+        raise NSBlueskyError(f"--limit must be >= 1, got {args.limit}")
+    for uid in list(results)[-args.limit :]:
+        md = results[uid].metadata
+        start, stop = md["start"], md.get("stop") or {}
+        rows.append(
+            {
+                "scan_id": start.get("scan_id"),
+                "uid": uid,
+                "time": datetime.fromtimestamp(start["time"]).isoformat(sep=" ", timespec="seconds"),
+                "plan": start.get("plan_name", ""),
+                "sample": start.get("sample_name", ""),
+                "points": start.get("num_points", ""),
+                "status": stop.get("exit_status", "running"),
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no runs match")
+        return 0
+    header = ("scan_id", "uid", "time", "plan", "sample", "points", "status")
+    table = [header] + [tuple(str(r[k])[:8] if k == "uid" else str(r[k]) for k in header) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _cmd_reconstruct(args: argparse.Namespace) -> int:
+    from .reconstruct import run
+
+    src = args.cxi
+    out = args.out or os.path.splitext(src)[0] + "_recon.cxi"
+    png = args.png or os.path.splitext(out)[0] + ".png"
+    result = run(
+        src, out, engine_name=args.engine, iterations=args.iterations, size=args.size, png=png,
+        progress=not args.quiet, backend=args.backend,
+    )
+    print(
+        f"{args.engine}: {len(result.residuals)} iterations, residual {result.residuals[0]:.4f} -> {result.residuals[-1]:.4f}; "
+        f"object {result.obj.shape} at {result.pixel_size_m * 1e9:.2f} nm\n  wrote {result.out}\n  picture {result.png}"
+    )
+    return 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from .replay import replay
+
+    result = replay(args.run, catalog=args.catalog, out=args.out, workers=args.workers, engine=args.engine,
+                    backend=args.backend, progress=not args.quiet)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _ipython_dir(given: str | None):
+    from pathlib import Path
+
+    if given:
+        return Path(given).expanduser()
+    try:
+        from IPython.paths import get_ipython_dir
+    except ImportError:
+        raise NSBlueskyError("the beamline shell needs IPython: pip install 'ns-bluesky[shell]'") from None
+    return Path(get_ipython_dir())
+
+
+def _install_profile(ipython_dir) -> str:
+    import shutil
+    from importlib.resources import files
+    from pathlib import Path
+
+    PROFILE_DIR = Path(str(files("ns_bluesky.profiles"))) / "profile_nanosurveyor"  # data, not code: found, not imported
+
+    target = ipython_dir / "profile_nanosurveyor"
+    (target / "startup").mkdir(parents=True, exist_ok=True)
+    for f in [PROFILE_DIR / "README.md", *sorted((PROFILE_DIR / "startup").glob("*.py"))]:
+        shutil.copy2(f, target / f.relative_to(PROFILE_DIR))
+    return str(target)
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    print(f"profile installed: {_install_profile(_ipython_dir(args.ipython_dir))}")
+    return 0
+
+
+def _cmd_shell(args: argparse.Namespace) -> int:
+    ipython_dir = _ipython_dir(args.ipython_dir)
+    if not (ipython_dir / "profile_nanosurveyor" / "startup" / "00-base.py").exists():
+        _install_profile(ipython_dir)
+    os.execv(sys.executable, [sys.executable, "-m", "IPython", f"--ipython-dir={ipython_dir}", "--profile=nanosurveyor"])
+    return 0
+
+
+def _cmd_gui(args: argparse.Namespace) -> int:
+    from ..pydm_screens.app import run_gui
+
+    display_args = list(args.args)
+    if args.catalog:
+        display_args += ["--catalog", args.catalog]
+    return run_gui(args.screen, display_args, config=args.config, screenshot=args.screenshot, after_s=args.after)
+
+
+def _catalog_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--catalog",
+        metavar="DIR|URI",
+        help="catalog directory (embedded server) or http URI of a tiled server "
+        "(default: $NS_BLUESKY_CATALOG or the user data directory)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ns-bluesky", description="Streaming X-ray ptychography on Bluesky (Nanosurveyor rebuilt)."
+    )
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"ns-bluesky {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = sub.add_parser(
+        "demo",
+        help="simulated ptychography scan end to end (darks, scan, catalog, CXI)",
+        description="Take dark frames and a ptychographic scan on the simulated beamline with a real "
+        "RunEngine, store both runs in the catalog, export the scan as CXI and a quick-look PNG.",
+    )
+    demo.add_argument("--scan", default="40x40", help="raster points, rows x columns (default 40x40)")
+    demo.add_argument("--rate", type=float, default=10.0, help="frames per second; 0 = as fast as possible (default 10)")
+    demo.add_argument("--darks", type=int, default=20, help="dark frames before the scan (default 20)")
+    demo.add_argument("--pattern", choices=("raster", "fermat"), default="raster")
+    demo.add_argument("--sample-image", metavar="PNG|TIFF", help="grey-scale image for the sample (default: test pattern)")
+    demo.add_argument("--sample-name", help="sample name for the metadata (default: the image's file name)")
+    demo.add_argument("--exposure", type=float, help="seconds per frame (default 0.1, or 1/rate when that is shorter)")
+    demo.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
+    demo.add_argument("--out", default="demo-output", help="folder for CXI, PNG and summary (default ./demo-output)")
+    demo.add_argument("--workers", type=int, default=2, help="frame workers (default 2)")
+    demo.add_argument("--engine", choices=ENGINES, default="lsqml", help="live reconstruction engine (default lsqml)")
+    demo.add_argument("--backend", choices=("numpy", "cupy"), default="numpy", help="array backend of the reconstruction")
+    demo.add_argument("--refine", type=float, default=60.0, metavar="S",
+                      help="seconds the reconstruction refines after its final image (default 60; 0: none)")
+    demo.add_argument("--summary-json", metavar="F", help="summary file (default OUT/summary.json)")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    _catalog_arg(demo)
+    demo.set_defaults(func=_cmd_demo)
+
+    runs = sub.add_parser("runs", help="list runs in the catalog", description="List runs, newest last, as a table.")
+    _catalog_arg(runs)
+    runs.add_argument("--sample", help="sample name")
+    runs.add_argument("--since", help="start time, ISO 8601 (2026-11-25 or 2026-11-25T14:00)")
+    runs.add_argument("--until", help="end time, ISO 8601")
+    runs.add_argument("--plan", help="plan name (ptycho_scan, dark_frames...)")
+    runs.add_argument("--scan-id", type=int, help="scan id")
+    runs.add_argument("--uid", help="uid or uid prefix")
+    runs.add_argument("--text", help="full-text search over the metadata")
+    runs.add_argument("--limit", type=int, default=50, help="show at most this many (default 50)")
+    runs.add_argument("--json", action="store_true", help="machine-readable output")
+    runs.set_defaults(func=_cmd_runs)
+
+    rec = sub.add_parser(
+        "reconstruct",
+        help="reconstruct a ptychography CXI file",
+        description="Reconstruct object and probe from a CXI file (frames DC-centred, translations in metres); "
+        "writes image_1 (probe) and image_2 (object) with the residual per iteration, and a PNG.",
+    )
+    rec.add_argument("cxi", help="input CXI file")
+    rec.add_argument("--engine", default="lsqml", choices=ENGINES, help="default lsqml")
+    rec.add_argument("--iterations", type=int, default=100)
+    rec.add_argument("--backend", default="numpy", choices=("numpy", "cupy"))
+    rec.add_argument("--size", type=int, help="FFT-downsample frames to this side first (e.g. 256)")
+    rec.add_argument("--out", help="output CXI (default: IN_recon.cxi)")
+    rec.add_argument("--png", help="picture of the result (default: OUT with .png)")
+    rec.add_argument("--quiet", action="store_true")
+    rec.set_defaults(func=_cmd_reconstruct)
+
+    rep = sub.add_parser(
+        "replay",
+        help="stream a stored scan through the pipeline again",
+        description="Re-stream a raw ptychography run (and its dark run) from the catalog through a private pipeline; "
+        "the results are stored as a new derived run linked to it (reprocessing from history).",
+    )
+    rep.add_argument("run", help="raw run: uid, uid prefix or scan id")
+    rep.add_argument("--out", default="replay-output", help="folder for the CXI and the pipeline's logs")
+    rep.add_argument("--workers", type=int, default=2, help="frame workers (default 2)")
+    rep.add_argument("--engine", choices=ENGINES, default="lsqml")
+    rep.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
+    rep.add_argument("--quiet", action="store_true")
+    _catalog_arg(rep)
+    rep.set_defaults(func=_cmd_replay)
+
+    prof = sub.add_parser("profile", help="install the beamline IPython profile",
+                          description="Copy profile_nanosurveyor (RunEngine, catalog, devices, pipeline, plans) into IPython's directory.")
+    prof.add_argument("action", choices=("install",))
+    prof.add_argument("--ipython-dir", help="IPython's directory (default: IPython's own, ~/.ipython)")
+    prof.set_defaults(func=_cmd_profile)
+    shell = sub.add_parser("shell", help="IPython with the beamline profile",
+                           description="Open IPython with profile_nanosurveyor (installing it first if needed).")
+    shell.add_argument("--ipython-dir", help="IPython's directory (default: IPython's own, ~/.ipython)")
+    shell.set_defaults(func=_cmd_shell)
+
+    gui = sub.add_parser(
+        "gui", help="the PyDM screens: live results, pipeline status and control, viewer",
+        description="Open a PyDM screen. live: the reconstruction, STXM, probe, frames, error curve and log as they come; "
+        "status: modules, workers, queues, rates, errors, with start/stop/abort/reset/scale; viewer: a CXI file or a catalog run.",
+    )
+    gui.add_argument("screen", choices=("live", "status", "viewer"), nargs="?", default="live")
+    gui.add_argument("args", nargs="*", help="for the viewer: a CXI file, or a run (scan id or uid) of --catalog")
+    gui.add_argument("--config", help="the pipeline to watch (default: $NS_BLUESKY_PIPELINE, else the default ports)")
+    gui.add_argument("--screenshot", metavar="PNG", help="save the window as PNG after --after seconds, then quit")
+    gui.add_argument("--after", type=float, default=10.0, help="seconds before the screenshot (default 10)")
+    _catalog_arg(gui)
+    gui.set_defaults(func=_cmd_gui)
+
+    from .pipeline_cli import add_parsers
+
+    add_parsers(sub, _catalog_arg)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return _guarded("ns-bluesky", args.func, args)
+
+
+def _cmd_raw2cxi(args: argparse.Namespace) -> int:
+    from ..io.catalog import open_catalog
+    from ..io.export import export_run
+
+    out = args.output or f"{args.run}.cxi"
+    path = export_run(open_catalog(args.catalog, create=False), args.run, out, raw=args.raw, progress=not args.quiet)
+    print(f"wrote {path}")
+    return 0
+
+
+def build_raw2cxi_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nsraw2cxi",
+        description="Turn a raw ptycho run from the catalog into a CXI file: assembled frames, darks, positions.",
+    )
+    p.add_argument("run", help="scan_id, uid or uid prefix")
+    p.add_argument("-o", "--output", help="CXI file to write (default RUN.cxi)")
+    p.add_argument("--raw", action="store_true", help="keep frames in raw FCCD readout order (1040 x 1152)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _catalog_arg(p)
+    p.set_defaults(func=_cmd_raw2cxi)
+    return p
+
+
+def nsraw2cxi_main(argv: Sequence[str] | None = None) -> int:
+    args = build_raw2cxi_parser().parse_args(argv)
+    return _guarded("nsraw2cxi", args.func, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""The main job: a simulated streaming-ptychography scan end to end on the embedded defaults.
+
+Nanosurveyor's loop on Bluesky: the embedded catalog and the pipeline (local worker
+processes) start; a real RunEngine takes darks and runs the scan over the simulated
+beamline's Ophyd devices; the bridge streams every frame to the pipeline while the
+raw runs go to the catalog; the pipeline cleans the frames and grows the STXM and
+the reconstruction live; its results come back as a derived run in the same catalog
+and as a CXI file. At the end: a PNG laid out like the paper's Fig. 3 and a summary
+JSON. Everything it starts it stops, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ParameterError
+from ..instrument.scan import ScanPattern
+from ..io.catalog import default_catalog_dir, detector_dir, last_scan_id, make_tiled_writer, open_catalog, writer_batch
+from ..sim.scoring import score_recon
+from ..sim.settings import SampleModel, SimConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DemoResult:
+    frames: int
+    dark_frames: int
+    acquisition_s: float
+    last_frame_to_final_s: float | None
+    frames_per_s: float | None
+    acquisition_frames_per_s: float
+    max_update_gap_s: float | None
+    nrmse: float | None
+    nrmse_first_final: float | None
+    last_frame_to_refined_s: float | None
+    iterations: int | None
+    residual: float | None
+    frames_flagged: dict
+    raw_uid: str
+    dark_uid: str
+    derived_uid: str | None
+    scan_id: int
+    catalog: str
+    cxi: str | None
+    png: str
+    exit_status: str
+
+
+def parse_scan(text: str) -> tuple[int, int]:
+    """``"40x40"`` to (rows, columns)."""
+    try:
+        ny, nx = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ParameterError(f"--scan must look like 40x40 (rows x columns), got {text!r}") from None
+    if ny < 1 or nx < 1:
+        raise ParameterError(f"--scan needs at least 1x1 points, got {text!r}")
+    return ny, nx
+
+
+class _LastEvent:
+    """Wall time of the first and last event of each run, as the RunEngine emits them."""
+
+    def __init__(self):
+        self.first: dict[str, float] = {}
+        self.last: dict[str, float] = {}
+        self._descriptors: dict[str, str] = {}
+
+    def __call__(self, name: str, doc: dict) -> None:
+        if name == "descriptor":
+            self._descriptors[doc["uid"]] = doc["run_start"]
+        elif name == "event":
+            run = self._descriptors.get(doc["descriptor"], "")
+            self.first.setdefault(run, doc["time"])
+            self.last[run] = doc["time"]
+
+
+def figure(path: Path, *, view, raw: np.ndarray, title: str, rates: str, dx: float | None) -> Path:
+    """The paper's Fig. 3: reconstruction phase and amplitude, STXM, probe, a raw and a cleaned frame, error curve, rates."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(2, 4, figsize=(20, 10), constrained_layout=True)
+    ax = ax.ravel()
+    recon = view.recon
+    if recon is not None:
+        a = recon["arrays"]
+        ext = None if dx is None else (0, a["object_phase"].shape[1] * dx * 1e6, a["object_phase"].shape[0] * dx * 1e6, 0)
+        ax[0].imshow(a["object_phase"], cmap="gray", extent=ext)
+        ax[0].set_title(f"reconstruction phase (µm), iteration {recon['scalars'].get('iteration')}")
+        ax[1].imshow(a["object_amplitude"], cmap="gray", extent=ext, vmax=np.percentile(a["object_amplitude"], 99.5))
+        ax[1].set_title("reconstruction amplitude")
+        probe = a["probe_amplitude"] * np.exp(1j * a["probe_phase"])
+        ax[3].imshow(np.abs(probe), cmap="magma")
+        ax[3].set_title("probe amplitude")
+    if view.stxm is not None:
+        ax[2].imshow(view.stxm["transmission"], cmap="gray")
+        ax[2].set_title("STXM transmission (scan grid)")
+    ax[4].imshow(raw, cmap="gray", vmin=np.percentile(raw, 1), vmax=np.percentile(raw, 99.9))
+    ax[4].set_title("raw FCCD frame (readout order, ADU)")
+    if view.clean_pattern is not None:
+        ax[5].imshow(np.log10(np.maximum(view.clean_pattern, 0.1)), cmap="magma", vmin=-1)
+        ax[5].set_title("cleaned frame (log10 photons)")
+    updates = [(it, res) for _, it, res, _ in view.recon_updates if it is not None and np.isfinite(res)]
+    if updates:
+        its, res = zip(*updates, strict=True)
+        ax[6].semilogy(its, res, ".-")
+    ax[6].set_xlabel("iteration")
+    ax[6].set_title("data residual (live updates)")
+    ax[7].axis("off")
+    ax[7].text(0, 1, rates, va="top", family="monospace", fontsize=11)
+    fig.suptitle(title)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def run_demo(
+    *,
+    scan: tuple[int, int] = (40, 40),
+    rate_hz: float = 10.0,
+    darks: int = 20,
+    pattern: str = "raster",
+    out: str | os.PathLike = "demo-output",
+    catalog: str | os.PathLike | None = None,
+    sample_image: str | None = None,
+    sample_name: str | None = None,
+    exposure_s: float | None = None,
+    seed: int = 0,
+    workers: int = 2,
+    engine: str = "lsqml",
+    backend: str = "numpy",
+    summary_json: str | os.PathLike | None = None,
+    progress: bool = True,
+    end_timeout_s: float = 300.0,
+    refine_s: float = 60.0,
+    prerendered: int = 0,
+) -> DemoResult:
+    """Run the demo; returns what it made (and writes the summary JSON, by default next to the PNG).
+
+    ``prerendered`` (benchmarks): simulate that many frames first and cycle them, so a
+    ``rate_hz=0`` run measures the pipeline rather than the simulator (no NRMSE then:
+    the frames no longer match their positions).
+    """
+    from bluesky import RunEngine
+    from bluesky.utils import RunEngineInterrupted
+
+    from ..callbacks import ProgressBar, ThreadedCallback
+    from ..callbacks.bridge import PipelineBridge
+    from ..ophyd_devices import make_sim_beamline
+    from ..plans import dark_frames, ptycho_scan
+    from ..stages.pipeline import ptycho_pipeline
+    from .session import PipelineSession
+
+    if rate_hz < 0:
+        raise ParameterError(f"--rate must be >= 0 frames/s (0 = as fast as possible), got {rate_hz}")
+    if darks < 2:
+        raise ParameterError(f"--darks must be >= 2 (the read noise needs two), got {darks}")
+    if workers < 1:
+        raise ParameterError(f"--workers must be >= 1, got {workers}")
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    if exposure_s is None:  # COSMIC's 100 ms, shortened when the rate asks for more frames per second
+        exposure_s = min(0.1, 1.0 / rate_hz) if rate_hz > 0 else 0.1
+    if not exposure_s > 0:
+        raise ParameterError(f"--exposure must be > 0 s, got {exposure_s}")
+    image = None
+    sample = SampleModel(name=sample_name or "siemens-star")
+    if sample_image:
+        from ..io.images import read_grayscale
+
+        image = read_grayscale(sample_image)
+        sample = SampleModel(image=str(Path(sample_image).resolve()), name=sample_name or Path(sample_image).stem)
+    cfg = SimConfig(seed=seed, exposure_s=exposure_s, sample=sample, scan=ScanPattern(kind=pattern, shape=scan, overlap=0.7))
+    if catalog is not None and str(catalog).startswith(("http://", "https://")):
+        raise ParameterError("--catalog for the demo must be a directory: the server has to read the detector files")
+    cat_dir = (default_catalog_dir() if catalog is None else Path(catalog)).expanduser().resolve()
+    cat = open_catalog(cat_dir)
+    beamline = make_sim_beamline(detector_dir(cat_dir), cfg, image=image, rate_hz=rate_hz)
+    if prerendered:
+        from ..ophyd_devices import ReplaySource
+
+        sim = beamline.sim
+        bank = np.stack([sim.raw_frame(sim.planned[i % len(sim.planned)], i) for i in range(prerendered)])
+        beamline.fccd.source = ReplaySource(bank, np.stack([sim.raw_frame(None, i) for i in range(4)]), sim.geom)
+    pipe_cfg = ptycho_pipeline(frame_workers=workers, engine=engine, backend=backend, out_dir=out, refine_s=refine_s)
+
+    RE = RunEngine({"scan_id": last_scan_id(cat)}, call_returns_result=False)
+    batch = writer_batch(rate_hz)  # about 2.5 s of frames per catalog request
+    raw_writer = ThreadedCallback(make_tiled_writer(cat, batch_size=batch), name="catalog")
+    events = _LastEvent()
+    RE.subscribe(raw_writer)
+    RE.subscribe(events)
+    RE.subscribe(ProgressBar(disable=not progress))
+    total = scan[0] * scan[1] if pattern == "raster" else None
+    bridge = None
+    try:
+        with PipelineSession(cat, cat_dir, pipe_cfg, out / "pipeline", progress=progress, total=total,
+                             batch_size=batch) as session:
+            bridge = PipelineBridge(pipe_cfg)
+            RE.subscribe(bridge)
+            if progress:
+                print(f"watch it live: ns-bluesky gui live --config {out / 'pipeline' / 'pipeline.json'}", flush=True)
+            (dark_uid,) = RE(dark_frames(beamline.fccd, beamline.shutter, darks, md={"sample_name": cfg.sample.name}))
+            t0 = time.monotonic()
+            (raw_uid,) = RE(
+                ptycho_scan(
+                    beamline.fccd, beamline.stage, beamline.shutter, pattern=pattern, shape=scan, overlap=0.7,
+                    optics=beamline.optics, sample=cfg.sample.name, dark_uid=dark_uid,
+                    md={"simulation": {"seed": seed, "config": cfg.model_dump(mode="json")}},
+                )
+            )
+            acquisition_s = time.monotonic() - t0
+            bridge.flush(timeout_s=end_timeout_s)
+            view = session.finish(raw_uid, end_timeout_s)
+            derived_uid = session.recorder.finished.get(raw_uid)
+    except (RunEngineInterrupted, KeyboardInterrupt):
+        if RE.state != "idle":
+            RE.abort("interrupted by the user (Ctrl-C)")
+        raise KeyboardInterrupt from None
+    finally:
+        if bridge is not None:
+            bridge.close()
+        raw_writer.close()
+
+    run = cat[raw_uid]
+    start = run.metadata["start"]
+    n = int(start["num_points"])
+    scan_id = int(start["scan_id"])
+    if view.ended is None:
+        log.error("the pipeline did not finish run %s within %g s", raw_uid[:8], end_timeout_s)
+    nrmse_value = nrmse_first = None
+    if view.recon is not None and not prerendered:
+        nrmse_value = score_recon(beamline.sim, start, view.recon)
+        if view.first_final is not None:
+            nrmse_first = score_recon(beamline.sim, start, view.first_final)
+    last_event = events.last.get(raw_uid)
+    to_final = (view.final_at - last_event) if view.final_at and last_event else None
+    to_refined = (view.refined_at - last_event) if view.refined_at and last_event else None
+    first = events.first.get(raw_uid)
+    e2e = n / (view.last_clean_at - first) if view.last_clean_at and first and view.last_clean_at > first else None
+    times = [t for t, *_ in view.recon_updates]
+    during = [t for t in times if last_event is None or t <= last_event]  # live updates while frames came
+    gaps = np.diff([first, *during, last_event]) if first and last_event and times else []
+    rates = "\n".join([
+        f"frames            {n} ({view.usable} usable)",
+        f"acquisition       {acquisition_s:.1f} s ({n / acquisition_s:.1f} frames/s)",
+        f"end to end        {e2e:.1f} frames/s" if e2e else "end to end        -",
+        f"last frame->final {to_final:.2f} s" if to_final is not None else "last frame->final -",
+        f"live updates      {len(times)}, largest gap {max(gaps):.1f} s during the scan" if len(gaps) else "live updates      0",
+        f"refined image     {to_refined:.1f} s after the last frame" if to_refined is not None else "refined image     -",
+        f"NRMSE vs truth    {nrmse_value:.4f} (final image {nrmse_first:.4f})" if nrmse_first is not None
+        else f"NRMSE vs truth    {nrmse_value:.4f}" if nrmse_value is not None else "NRMSE vs truth    -",
+        f"flags             {dict(view.flags) or 'none'}",
+    ])
+    raw0 = np.asarray(run["primary"][f"{beamline.fccd.name}_image"][0])
+    png = figure(out / f"scan_{scan_id:05d}.png", view=view, raw=raw0, rates=rates,
+                 dx=float(view.recon["meta"]["object_pixel_size_m"]) if view.recon else None,
+                 title=f"scan {scan_id}: {cfg.sample.name}, {n} frames, live {engine} reconstruction")
+    final = view.recon["scalars"] if view.recon else {}
+    result = DemoResult(
+        frames=n,
+        dark_frames=darks,
+        acquisition_s=round(acquisition_s, 3),
+        last_frame_to_final_s=None if to_final is None else round(to_final, 3),
+        frames_per_s=None if e2e is None else round(e2e, 2),
+        acquisition_frames_per_s=round(n / acquisition_s, 2),
+        max_update_gap_s=round(float(max(gaps)), 2) if len(gaps) else None,
+        nrmse=None if nrmse_value is None else round(nrmse_value, 4),
+        nrmse_first_final=None if nrmse_first is None else round(nrmse_first, 4),
+        last_frame_to_refined_s=None if to_refined is None else round(to_refined, 3),
+        iterations=final.get("iteration"),
+        residual=final.get("residual"),
+        frames_flagged=dict(view.flags),
+        raw_uid=raw_uid,
+        dark_uid=dark_uid,
+        derived_uid=derived_uid,
+        scan_id=scan_id,
+        catalog=str(cat_dir),
+        cxi=next((p for p in view.cxi if p.endswith("_clean.cxi")), None),
+        png=str(png),
+        exit_status=run.metadata["stop"]["exit_status"],
+    )
+    summary = Path(summary_json) if summary_json else out / "summary.json"
+    summary.write_text(json.dumps(asdict(result), indent=2))
+    print(rates)
+    return result

@@ -1,0 +1,119 @@
+"""The embedded catalog's tiled server, in a process of its own.
+
+``open_catalog(directory)`` starts ``python -m ns_bluesky.io.catalog_server DIRECTORY``:
+tiled's ``SimpleTiledServer`` (SQLite + files) on 127.0.0.1, one per catalog
+directory. In the RunEngine's own process the server shared one GIL with the
+RunEngine, the detector and the pipeline bridge, and every request (SQLAlchemy and
+FastAPI, about 10 ms of Python) held up the scan: on a 30 x 30 rate-0 demo, the same
+catalog served from another process gave 95-101 frames/s against 83-85.
+
+The server takes ``server.lock`` in the directory (another process serving it already:
+it prints ``{"busy": true}`` and exits, and the caller connects to that one), writes
+its address to ``server.json``, prints ``{"uri": ...}`` and serves until its standard
+input closes: when the process that started it closes it or dies, so a killed scan
+never leaves a server behind. It ignores Ctrl-C, which the terminal sends to every
+process of the scan's group: the scan's stop document still has to reach it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import secrets
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from .catalog import detector_dir
+
+
+class _HeldConnection:
+    """A storage connection that holds its storage's lock until closed."""
+
+    def __init__(self, conn, lock: threading.RLock):
+        self._conn, self._lock = conn, lock
+
+    def __getattr__(self, name: str):
+        return getattr(self._conn, name)
+
+    def close(self) -> None:
+        try:
+            self._conn.close()
+        finally:
+            self._lock.release()
+
+
+def _serialize_connections(storage) -> None:
+    """One request at a time on the embedded server's tabular storage.
+
+    SimpleTiledServer keeps its tables in DuckDB through one shared ADBC connection
+    (tiled pools DuckDB with a StaticPool), and the server calls it from several worker
+    threads at once. DuckDB connections are not thread-safe: two writers appending
+    together (the raw run's and the derived run's TiledWriter) made ``commit()`` hang
+    or the append fail with HTTP 500 within seconds. tiled's adapters open the
+    connection with ``closing(storage.connect())``, so holding a lock from ``connect``
+    to ``close`` serializes every read and write without touching tiled itself.
+    """
+    lock = threading.RLock()  # re-entrant: an adapter may open a second connection while holding one
+    connect = storage.connect
+
+    def locked_connect():
+        lock.acquire()
+        try:
+            return _HeldConnection(connect(), lock)
+        except BaseException:
+            lock.release()
+            raise
+
+    object.__setattr__(storage, "connect", locked_connect)  # tiled's storage is a frozen dataclass
+
+
+def _register_document_export() -> None:
+    """Let the embedded server replay a run's documents (``run.documents()``), as a configured server does."""
+    from bluesky_tiled_plugins.exporters import json_seq_exporter
+    from tiled.media_type_registration import default_serialization_registry as registry
+
+    if "application/json-seq" not in registry.media_types("BlueskyRun"):
+        registry.register("BlueskyRun", "application/json-seq", json_seq_exporter)
+
+
+def serve(directory: Path) -> int:
+    """Serve ``directory`` until standard input closes; 3 if another process serves it already."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = open(directory / "server.lock", "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(json.dumps({"busy": True}), flush=True)
+        return 3
+    from tiled.server import SimpleTiledServer
+
+    _register_document_export()
+    detectors = detector_dir(directory)
+    detectors.mkdir(exist_ok=True)
+    server = SimpleTiledServer(directory=directory, readable_storage=[detectors], api_key=secrets.token_hex(16))
+    _serialize_connections(server.storage)
+    info = directory / "server.json"
+    info.write_text(json.dumps({"uri": server.uri, "pid": os.getpid()}))
+    print(json.dumps({"uri": server.uri}), flush=True)
+    try:
+        sys.stdin.read()  # until the process that started this one closes the pipe (or dies)
+    finally:
+        info.unlink(missing_ok=True)
+        server.close()
+        lock.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("directory", type=Path)
+    return serve(ap.parse_args(argv).directory.resolve())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""Bluesky plans for ptychography: dark frames and the ptychographic scan.
+
+Small generators in the style of ``bluesky.plans``: parameters are checked before a run
+opens, metadata is merged into ``_md`` with the caller's ``md`` winning, and the start
+document carries everything a reconstruction needs, in SI units with the unit in each name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import bluesky.plan_stubs as bps
+import bluesky.preprocessors as bpp
+from bluesky.utils import MsgGenerator
+
+from .stubs import (
+    check_count,
+    check_detector,
+    detector_metadata,
+    merge_caller_md,
+    ptycho_step,
+    scan_layout,
+    scan_metadata,
+)
+
+__all__ = ["dark_frames", "ptycho_scan"]
+
+
+def dark_frames(det, shutter, num: int, *, md: dict | None = None) -> MsgGenerator[str]:
+    """Take ``num`` frames with the shutter closed: the dark run a ptycho scan refers to.
+
+    See Also
+    --------
+    ptycho_scan
+    """
+    num = check_count(num)
+    check_detector(det)
+    _md = {
+        "plan_name": "dark_frames",
+        "plan_args": {"det": repr(det), "shutter": repr(shutter), "num": num},
+        "detectors": [det.name],
+        "num_points": num,
+        "num_intervals": num - 1,
+        "purpose": "dark",
+        "hints": {"dimensions": [(("time",), "primary")]},
+        **detector_metadata(det),
+    }
+    _md.update(md or {})
+
+    @bpp.stage_decorator([det])
+    @bpp.run_decorator(md=_md)
+    def inner():
+        yield from bps.mv(shutter, "close")
+        for _ in range(num):
+            yield from bps.checkpoint()
+            yield from bps.trigger_and_read([det])
+
+    return (yield from inner())
+
+
+def ptycho_scan(
+    det,
+    stage,
+    shutter,
+    *,
+    pattern: str = "raster",
+    shape: Sequence[int] = (40, 40),
+    num_points: int | None = None,
+    step: float | None = None,
+    overlap: float | None = None,
+    jitter: float = 0.0,
+    center: Sequence[float] = (0.0, 0.0),
+    optics=None,  # required; keyword for symmetry with the other settings
+    sample: str | None = None,
+    dark_uid: str | None = None,
+    md: dict | None = None,
+) -> MsgGenerator[str]:
+    """Ptychographic step scan: move the stage through a raster or Fermat spiral, one frame per point.
+
+    Lengths are metres. ``step`` or ``overlap`` (fraction of the beam footprint, needs
+    ``optics``) sets the spacing. The start document records the planned positions,
+    the detector geometry, energy and probe optics, the sample name and ``dark_uid``
+    (the dark run to subtract), so a reconstruction needs nothing else.
+
+    See Also
+    --------
+    dark_frames
+    """
+    _, spec, planned, scan_md = scan_layout(
+        det, stage, optics, pattern, shape=shape, num_points=num_points, step=step, overlap=overlap, jitter=jitter, center=center
+    )
+    _md = {
+        "plan_name": "ptycho_scan",
+        "plan_args": {
+            "det": repr(det),
+            "stage": repr(stage),
+            "shutter": repr(shutter),
+            "pattern": pattern,
+            "shape": list(shape),
+            "num_points": num_points,
+            "step": step,
+            "overlap": overlap,
+            "jitter": jitter,
+            "center": list(center),
+        },
+        "num_points": len(planned),
+        "num_intervals": len(planned) - 1,
+        **scan_metadata(det, stage, optics, scan_md, planned, sample, dark_uid),
+    }
+    if spec.kind == "raster":
+        _md["shape"] = list(spec.shape)
+    _md = merge_caller_md(_md, md)
+
+    @bpp.stage_decorator([det, stage])
+    @bpp.run_decorator(md=_md)
+    def inner():
+        yield from bps.mv(shutter, "open")
+        for y, x in planned:
+            yield from ptycho_step(det, stage, y, x)
+        yield from bps.mv(shutter, "close")
+
+    def close_shutter():
+        yield from bps.mv(shutter, "close")
+
+    return (yield from bpp.finalize_wrapper(inner(), close_shutter()))

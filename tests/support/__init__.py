@@ -1,0 +1,1 @@
+"""What several test packages share: pipelines on loopback, a simulated scan's messages, process checks."""
