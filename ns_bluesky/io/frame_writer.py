@@ -59,11 +59,14 @@ class HDF5FrameWriter:
         self._unsynced = 0  # bytes written since the disk writes were last started
         self._uncached_to = 0  # file offset below which the page cache was told to drop this file
 
-    def open(self) -> Path:
-        """Start a new file; the next documents out are its ``stream_resource``."""
+    def open(self, path: str | os.PathLike | None = None) -> Path:
+        """Start a new file (``path``, or a fresh name in ``write_dir``); the next documents out are its
+        ``stream_resource``. A simulated areaDetector IOC names its files itself, hence ``path``."""
         self.close()
-        self.write_dir.mkdir(parents=True, exist_ok=True)
-        self.path = (self.write_dir / f"{uuid.uuid4()}.h5").resolve()
+        if path is None:
+            self.write_dir.mkdir(parents=True, exist_ok=True)
+            path = self.write_dir / f"{uuid.uuid4()}.h5"
+        self.path = Path(path).resolve()
         self._file = h5py.File(self.path, "w", libver="latest")
         self._ds = self._file.create_dataset(
             DATASET,

@@ -41,3 +41,17 @@ def test_the_writeback_call_is_the_c_librarys_own(tmp_path):
     with open(tmp_path / "f", "wb") as f:
         f.write(b"x" * 4096)
         assert hdf5_writer.start_writeback(f.fileno()) == 0
+
+
+def test_a_file_named_by_the_caller(tmp_path):
+    """An areaDetector IOC names its files from FileTemplate; the writer then files there, not in write_dir."""
+    w = HDF5FrameWriter(tmp_path / "unused", "fccd_image", (4, 6))
+    path = w.open(tmp_path / "scan_000003.h5")
+    w.write(np.arange(24, dtype=np.uint16).reshape(4, 6))
+    (name, resource), (_, datum) = list(w.collect_docs())
+    w.close()
+    assert path == (tmp_path / "scan_000003.h5").resolve() and not (tmp_path / "unused").exists()
+    assert name == "stream_resource" and resource["uri"] == f"file://localhost{path}"
+    assert datum["indices"] == {"start": 0, "stop": 1}
+    with h5py.File(path, "r") as f:
+        assert f["/entry/data/data"].shape == (1, 4, 6)
