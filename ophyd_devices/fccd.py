@@ -23,12 +23,13 @@ from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.status import DeviceStatus
 
-from ns_bluesky.errors import DeviceError, ParameterError
+from ns_bluesky.errors import DeviceError
 from ns_bluesky.instrument.detector import DetectorGeometry
 from ns_bluesky.sim import PtychoSimulation
 from ns_bluesky.sim.faults import Faults
 
 from ..io.frame_writer import HDF5FrameWriter
+from .detector_settings import check_exposure_and_period
 
 
 class FrameSource(Protocol):
@@ -114,16 +115,7 @@ class SimFCCD(Device):
 
     def validate_settings(self) -> None:
         """Exposure and period must make sense before any run opens."""
-        exposure, period = self.acquire_time.get(), self.acquire_period.get()
-        if not (np.isfinite(exposure) and exposure > 0):
-            raise ParameterError(f"{self.name}.acquire_time (exposure) must be > 0 s, got {exposure}")
-        if not (np.isfinite(period) and period >= 0):
-            raise ParameterError(f"{self.name}.acquire_period must be >= 0 s (0 = free-run), got {period}")
-        if 0 < period < exposure:
-            raise ParameterError(
-                f"{self.name}: frame period {period} s (rate {1 / period:g} Hz) is shorter than the "
-                f"exposure {exposure} s; lower the rate or the exposure"
-            )
+        check_exposure_and_period(self.name, self.acquire_time.get(), self.acquire_period.get())
 
     def stage(self):
         self.validate_settings()
