@@ -11,52 +11,14 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 
-from pydantic import ValidationError
-
 from ..errors import NSBlueskyError
+from .guard import guarded as _guarded
 
 #: the engines' names for --help (importing the engines to list them would slow every command)
 ENGINES = ("lsqml", "raar", "dm", "epie", "rpie")
-
-def _fail(prog: str, message: str, code: int = 1) -> int:
-    first = next((line.strip() for line in str(message).splitlines() if line.strip()), "failed")
-    print(f"{prog}: error: {first}", file=sys.stderr)
-    return code
-
-
-def _log_to_file() -> None:
-    """Library warnings and tracebacks go to a log file, so the terminal shows only our one-line errors."""
-    import logging
-
-    import platformdirs
-
-    path = os.environ.get("NS_BLUESKY_LOG") or str(platformdirs.user_log_path("ns-bluesky") / "ns-bluesky.log")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    logging.basicConfig(
-        level=logging.INFO, filename=path, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request otherwise
-
-
-def _guarded(prog: str, func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    try:
-        _log_to_file()
-        return func(args)
-    except KeyboardInterrupt:
-        return _fail(prog, "interrupted; open runs were closed with exit_status 'abort'", 130)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "configuration"
-        return _fail(prog, f"invalid {where}: {first.get('msg')}")
-    except (NSBlueskyError, OSError) as exc:
-        return _fail(prog, str(exc))
-    except Exception as exc:  # a bug: still one line, the traceback on request
-        if os.environ.get("NS_BLUESKY_DEBUG"):
-            raise
-        return _fail(prog, f"unexpected {type(exc).__name__}: {exc} (set NS_BLUESKY_DEBUG=1 for the traceback)")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
