@@ -2,24 +2,33 @@
 
 The simulated set (``make_sim_beamline``) shares one physics model so the detector sees
 the sample where the stage really is.
+
+Names are imported on first use, so that importing one module of the package (an EPICS
+device, or Channel Access helpers that must run before Ophyd is imported) imports neither
+the simulator nor the rest.
 """
 
-from ..io.frame_writer import HDF5FrameWriter
-from .beamline import SimBeamline, make_sim_beamline
-from .fccd import ReplaySource, SimFCCD, SimulationSource
-from .motors import SampleStage, SimMotor
-from .optics import ZonePlateOptics
-from .shutter import Shutter
+from __future__ import annotations
 
-__all__ = [
-    "HDF5FrameWriter",
-    "ReplaySource",
-    "SampleStage",
-    "Shutter",
-    "SimBeamline",
-    "SimFCCD",
-    "SimMotor",
-    "SimulationSource",
-    "ZonePlateOptics",
-    "make_sim_beamline",
-]
+import importlib
+
+_EXPORTS = {
+    "HDF5FrameWriter": "..io.frame_writer",
+    "ReplaySource": ".fccd",
+    "SampleStage": ".motors",
+    "Shutter": ".shutter",
+    "SimBeamline": ".beamline",
+    "SimFCCD": ".fccd",
+    "SimMotor": ".motors",
+    "SimulationSource": ".fccd",
+    "ZonePlateOptics": ".optics",
+    "make_sim_beamline": ".beamline",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
