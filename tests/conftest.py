@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-from bluesky import RunEngine
+from tests.support.epics import configure_session
 
-from ns_bluesky.instrument.scan import ScanPattern
-from ns_bluesky.io.catalog import detector_dir, make_tiled_writer, open_catalog
-from ns_bluesky.sim.settings import SimConfig
-from tests.support.scan import SimScan
+configure_session()  # Channel Access on loopback ports of this session's own, before anything imports Ophyd
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from bluesky import RunEngine  # noqa: E402
+
+from ns_bluesky.instrument.scan import ScanPattern  # noqa: E402
+from ns_bluesky.io.catalog import detector_dir, make_tiled_writer, open_catalog  # noqa: E402
+from ns_bluesky.sim.settings import SimConfig  # noqa: E402
+from tests.support.scan import SimScan  # noqa: E402
 
 #: the make_pipeline fixture for every test package
 pytest_plugins = ["tests.support.pipeline"]

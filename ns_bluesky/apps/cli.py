@@ -284,8 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     _catalog_arg(gui)
     gui.set_defaults(func=_cmd_gui)
 
+    from .ioc import add_parser as add_ioc_parser
     from .pipeline_cli import add_parsers
 
+    add_ioc_parser(sub)
     add_parsers(sub, _catalog_arg)
     return parser
 

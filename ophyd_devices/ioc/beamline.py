@@ -1,0 +1,165 @@
+"""The whole simulated beamline as one caproto IOC: FCCD, stage, shutter and optics, named by a description.
+
+Standing in for a facility's IOCs on loopback, so that the EPICS path (Ophyd over Channel Access, the same
+plans, the catalog) runs without hardware. Everything physical comes from the same simulator as the
+in-process beamline: the FCCD renders where the motor records' dial positions put the sample, dark while
+the shutter's bi reads closed, with the optics the optics PVs hold at that frame (a change rebuilds the
+simulation before the next frame; a combination the zone-plate model refuses is refused at the put).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from types import SimpleNamespace
+
+import numpy as np
+from caproto import ChannelType
+from caproto.server import PVGroup, pvproperty
+
+from ns_bluesky.instrument.beamline import BeamlineDescription
+from ns_bluesky.instrument.optics import ZonePlateOptics
+from ns_bluesky.sim import PtychoSimulation
+from ns_bluesky.sim.settings import SimConfig
+
+from ..fccd import SimulationSource
+from .fccd import FCCDCam, HDF5FilePlugin
+from .motor import MotorRecord
+from .network import server_env
+
+SHUTTER_COMMANDS = ("Close", "Open")  # bo ZNAM/ONAM
+SHUTTER_STATES = ("Closed", "Open")  # bi
+
+
+def shutter_group(command_pv: str, status_pv: str, delay_s: float) -> PVGroup:
+    """A bo command and a bi status; the status follows the last command ``delay_s`` later."""
+
+    class Shutter(PVGroup):
+        command = pvproperty(name=command_pv, value="Close", dtype=ChannelType.ENUM, enum_strings=SHUTTER_COMMANDS,
+                             record="bo", doc="shutter command: Close / Open")
+        status = pvproperty(name=status_pv, value="Closed", dtype=ChannelType.ENUM, enum_strings=SHUTTER_STATES,
+                            record="bi", read_only=True, doc="shutter position: Closed / Open")
+
+        _pending: asyncio.Task | None = None
+
+        @command.putter
+        async def command(self, instance, value):
+            target = SHUTTER_STATES[SHUTTER_COMMANDS.index(value) if isinstance(value, str) else int(value)]
+            if self._pending is not None:
+                self._pending.cancel()  # a newer command wins over one still moving
+            self._pending = asyncio.get_running_loop().create_task(self._actuate(target))
+            return value
+
+        async def _actuate(self, target: str) -> None:
+            await asyncio.sleep(delay_s)
+            await self.status.write(target)
+
+        def is_open(self) -> bool:
+            return self.status.value in ("Open", 1)
+
+    return Shutter(prefix="")
+
+
+OPTICS_UNITS = {"energy": "eV", "detector_distance": "m"}
+
+
+def optics_group(description: BeamlineDescription) -> PVGroup:
+    """One ao record per optics value; a write the zone-plate model would refuse is refused."""
+    d, zp = description, description.ioc.zone_plate
+    initial = {
+        "energy": d.ioc.energy_eV, "zone_plate_diameter": zp.diameter_m, "outer_zone_width": zp.outer_zone_width_m,
+        "central_stop_diameter": zp.central_stop_diameter_m, "defocus": zp.defocus_m,
+        "detector_distance": d.detector.geometry.distance_m,
+    }
+    ns = {
+        attr: pvproperty(name=d.pv(getattr(d.optics, attr)), value=float(value), record="ao",
+                         units=OPTICS_UNITS.get(attr, "m"), precision=3 if attr == "energy" else 12)
+        for attr, value in initial.items()
+    }
+
+    class Optics(PVGroup):
+        def values(self) -> dict[str, float]:
+            return {attr: float(getattr(self, attr).value) for attr in initial}
+
+        async def group_write(self, instance, value):
+            values = {**self.values(), instance.pvspec.attr: float(value)}
+            optics_model(values)  # raises ValueError: the put fails and the value stays
+            return value
+
+    return type("Optics", (Optics,), ns)(prefix="")
+
+
+def optics_model(values: dict[str, float]) -> tuple[float, ZonePlateOptics, float]:
+    """(energy eV, zone plate, detector distance m) from the optics PVs' values, or ValueError."""
+    if not (values["energy"] > 0 and values["detector_distance"] > 0):
+        raise ValueError(f"energy and detector distance must be > 0, got {values['energy']} eV, "
+                         f"{values['detector_distance']} m")
+    zp = ZonePlateOptics(diameter_m=values["zone_plate_diameter"], outer_zone_width_m=values["outer_zone_width"],
+                         central_stop_diameter_m=values["central_stop_diameter"], defocus_m=values["defocus"])
+    return values["energy"], zp, values["detector_distance"]
+
+
+class BeamlineIOC:
+    """Every PV of the description, served by one process; ``pvdb`` is what caproto runs."""
+
+    def __init__(self, description: BeamlineDescription | None = None, *, rate_hz: float = 10.0, seed: int = 0,
+                 image: np.ndarray | None = None):
+        self.description = d = description or BeamlineDescription()
+        ioc = d.ioc
+        self.config = SimConfig(energy_eV=ioc.energy_eV, exposure_s=ioc.exposure_s, seed=seed,
+                                detector=d.detector.geometry, optics=ioc.zone_plate)
+        self._image = image
+        limits = (ioc.low_limit_m, ioc.high_limit_m)
+        axes = {
+            axis: MotorRecord(d.pv(getattr(d.stage, axis)), desc=f"sample {axis}", velocity=ioc.velocity_m_s,
+                              acceleration=ioc.acceleration_s, limits=limits)
+            for axis in ("y", "x")
+        }
+        self.shutter = shutter_group(d.pv(d.shutter.command), d.pv(d.shutter.status), ioc.shutter_delay_s)
+        self.optics = optics_group(d)
+        self.source = SimulationSource(PtychoSimulation(self.config, image=image), SimpleNamespace(**axes))
+        self.hdf = HDF5FilePlugin(d.hdf_prefix, shape=self.source.geometry.raw_shape)
+        period = 1.0 / rate_hz if rate_hz > 0 else 0.0
+        self.cam = FCCDCam(d.cam_prefix, source=self.source, hdf=self.hdf, light=self.shutter.is_open,
+                           prepare=self._follow_optics, exposure_s=min(ioc.exposure_s, period or ioc.exposure_s),
+                           period_s=period)
+        self.pvdb: dict = {}
+        for group in (*axes.values(), self.shutter, self.optics, self.cam, self.hdf):
+            self.pvdb.update(group.pvdb)
+
+    def _follow_optics(self) -> None:
+        """In the detector's worker thread, before a frame: rebuild the simulation if an optics PV changed."""
+        energy, zp, distance = optics_model(self.optics.values())
+        cfg = self.config
+        if (energy, zp, distance) == (cfg.energy_eV, cfg.optics, cfg.detector.distance_m):
+            return
+        detector = cfg.detector.model_copy(update={"distance_m": distance})
+        self.config = SimConfig.model_validate({**cfg.model_dump(), "energy_eV": energy, "optics": zp.model_dump(),
+                                                "detector": detector.model_dump()})
+        sim = PtychoSimulation(self.config, image=self._image)
+        self.source.sim, self.source.geometry = sim, sim.geom
+
+    def serve(self, *, port: int | None = None, interfaces: Sequence[str] = ("127.0.0.1",)) -> None:
+        """Serve until interrupted; prints one JSON line ``{"ioc": "ready", ...}`` once it answers."""
+        if port is not None:  # caproto reads these when the server starts: search (UDP) and first TCP port
+            os.environ.update({k: v for k, v in server_env(port).items() if "SERVER_PORT" in k})
+        if all(i.startswith("127.") for i in interfaces):  # beacons stay on loopback too
+            for key, value in server_env(0).items():
+                if "BEACON" in key:
+                    os.environ.setdefault(key, value)
+        from caproto.asyncio.server import run
+
+        async def ready(async_lib) -> None:
+            await asyncio.sleep(0.1)  # the records' start-up values are in place
+            said = {"ioc": "ready", "pvs": len(self.pvdb), "port": int(os.environ.get("EPICS_CAS_SERVER_PORT", 5064)),
+                    "interfaces": list(interfaces), "prefix": self.description.prefix}
+            print(json.dumps(said), flush=True)
+
+        try:
+            run(self.pvdb, interfaces=list(interfaces), startup_hook=ready)
+        finally:
+            self.cam.close()
+            sys.stdout.flush()

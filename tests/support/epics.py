@@ -1,0 +1,95 @@
+"""Channel Access for the tests: loopback ports for the session, and the simulated IOC in a subprocess.
+
+libca reads ``EPICS_CA_ADDR_LIST`` once, when Ophyd is first imported, so ``configure_session`` runs at the
+top of tests/conftest.py, before anything imports Ophyd: it reserves a few ports free for UDP and TCP and
+points the session's CA client at them only. Each IOC a test starts takes a port of that pool nobody else
+uses now and a prefix of its own (a PV name a previous IOC served would be found again only after
+libca's search back-off), and is stopped at teardown, however the test ended.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+POOL_SIZE = 3
+_ports: list[int] = []
+_in_use: set[int] = set()
+_prefixes = itertools.count()
+
+
+def configure_session() -> list[int]:
+    """Reserve the session's CA ports and point this process's CA client at them (before Ophyd is imported)."""
+    from ns_bluesky.ophyd_devices.ioc.network import client_env, free_ca_ports
+
+    if not _ports:
+        _ports.extend(free_ca_ports(POOL_SIZE))
+        os.environ.update(client_env(_ports))
+    return list(_ports)
+
+
+def unique_prefix() -> str:
+    return f"T{os.getpid() % 10000}x{next(_prefixes)}:"
+
+
+class IOCProcess:
+    """``python -m ns_bluesky.apps.ioc`` on a free port of the session's pool; ``stop`` always ends it."""
+
+    def __init__(self, workdir: Path, *, prefix: str | None = None, description: Path | None = None,
+                 rate_hz: float = 0.0, ready_timeout_s: float = 90.0):
+        free = [p for p in _ports if p not in _in_use]
+        if not free:
+            raise RuntimeError(f"all {POOL_SIZE} CA ports of the session are in use; stop an IOC first")
+        self.port, self.prefix = free[0], prefix or unique_prefix()
+        self.log_path = workdir / f"ioc-{self.port}-{self.prefix.strip(':')}.log"
+        args = [sys.executable, "-m", "ns_bluesky.apps.ioc", "--port", str(self.port), "--prefix", self.prefix,
+                "--rate", str(rate_hz)]
+        if description is not None:
+            args += ["--description", str(description)]
+        env = {**os.environ, "NS_BLUESKY_LOG": str(self.log_path)}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, env=env, start_new_session=True)
+        _in_use.add(self.port)
+        try:
+            self.ready = self._wait_ready(ready_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, timeout_s: float) -> dict:
+        deadline = time.monotonic() + timeout_s
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            while time.monotonic() < deadline and sel.select(timeout=max(0.0, deadline - time.monotonic())):
+                line = self.proc.stdout.readline()
+                if not line:
+                    break
+                try:
+                    said = json.loads(line)
+                except ValueError:
+                    continue
+                if said.get("ioc") == "ready":
+                    return said
+        tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
+        raise RuntimeError(f"the IOC on port {self.port} did not become ready in {timeout_s:g} s; its log ends:\n{tail}")
+
+    def pv(self, part: str) -> str:
+        return self.prefix + part
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGINT)
+                self.proc.wait(10)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc.stdout.close()
+        _in_use.discard(self.port)
