@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from ns_bluesky.apps.cli import main as cli_main
 from ns_bluesky.errors import ParameterError
 from ns_bluesky.instrument.beamline import BeamlineDescription
 from ns_bluesky.io.description import description_to_yaml, load_description
+from ns_bluesky.ophyd_devices import make_beamline
 
 TOML = """
 prefix = "XF:23ID1-ES:"
@@ -68,3 +70,14 @@ def test_a_missing_description_is_refused(tmp_path):
     with pytest.raises(ParameterError, match="does not exist"):
         load_description(tmp_path / "nowhere.yaml")
 
+
+def test_the_ioc_command_and_make_beamline_refuse_a_bad_description_before_starting(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optics: {energy: 800}\n")
+    assert cli_main(["ioc", "--description", str(bad), "--port", "1"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"ns-bluesky: error: {bad}: field optics.energy: Input should be a valid string"
+    with pytest.raises(ParameterError, match="field optics.energy"):
+        make_beamline(bad, tmp_path / "detector")
+    assert cli_main(["ioc", "--prefix", "BL 7:"]) == 1
+    assert "invalid prefix" in capsys.readouterr().err

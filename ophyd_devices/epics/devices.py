@@ -1,0 +1,135 @@
+"""The stage, shutter and optics over Channel Access, on stock Ophyd classes, with the simulated devices' interface.
+
+The plans were written against the simulated devices; these keep their interface so the plans run unchanged:
+the stage has ``y``/``x`` axes (``EpicsMotor``: readback named ``stage_y``, ``user_offset`` = the record's OFF,
+which the adaptive drift correction writes) and ``check_positions``; the shutter takes ``"open"``/``"close"``
+and has ``is_open``; the optics have ``energy``, ``diameter``, ``outer_zone_width``, ``central_stop_diameter``
+and ``defocus``. PV names come from the beamline description.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from ophyd import Device, EpicsMotor, EpicsSignal, EpicsSignalRO
+from ophyd import FormattedComponent as FCpt
+from ophyd.status import SubscriptionStatus
+from ophyd.utils import LimitError
+
+from ns_bluesky.errors import ParameterError
+from ns_bluesky.instrument.beamline import BeamlineDescription
+
+#: longest a single stage move or shutter actuation may take before its status fails instead of waiting forever
+MOTION_TIMEOUT_S = 60.0
+
+__all__ = ["EpicsAxis", "EpicsOptics", "EpicsShutter", "EpicsStage", "make_optics", "make_shutter", "make_stage"]
+
+
+class EpicsAxis(EpicsMotor):
+    """A motor record; its limits are the record's HLM/LLM as monitored, not the control limits Ophyd
+    cached at connection (those are refreshed only on some limit changes; see shared/reference/epics.md)."""
+
+    @property
+    def limits(self) -> tuple[float, float]:
+        return self.low_limit_travel.get(), self.high_limit_travel.get()
+
+    @property
+    def dial_position(self) -> float:
+        return self.position - self.user_offset.get()
+
+    def check_value(self, value: float) -> None:
+        """``LimitError`` naming the axis and its limits for a target outside them (before anything moves)."""
+        lo, hi = self.limits
+        if not (np.isfinite(value) and lo <= value <= hi):
+            raise LimitError(f"{self.name}: target {value!r} {self.egu} is outside the limits [{lo}, {hi}]")
+
+
+class EpicsStage(Device):
+    """The scanned sample: ``y`` vertical, ``x`` horizontal, one motor record each, in metres."""
+
+    y = FCpt(EpicsAxis, "{prefix}{_y_record}", kind="hinted")
+    x = FCpt(EpicsAxis, "{prefix}{_x_record}", kind="hinted")
+
+    def __init__(self, prefix: str = "", *, y_record: str, x_record: str, name: str, **kwargs):
+        self._y_record, self._x_record = y_record, x_record
+        super().__init__(prefix, name=name, **kwargs)
+        for axis in (self.y, self.x):
+            axis._timeout = MOTION_TIMEOUT_S
+
+    def check_units(self) -> None:
+        """The plans position in metres: refuse motor records in other units rather than scale silently."""
+        for axis in (self.y, self.x):
+            egu = axis.egu
+            if egu != "m":
+                raise ParameterError(
+                    f"{axis.name} ({axis.prefix}) reports EGU {egu!r}; the plans position the stage in metres: "
+                    "configure the motor record in metres (EGU m)"
+                )
+
+    def check_positions(self, positions_yx: np.ndarray) -> None:
+        """Fail before a scan starts if any planned point lies outside an axis's limits."""
+        pos = np.asarray(positions_yx, dtype=float)
+        for col, axis in ((0, self.y), (1, self.x)):
+            lo, hi = axis.limits
+            bad = np.flatnonzero((pos[:, col] < lo) | (pos[:, col] > hi) | ~np.isfinite(pos[:, col]))
+            if bad.size:
+                i = int(bad[0])
+                raise LimitError(
+                    f"{axis.name}: point {i} at {pos[i, col]:.3e} m (and {bad.size - 1} more) is outside "
+                    f"the stage limits [{lo:.3e}, {hi:.3e}] m; shrink the scan or move its centre"
+                )
+
+
+_OPEN, _CLOSE = {"open", "opened", 1}, {"close", "closed", 0}
+
+
+class EpicsShutter(Device):
+    """A bo command and a bi status; ``set("open")`` finishes when the status reads open."""
+
+    command = FCpt(EpicsSignal, "{prefix}{_command_pv}", kind="omitted")
+    status = FCpt(EpicsSignalRO, "{prefix}{_status_pv}", kind="normal", auto_monitor=True)
+
+    def __init__(self, prefix: str = "", *, command_pv: str, status_pv: str, name: str, **kwargs):
+        self._command_pv, self._status_pv = command_pv, status_pv
+        super().__init__(prefix, name=name, **kwargs)
+
+    @property
+    def is_open(self) -> bool:
+        return self.status.get() == 1
+
+    def set(self, value, **kwargs) -> SubscriptionStatus:
+        key = value.lower() if isinstance(value, str) else value
+        if key in _OPEN:
+            target = 1
+        elif key in _CLOSE:
+            target = 0
+        else:
+            raise ParameterError(f"{self.name}: unknown shutter command {value!r}; use 'open' or 'close'")
+        status = SubscriptionStatus(self.status, lambda *, value, **kw: value == target, timeout=MOTION_TIMEOUT_S)
+        self.command.put(target, wait=False)
+        return status
+
+
+class EpicsOptics(Device):
+    """Photon energy (eV) and zone-plate geometry (m) as their PVs hold them; recorded as configuration."""
+
+    energy = FCpt(EpicsSignal, "{prefix}{_pvs[energy]}", kind="config")
+    diameter = FCpt(EpicsSignal, "{prefix}{_pvs[zone_plate_diameter]}", kind="config")
+    outer_zone_width = FCpt(EpicsSignal, "{prefix}{_pvs[outer_zone_width]}", kind="config")
+    central_stop_diameter = FCpt(EpicsSignal, "{prefix}{_pvs[central_stop_diameter]}", kind="config")
+    defocus = FCpt(EpicsSignal, "{prefix}{_pvs[defocus]}", kind="config")
+
+    def __init__(self, prefix: str = "", *, pvs: dict[str, str], name: str, **kwargs):
+        self._pvs = pvs
+        super().__init__(prefix, name=name, **kwargs)
+
+
+def make_stage(d: BeamlineDescription, name: str = "stage") -> EpicsStage:
+    return EpicsStage(d.prefix, y_record=d.stage.y, x_record=d.stage.x, name=name)
+
+
+def make_shutter(d: BeamlineDescription, name: str = "shutter") -> EpicsShutter:
+    return EpicsShutter(d.prefix, command_pv=d.shutter.command, status_pv=d.shutter.status, name=name)
+
+
+def make_optics(d: BeamlineDescription, name: str = "optics") -> EpicsOptics:
+    return EpicsOptics(d.prefix, pvs=d.optics.model_dump(), name=name)
