@@ -100,16 +100,9 @@ class SimMotor(Device):
         """Moves are short timed waits; nothing to halt, the readback stays where it lands."""
 
 
-class SampleStage(Device):
-    """The scanned sample: ``x`` horizontal, ``y`` vertical, both in metres."""
-
-    x = Cpt(SimMotor, "", kind="hinted")
-    y = Cpt(SimMotor, "", kind="hinted")
-
-    def __init__(self, prefix: str = "", *, name: str, seed: int = 0, **kwargs):
-        super().__init__(prefix, name=name, **kwargs)
-        for axis in (self.x, self.y):
-            axis._rng = np.random.default_rng([seed, 1 if axis is self.x else 2])
+class LimitCheckedStage:
+    """``check_positions`` for a stage whose ``y`` and ``x`` axes have ``limits``: the simulated stage's and
+    the EPICS stage's, so a scan past the limits is refused the same way, and before it starts, on either."""
 
     def check_positions(self, positions_yx: np.ndarray) -> None:
         """Fail before a scan starts if any planned point lies outside the axis limits."""
@@ -123,3 +116,15 @@ class SampleStage(Device):
                     f"{axis.name}: point {i} at {pos[i, col]:.3e} m (and {bad.size - 1} more) is outside "
                     f"the stage limits [{lo:.3e}, {hi:.3e}] m; shrink the scan or move its centre"
                 )
+
+
+class SampleStage(LimitCheckedStage, Device):
+    """The scanned sample: ``x`` horizontal, ``y`` vertical, both in metres."""
+
+    x = Cpt(SimMotor, "", kind="hinted")
+    y = Cpt(SimMotor, "", kind="hinted")
+
+    def __init__(self, prefix: str = "", *, name: str, seed: int = 0, **kwargs):
+        super().__init__(prefix, name=name, **kwargs)
+        for axis in (self.x, self.y):
+            axis._rng = np.random.default_rng([seed, 1 if axis is self.x else 2])

@@ -18,6 +18,8 @@ from ophyd.utils import LimitError
 from ns_bluesky.errors import ParameterError
 from ns_bluesky.instrument.beamline import BeamlineDescription
 
+from ..motors import LimitCheckedStage
+
 #: longest a single stage move or shutter actuation may take before its status fails instead of waiting forever
 MOTION_TIMEOUT_S = 60.0
 
@@ -43,7 +45,7 @@ class EpicsAxis(EpicsMotor):
             raise LimitError(f"{self.name}: target {value!r} {self.egu} is outside the limits [{lo}, {hi}]")
 
 
-class EpicsStage(Device):
+class EpicsStage(LimitCheckedStage, Device):
     """The scanned sample: ``y`` vertical, ``x`` horizontal, one motor record each, in metres."""
 
     y = FCpt(EpicsAxis, "{prefix}{_y_record}", kind="hinted")
@@ -63,19 +65,6 @@ class EpicsStage(Device):
                 raise ParameterError(
                     f"{axis.name} ({axis.prefix}) reports EGU {egu!r}; the plans position the stage in metres: "
                     "configure the motor record in metres (EGU m)"
-                )
-
-    def check_positions(self, positions_yx: np.ndarray) -> None:
-        """Fail before a scan starts if any planned point lies outside an axis's limits."""
-        pos = np.asarray(positions_yx, dtype=float)
-        for col, axis in ((0, self.y), (1, self.x)):
-            lo, hi = axis.limits
-            bad = np.flatnonzero((pos[:, col] < lo) | (pos[:, col] > hi) | ~np.isfinite(pos[:, col]))
-            if bad.size:
-                i = int(bad[0])
-                raise LimitError(
-                    f"{axis.name}: point {i} at {pos[i, col]:.3e} m (and {bad.size - 1} more) is outside "
-                    f"the stage limits [{lo:.3e}, {hi:.3e}] m; shrink the scan or move its centre"
                 )
 
 

@@ -206,32 +206,31 @@ class MotorRecord(PVGroup):
         await self._show_position()
         return value
 
+    async def _limit(self, dial_field, dial_value: float) -> None:
+        """Every limit write is a dial limit: the user limits and VAL's control limits follow from it."""
+        await self._put(dial_field, dial_value)
+        await self._publish_limits()
+
     @motor.fields.user_high_limit.putter
     async def motor(fields, instance, value):
         self = fields.parent.group
-        await self._put(self.f.dial_high_limit, float(value) - self.offset)
-        await self._publish_limits()
+        await self._limit(self.f.dial_high_limit, float(value) - self.offset)
         return float(value)
 
     @motor.fields.user_low_limit.putter
     async def motor(fields, instance, value):
         self = fields.parent.group
-        await self._put(self.f.dial_low_limit, float(value) - self.offset)
-        await self._publish_limits()
+        await self._limit(self.f.dial_low_limit, float(value) - self.offset)
         return float(value)
 
     @motor.fields.dial_high_limit.putter
     async def motor(fields, instance, value):
-        self = fields.parent.group
-        await self._put(instance, float(value))
-        await self._publish_limits()
+        await fields.parent.group._limit(instance, float(value))
         return float(value)
 
     @motor.fields.dial_low_limit.putter
     async def motor(fields, instance, value):
-        self = fields.parent.group
-        await self._put(instance, float(value))
-        await self._publish_limits()
+        await fields.parent.group._limit(instance, float(value))
         return float(value)
 
     @motor.fields.velocity.putter
