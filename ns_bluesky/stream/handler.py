@@ -32,6 +32,7 @@ import numpy as np
 import zmq
 
 from ..errors import ParameterError
+from .broker.spill import Spill
 from .config import PipelineConfig, load_config, parse_counts
 from .launcher import LocalPool
 from .logs import setup_process_logging
@@ -141,7 +142,7 @@ class Handler:
         self._shutdown = False
         self._last_beat = 0.0
         self._retired: list[tuple[SlotArena, list]] = []  # arenas of gone workers, unmapped once unread
-        self.spill_dir = Path(cfg.spill_dir) if cfg.spill_dir else Path(os.environ.get("TMPDIR", "/tmp")) / f"ns-bluesky-spill-{os.getpid()}"
+        self.spill = Spill(Path(cfg.spill_dir) if cfg.spill_dir else Path(os.environ.get("TMPDIR", "/tmp")) / f"ns-bluesky-spill-{os.getpid()}")
         from .security import server_security
 
         self._secure = server_security(cfg, self.ctx)
@@ -175,7 +176,7 @@ class Handler:
         return item
 
     def _send_item(self, worker: WorkerState, item: Item) -> None:
-        msg = item.msg if item.spill is None else self._unspill(item)
+        msg = item.msg if item.spill is None else self.spill.take(item)
         msg.meta["item"] = item.id
         msg.meta.pop("slot", None)
         item.worker = worker.identity
@@ -216,27 +217,6 @@ class Handler:
         if worker.arena is not None:
             self._retired.append((worker.arena, [t for _, ts in worker.releasing for t in ts]))
             worker.arena, worker.free_slots, worker.releasing = None, [], []
-
-    def _spill(self, item: Item) -> None:
-        self.spill_dir.mkdir(parents=True, exist_ok=True)
-        path = self.spill_dir / f"{item.id}.msg"
-        frames = encode(item.msg)
-        with open(path, "wb") as f:
-            f.write(len(frames).to_bytes(4, "little"))
-            for fr in frames:
-                b = bytes(fr)
-                f.write(len(b).to_bytes(8, "little"))
-                f.write(b)
-        item.spill, item.msg = path, None
-        self.modules[item.module].counts["spilled"] += 1
-
-    def _unspill(self, item: Item) -> Message:
-        with open(item.spill, "rb") as f:
-            n = int.from_bytes(f.read(4), "little")
-            frames = [f.read(int.from_bytes(f.read(8), "little")) for _ in range(n)]
-        item.spill.unlink(missing_ok=True)
-        item.msg, item.spill = decode(frames), None
-        return item.msg
 
     def _publish(self, msg: Message, topic: str | None = None) -> None:
         self.results.send_multipart([(topic or msg.stage or msg.kind).encode(), *encode(msg)], copy=False)
@@ -335,7 +315,8 @@ class Handler:
         else:
             mod.queue.append(item.id)
         if len(mod.queue) + sum(map(len, mod.held.values())) > self.cfg.backlog_items:
-            self._spill(item)
+            self.spill.put(item)
+            mod.counts["spilled"] += 1
 
     def _missing_shared(self, mod: ModuleState, run: RunState) -> list[str]:
         """The shared results the run's items need in this module and that have not come ("dark abc123")."""
@@ -579,8 +560,7 @@ class Handler:
                 for item_id in mod.queue:
                     item = self.items[item_id]
                     if item.run == run.run:
-                        if item.spill is not None:
-                            item.spill.unlink(missing_ok=True)
+                        self.spill.discard(item)
                         del self.items[item_id]
                         mod.counts["aborted"] += 1
                         dropped += 1
@@ -588,9 +568,7 @@ class Handler:
                         keep.append(item_id)
                 mod.queue = keep
                 for item_id in mod.held.pop(run.run, []):
-                    item = self.items.pop(item_id)
-                    if item.spill is not None:
-                        item.spill.unlink(missing_ok=True)
+                    self.spill.discard(self.items.pop(item_id))
                     mod.counts["aborted"] += 1
                     dropped += 1
                 for worker in mod.workers.values():
@@ -760,9 +738,7 @@ class Handler:
                 self._retire(worker)
         for arena, _ in self._retired:
             arena.close()
-        if self.spill_dir.exists():
-            for f in self.spill_dir.glob("*.msg"):
-                f.unlink()
+        self.spill.clear()
         log.info("handler stopped")
 
 
