@@ -32,12 +32,13 @@ import numpy as np
 import zmq
 
 from ..errors import ParameterError
+from .broker.slots import Slots
 from .broker.spill import Spill
 from .config import PipelineConfig, load_config, parse_counts
 from .launcher import LocalPool
 from .logs import setup_process_logging
 from .protocol import Message, ProtocolError, decode, encode, start_document
-from .shm import IN, MIN_SHM_BYTES, Placer, SlotArena
+from .shm import SlotArena
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ class Handler:
         self._started = time.monotonic()
         self._shutdown = False
         self._last_beat = 0.0
-        self._retired: list[tuple[SlotArena, list]] = []  # arenas of gone workers, unmapped once unread
+        self.slots = Slots(bool(cfg.shm_slot_mb))
         self.spill = Spill(Path(cfg.spill_dir) if cfg.spill_dir else Path(os.environ.get("TMPDIR", "/tmp")) / f"ns-bluesky-spill-{os.getpid()}")
         from .security import server_security
 
@@ -181,42 +182,10 @@ class Handler:
         msg.meta.pop("slot", None)
         item.worker = worker.identity
         worker.in_flight.add(item.id)
-        placer = None
-        if worker.free_slots and not item.broadcast and sum(a.nbytes for a in msg.arrays.values()) >= MIN_SHM_BYTES:
-            item.slot = msg.meta["slot"] = worker.free_slots.pop()
-            placer = Placer(worker.arena, item.slot, IN)
+        placer = self.slots.place(worker, item, msg)
+        if placer is not None:
             self.modules[item.module].counts["shared_memory"] += 1
         self.backend.send_multipart([worker.identity, *encode(msg, placer)], copy=False)
-
-    def _reclaim_slots(self) -> None:
-        """Slots whose published results zmq has finished sending take new items again."""
-        for mod in self.modules.values():
-            for worker in mod.workers.values():
-                if worker.releasing:
-                    still = []
-                    for slot, trackers in worker.releasing:
-                        if all(t.done for t in trackers):
-                            worker.free_slots.append(slot)
-                        else:
-                            still.append((slot, trackers))
-                    worker.releasing = still
-        self._retired = [(arena, ts) for arena, ts in self._retired if not (all(t.done for t in ts) and arena.close())]
-
-    def _attach(self, worker: WorkerState, offer) -> None:
-        if not self.cfg.shm_slot_mb or not isinstance(offer, dict):
-            return
-        try:
-            worker.arena = SlotArena.attach(str(offer["name"]), int(offer["slots"]), int(offer["slot_bytes"]))
-        except Exception as exc:  # a worker on another machine, or a segment gone: TCP it is
-            log.info("worker %s pid %d: no shared memory (%s); frames go over TCP", worker.module, worker.pid, exc)
-            return
-        worker.free_slots = list(range(worker.arena.slots))
-
-    def _retire(self, worker: WorkerState) -> None:
-        """The worker is gone from our books: its segment is unmapped once zmq no longer reads it."""
-        if worker.arena is not None:
-            self._retired.append((worker.arena, [t for _, ts in worker.releasing for t in ts]))
-            worker.arena, worker.free_slots, worker.releasing = None, [], []
 
     def _publish(self, msg: Message, topic: str | None = None) -> None:
         self.results.send_multipart([(topic or msg.stage or msg.kind).encode(), *encode(msg)], copy=False)
@@ -401,7 +370,7 @@ class Handler:
         if old is not None:
             self._purge(old, "re-registered")
         worker = WorkerState(identity, name, pid, credits, now)
-        self._attach(worker, msg.meta.get("shm"))
+        self.slots.attach(worker, msg.meta.get("shm"))
         if self.pool is not None and pid in self.pool.draining:  # scaled down before it registered
             worker.draining = True
         mod.workers[identity] = worker
@@ -457,8 +426,7 @@ class Handler:
         del self.items[item.id]
         mod = self.modules[item.module]
         worker.in_flight.discard(item.id)
-        if item.slot is not None:
-            worker.releasing.append((item.slot, item.trackers))
+        self.slots.release(worker, item)
         run = self.runs.get(item.msg.run if item.msg else msg.run)
         if msg.kind == "error":
             mod.counts["errors"] += 1
@@ -490,7 +458,7 @@ class Handler:
     def _purge(self, worker: WorkerState, why: str) -> None:
         mod = self.modules[worker.module]
         mod.workers.pop(worker.identity, None)
-        self._retire(worker)
+        self.slots.retire(worker)
         log.warning("worker %s pid %d removed (%s); re-queueing %d items", worker.module, worker.pid, why, len(worker.in_flight))
         for item_id in sorted(worker.in_flight, reverse=True):
             item = self.items.get(item_id)
@@ -506,7 +474,7 @@ class Handler:
         worker.in_flight.clear()
 
     def _dispatch(self) -> None:
-        self._reclaim_slots()
+        self.slots.reclaim(w for mod in self.modules.values() for w in mod.workers.values())
         for mod in self.modules.values():
             while mod.queue:
                 # a local worker whose slots are all still being published waits for one rather than
@@ -667,7 +635,7 @@ class Handler:
                 elif worker.draining and not worker.in_flight:
                     self.backend.send_multipart([worker.identity, *encode(Message("control", meta={"command": "shutdown"}))])
                     mod.workers.pop(worker.identity)
-                    self._retire(worker)
+                    self.slots.retire(worker)
         if now - self._last_beat >= self.cfg.heartbeat_s:
             beat = encode(Message("heartbeat"))
             for mod in self.modules.values():
@@ -735,9 +703,8 @@ class Handler:
             sock.close(linger=0)
         for mod in self.modules.values():
             for worker in mod.workers.values():
-                self._retire(worker)
-        for arena, _ in self._retired:
-            arena.close()
+                self.slots.retire(worker)
+        self.slots.close()
         self.spill.clear()
         log.info("handler stopped")
 
