@@ -32,13 +32,13 @@ import numpy as np
 import zmq
 
 from ..errors import ParameterError
+from .broker.scheduler import Item, ModuleState, Scheduler, WorkerState
 from .broker.slots import Slots
 from .broker.spill import Spill
 from .config import PipelineConfig, load_config, parse_counts
 from .launcher import LocalPool
 from .logs import setup_process_logging
 from .protocol import Message, ProtocolError, decode, encode, start_document
-from .shm import SlotArena
 
 log = logging.getLogger(__name__)
 
@@ -46,35 +46,6 @@ COPY_RESULTS_BELOW = 1 << 20  # results published from shared memory by copy bel
 HOUSEKEEPING_S = 0.02  # heartbeats, expiry and the local pool are looked after this often
 MAX_RUNS = 200  # runs whose state is kept; older ended runs are forgotten (their ids still refuse late frames)
 MAX_SHARED = 4  # shared results kept for workers that register later (each a dark: about 15 MB)
-
-
-@dataclass
-class WorkerState:
-    identity: bytes
-    module: str
-    pid: int
-    credits: int
-    last_seen: float
-    in_flight: set = field(default_factory=set)
-    draining: bool = False
-    processed: int = 0
-    arena: SlotArena | None = None  # shared memory with a worker on this machine
-    free_slots: list = field(default_factory=list)
-    releasing: list = field(default_factory=list)  # (slot, zmq trackers of its published results)
-    last_dispatch: float = 0.0  # ties in credits go to the worker served least recently (zguide's LRU)
-
-
-@dataclass
-class Item:
-    id: int
-    module: str
-    msg: Message | None
-    broadcast: bool = False
-    run: str = ""
-    worker: bytes | None = None
-    spill: Path | None = None
-    slot: int | None = None
-    trackers: list = field(default_factory=list)
 
 
 @dataclass
@@ -96,41 +67,14 @@ class RunState:
     duplicates: int = 0  # repeated sequence numbers dropped
 
 
-class ModuleState:
-    def __init__(self, spec, inputs: tuple[str, ...]):
-        from .module import get_module
-
-        self.spec, self.inputs = spec, inputs
-        cls = get_module(spec.module)
-        self.purposes, self.waits_for = cls.purposes, cls.waits_for
-        self.queue: deque[int] = deque()
-        self.held: dict[str, list[int]] = {}  # run -> items waiting for the shared state the run needs
-        self.workers: dict[bytes, WorkerState] = {}
-        self.counts: Counter = Counter()
-        self.done_times: deque[float] = deque(maxlen=2000)
-
-    def rate(self, now: float, window: float = 5.0) -> float:
-        recent = [t for t in self.done_times if now - t <= window]
-        if len(recent) < 2:
-            return 0.0
-        return (len(recent) - 1) / max(recent[-1] - recent[0], 1e-6)
-
-
 class Handler:
     def __init__(self, cfg: PipelineConfig, *, context: zmq.Context | None = None, spawn: bool = True):
         self.cfg = cfg
         self.ctx = context or zmq.Context.instance()
         self.modules = {spec.name: ModuleState(spec, cfg.inputs_of(spec)) for spec in cfg.modules}
         self.levels = [[self.modules[name] for name in level] for level in cfg.levels()]
-        self.consumers: dict[str, list[ModuleState]] = {}  # result stage -> the modules fed by it
-        for mod in self.modules.values():
-            for kind in mod.inputs:
-                self.consumers.setdefault(kind, []).append(mod)
-        from .module import get_module
-
-        self.shared_stages = {stage for spec in cfg.modules for stage in get_module(spec.module).shared_outputs}
+        self.shared_stages = {stage for mod in self.modules.values() for stage in mod.shared_outputs}
         self.shared: dict[tuple[str, str], Message] = {}  # (stage, run) -> the latest shared results, oldest first
-        self.items: dict[int, Item] = {}
         self.runs: dict[str, RunState] = {}
         self.malformed: Counter = Counter()
         self.counts: Counter = Counter()
@@ -138,11 +82,11 @@ class Handler:
         self._ended_ids: deque[str] = deque(maxlen=100_000)
         self._ended_set: set[str] = set()
         self.client_lag: dict[str, int] = {}  # what each ingest client last said it still holds
-        self._next_id = 0
         self._started = time.monotonic()
         self._shutdown = False
-        self._last_beat = 0.0
         self.slots = Slots(bool(cfg.shm_slot_mb))
+        self.scheduler = Scheduler(self.modules, send_item=self._send_item, post=self._post, slots=self.slots, lost=self._broadcast_done)
+        self.consumers = self.scheduler.consumers
         self.spill = Spill(Path(cfg.spill_dir) if cfg.spill_dir else Path(os.environ.get("TMPDIR", "/tmp")) / f"ns-bluesky-spill-{os.getpid()}")
         from .security import server_security
 
@@ -170,22 +114,17 @@ class Handler:
         return sock
 
     # ---------------------------------------------------------------- helpers
-    def _new_item(self, module: str, msg: Message, broadcast: bool = False) -> Item:
-        self._next_id += 1
-        item = Item(self._next_id, module, msg, broadcast, run=msg.run)
-        self.items[item.id] = item
-        return item
-
     def _send_item(self, worker: WorkerState, item: Item) -> None:
         msg = item.msg if item.spill is None else self.spill.take(item)
         msg.meta["item"] = item.id
         msg.meta.pop("slot", None)
-        item.worker = worker.identity
-        worker.in_flight.add(item.id)
         placer = self.slots.place(worker, item, msg)
         if placer is not None:
             self.modules[item.module].counts["shared_memory"] += 1
         self.backend.send_multipart([worker.identity, *encode(msg, placer)], copy=False)
+
+    def _post(self, identity: bytes, frames: list) -> None:
+        self.backend.send_multipart([identity, *frames])
 
     def _publish(self, msg: Message, topic: str | None = None) -> None:
         self.results.send_multipart([(topic or msg.stage or msg.kind).encode(), *encode(msg)], copy=False)
@@ -246,9 +185,7 @@ class Handler:
                 return
             run.start, run.doc, run.started_at = msg, start_document(msg), time.monotonic()
             self._publish(msg, topic="start")  # subscribers (the recorder, screens) learn what the run is
-            for mod in self.modules.values():
-                for worker in mod.workers.values():
-                    self._send_item(worker, self._new_item(mod.spec.name, msg, broadcast=True))
+            self.scheduler.broadcast(self.modules.values(), msg)
             return
         if msg.kind == "stop":
             run.stopping = True
@@ -275,7 +212,7 @@ class Handler:
     def _enqueue(self, mod: ModuleState, run: RunState, msg: Message) -> None:
         if mod.purposes and run.start is not None and run.doc.get("purpose") not in mod.purposes:
             return  # not a run this module works on (a frame worker and the dark run)
-        item = self._new_item(mod.spec.name, msg)
+        item = self.scheduler.new_item(mod.spec.name, msg)
         mod.counts["received"] += 1
         run.pending += 1
         if self._missing_shared(mod, run) and not self._wait_over(run):
@@ -315,15 +252,13 @@ class Handler:
         self.shared[(msg.stage, msg.run)] = msg
         while len(self.shared) > MAX_SHARED:
             del self.shared[next(iter(self.shared))]
-        for mod in self.consumers.get(msg.stage, ()):
-            for worker in mod.workers.values():
-                self._send_item(worker, self._new_item(mod.spec.name, msg, broadcast=True))
+        self.scheduler.broadcast(self.consumers.get(msg.stage, ()), msg)
         self._release_held()
 
     # ---------------------------------------------------------------- workers
     def _on_worker(self, frames: list) -> None:
         identity, payload = bytes(frames[0]), frames[1:]
-        worker = self._worker(identity)
+        worker = self.scheduler.worker(identity)
         try:
             msg = decode(payload, shm=worker.arena.buf if worker is not None and worker.arena is not None else None)
         except ProtocolError as exc:
@@ -343,17 +278,11 @@ class Handler:
         if isinstance(item_id, bool) or not isinstance(item_id, int):
             self.malformed["worker:bad-item"] += 1
             return
-        item = self.items.get(item_id)
+        item = self.scheduler.items.get(item_id)
         if msg.kind == "result":
             self._on_result(msg, item, payload, worker)
         if msg.kind in ("done", "error") or msg.meta.get("done"):
             self._on_done(msg, item, worker, now)
-
-    def _worker(self, identity: bytes) -> WorkerState | None:
-        for mod in self.modules.values():
-            if identity in mod.workers:
-                return mod.workers[identity]
-        return None
 
     def _register(self, identity: bytes, msg: Message, now: float) -> None:
         name, credits, pid = msg.meta.get("module"), msg.meta.get("credits"), msg.meta.get("pid", 0)
@@ -366,21 +295,14 @@ class Handler:
             log.warning("worker for unknown module %r refused", name)
             self.backend.send_multipart([identity, *encode(Message("control", meta={"command": "shutdown"}))])
             return
-        old = self._worker(identity)
-        if old is not None:
-            self._purge(old, "re-registered")
-        worker = WorkerState(identity, name, pid, credits, now)
-        self.slots.attach(worker, msg.meta.get("shm"))
-        if self.pool is not None and pid in self.pool.draining:  # scaled down before it registered
-            worker.draining = True
-        mod.workers[identity] = worker
-        log.info("worker %s pid %d ready with %d credits", name, worker.pid, worker.credits)
+        draining = self.pool is not None and pid in self.pool.draining  # scaled down before it registered
+        worker = self.scheduler.add(identity, name, pid, credits, now, shm=msg.meta.get("shm"), draining=draining)
         for (stage, _), shared in self.shared.items():  # state first: items that need it follow
             if stage in mod.inputs:
-                self._send_item(worker, self._new_item(name, shared, broadcast=True))
+                self.scheduler.send(worker, self.scheduler.new_item(name, shared, broadcast=True))
         for run in self.runs.values():
             if run.start is not None and not run.aborted and not run.ended:
-                self._send_item(worker, self._new_item(name, run.start, broadcast=True))
+                self.scheduler.send(worker, self.scheduler.new_item(name, run.start, broadcast=True))
 
     def _on_result(self, msg: Message, item: Item | None, frames: list, worker: WorkerState | None) -> None:
         run = self.runs.get(msg.run)
@@ -423,13 +345,10 @@ class Handler:
     def _on_done(self, msg: Message, item: Item | None, worker: WorkerState | None, now: float) -> None:
         if item is None or worker is None or item.id not in worker.in_flight:
             return  # from a purged worker: the item was re-queued and finishes elsewhere
-        del self.items[item.id]
-        mod = self.modules[item.module]
-        worker.in_flight.discard(item.id)
-        self.slots.release(worker, item)
+        error = msg.kind == "error"
+        self.scheduler.finish(worker, item, now, error=error, aborted=bool(msg.meta.get("aborted")))
         run = self.runs.get(item.msg.run if item.msg else msg.run)
-        if msg.kind == "error":
-            mod.counts["errors"] += 1
+        if error:
             self._publish(
                 Message("error", run=msg.run, seq=msg.seq, stage=item.module, meta={k: msg.meta.get(k) for k in ("item", "error", "traceback")}),
                 topic="error",
@@ -437,13 +356,6 @@ class Handler:
         if item.broadcast:
             self._broadcast_done(item)
             return
-        worker.credits += 1
-        if msg.meta.get("aborted"):
-            mod.counts["aborted"] += 1
-        elif msg.kind != "error":
-            mod.counts["processed"] += 1
-            worker.processed += 1
-            mod.done_times.append(now)
         if run is not None:
             run.pending -= 1
             self._check_end(run)
@@ -454,39 +366,6 @@ class Handler:
         if run is not None and item.msg.kind == "stop" and run.stop_pending > 0:
             run.stop_pending -= 1
             self._check_end(run)
-
-    def _purge(self, worker: WorkerState, why: str) -> None:
-        mod = self.modules[worker.module]
-        mod.workers.pop(worker.identity, None)
-        self.slots.retire(worker)
-        log.warning("worker %s pid %d removed (%s); re-queueing %d items", worker.module, worker.pid, why, len(worker.in_flight))
-        for item_id in sorted(worker.in_flight, reverse=True):
-            item = self.items.get(item_id)
-            if item is None:
-                continue
-            item.worker, item.slot, item.trackers = None, None, []
-            if item.broadcast:
-                del self.items[item_id]
-                self._broadcast_done(item)  # a dead worker's end-of-run share counts as done
-                continue
-            mod.queue.appendleft(item_id)
-            mod.counts["redispatched"] += 1
-        worker.in_flight.clear()
-
-    def _dispatch(self) -> None:
-        self.slots.reclaim(w for mod in self.modules.values() for w in mod.workers.values())
-        for mod in self.modules.values():
-            while mod.queue:
-                # a local worker whose slots are all still being published waits for one rather than
-                # take the item over TCP: the copies saved are what keeps the pipeline fast
-                ready = [w for w in mod.workers.values() if w.credits > 0 and not w.draining and (w.arena is None or w.free_slots)]
-                if not ready:
-                    break
-                worker = max(ready, key=lambda w: (w.credits, -w.last_dispatch))
-                item = self.items[mod.queue.popleft()]
-                worker.credits -= 1
-                worker.last_dispatch = time.monotonic()
-                self._send_item(worker, item)
 
     # ---------------------------------------------------------------- runs
     def _check_end(self, run: RunState) -> None:
@@ -501,10 +380,7 @@ class Handler:
             if run.stop_level >= len(self.levels):
                 self._end_of_run(run)
                 return
-            targets = [(mod, w) for mod in self.levels[run.stop_level] for w in mod.workers.values()]
-            run.stop_pending = len(targets)
-            for mod, worker in targets:
-                self._send_item(worker, self._new_item(mod.spec.name, stop, broadcast=True))
+            run.stop_pending = self.scheduler.broadcast(self.levels[run.stop_level], stop)
 
     def _end_of_run(self, run: RunState) -> None:
         run.ended, run.stop_pending = True, 0
@@ -523,25 +399,10 @@ class Handler:
         dropped = 0
         for run in targets:
             run.aborted = True
-            for mod in self.modules.values():
-                keep = deque()
-                for item_id in mod.queue:
-                    item = self.items[item_id]
-                    if item.run == run.run:
-                        self.spill.discard(item)
-                        del self.items[item_id]
-                        mod.counts["aborted"] += 1
-                        dropped += 1
-                    else:
-                        keep.append(item_id)
-                mod.queue = keep
-                for item_id in mod.held.pop(run.run, []):
-                    self.spill.discard(self.items.pop(item_id))
-                    mod.counts["aborted"] += 1
-                    dropped += 1
-                for worker in mod.workers.values():
-                    self.backend.send_multipart([worker.identity, *encode(Message("control", run=run.run, meta={"command": "abort"}))])
-            run.pending = sum(1 for it in self.items.values() if not it.broadcast and it.run == run.run)
+            for item in self.scheduler.drop_run(run.run):
+                self.spill.discard(item)
+                dropped += 1
+            run.pending = self.scheduler.pending(run.run)
             self._end_of_run(run)
         return dropped
 
@@ -627,28 +488,10 @@ class Handler:
     def _housekeeping(self, now: float) -> None:
         self._prune_runs()
         self._release_held()
-        expiry = self.cfg.heartbeat_s * self.cfg.liveness
-        for mod in self.modules.values():
-            for worker in list(mod.workers.values()):
-                if now - worker.last_seen > expiry:
-                    self._purge(worker, f"no heartbeat for {now - worker.last_seen:.1f} s")
-                elif worker.draining and not worker.in_flight:
-                    self.backend.send_multipart([worker.identity, *encode(Message("control", meta={"command": "shutdown"}))])
-                    mod.workers.pop(worker.identity)
-                    self.slots.retire(worker)
-        if now - self._last_beat >= self.cfg.heartbeat_s:
-            beat = encode(Message("heartbeat"))
-            for mod in self.modules.values():
-                for worker in mod.workers.values():
-                    self.backend.send_multipart([worker.identity, *beat])
-            self._last_beat = now
+        self.scheduler.check_liveness(now, self.cfg.heartbeat_s * self.cfg.liveness)
+        self.scheduler.heartbeat(now, self.cfg.heartbeat_s)
         if self.pool is not None:
-            self.pool.reconcile({name: mod.spec.workers for name, mod in self.modules.items()}, self._drain_one)
-
-    def _drain_one(self, module: str, pid: int) -> None:
-        for worker in self.modules[module].workers.values():
-            if worker.pid == pid:
-                worker.draining = True
+            self.pool.reconcile({name: mod.spec.workers for name, mod in self.modules.items()}, self.scheduler.drain)
 
     def _guard(self, port: str, handle, sock: zmq.Socket) -> None:
         """One message, whatever it holds: a failure is counted and logged, the loop goes on."""
@@ -681,7 +524,7 @@ class Handler:
                     self._send_acks()
                 if self.control in events:
                     self._guard("control", self._on_control, self.control)
-                self._dispatch()
+                self.scheduler.dispatch()
                 now = time.monotonic()
                 if now - last_housekeeping >= HOUSEKEEPING_S:  # not per message: at 2000 messages/s it adds up
                     self._housekeeping(now)
@@ -691,19 +534,17 @@ class Handler:
 
     def close(self) -> None:
         bye = encode(Message("control", meta={"command": "shutdown"}))
-        for mod in self.modules.values():
-            for worker in mod.workers.values():
-                try:
-                    self.backend.send_multipart([worker.identity, *bye])
-                except zmq.ZMQError:
-                    pass
+        for worker in self.scheduler.workers():
+            try:
+                self.backend.send_multipart([worker.identity, *bye])
+            except zmq.ZMQError:
+                pass
         if self.pool is not None:
             self.pool.stop_all()
         for sock in (self.control, self.ingest, self.backend, self.results):
             sock.close(linger=0)
-        for mod in self.modules.values():
-            for worker in mod.workers.values():
-                self.slots.retire(worker)
+        for worker in self.scheduler.workers():
+            self.slots.retire(worker)
         self.slots.close()
         self.spill.clear()
         log.info("handler stopped")
