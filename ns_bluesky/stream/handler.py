@@ -24,47 +24,27 @@ import os
 import signal
 import sys
 import time
-from collections import Counter, deque
-from dataclasses import dataclass, field
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import zmq
 
 from ..errors import ParameterError
+from .broker.runbook import RunBook, RunState
 from .broker.scheduler import Item, ModuleState, Scheduler, WorkerState
+from .broker.shared import SharedItems
 from .broker.slots import Slots
 from .broker.spill import Spill
 from .config import PipelineConfig, load_config, parse_counts
 from .launcher import LocalPool
 from .logs import setup_process_logging
-from .protocol import Message, ProtocolError, decode, encode, start_document
+from .protocol import Message, ProtocolError, decode, encode
 
 log = logging.getLogger(__name__)
 
 COPY_RESULTS_BELOW = 1 << 20  # results published from shared memory by copy below this size, zero-copy above
 HOUSEKEEPING_S = 0.02  # heartbeats, expiry and the local pool are looked after this often
-MAX_RUNS = 200  # runs whose state is kept; older ended runs are forgotten (their ids still refuse late frames)
-MAX_SHARED = 4  # shared results kept for workers that register later (each a dark: about 15 MB)
-
-
-@dataclass
-class RunState:
-    run: str
-    start: Message | None = None
-    pending: int = 0  # balanced items not yet done, all modules
-    stopping: bool = False
-    stop_level: int = -1  # the stage of the pipeline (topological level) whose end-of-run is under way
-    stop_pending: int = 0  # stop items of that level not yet done
-    ended: bool = False
-    aborted: bool = False
-    frames: int = 0
-    expected: int | None = None  # frames the sender says the run has (from its stop message)
-    seen: set = field(default_factory=set)
-    published: set = field(default_factory=set)
-    doc: dict = field(default_factory=dict)  # the start document, read once from the start message
-    started_at: float = 0.0  # monotonic time its start arrived: waits for shared state count from here
-    duplicates: int = 0  # repeated sequence numbers dropped
 
 
 class Handler:
@@ -72,21 +52,20 @@ class Handler:
         self.cfg = cfg
         self.ctx = context or zmq.Context.instance()
         self.modules = {spec.name: ModuleState(spec, cfg.inputs_of(spec)) for spec in cfg.modules}
-        self.levels = [[self.modules[name] for name in level] for level in cfg.levels()]
-        self.shared_stages = {stage for mod in self.modules.values() for stage in mod.shared_outputs}
-        self.shared: dict[tuple[str, str], Message] = {}  # (stage, run) -> the latest shared results, oldest first
-        self.runs: dict[str, RunState] = {}
         self.malformed: Counter = Counter()
         self.counts: Counter = Counter()
         self._acks: dict[bytes, list] = {}
-        self._ended_ids: deque[str] = deque(maxlen=100_000)
-        self._ended_set: set[str] = set()
         self.client_lag: dict[str, int] = {}  # what each ingest client last said it still holds
         self._started = time.monotonic()
         self._shutdown = False
         self.slots = Slots(bool(cfg.shm_slot_mb))
-        self.scheduler = Scheduler(self.modules, send_item=self._send_item, post=self._post, slots=self.slots, lost=self._broadcast_done)
-        self.consumers = self.scheduler.consumers
+        self.scheduler = Scheduler(
+            self.modules, send_item=self._send_item, post=self._post, slots=self.slots,
+            lost=lambda item: self.book.broadcast_done(item),
+        )
+        self.shared = SharedItems(self.scheduler)
+        levels = [[self.modules[name] for name in level] for level in cfg.levels()]
+        self.book = RunBook(self.scheduler, self.shared, levels=levels, wait_timeout_s=cfg.wait_timeout_s, publish=self._publish, counts=self.counts)
         self.spill = Spill(Path(cfg.spill_dir) if cfg.spill_dir else Path(os.environ.get("TMPDIR", "/tmp")) / f"ns-bluesky-spill-{os.getpid()}")
         from .security import server_security
 
@@ -129,23 +108,6 @@ class Handler:
     def _publish(self, msg: Message, topic: str | None = None) -> None:
         self.results.send_multipart([(topic or msg.stage or msg.kind).encode(), *encode(msg)], copy=False)
 
-    def _prune_runs(self) -> None:
-        """Forget the oldest ended runs beyond ``MAX_RUNS``: a beamtime has thousands of runs."""
-        excess = len(self.runs) - MAX_RUNS
-        if excess <= 0:
-            return
-        for run_id in [r.run for r in self.runs.values() if r.ended][:excess]:
-            del self.runs[run_id]
-            self._ended_ids.append(run_id)
-            self._ended_set.add(run_id)
-        while len(self._ended_set) > len(self._ended_ids):  # the deque dropped its oldest
-            self._ended_set = set(self._ended_ids)
-
-    def _run(self, run: str) -> RunState:
-        if run not in self.runs:
-            self.runs[run] = RunState(run)
-        return self.runs[run]
-
     # ---------------------------------------------------------------- ingest
     def _on_ingest(self, frames: list) -> None:
         identity, payload = bytes(frames[0]), frames[1:]
@@ -175,85 +137,16 @@ class Handler:
         self._acks.clear()
 
     def _accept(self, msg: Message) -> None:
-        if msg.run in self._ended_set:  # ended long ago and forgotten: still refused
-            self.counts["after_end"] += 1
-            return
-        run = self._run(msg.run)
-        if msg.kind == "start":
-            if run.start is not None:  # a client resending after a silence: already known
-                self.counts["duplicate_ingest"] += 1
-                return
-            run.start, run.doc, run.started_at = msg, start_document(msg), time.monotonic()
-            self._publish(msg, topic="start")  # subscribers (the recorder, screens) learn what the run is
-            self.scheduler.broadcast(self.modules.values(), msg)
-            return
-        if msg.kind == "stop":
-            run.stopping = True
-            expected = msg.meta.get("num_frames")
-            run.expected = expected if isinstance(expected, int) and not isinstance(expected, bool) else None
-            self._check_end(run)
-            return
-        if run.ended:  # the run already ended: a late frame is refused, not half-processed
-            self.counts["after_end"] += 1
-            return
-        key = (msg.kind, msg.seq)
-        if key in run.seen:
-            self.counts["duplicate_ingest"] += 1
-            run.duplicates += 1
-            return
-        run.seen.add(key)
-        if run.aborted:
-            self.counts["aborted"] += 1
-            return
-        run.frames += 1
-        for mod in self.consumers.get(msg.kind, ()):
-            self._enqueue(mod, run, msg)
+        run = self.book.accept(msg)
+        if run is not None:
+            for mod in self.scheduler.consumers.get(msg.kind, ()):
+                self._enqueue(mod, run, msg)
 
     def _enqueue(self, mod: ModuleState, run: RunState, msg: Message) -> None:
-        if mod.purposes and run.start is not None and run.doc.get("purpose") not in mod.purposes:
-            return  # not a run this module works on (a frame worker and the dark run)
-        item = self.scheduler.new_item(mod.spec.name, msg)
-        mod.counts["received"] += 1
-        run.pending += 1
-        if self._missing_shared(mod, run) and not self._wait_over(run):
-            mod.held.setdefault(run.run, []).append(item.id)
-            mod.counts["held"] += 1
-        else:
-            mod.queue.append(item.id)
-        if len(mod.queue) + sum(map(len, mod.held.values())) > self.cfg.backlog_items:
+        item = self.book.enqueue(mod, run, msg)
+        if item is not None and mod.backlog() > self.cfg.backlog_items:
             self.spill.put(item)
             mod.counts["spilled"] += 1
-
-    def _missing_shared(self, mod: ModuleState, run: RunState) -> list[str]:
-        """The shared results the run's items need in this module and that have not come ("dark abc123")."""
-        doc = run.doc
-        return [f"{stage} {doc[key]}" for stage, key in mod.waits_for.items() if doc.get(key) and (stage, doc[key]) not in self.shared]
-
-    def _wait_over(self, run: RunState) -> bool:
-        return time.monotonic() - run.started_at > self.cfg.wait_timeout_s
-
-    def _release_held(self) -> None:
-        """Items whose shared state arrived, or whose wait timed out, join their module's queue."""
-        for mod in self.modules.values():
-            for run_id in list(mod.held):
-                run = self.runs.get(run_id)
-                missing = self._missing_shared(mod, run) if run is not None else []
-                if missing and not self._wait_over(run):
-                    continue
-                if missing:
-                    mod.counts["wait_timeouts"] += 1
-                    log.warning("run %s: %s waited %.0f s for %s; going on without it",
-                                run_id[:8], mod.spec.name, self.cfg.wait_timeout_s, ", ".join(missing))
-                mod.queue.extend(mod.held.pop(run_id))
-
-    def _share(self, msg: Message) -> None:
-        """State every worker of the consuming modules needs: sent to each, kept for later ones."""
-        self.shared.pop((msg.stage, msg.run), None)
-        self.shared[(msg.stage, msg.run)] = msg
-        while len(self.shared) > MAX_SHARED:
-            del self.shared[next(iter(self.shared))]
-        self.scheduler.broadcast(self.consumers.get(msg.stage, ()), msg)
-        self._release_held()
 
     # ---------------------------------------------------------------- workers
     def _on_worker(self, frames: list) -> None:
@@ -297,15 +190,11 @@ class Handler:
             return
         draining = self.pool is not None and pid in self.pool.draining  # scaled down before it registered
         worker = self.scheduler.add(identity, name, pid, credits, now, shm=msg.meta.get("shm"), draining=draining)
-        for (stage, _), shared in self.shared.items():  # state first: items that need it follow
-            if stage in mod.inputs:
-                self.scheduler.send(worker, self.scheduler.new_item(name, shared, broadcast=True))
-        for run in self.runs.values():
-            if run.start is not None and not run.aborted and not run.ended:
-                self.scheduler.send(worker, self.scheduler.new_item(name, run.start, broadcast=True))
+        self.shared.replay(worker, mod)  # state first: items that need it follow
+        self.book.replay(worker, mod)
 
     def _on_result(self, msg: Message, item: Item | None, frames: list, worker: WorkerState | None) -> None:
-        run = self.runs.get(msg.run)
+        run = self.book.runs.get(msg.run)
         if run is None or run.aborted or item is None:
             self.counts["late_results"] += 1
             return
@@ -329,15 +218,16 @@ class Handler:
 
     def _route(self, msg: Message, run: RunState, worker: WorkerState | None) -> None:
         """Queue a result for the modules that consume its stage (counted in the run before its producer's done)."""
-        consumers = self.consumers.get(msg.stage)
+        consumers = self.scheduler.consumers.get(msg.stage)
         if not consumers:
             return
         arrays = msg.arrays
         if worker is not None and worker.arena is not None and any(worker.arena.locate(a) is not None for a in arrays.values()):
             arrays = {k: np.array(a) for k, a in arrays.items()}  # the producer's slot is reused soon
         item_msg = Message("result", run=msg.run, seq=msg.seq, stage=msg.stage, meta={k: v for k, v in msg.meta.items() if k not in ("item", "done")}, arrays=arrays)
-        if msg.stage in self.shared_stages:
-            self._share(item_msg)
+        if msg.stage in self.shared.stages:
+            self.shared.share(item_msg)
+            self.book.release_held()
             return
         for mod in consumers:
             self._enqueue(mod, run, item_msg)
@@ -347,64 +237,24 @@ class Handler:
             return  # from a purged worker: the item was re-queued and finishes elsewhere
         error = msg.kind == "error"
         self.scheduler.finish(worker, item, now, error=error, aborted=bool(msg.meta.get("aborted")))
-        run = self.runs.get(item.msg.run if item.msg else msg.run)
+        run = self.book.runs.get(item.msg.run if item.msg else msg.run)
         if error:
             self._publish(
                 Message("error", run=msg.run, seq=msg.seq, stage=item.module, meta={k: msg.meta.get(k) for k in ("item", "error", "traceback")}),
                 topic="error",
             )
         if item.broadcast:
-            self._broadcast_done(item)
+            self.book.broadcast_done(item)
             return
         if run is not None:
-            run.pending -= 1
-            self._check_end(run)
-
-    def _broadcast_done(self, item: Item) -> None:
-        """A start or stop item is finished (or its worker is gone); the last stop ends the run."""
-        run = self.runs.get(item.run)
-        if run is not None and item.msg.kind == "stop" and run.stop_pending > 0:
-            run.stop_pending -= 1
-            self._check_end(run)
-
-    # ---------------------------------------------------------------- runs
-    def _check_end(self, run: RunState) -> None:
-        """End a run level by level: a module's end-of-run results reach the modules after it first."""
-        if run.ended or not run.stopping or run.pending > 0 or run.stop_pending > 0 or run.aborted:
-            return
-        if run.expected is not None and run.frames < run.expected:
-            return  # frames still on their way (a sender resending after a silence)
-        stop = Message("stop", run=run.run)
-        while run.stop_pending == 0 and run.pending == 0:
-            run.stop_level += 1
-            if run.stop_level >= len(self.levels):
-                self._end_of_run(run)
-                return
-            run.stop_pending = self.scheduler.broadcast(self.levels[run.stop_level], stop)
-
-    def _end_of_run(self, run: RunState) -> None:
-        run.ended, run.stop_pending = True, 0
-        meta = {"frames": run.frames, "results": len(run.published), "aborted": run.aborted, "duplicates": run.duplicates}
-        planned = run.doc.get("num_points")
-        if isinstance(planned, int) and not isinstance(planned, bool) and 0 < planned <= 10_000_000:
-            seqs = {seq for _, seq in run.seen}
-            missing = [s for s in range(1, planned + 1) if s not in seqs]  # event numbers start at 1
-            meta.update(planned=planned, missing=len(missing), missing_seqs=missing[:1000])
-        self._publish(Message("end_of_run", run=run.run, meta=meta), topic="end_of_run")
-        log.info("run %s ended: %d frames, %d results, aborted=%s", run.run, run.frames, len(run.published), run.aborted)
+            self.book.item_done(run)
 
     def abort(self, run_id: str | None = None) -> int:
         """Drop queued items of one run (or all), refuse late results, tell every worker."""
-        targets = [r for r in self.runs.values() if run_id in (None, r.run) and not r.aborted and not r.ended]
-        dropped = 0
-        for run in targets:
-            run.aborted = True
-            for item in self.scheduler.drop_run(run.run):
-                self.spill.discard(item)
-                dropped += 1
-            run.pending = self.scheduler.pending(run.run)
-            self._end_of_run(run)
-        return dropped
+        dropped = self.book.abort(run_id)
+        for item in dropped:
+            self.spill.discard(item)
+        return len(dropped)
 
     # ---------------------------------------------------------------- control
     def _on_control(self, frames: list) -> None:
@@ -429,7 +279,7 @@ class Handler:
             return {"ok": True, "dropped": dropped, "seconds": time.monotonic() - t0}
         if command == "reset":
             self.abort(None)
-            self.runs.clear()
+            self.book.runs.clear()
             for mod in self.modules.values():
                 mod.counts.clear()
             self.malformed.clear()
@@ -480,14 +330,14 @@ class Handler:
             "modules": modules,
             "runs": {
                 r.run: {"frames": r.frames, "pending": r.pending, "stopping": r.stopping, "ended": r.ended, "aborted": r.aborted}
-                for r in list(self.runs.values())[-20:]
+                for r in list(self.book.runs.values())[-20:]
             },
         }
 
     # ---------------------------------------------------------------- loop
     def _housekeeping(self, now: float) -> None:
-        self._prune_runs()
-        self._release_held()
+        self.book.prune()
+        self.book.release_held()
         self.scheduler.check_liveness(now, self.cfg.heartbeat_s * self.cfg.liveness)
         self.scheduler.heartbeat(now, self.cfg.heartbeat_s)
         if self.pool is not None:

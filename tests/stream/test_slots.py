@@ -8,8 +8,8 @@ from multiprocessing import resource_tracker
 import numpy as np
 import pytest
 
-from ns_bluesky.stream.broker.slots import Slots
 from ns_bluesky.stream.broker.scheduler import Item, WorkerState
+from ns_bluesky.stream.broker.slots import Slots
 from ns_bluesky.stream.protocol import Message
 from ns_bluesky.stream.shm import IN, MIN_SHM_BYTES, SlotArena
 
