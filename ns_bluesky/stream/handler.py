@@ -13,12 +13,17 @@ end reaches every module after all its items are done; abort drops a run's queue
 items (counted as aborted) and its late results. Shared state (a dark's statistics)
 reaches every worker that needs it, also one that registers later, before any item
 that waits for it.
+
+Like the zguide's Majordomo broker, the :class:`Handler` owns the sockets and the
+poll loop and leaves the state to its parts (:mod:`.broker`): the scheduler (module
+queues, worker records, credits, liveness), the run book (runs, the barrier before
+shared state, the end level by level, abort), shared items, shared-memory slots, the
+spill, ingest (decode, ack, nack) and control (commands, status).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -31,6 +36,8 @@ import numpy as np
 import zmq
 
 from ..errors import ParameterError
+from .broker.control import Control
+from .broker.ingest import Ingest
 from .broker.runbook import RunBook, RunState
 from .broker.scheduler import Item, ModuleState, Scheduler, WorkerState
 from .broker.shared import SharedItems
@@ -51,21 +58,20 @@ class Handler:
     def __init__(self, cfg: PipelineConfig, *, context: zmq.Context | None = None, spawn: bool = True):
         self.cfg = cfg
         self.ctx = context or zmq.Context.instance()
-        self.modules = {spec.name: ModuleState(spec, cfg.inputs_of(spec)) for spec in cfg.modules}
+        modules = {spec.name: ModuleState(spec, cfg.inputs_of(spec)) for spec in cfg.modules}
         self.malformed: Counter = Counter()
         self.counts: Counter = Counter()
-        self._acks: dict[bytes, list] = {}
-        self.client_lag: dict[str, int] = {}  # what each ingest client last said it still holds
-        self._started = time.monotonic()
         self._shutdown = False
         self.slots = Slots(bool(cfg.shm_slot_mb))
         self.scheduler = Scheduler(
-            self.modules, send_item=self._send_item, post=self._post, slots=self.slots,
-            lost=lambda item: self.book.broadcast_done(item),
+            modules, send_item=self._send_item, post=self._post, slots=self.slots,
+            lost=lambda item: self.book.broadcast_done(item),  # a start or stop that died with its worker
         )
         self.shared = SharedItems(self.scheduler)
-        levels = [[self.modules[name] for name in level] for level in cfg.levels()]
-        self.book = RunBook(self.scheduler, self.shared, levels=levels, wait_timeout_s=cfg.wait_timeout_s, publish=self._publish, counts=self.counts)
+        self.book = RunBook(
+            self.scheduler, self.shared, levels=[[modules[name] for name in level] for level in cfg.levels()],
+            wait_timeout_s=cfg.wait_timeout_s, publish=self._publish, counts=self.counts,
+        )
         self.spill = Spill(Path(cfg.spill_dir) if cfg.spill_dir else Path(os.environ.get("TMPDIR", "/tmp")) / f"ns-bluesky-spill-{os.getpid()}")
         from .security import server_security
 
@@ -78,6 +84,8 @@ class Handler:
         # beyond that PUB drops for that subscriber only, never blocking the pipeline
         self.results.setsockopt(zmq.SNDHWM, 400)
         self.pool = LocalPool(cfg, self.ports["workers"]) if spawn else None
+        self.intake = Ingest(self.ingest.send_multipart, self._accept, self.malformed, self.counts)
+        self.commands = Control(self)
 
     def _bind(self, kind: int, port: int) -> zmq.Socket:
         sock = self.ctx.socket(kind)
@@ -99,7 +107,7 @@ class Handler:
         msg.meta.pop("slot", None)
         placer = self.slots.place(worker, item, msg)
         if placer is not None:
-            self.modules[item.module].counts["shared_memory"] += 1
+            self.scheduler.modules[item.module].counts["shared_memory"] += 1
         self.backend.send_multipart([worker.identity, *encode(msg, placer)], copy=False)
 
     def _post(self, identity: bytes, frames: list) -> None:
@@ -108,34 +116,7 @@ class Handler:
     def _publish(self, msg: Message, topic: str | None = None) -> None:
         self.results.send_multipart([(topic or msg.stage or msg.kind).encode(), *encode(msg)], copy=False)
 
-    # ---------------------------------------------------------------- ingest
-    def _on_ingest(self, frames: list) -> None:
-        identity, payload = bytes(frames[0]), frames[1:]
-        try:
-            msg = decode(payload)
-            if msg.kind not in ("start", "frame", "event", "stop"):
-                raise ProtocolError("wrong-port", f"{msg.kind} does not belong on the ingest port")
-        except ProtocolError as exc:
-            self.malformed[exc.reason] += 1
-            log.warning("malformed message on ingest (%s)", exc)
-            meta = {"reason": exc.reason, "detail": exc.detail[:200]}
-            key = _best_effort_key(payload[0]) if payload else None
-            if key is not None:
-                meta["key"] = key  # so the sender can stop resending it
-            self.ingest.send_multipart([identity, *encode(Message("nack", meta=meta))])
-            return
-        self.counts["ingested"] += 1
-        self._accept(msg)
-        self._acks.setdefault(identity, []).append([msg.kind, msg.run, msg.seq])
-        if "lag" in msg.meta:
-            self.client_lag[identity.hex()] = msg.meta["lag"]
-
-    def _send_acks(self) -> None:
-        """One acknowledgement per client per poll round, listing every message it covers."""
-        for identity, keys in self._acks.items():
-            self.ingest.send_multipart([identity, *encode(Message("ack", meta={"keys": keys}))])
-        self._acks.clear()
-
+    # ---------------------------------------------------------------- ingest (decoded and acknowledged by Ingest)
     def _accept(self, msg: Message) -> None:
         run = self.book.accept(msg)
         if run is not None:
@@ -182,11 +163,11 @@ class Handler:
         if not isinstance(name, str) or not all(isinstance(v, int) and not isinstance(v, bool) for v in (credits, pid)) or not 0 < credits <= 64:
             self.malformed["worker:bad-ready"] += 1
             return
-        mod = self.modules.get(name)
+        mod = self.scheduler.modules.get(name)
         if mod is None:
             self.malformed["unknown-module"] += 1
             log.warning("worker for unknown module %r refused", name)
-            self.backend.send_multipart([identity, *encode(Message("control", meta={"command": "shutdown"}))])
+            self._post(identity, encode(Message("control", meta={"command": "shutdown"})))
             return
         draining = self.pool is not None and pid in self.pool.draining  # scaled down before it registered
         worker = self.scheduler.add(identity, name, pid, credits, now, shm=msg.meta.get("shm"), draining=draining)
@@ -199,7 +180,7 @@ class Handler:
             self.counts["late_results"] += 1
             return
         if msg.key in run.published:
-            self.modules[item.module].counts["duplicates"] += 1
+            self.scheduler.modules[item.module].counts["duplicates"] += 1
             return
         run.published.add(msg.key)
         self._route(msg, run, worker)
@@ -256,83 +237,13 @@ class Handler:
             self.spill.discard(item)
         return len(dropped)
 
-    # ---------------------------------------------------------------- control
+    # ---------------------------------------------------------------- control (answered by Control)
     def _on_control(self, frames: list) -> None:
-        identity, envelope, payload = bytes(frames[0]), [bytes(f) for f in frames[1:2]], frames[2:]
-        try:
-            msg = decode(payload)
-            reply = self._command(msg.meta.get("command"), msg.meta.get("args") or {})
-        except ProtocolError as exc:
-            self.malformed[f"control:{exc.reason}"] += 1
-            reply = {"ok": False, "error": str(exc)}
-        except Exception as exc:  # a bad command must never take the handler down
-            log.exception("control command failed")
-            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        self.control.send_multipart([identity, *envelope, *encode(Message("reply", meta={"reply": reply}))])
+        self.control.send_multipart(self.commands.answer(frames))
 
-    def _command(self, command: str, args: dict) -> dict:
-        if command == "status":
-            return {"ok": True, "status": self.status()}
-        if command == "abort":
-            t0 = time.monotonic()
-            dropped = self.abort(args.get("run"))
-            return {"ok": True, "dropped": dropped, "seconds": time.monotonic() - t0}
-        if command == "reset":
-            self.abort(None)
-            self.book.runs.clear()
-            for mod in self.modules.values():
-                mod.counts.clear()
-            self.malformed.clear()
-            self.counts.clear()
-            return {"ok": True}
-        if command == "scale":
-            if self.pool is None:
-                return {"ok": False, "error": "this handler does not manage its workers"}
-            counts = args.get("counts") or {}
-            for name, n in counts.items():  # all checked before any is applied
-                if name not in self.modules:
-                    return {"ok": False, "error": f"no module {name!r}"}
-                if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 256:
-                    return {"ok": False, "error": f"worker count for {name!r} must be 0..256, got {n!r}"}
-            for name, n in counts.items():
-                self.modules[name].spec.workers = n
-            return {"ok": True}
-        if command == "stop":
-            self._shutdown = True
-            return {"ok": True}
-        return {"ok": False, "error": f"unknown command {command!r}; use status, abort, reset, scale or stop"}
-
-    def status(self) -> dict:
-        now = time.monotonic()
-        modules = {}
-        for name, mod in self.modules.items():
-            in_flight = sum(len(w.in_flight) for w in mod.workers.values())
-            modules[name] = {
-                "module": mod.spec.module,
-                "workers": [
-                    {"pid": w.pid, "credits": w.credits, "in_flight": len(w.in_flight), "processed": w.processed, "last_heartbeat_s": round(now - w.last_seen, 3), "draining": w.draining}
-                    for w in mod.workers.values()
-                ],
-                "wanted_workers": mod.spec.workers,
-                "items_per_s": round(mod.rate(now), 2),
-                "queue": len(mod.queue),
-                "held": sum(map(len, mod.held.values())),
-                "in_flight": in_flight,
-                **{k: mod.counts.get(k, 0) for k in ("received", "processed", "redispatched", "duplicates", "errors", "aborted", "spilled", "shared_memory", "held", "wait_timeouts")},
-            }
-        return {
-            "pid": os.getpid(),
-            "uptime_s": round(now - self._started, 1),
-            "ports": self.ports,
-            "malformed": dict(self.malformed),
-            "client_lag": dict(self.client_lag),
-            "counts": dict(self.counts),
-            "modules": modules,
-            "runs": {
-                r.run: {"frames": r.frames, "pending": r.pending, "stopping": r.stopping, "ended": r.ended, "aborted": r.aborted}
-                for r in list(self.book.runs.values())[-20:]
-            },
-        }
+    def stop(self) -> None:
+        """Leave the poll loop (and close) after the current round."""
+        self._shutdown = True
 
     # ---------------------------------------------------------------- loop
     def _housekeeping(self, now: float) -> None:
@@ -341,7 +252,7 @@ class Handler:
         self.scheduler.check_liveness(now, self.cfg.heartbeat_s * self.cfg.liveness)
         self.scheduler.heartbeat(now, self.cfg.heartbeat_s)
         if self.pool is not None:
-            self.pool.reconcile({name: mod.spec.workers for name, mod in self.modules.items()}, self.scheduler.drain)
+            self.pool.reconcile({name: mod.spec.workers for name, mod in self.scheduler.modules.items()}, self.scheduler.drain)
 
     def _guard(self, port: str, handle, sock: zmq.Socket) -> None:
         """One message, whatever it holds: a failure is counted and logged, the loop goes on."""
@@ -370,8 +281,8 @@ class Handler:
                     for _ in range(200):
                         if not self.ingest.poll(0):
                             break
-                        self._guard("ingest", self._on_ingest, self.ingest)
-                    self._send_acks()
+                        self._guard("ingest", self.intake.receive, self.ingest)
+                    self.intake.flush()
                 if self.control in events:
                     self._guard("control", self._on_control, self.control)
                 self.scheduler.dispatch()
@@ -400,16 +311,6 @@ class Handler:
         log.info("handler stopped")
 
 
-def _best_effort_key(header_frame) -> list | None:
-    """[kind, run, seq] of a refused message, if its header parses that far."""
-    try:
-        h = json.loads(bytes(getattr(header_frame, "buffer", header_frame))[:65536])
-        key = [h["kind"], h.get("run", ""), h.get("seq", -1)]
-        return key if all(isinstance(v, t) for v, t in zip(key, (str, str, int), strict=True)) else None
-    except Exception:
-        return None
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ns-bluesky-handler", description="Run the streaming handler and its local workers.")
     p.add_argument("--config", default=None)
@@ -427,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         handler = Handler(cfg, spawn=not args.no_local_workers)
         # SIGTERM (kill, systemd, a test's terminate) closes like 'pipeline stop': workers told, segments removed
-        signal.signal(signal.SIGTERM, lambda *_: setattr(handler, "_shutdown", True))
+        signal.signal(signal.SIGTERM, lambda *_: handler.stop())
         handler.serve()
     except (ParameterError, zmq.ZMQError) as exc:
         log.error("handler cannot start: %s", exc)
