@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from contextlib import contextmanager
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
@@ -12,7 +13,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...errors import ParameterError
-from ..backend import asnumpy, fft_module, fft_workers, get_xp
+from ..backend import arrays, asnumpy
 from .data import PtychoData
 
 
@@ -78,8 +79,8 @@ class Engine:
 
     # ------------------------------------------------------------------ public
     def prepare(self, data: PtychoData, probe: np.ndarray, obj: np.ndarray | None = None) -> None:
-        xp = self.xp = get_xp(self.params.backend)
-        self.fft, self.fft_kw = fft_module(xp), fft_workers(xp)
+        self.arrays = arrays(self.params.backend)
+        xp = self.xp = self.arrays.xp
         patterns = np.asarray(data.patterns, dtype=np.float32)
         n = self.n = patterns.shape[-1]
         if probe.shape != (n, n):
@@ -93,13 +94,11 @@ class Engine:
         elif obj.shape[0] < shape[0] or obj.shape[1] < shape[1]:
             raise ParameterError(f"object {obj.shape} is too small for the positions (needs {shape})")
         whole = np.floor(origins)
-        self.iy_np, self.ix_np = whole.astype(np.int64).T
+        self.win = self.arrays.windows(whole, n)
         frac = origins - whole
         k = np.fft.fftfreq(n)
         self.ry = xp.asarray(np.exp(-2j * np.pi * frac[:, :1] * k[None, :]).astype(np.complex64))  # (N, n)
         self.rx = xp.asarray(np.exp(-2j * np.pi * frac[:, 1:] * k[None, :]).astype(np.complex64))
-        self.iy, self.ix = xp.asarray(self.iy_np), xp.asarray(self.ix_np)
-        self.ar = xp.arange(n)
         self.amp = xp.asarray(np.fft.ifftshift(np.sqrt(np.maximum(patterns, 0)), axes=(-2, -1)))
         self.origins = origins
         self.weights = xp.asarray(np.asarray(data.weights, np.float32).copy())
@@ -141,8 +140,7 @@ class Engine:
         frac = origins - whole
         k = np.fft.fftfreq(n)
         self.origins[host] = origins
-        self.iy_np[host], self.ix_np[host] = whole.astype(np.int64).T
-        self.iy, self.ix = xp.asarray(self.iy_np), xp.asarray(self.ix_np)
+        self.win.move(host, whole)
         self.ry[xp.asarray(host)] = xp.asarray(np.exp(-2j * np.pi * frac[:, :1] * k[None, :]).astype(np.complex64))
         self.rx[xp.asarray(host)] = xp.asarray(np.exp(-2j * np.pi * frac[:, 1:] * k[None, :]).astype(np.complex64))
         if hasattr(self, "psi_ready"):  # projection engines: the exit waves of moved frames start again
@@ -206,25 +204,33 @@ class Engine:
         """Engines that keep exit waves multiply each frame's by its factor."""
 
     # ----------------------------------------------------- batched array helpers
+    def _fft_kw(self) -> dict:
+        """This thread's FFT keywords: one worker in a thread of :meth:`_map` or inside :meth:`_serial_ffts`."""
+        return getattr(self._tls, "fft_kw", self.arrays.fft_kw)
+
     def _fft2(self, a):
-        return self.fft.fft2(a, axes=(-2, -1), norm="ortho", **getattr(self._tls, "fft_kw", self.fft_kw))
+        return self.arrays.fft.fft2(a, axes=(-2, -1), norm="ortho", **self._fft_kw())
 
     def _ifft2(self, a):
-        return self.fft.ifft2(a, axes=(-2, -1), norm="ortho", **getattr(self._tls, "fft_kw", self.fft_kw))
+        return self.arrays.fft.ifft2(a, axes=(-2, -1), norm="ortho", **self._fft_kw())
 
-    def _parallel(self, fn, idx) -> list:
-        """``fn`` on parts of a batch in threads (numpy releases the GIL in its loops and FFTs): the
-        element-wise work, single-threaded in numpy, then uses every core. One part on a GPU."""
-        parts = self.threads if self.xp is np and len(idx) >= 2 * self.threads else 1
-        return self._map(fn, np.array_split(np.asarray(idx), parts) if parts > 1 else [idx])
+    @contextmanager
+    def _serial_ffts(self):
+        """This thread's FFTs on one worker meanwhile: for single small FFTs threads would only add overhead."""
+        self._tls.fft_kw = self.arrays.serial_fft_kw
+        try:
+            yield
+        finally:
+            self._tls.__dict__.pop("fft_kw", None)
 
     def _map(self, fn, items: list) -> list:
-        """``fn`` on each of the parts :meth:`_parallel` made, in the same threads."""
+        """``fn`` on each of the parts of a batch, in threads (numpy releases the GIL in its loops and FFTs):
+        the element-wise work, single-threaded in numpy, then uses every core."""
         if len(items) == 1 or self._pool is None:
             return [fn(item) for item in items]
 
         def run(item):
-            self._tls.fft_kw = {"workers": 1}
+            self._tls.fft_kw = self.arrays.serial_fft_kw
             return fn(item)
 
         return list(self._pool.map(run, items))
@@ -243,34 +249,6 @@ class Engine:
         f = self._fft2(values)
         f *= (self._ramps(idx) if ramps is None else ramps).conj()
         return self._ifft2(f.sum(axis=0))
-
-    def _index(self, idx):
-        ar = self.ar
-        return self.iy[idx][:, None, None] + ar[None, :, None], self.ix[idx][:, None, None] + ar[None, None, :]
-
-    def _patches(self, array, idx):
-        if self.xp is np:  # whole-window copies: far faster than element-wise fancy indexing
-            idx = np.asarray(idx)
-            windows = np.lib.stride_tricks.sliding_window_view(array, (self.n, self.n))
-            return windows[self.iy_np[idx], self.ix_np[idx]]
-        rows, cols = self._index(idx)
-        return array[rows, cols]
-
-    def _scatter(self, target, idx, values) -> None:
-        """target[window_j] += values[j] for every frame j (overlapping windows add up)."""
-        if self.xp is np:
-            n = self.n
-            for k, j in enumerate(np.asarray(idx)):
-                target[self.iy_np[j] : self.iy_np[j] + n, self.ix_np[j] : self.ix_np[j] + n] += values[k]
-        else:
-            import cupyx
-
-            rows, cols = self._index(idx)
-            if target.dtype.kind == "c":
-                cupyx.scatter_add(target.real, (rows, cols), values.real)
-                cupyx.scatter_add(target.imag, (rows, cols), values.imag)
-            else:
-                cupyx.scatter_add(target, (rows, cols), values)
 
     def _modulus(self, psi, idx):
         """Fourier-modulus projection of exit waves ``psi`` (B, n, n), and their squared amplitude misfit."""

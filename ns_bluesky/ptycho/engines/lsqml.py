@@ -76,7 +76,6 @@ class LSQML(Engine):
 
     def _prepare(self) -> None:
         xp = self.xp
-        self._ryc, self._rxc = self.ry.conj(), self.rx.conj()
         self._lock = threading.Lock()  # the scatters onto the object grids, from every thread
         self._store = None  # per batch: shifted probes, object patches, exit-wave updates
         self._num = xp.empty_like(self.obj)  # object-grid sums, reused by every batch
@@ -84,7 +83,7 @@ class LSQML(Engine):
         if self.params.probe_modes > 1:
             self._start_modes()
         self._grads = None
-        self._pos_dots = np.zeros((len(self.ix_np), 2))
+        self._pos_dots = np.zeros((len(self.origins), 2))
 
     def _start_modes(self) -> None:
         """Further modes from the main probe times low-order polynomials across the beam (x, y, xy, x², ...),
@@ -124,16 +123,12 @@ class LSQML(Engine):
                 self._grads = [self.xp.gradient(self.obj, axis=0), self.xp.gradient(self.obj, axis=1)]
                 self._pos_norms = self._gradient_norms(self._grads)
                 self._pos_dots[active] = 0
-        if self.xp is np:
-            self._tls.fft_kw = {"workers": 1}  # the probe's single FFTs: threads would only add overhead
-        try:
+        with self._serial_ffts():  # the probe's single FFTs
             err = 0.0
             for b in np.array_split(order, max(1, round(len(order) / size))):
                 err += self._batch(b, update_probe, weights)
                 if self.on_batch is not None:
                     self.on_batch()
-        finally:
-            self._tls.__dict__.pop("fft_kw", None)
         if self._grads is not None:
             self._grads = None
             self._correct_positions(movable)
@@ -178,7 +173,7 @@ class LSQML(Engine):
         xp = self.xp
         ill = xp.zeros(self.obj.shape, np.float32)
         p2 = xp.abs(self.probe) ** 2
-        self._scatter(ill, xp.asarray(active), xp.broadcast_to(p2, (len(active), self.n, self.n)))
+        self.win.scatter_add(ill, xp.asarray(active), xp.broadcast_to(p2, (len(active), self.n, self.n)))
         ill /= ill + 0.1 * float(ill.max())
         return ill
 
@@ -193,7 +188,7 @@ class LSQML(Engine):
         if self._store is None or self._store[0].shape[1] < size or self._store[0].shape[0] != k:
             self._store = None  # let the old storage go before the new is allocated
             self._store = tuple(xp.empty((k, size, self.n, self.n), np.complex64) for _ in range(2))
-        parts = self.threads if xp is np and size >= 2 * self.threads else 1
+        parts = self.arrays.thread_parts(size, self.threads)
         slots = [(s[0], s[-1] + 1) for s in np.array_split(np.arange(size), parts)]
         self._num.fill(0)
         self._ill.fill(0)
@@ -254,12 +249,12 @@ class LSQML(Engine):
     def _gradient_norms(self, grads) -> np.ndarray:
         """(N, 2): |P_j g|^2 for every frame and g = dO/dy, dO/dx, as the correlation of |g|^2 with the probe's
         intensity (the sub-pixel shift left out of this norm), by FFTs over the object grid."""
-        xp, fft, kw = self.xp, self.fft, self.fft_kw
+        xp, fft, kw = self.xp, self.arrays.fft, self.arrays.fft_kw
         shape = self.obj.shape
         fp = xp.zeros(shape, np.float32)
         fp[: self.n, : self.n] = xp.abs(self.probe) ** 2
         fp = xp.conj(fft.rfft2(fp, **kw))
-        out = [fft.irfft2(fft.rfft2(xp.abs(g) ** 2, **kw) * fp, s=shape, **kw)[self.iy, self.ix] for g in grads]
+        out = [self.win.at_corners(fft.irfft2(fft.rfft2(xp.abs(g) ** 2, **kw) * fp, s=shape, **kw)) for g in grads]
         return asnumpy(xp.stack(out, axis=1)).astype(np.float64)
 
     def _drop_weak_modes(self) -> None:
@@ -275,7 +270,7 @@ class LSQML(Engine):
 
     def _chunks(self, batch, slot):
         """(positions in the batch, host frame indices, device frame indices) of cache-sized chunks."""
-        step = self.params.chunk if self.xp is np else slot[1] - slot[0]
+        step = self.arrays.chunk_size(self.params.chunk, slot[1] - slot[0])
         for c0 in range(slot[0], slot[1], step):
             c1 = min(c0 + step, slot[1])
             yield slice(c0, c1), batch[c0:c1], self.xp.asarray(batch[c0:c1])
@@ -307,7 +302,7 @@ class LSQML(Engine):
                 pr, chi = probes[k, sl], chis[k, sl]
                 xp.multiply(ramp, fprobes[k], out=pr)
                 self._fft_inplace(pr, inverse=True)  # the probe as each frame sees it (sub-pixel shifted)
-                self._windows(xp.multiply, pr, self.obj, idx_h, idx, chi)  # psi = P_j O_j
+                self.win.apply(xp.multiply, pr, self.obj, idx_h, idx, chi)  # psi = P_j O_j
                 self._fft_inplace(chi)  # F psi
             if modes == 1:
                 xp.abs(chis[0, sl], out=mag)
@@ -339,7 +334,7 @@ class LSQML(Engine):
             if (wj != 1).any():
                 mag *= xp.asarray(wj.astype(np.float32))[:, None, None]
             if want_probe:
-                self._windows(xp.abs, None, self.obj, idx_h, idx, real)
+                self.win.apply(xp.abs, None, self.obj, idx_h, idx, real)
                 real *= real
                 o2 += real.sum(axis=0)
             for k in range(modes):
@@ -355,11 +350,11 @@ class LSQML(Engine):
                 real *= real
                 if want_probe:
                     u = w["tmp2"]
-                    self._windows(xp.multiply, tmp, self.obj, idx_h, idx, u)
+                    self.win.apply(xp.multiply, tmp, self.obj, idx_h, idx, u)
                 tmp *= pr
                 with self._lock:
-                    self._scatter(self._num, idx, tmp)
-                    self._scatter(self._ill, idx, real)
+                    self.win.scatter_add(self._num, idx, tmp)
+                    self.win.scatter_add(self._ill, idx, real)
                 if want_probe:
                     # sum_j F(O_j* chi_j) conj(ramp_j) = conj(sum_j F^-1(O_j conj(chi_j)) ramp_j)  (orthonormal FFTs)
                     self._fft_inplace(u, inverse=True)
@@ -379,10 +374,10 @@ class LSQML(Engine):
             dots = None
             for k in range(self._n_modes()):
                 pr, chi = probes[k, sl], chis[k, sl]
-                self._windows(xp.multiply, pr, self._num, idx_h, idx, a)
+                self.win.apply(xp.multiply, pr, self._num, idx_h, idx, a)
                 d = [self._rdot(a, a), self._rdot(a, chi)]
                 if d_probe is not None:
-                    self._windows(xp.multiply, d_probe[k][None], self.obj, idx_h, idx, b)
+                    self.win.apply(xp.multiply, d_probe[k][None], self.obj, idx_h, idx, b)
                     d += [self._rdot(b, b), self._rdot(a, b), self._rdot(b, chi)]
                 dots = d if dots is None else [x + y for x, y in zip(dots, d, strict=True)]
                 # the object update's numerator P_j* chi_j, in the probes' place (not needed again)
@@ -390,7 +385,7 @@ class LSQML(Engine):
                 pr *= chi
                 if k == 0 and self._grads is not None:
                     # position: Re<P_j g, chi_j> = Re<g, P_j* chi_j> for g = dO/dy, dO/dx; window dots, nothing written
-                    self._pos_dots[idx_h] += np.stack([self._window_dots(g, pr, idx_h, idx) for g in self._grads], axis=1)
+                    self._pos_dots[idx_h] += np.stack([self.win.dots(g, pr, idx_h, idx) for g in self._grads], axis=1)
             out.append(dots)
         return [xp.concatenate(d) for d in zip(*out, strict=True)]
 
@@ -409,69 +404,15 @@ class LSQML(Engine):
         pchi = self._store[0]
         for sl, idx_h, idx in self._chunks(batch, slot):
             real = self._work(len(idx_h))["real"]
-            self._gather(self._ill, idx_h, idx, real)
+            self.win.gather(self._ill, idx_h, idx, real)
             real *= alpha_o[sl][:, None, None]
             u = pchi[0, sl]
             for k in range(1, self._n_modes()):
                 u += pchi[k, sl]
             u *= real
             with self._lock:
-                self._scatter(self.obj, idx, u)
+                self.win.scatter_add(self.obj, idx, u)
 
-    # ------------------------------------------------------------- helpers
     def _fft_inplace(self, a, inverse: bool = False) -> None:
         """2-D FFT (orthonormal) of each frame of ``a``, written back into ``a``."""
-        fn = self.fft.ifft2 if inverse else self.fft.fft2
-        r = fn(a, axes=(-2, -1), norm="ortho", overwrite_x=True, **getattr(self._tls, "fft_kw", self.fft_kw))
-        if _address(r) != _address(a):
-            a[...] = r
-
-    def _windows(self, fn, a, grid, idx_h, idx, out) -> None:
-        """out[k] = fn(a[k], window of frame k on the grid), or fn(window) if ``a`` is None; ``a`` may
-        have one frame for all. Window by window on numpy: no copies of the windows."""
-        if self.xp is np:
-            n, one = self.n, a is not None and len(a) == 1
-            for k, j in enumerate(idx_h):
-                y, x = self.iy_np[j], self.ix_np[j]
-                win = grid[y : y + n, x : x + n]
-                if a is None:
-                    fn(win, out=out[k])
-                else:
-                    fn(a[0 if one else k], win, out=out[k])
-        else:
-            rows, cols = self._index(idx)
-            win = grid[rows, cols]
-            if a is None:
-                fn(win, out=out)
-            else:
-                fn(a, win, out=out)
-
-    def _window_dots(self, grid, a, idx_h, idx) -> np.ndarray:
-        """Per frame k, Re sum conj(window of frame k on the grid) a[k] (``a`` may have one frame for all), as
-        a host array; on numpy straight from the windows, as float views, without copies."""
-        xp, n = self.xp, self.n
-        if xp is np:
-            one, w = len(a) == 1, 2 if grid.dtype.kind == "c" else 1
-            gv, av = (grid.view(np.float32), a.view(np.float32)) if w == 2 else (grid, a)
-            out = np.empty(len(idx_h))
-            for k, j in enumerate(idx_h):
-                y, x = self.iy_np[j], self.ix_np[j]
-                out[k] = np.einsum("ij,ij->", gv[y : y + n, w * x : w * (x + n)], av[0 if one else k])
-            return out
-        rows, cols = self._index(idx)
-        return asnumpy((xp.conj(grid[rows, cols]) * a).real.sum(axis=(-2, -1)))
-
-    def _gather(self, array, idx_h, idx, out) -> None:
-        """out[k] = array[window of frame idx[k]]."""
-        if self.xp is np:
-            n = self.n
-            for k, j in enumerate(idx_h):
-                y, x = self.iy_np[j], self.ix_np[j]
-                out[k] = array[y : y + n, x : x + n]
-        else:
-            rows, cols = self._index(idx)
-            out[...] = array[rows, cols]
-
-
-def _address(a) -> int:
-    return a.data.ptr if hasattr(a.data, "ptr") else a.__array_interface__["data"][0]
+        self.arrays.fft2_inplace(a, inverse, self._fft_kw())

@@ -29,8 +29,8 @@ class _Projection(Engine):
 
     def _prepare(self) -> None:
         xp, n = self.xp, self.n
-        self.psi = xp.empty((len(self.ix_np), n, n), np.complex64)
-        self.psi_ready = np.zeros(len(self.ix_np), bool)
+        self.psi = xp.empty((len(self.origins), n, n), np.complex64)
+        self.psi_ready = np.zeros(len(self.origins), bool)
 
     def _rephase_waves(self, factors) -> None:
         self.psi *= factors[:, None, None]
@@ -43,7 +43,7 @@ class _Projection(Engine):
         return self._map(fn, parts)
 
     def _views(self, idx):
-        return self._probes(idx) * self._patches(self.obj, idx)
+        return self._probes(idx) * self.win.patches(self.obj, idx)
 
     def _seed(self, active) -> None:
         """Exit waves of frames seen for the first time start from the current estimate."""
@@ -64,12 +64,12 @@ class _Projection(Engine):
             num, illum = xp.zeros_like(self.obj), xp.zeros(self.obj.shape, np.float32)
             probes = self._probes(idx)
             w = self.weights[idx][:, None, None]
-            self._scatter(num, idx, w * probes.conj() * target(idx))
-            self._scatter(illum, idx, w * (probes.real**2 + probes.imag**2))
+            self.win.scatter_add(num, idx, w * probes.conj() * target(idx))
+            self.win.scatter_add(illum, idx, w * (probes.real**2 + probes.imag**2))
             return num, illum
 
         def probe_terms(idx):
-            patches = self._patches(self.obj, idx)
+            patches = self.win.patches(self.obj, idx)
             w = self.weights[idx][:, None, None]
             return self._unshift_sum(w * patches.conj() * target(idx), idx), (w * (patches.real**2 + patches.imag**2)).sum(axis=0)
 

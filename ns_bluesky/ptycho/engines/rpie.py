@@ -26,18 +26,14 @@ class RPIE(Engine):
         rng = np.random.default_rng([p.seed, self.iteration])
         err = 0.0
         update_probe = self.iteration >= p.probe_update_start
-        if xp is np:
-            self._tls.fft_kw = {"workers": 1}  # one 2-D FFT at a time: threads would only add overhead
-        try:
+        with self._serial_ffts():  # one 2-D FFT at a time
             for j in rng.permutation(active):
                 err += self._update_frame(int(j), update_probe)
-        finally:
-            self._tls.__dict__.pop("fft_kw", None)
         return err
 
     def _update_frame(self, j: int, update_probe: bool) -> float:
         xp, p, n = self.xp, self.params, self.n
-        sl = slice(self.iy_np[j], self.iy_np[j] + n), slice(self.ix_np[j], self.ix_np[j] + n)
+        sl = self.win.slices(j)
         idx = [j]
         ramps = self._ramps(idx)
         probe = self._probes(idx, ramps)
