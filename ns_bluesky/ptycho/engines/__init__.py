@@ -18,7 +18,12 @@ fractional part with a Fourier phase ramp, never rounded. Every iteration record
 Fourier-space data residual ``sum (|F psi| - sqrt(I))^2 / sum I`` over the frames
 that count: the cost the engines minimise, normalised as PtyPy's Fourier-magnitude
 error ``err_fmag`` (a squared quantity; its square root is the relative RMS misfit).
-One code path for numpy and cupy: arrays live in ``self.xp``.
+One code path for numpy and cupy: arrays live in ``self.xp``, and what the two do differently
+(scatter-adds, windows, in-place FFTs, threads) in the array namespace ``self.arrays`` (:mod:`..backend`).
+
+The package: :mod:`.data` (:class:`PtychoData`), :mod:`.base` (:class:`Engine`, :class:`EngineParams`, the
+registry), one module an engine family with its options next to it: :mod:`.lsqml`, :mod:`.rpie`,
+:mod:`.projection` (DM, RAAR).
 """
 
 from .base import _ENGINES, Engine, EngineParams, engine, engine_names, register  # noqa: F401  (_ENGINES: the benchmark)

@@ -1,23 +1,29 @@
-"""The engine base (prepare / iterate / finalize), its parameters and the registry of engines by name."""
+"""The engine base, :class:`Engine`: PtyPy's shape (:meth:`~Engine.prepare`, :meth:`~Engine.iterate`,
+:meth:`~Engine.finalize`) over hooks an engine fills (``_prepare``, ``_iterate``, and ``_frames_moved`` /
+``_rephase_waves`` where it keeps per-frame state); its options, :class:`EngineParams`; and the registry
+of engines by name (:func:`register`, :func:`engine`, :func:`engine_names`)."""
 
 from __future__ import annotations
 
 import os
 import threading
-from contextlib import contextmanager
 from collections.abc import Callable
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
+from types import ModuleType
 from typing import ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...errors import ParameterError
-from ..backend import arrays, asnumpy
+from ..backend import Arrays, Windows, arrays, asnumpy
 from .data import PtychoData
 
 
 class EngineParams(BaseModel):
+    """Options every engine takes; an engine's own options subclass these, next to it (unknown ones are refused)."""
+
     model_config = ConfigDict(extra="forbid")
 
     probe_update_start: int = Field(2, ge=0, description="iterations with the probe held fixed first")
@@ -33,12 +39,14 @@ class EngineParams(BaseModel):
 _ENGINES: dict[str, type[Engine]] = {}
 
 
-def register(cls):
+def register(cls: type[Engine]) -> type[Engine]:
+    """Class decorator: the engine is made by :func:`engine` under its ``name``."""
     _ENGINES[cls.name] = cls
     return cls
 
 
 def engine(name: str, **params) -> Engine:
+    """The engine ``name`` with its options ``params`` (checked by its ``Params`` model)."""
     if name not in _ENGINES:
         raise ParameterError(f"unknown engine {name!r}; known: {', '.join(sorted(_ENGINES))}")
     cls = _ENGINES[name]
@@ -49,6 +57,12 @@ def engine_names() -> list[str]:
     return sorted(_ENGINES)
 
 
+def _shift_ramps(xp, frac: np.ndarray, n: int) -> tuple:
+    """Fourier ramps along the rows and the columns that shift by ``frac`` (B, 2) pixels: (B, n) each."""
+    k = np.fft.fftfreq(n)
+    return tuple(xp.asarray(np.exp(-2j * np.pi * frac[:, a : a + 1] * k[None, :]).astype(np.complex64)) for a in (0, 1))
+
+
 def _centre_of_mass(power, xp) -> np.ndarray:
     """(row, col) centre of an intensity in FFT order, in signed frequency pixels."""
     k = xp.asarray(np.fft.fftfreq(power.shape[-1]) * power.shape[-1], dtype=np.float32)
@@ -57,25 +71,40 @@ def _centre_of_mass(power, xp) -> np.ndarray:
 
 
 class Engine:
-    """Public methods do the bookkeeping; subclasses implement ``_iterate`` (one pass over the frames)."""
+    """Public methods do the bookkeeping; subclasses implement ``_iterate`` (one pass over the frames) and,
+    for state of their own, ``_prepare`` (declared as None in their ``__init__``)."""
 
     name: ClassVar[str]
     Params: ClassVar[type[EngineParams]] = EngineParams
 
     def __init__(self, params: EngineParams | None = None):
         self.params = params or self.Params()
-        self._tls = threading.local()
+        self._tls = threading.local()  # per thread: its FFT keywords (and an engine's scratch buffers)
         self.threads = max(1, min(self.params.threads or (os.cpu_count() or 1), 16))
         self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
         self.iteration = 0
         self.data_changed_at = 0
         self._added = 0  # frames added since the schedule last restarted
         self.residuals: list[float] = []
-        self.obj = self.probe = None
-        self.modes = None  # further incoherent probe modes (K - 1, n, n), for engines that fit a mixed state
         # called between mini-batches: a streaming reconstruction publishes its estimate on time even when
         # one pass over many frames takes longer than the screens may wait
         self.on_batch: Callable[[], None] | None = None
+        # the estimate, from prepare on
+        self.obj = self.probe = None
+        self.modes = None  # further incoherent probe modes (K - 1, n, n), for engines that fit a mixed state
+        # the data and where it was measured, from prepare on
+        self.arrays: Arrays | None = None  # the backend's array namespace
+        self.xp: ModuleType | None = None  # and its array module
+        self.n = 0  # frame size
+        self.origins: np.ndarray | None = None  # (N, 2) probe-window origins, object pixels (row, col)
+        self.win: Windows | None = None  # the frames' windows on the object grid, at the origins' whole pixels
+        self.ry = self.rx = None  # (N, n) Fourier ramps that shift the probe by each frame's fractional pixels
+        self.amp = None  # (N, n, n) measured amplitudes, FFT order
+        self.weights = None  # (N,) 0 until a frame has arrived
+        self.arrived: np.ndarray | None = None  # (N,) the iteration each frame joined
+        self.energy: np.ndarray | None = None  # (N,) sum I per frame, for the residual
+        self._pattern_sum: np.ndarray | None = None  # sum of the arrived patterns
+        self.data_centre: np.ndarray | None = None  # its centre of mass: where the probe's far field belongs
 
     # ------------------------------------------------------------------ public
     def prepare(self, data: PtychoData, probe: np.ndarray, obj: np.ndarray | None = None) -> None:
@@ -95,10 +124,7 @@ class Engine:
             raise ParameterError(f"object {obj.shape} is too small for the positions (needs {shape})")
         whole = np.floor(origins)
         self.win = self.arrays.windows(whole, n)
-        frac = origins - whole
-        k = np.fft.fftfreq(n)
-        self.ry = xp.asarray(np.exp(-2j * np.pi * frac[:, :1] * k[None, :]).astype(np.complex64))  # (N, n)
-        self.rx = xp.asarray(np.exp(-2j * np.pi * frac[:, 1:] * k[None, :]).astype(np.complex64))
+        self.ry, self.rx = _shift_ramps(xp, origins - whole, n)
         self.amp = xp.asarray(np.fft.ifftshift(np.sqrt(np.maximum(patterns, 0)), axes=(-2, -1)))
         self.origins = origins
         self.weights = xp.asarray(np.asarray(data.weights, np.float32).copy())
@@ -137,14 +163,10 @@ class Engine:
         xp, n = self.xp, self.n
         origins = np.clip(origins, 0, np.array(self.obj.shape) - n - 1)
         whole = np.floor(origins)
-        frac = origins - whole
-        k = np.fft.fftfreq(n)
         self.origins[host] = origins
         self.win.move(host, whole)
-        self.ry[xp.asarray(host)] = xp.asarray(np.exp(-2j * np.pi * frac[:, :1] * k[None, :]).astype(np.complex64))
-        self.rx[xp.asarray(host)] = xp.asarray(np.exp(-2j * np.pi * frac[:, 1:] * k[None, :]).astype(np.complex64))
-        if hasattr(self, "psi_ready"):  # projection engines: the exit waves of moved frames start again
-            self.psi_ready[host] = False
+        self.ry[xp.asarray(host)], self.rx[xp.asarray(host)] = _shift_ramps(xp, origins - whole, n)
+        self._frames_moved(host)
 
     def iterate(self, n: int = 1) -> list[float]:
         """Run ``n`` iterations; returns the data residual of each (0 frames: nothing to fit, residual nan)."""
@@ -200,8 +222,20 @@ class Engine:
     def _far_field_centre(self, probe) -> np.ndarray:
         return _centre_of_mass(self.xp.abs(self._fft2(probe)) ** 2, self.xp)
 
+    # ------------------------------------------------------ hooks for the engines
+    def _prepare(self) -> None:
+        """The engine's own state, once the data is in."""
+
+    def _iterate(self, active: np.ndarray) -> float:
+        """One pass over the ``active`` frames; returns the summed squared amplitude misfit."""
+        raise NotImplementedError
+
+    def _frames_moved(self, host: np.ndarray) -> None:
+        """Frames ``host`` were moved: engines that keep per-frame state from the old positions drop it."""
+
     def _rephase_waves(self, factors) -> None:
-        """Engines that keep exit waves multiply each frame's by its factor."""
+        """The ambiguity fix moved object and probe: engines that keep exit waves multiply each frame's by
+        its factor (N,)."""
 
     # ----------------------------------------------------- batched array helpers
     def _fft_kw(self) -> dict:
@@ -274,10 +308,3 @@ class Engine:
 
     def _misfit(self, psi, idx) -> float:
         return self._magnitudes(self._fft2(psi), idx)[2]
-
-    def _prepare(self) -> None:
-        pass
-
-    def _iterate(self, active: np.ndarray) -> float:
-        """One pass over the ``active`` frames; returns the summed squared amplitude misfit."""
-        raise NotImplementedError

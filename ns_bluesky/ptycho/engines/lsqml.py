@@ -74,15 +74,22 @@ class LSQML(Engine):
     name = "lsqml"
     Params = LSQMLParams
 
+    def __init__(self, params: LSQMLParams | None = None):
+        super().__init__(params)
+        self._lock = threading.Lock()  # the scatters onto the object grids, from every thread
+        self._store = None  # per batch and probe mode: the shifted probes and the exit-wave updates
+        self._num = self._ill = None  # object-grid sums, reused by every batch
+        self._grads = None  # [dO/dy, dO/dx] in an iteration that refines the positions
+        self._pos_dots: np.ndarray | None = None  # (N, 2) per frame <P dO/dy, chi>, <P dO/dx, chi>
+        self._pos_norms: np.ndarray | None = None  # (N, 2) per frame |P dO/dy|^2, |P dO/dx|^2
+        self._mom: dict | None = None  # the momentum's last updates, residuals and velocity
+
     def _prepare(self) -> None:
         xp = self.xp
-        self._lock = threading.Lock()  # the scatters onto the object grids, from every thread
-        self._store = None  # per batch: shifted probes, object patches, exit-wave updates
-        self._num = xp.empty_like(self.obj)  # object-grid sums, reused by every batch
+        self._num = xp.empty_like(self.obj)
         self._ill = xp.empty(self.obj.shape, np.float32)
         if self.params.probe_modes > 1:
             self._start_modes()
-        self._grads = None
         self._pos_dots = np.zeros((len(self.origins), 2))
 
     def _start_modes(self) -> None:
@@ -146,7 +153,7 @@ class LSQML(Engine):
         the object moves by ``momentum`` times it as well, weighted towards the well-lit region."""
         xp = self.xp
         upd = self.obj - start
-        if self.data_changed_at == self.iteration or getattr(self, "_mom", None) is None:
+        if self.data_changed_at == self.iteration or self._mom is None:
             self._mom = {"updates": [], "residuals": [], "velocity": xp.zeros_like(self.obj)}
         m = self._mom
         norm = float(xp.sqrt(self._rdot(upd.reshape(1, -1), upd.reshape(1, -1))[0]))
@@ -162,9 +169,7 @@ class LSQML(Engine):
             friction = 0.5 * max(-slope, 0.0)
             m["velocity"] *= 1 - friction
             m["velocity"] += upd
-            if getattr(self, "_lit", None) is None or self._lit[0] != self.iteration:
-                self._lit = (self.iteration, self._illumination_weight(active))
-            self.obj += self.params.momentum * self._lit[1] * m["velocity"]
+            self.obj += self.params.momentum * self._illumination_weight(active) * m["velocity"]
         else:
             m["velocity"] *= 0.5
 

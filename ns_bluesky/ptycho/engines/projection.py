@@ -1,4 +1,6 @@
-"""Engines that keep one exit wave per frame: the difference map (DM) and RAAR."""
+"""Engines that keep one exit wave per frame and alternate the modulus and overlap projections: the
+difference map (DM; Thibault et al. 2009) and RAAR (Luke 2005), both on all exit waves at once, with the
+object and probe solved jointly in the overlap projection."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ from .base import Engine, EngineParams, register
 
 
 class ProjectionParams(EngineParams):
+    """Options of the projection engines (each engine's own add to these)."""
+
     chunk: int = Field(128, ge=1, description="frames per vectorised chunk (memory against speed)")
     overlap_loops: int = Field(2, ge=1, description="object/probe alternations in each overlap projection")
     probe_support: float = Field(0.8, ge=0, le=1.5, description="probe confined to this fraction of the window radius (0: none)")
@@ -20,22 +24,25 @@ class _Projection(Engine):
 
     Params = ProjectionParams
 
-    def _support(self):
-        if getattr(self, "_support_mask", None) is None:
-            y, x = np.indices((self.n, self.n)) - (self.n - 1) / 2
-            mask = np.hypot(y, x) <= self.params.probe_support * self.n / 2
-            self._support_mask = self.xp.asarray(mask.astype(np.float32))
-        return self._support_mask
+    def __init__(self, params: ProjectionParams | None = None):
+        super().__init__(params)
+        self.psi = None  # (N, n, n) the exit waves
+        self.psi_ready: np.ndarray | None = None  # (N,) whether a frame's wave has been seeded
+        self.support = None  # (n, n) the probe's support (probe_support > 0)
 
     def _prepare(self) -> None:
         xp, n = self.xp, self.n
         self.psi = xp.empty((len(self.origins), n, n), np.complex64)
         self.psi_ready = np.zeros(len(self.origins), bool)
+        if self.params.probe_support:
+            y, x = np.indices((n, n)) - (n - 1) / 2
+            self.support = xp.asarray((np.hypot(y, x) <= self.params.probe_support * n / 2).astype(np.float32))
+
+    def _frames_moved(self, host: np.ndarray) -> None:
+        self.psi_ready[host] = False  # their exit waves start again
 
     def _rephase_waves(self, factors) -> None:
         self.psi *= factors[:, None, None]
-        if getattr(self, "reflected", None) is not None:
-            self.reflected *= factors[:, None, None]
 
     def _chunks(self, active, fn) -> list:
         """``fn(idx)`` on chunks of the frames, spread over the threads (each chunk's waves are its own)."""
@@ -85,7 +92,11 @@ class _Projection(Engine):
             mu = p.reg * pden.max()
             self.probe = (pnum + mu * self.probe) / (pden + mu)
             if p.probe_support:
-                self.probe *= self._support()
+                self.probe *= self.support
+
+
+class DMParams(ProjectionParams):
+    alpha: float = Field(1.0, ge=0, le=1, description="1: the difference map; smaller damps it towards alternating projections (PtyPy's alpha)")
 
 
 @register
@@ -93,6 +104,7 @@ class DM(_Projection):
     """Difference map (Thibault et al., Ultramicroscopy 109, 2009): psi += P_M(2 P_O psi - psi) - P_O psi."""
 
     name = "dm"
+    Params = DMParams
 
     def _iterate(self, active: np.ndarray) -> float:
         self._seed(active)
@@ -109,13 +121,6 @@ class DM(_Projection):
         return sum(self._chunks(active, update))
 
 
-class DMParams(ProjectionParams):
-    alpha: float = Field(1.0, ge=0, le=1, description="1: the difference map; smaller damps it towards alternating projections (PtyPy's alpha)")
-
-
-DM.Params = DMParams
-
-
 class RAARParams(ProjectionParams):
     beta: float = Field(0.6, gt=0, le=1, description="relaxation; 1 is the difference map (SHARP's default 0.6)")
 
@@ -127,10 +132,20 @@ class RAAR(_Projection):
     name = "raar"
     Params = RAARParams
 
+    def __init__(self, params: RAARParams | None = None):
+        super().__init__(params)
+        self.reflected = None  # (N, n, n) 2 P_M psi - psi
+
+    def _prepare(self) -> None:
+        super()._prepare()
+        self.reflected = self.xp.empty_like(self.psi)
+
+    def _rephase_waves(self, factors) -> None:
+        super()._rephase_waves(factors)
+        self.reflected *= factors[:, None, None]
+
     def _iterate(self, active: np.ndarray) -> float:
         # with m = P_M psi and r = 2 m - psi, the update is psi <- m + beta (P_O r - r)
-        if getattr(self, "reflected", None) is None:
-            self.reflected = self.xp.empty_like(self.psi)
         self._seed(active)
 
         def project(idx):
