@@ -26,7 +26,7 @@ registry), one module an engine family with its options next to it: :mod:`.lsqml
 :mod:`.projection` (DM, RAAR).
 """
 
-from .base import _ENGINES, Engine, EngineParams, engine, engine_names, register  # noqa: F401  (_ENGINES: the benchmark)
+from .base import _ENGINES, Engine, EngineParams, engine, engine_names, register  # noqa: F401  (_ENGINES: benchmarks)
 from .data import PtychoData
 from .lsqml import LSQML, LSQMLParams
 from .projection import DM, RAAR, DMParams, ProjectionParams, RAARParams

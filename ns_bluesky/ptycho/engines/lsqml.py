@@ -9,6 +9,7 @@ from pydantic import Field
 
 from ..backend import asnumpy
 from .base import Engine, EngineParams, register
+from .lsqml_refine import Momentum, drop_weak_modes, gradient_norms, orthogonal_modes, position_steps, start_modes
 
 
 class LSQMLParams(EngineParams):
@@ -82,36 +83,17 @@ class LSQML(Engine):
         self._grads = None  # [dO/dy, dO/dx] in an iteration that refines the positions
         self._pos_dots: np.ndarray | None = None  # (N, 2) per frame <P dO/dy, chi>, <P dO/dx, chi>
         self._pos_norms: np.ndarray | None = None  # (N, 2) per frame |P dO/dy|^2, |P dO/dx|^2
-        self._mom: dict | None = None  # the momentum's last updates, residuals and velocity
+        self._momentum: Momentum | None = None  # since the data last changed
 
     def _prepare(self) -> None:
         xp = self.xp
         self._num = xp.empty_like(self.obj)
         self._ill = xp.empty(self.obj.shape, np.float32)
         if self.params.probe_modes > 1:
-            self._start_modes()
+            probe, modes = start_modes(asnumpy(self.probe), self.params.probe_modes - 1, self.params.mode_power)
+            self.probe, self.modes = xp.asarray(probe), xp.asarray(modes)
+            self._orthogonalise_modes()
         self._pos_dots = np.zeros((len(self.origins), 2))
-
-    def _start_modes(self) -> None:
-        """Further modes from the main probe times low-order polynomials across the beam (x, y, xy, x², ...),
-        each with ``mode_power`` of the total; the total power stays the start probe's."""
-        xp, n, p = self.xp, self.n, self.params
-        probe = asnumpy(self.probe).astype(np.complex128)
-        i = np.abs(probe) ** 2
-        y, x = np.indices((n, n), dtype=np.float64)
-        total = i.sum()
-        cy, cx = (i * y).sum() / total, (i * x).sum() / total
-        sy = np.sqrt((i * (y - cy) ** 2).sum() / total) + 1e-9
-        sx = np.sqrt((i * (x - cx) ** 2).sum() / total) + 1e-9
-        u, v = (x - cx) / sx, (y - cy) / sy
-        shapes = [u, v, u * v, u**2 - 1, v**2 - 1, u**3 - 3 * u, v**3 - 3 * v]
-        modes = []
-        for k in range(p.probe_modes - 1):
-            m = probe * shapes[k]
-            modes.append(m * np.sqrt(p.mode_power * total / max((np.abs(m) ** 2).sum(), 1e-30)))
-        self.probe = xp.asarray((probe * np.sqrt(max(1 - p.mode_power * len(modes), 0.05))).astype(np.complex64))
-        self.modes = xp.asarray(np.stack(modes).astype(np.complex64))
-        self._orthogonalise_modes()
 
     def _iterate(self, active: np.ndarray) -> float:
         p = self.params
@@ -128,7 +110,8 @@ class LSQML(Engine):
             movable = active[self.iteration - self.arrived[active] >= p.position_start]
             if len(movable) >= 2:
                 self._grads = [self.xp.gradient(self.obj, axis=0), self.xp.gradient(self.obj, axis=1)]
-                self._pos_norms = self._gradient_norms(self._grads)
+                a = self.arrays
+                self._pos_norms = gradient_norms(a.xp, a.fft, a.fft_kw, self.probe, self._grads, self.win)
                 self._pos_dots[active] = 0
         with self._serial_ffts():  # the probe's single FFTs
             err = 0.0
@@ -138,40 +121,24 @@ class LSQML(Engine):
                     self.on_batch()
         if self._grads is not None:
             self._grads = None
-            self._correct_positions(movable)
+            step = position_steps(self._pos_dots[movable], self._pos_norms[movable], p.position_max_step)
+            self._move(movable, self.origins[movable] + step)
         if self.modes is not None and update_probe:
             self._orthogonalise_modes()
             if self.iteration + 1 - p.probe_update_start >= p.mode_check:
-                self._drop_weak_modes()
+                self.probe, self.modes = drop_weak_modes(self.xp, self.probe, self.modes, p.mode_min_power)
         if p.momentum:
-            self._momentum(start, err / max(float(self.energy[active].sum()), 1e-30), active)
+            self._step_momentum(start, err / max(float(self.energy[active].sum()), 1e-30), active)
         return err
 
-    def _momentum(self, start, residual: float, active) -> None:
-        """Momentum on the object (after Odstrčil's PtychoShelves): while the last iterations' updates
-        correlate, they add up in a velocity (with a friction from how fast the correlation decays) and
-        the object moves by ``momentum`` times it as well, weighted towards the well-lit region."""
-        xp = self.xp
-        upd = self.obj - start
-        if self.data_changed_at == self.iteration or self._mom is None:
-            self._mom = {"updates": [], "residuals": [], "velocity": xp.zeros_like(self.obj)}
-        m = self._mom
-        norm = float(xp.sqrt(self._rdot(upd.reshape(1, -1), upd.reshape(1, -1))[0]))
-        m["updates"] = [*m["updates"], upd / max(norm, 1e-30)][-3:]
-        m["residuals"] = [*m["residuals"], residual][-3:]
-        if len(m["updates"]) < 3:
-            return
-        u2, u1, u0 = m["updates"]
-        corr = [float(self._rdot(u.reshape(1, -1), u0.reshape(1, -1))[0]) for u in (u1, u2)]
-        r2, r1, r0 = m["residuals"]
-        if max(r2, r1) > min(r1, r0) and min(corr) > 0:
-            slope = np.polyfit([0, 1, 2], [0, np.log(corr[0]), np.log(corr[1])], 1)[0]
-            friction = 0.5 * max(-slope, 0.0)
-            m["velocity"] *= 1 - friction
-            m["velocity"] += upd
-            self.obj += self.params.momentum * self._illumination_weight(active) * m["velocity"]
-        else:
-            m["velocity"] *= 0.5
+    def _step_momentum(self, start, residual: float, active) -> None:
+        """The object moves by ``momentum`` times the momentum's velocity as well, weighted towards the
+        well-lit region (new frames start the momentum again)."""
+        if self.data_changed_at == self.iteration or self._momentum is None:
+            self._momentum = Momentum(self.xp, self.xp.zeros_like(self.obj))
+        velocity = self._momentum.step(self.obj - start, residual, self._rdot)
+        if velocity is not None:
+            self.obj += self.params.momentum * self._illumination_weight(active) * velocity
 
     def _illumination_weight(self, active):
         """ill / (ill + 0.1 max ill) with the probe's (unshifted) intensity over the active frames."""
@@ -184,7 +151,7 @@ class LSQML(Engine):
 
     def _rephase_waves(self, factors) -> None:
         """The ambiguity fix moved the object: the stored updates no longer apply."""
-        self._mom = None
+        self._momentum = None
 
     # ------------------------------------------------------------- one batch
     def _batch(self, batch: np.ndarray, update_probe: bool, weights: np.ndarray) -> float:
@@ -229,49 +196,8 @@ class LSQML(Engine):
         return self.xp.concatenate([self.probe[None], self.modes])
 
     def _orthogonalise_modes(self) -> None:
-        """Unitary mixing of the modes changes no intensity: make them orthogonal, strongest first
-        (the main probe the strongest), so that power cannot hide in correlated modes."""
-        xp = self.xp
-        m = self._all_modes().reshape(self._n_modes(), -1)
-        gram = asnumpy(m.conj() @ m.T).astype(np.complex128)  # <m_i, m_j>
-        vecs = np.linalg.eigh(gram)[1][:, ::-1]  # strongest first
-        # each new mode's phase as that of the old mode it mostly came from: no jumps in the main probe's phase
-        overlap = (gram @ vecs).diagonal()  # <m_i, new_i>
-        vecs = vecs * (np.conj(overlap) / np.maximum(np.abs(overlap), 1e-300))[None, :]
-        new = (xp.asarray(vecs.T.astype(np.complex64)) @ m).reshape(-1, self.n, self.n)
+        new = orthogonal_modes(self.xp, self._all_modes())
         self.probe, self.modes = new[0].copy(), new[1:].copy()
-
-    def _correct_positions(self, active) -> None:
-        """Move each frame by the least-squares shift its exit-wave update asks for (from the dot products
-        ``_products`` gathered, <P dO/dy, chi> and <P dO/dx, chi>, over |P dO/dy|^2 and |P dO/dx|^2), bounded,
-        less the mean shift (a translation of everything is invisible)."""
-        num, den = self._pos_dots[active], self._pos_norms[active]
-        step = num / (den + 1e-3 * den.mean(axis=0) + 1e-30)  # (rows, cols)
-        step = np.clip(step, -self.params.position_max_step, self.params.position_max_step)
-        step -= step.mean(axis=0)
-        self._move(active, self.origins[active] + step)
-
-    def _gradient_norms(self, grads) -> np.ndarray:
-        """(N, 2): |P_j g|^2 for every frame and g = dO/dy, dO/dx, as the correlation of |g|^2 with the probe's
-        intensity (the sub-pixel shift left out of this norm), by FFTs over the object grid."""
-        xp, fft, kw = self.xp, self.arrays.fft, self.arrays.fft_kw
-        shape = self.obj.shape
-        fp = xp.zeros(shape, np.float32)
-        fp[: self.n, : self.n] = xp.abs(self.probe) ** 2
-        fp = xp.conj(fft.rfft2(fp, **kw))
-        out = [self.win.at_corners(fft.irfft2(fft.rfft2(xp.abs(g) ** 2, **kw) * fp, s=shape, **kw)) for g in grads]
-        return asnumpy(xp.stack(out, axis=1)).astype(np.float64)
-
-    def _drop_weak_modes(self) -> None:
-        """Further modes below ``mode_min_power`` of the total go (for good)."""
-        xp = self.xp
-        power = asnumpy(xp.sum(xp.abs(self._all_modes()) ** 2, axis=(-2, -1))).astype(np.float64)
-        keep = power[1:] >= self.params.mode_min_power * power.sum()
-        if keep.all():
-            return
-        # the dropped modes' power goes to the main probe, so the total intensity stays the data's
-        self.probe *= np.float32(np.sqrt(1 + power[1:][~keep].sum() / power[0]))
-        self.modes = self.modes[xp.asarray(np.flatnonzero(keep))] if keep.any() else None
 
     def _chunks(self, batch, slot):
         """(positions in the batch, host frame indices, device frame indices) of cache-sized chunks."""
