@@ -69,7 +69,8 @@ class LSQML(Engine):
     run per mode (the intensities add), the object sums add over the modes; the modes are
     made orthogonal after each iteration and a further mode that holds too little power is
     dropped. Pass (2) also gathers, every few iterations, each frame's products for its
-    position refinement (against the object's gradient).
+    position refinement (against the object's gradient). The modes, positions and momentum
+    are refined by the functions of :mod:`.lsqml_refine`.
     """
 
     name = "lsqml"

@@ -22,7 +22,7 @@ class RPIE(Engine):
     Params = RPIEParams
 
     def _iterate(self, active: np.ndarray) -> float:
-        xp, p = self.xp, self.params
+        p = self.params
         rng = np.random.default_rng([p.seed, self.iteration])
         err = 0.0
         update_probe = self.iteration >= p.probe_update_start
@@ -32,7 +32,7 @@ class RPIE(Engine):
         return err
 
     def _update_frame(self, j: int, update_probe: bool) -> float:
-        xp, p, n = self.xp, self.params, self.n
+        xp, p = self.xp, self.params
         sl = self.win.slices(j)
         idx = [j]
         ramps = self._ramps(idx)
