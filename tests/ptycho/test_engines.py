@@ -157,14 +157,14 @@ def test_a_probe_whose_far_field_drifted_is_moved_back_without_changing_the_fit(
     eng.obj = np.ones_like(eng.obj)
     eng.obj[: sim.obj.shape[0], : sim.obj.shape[1]] = sim.obj
     idx = np.arange(len(sim.origins))
-    before = np.abs(np.fft.fft2(eng._probes(idx) * eng._patches(eng.obj, idx)))
+    before = np.abs(np.fft.fft2(eng._probes(idx) * eng.win.patches(eng.obj, idx)))
     n = sim.probe.shape[0]
     rows, cols = np.indices((n, n))
     eng.probe = eng.probe * np.exp(2j * np.pi * (2 * rows - 1 * cols) / n).astype(np.complex64)  # far field moved (2, -1)
     eng.obj = eng.obj * np.exp(-2j * np.pi * (2 * np.arange(eng.obj.shape[0])[:, None] - np.arange(eng.obj.shape[1])) / n).astype(np.complex64)
     eng._fix_ambiguities()
     np.testing.assert_allclose(eng._far_field_centre(eng.probe), eng.data_centre, atol=0.5)
-    after = np.abs(np.fft.fft2(eng._probes(idx) * eng._patches(eng.obj, idx)))
+    after = np.abs(np.fft.fft2(eng._probes(idx) * eng.win.patches(eng.obj, idx)))
     np.testing.assert_allclose(after, before, rtol=0, atol=1e-3 * before.max())  # every exit wave's intensity kept
     assert nrmse(eng.obj[: sim.obj.shape[0], : sim.obj.shape[1]], sim.obj, sim.mask) < 1e-3  # the ramp is gone
 
