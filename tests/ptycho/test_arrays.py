@@ -2,7 +2,6 @@
 and the cupy path's (all windows at once by fancy indexing) run on numpy arrays against the numpy path."""
 
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,9 +9,7 @@ import pytest
 import scipy.fft
 
 from ns_bluesky.ptycho.backend import CupyArrays, CupyWindows, NumpyArrays, arrays
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_engines import _data
+from tests.support.ptycho_set import small_set as _data
 
 N, GRID = 8, (40, 44)
 

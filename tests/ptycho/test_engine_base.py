@@ -1,8 +1,6 @@
 """The engine base: options per engine that refuse what they do not know, the registry, an engine's state
 declared before prepare, and the hooks through which the base tells an engine what changed."""
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,9 +24,7 @@ from ns_bluesky.ptycho.engines import (
     engine_names,
     register,
 )
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_engines import _data
+from tests.support.ptycho_set import small_set as _data
 
 
 def test_each_engine_has_its_own_options():
