@@ -22,6 +22,9 @@ ignored, relative linear phase ramp removed) and the highest frequency where it 
   Target: >= 0.37 of Nyquist within 60 s per half (pty-chi LSQML: 0.21 after 23 s, 0.37 after 76 s).
 
 Writes a PNG (path printed). Prints figures; passes or fails nothing.
+
+One file over 400 lines on purpose: a benchmark is read and run as one script (data set, engines, scoring,
+figure), and its parts serve nothing else.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
-"""Array backends: numpy (scipy.fft on all cores) or cupy, chosen by name."""
+"""Array backends: numpy (scipy.fft on all cores) or cupy, chosen by name, and the engines' array namespace
+(:func:`arrays`): every difference between the two that the reconstruction engines see."""
 
 from __future__ import annotations
 
 import os
 from types import ModuleType
+from typing import ClassVar
 
 import numpy as np
 
@@ -61,3 +63,218 @@ def fft_workers(xp: ModuleType) -> dict:
 
 def asnumpy(a) -> np.ndarray:
     return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+# ------------------------------------------------------------------------------------- the engines' namespace
+def arrays(name: str = "numpy") -> Arrays:
+    """The array namespace of the backend ``name``: everything the engines do differently on numpy and cupy."""
+    xp = get_xp(name)
+    return NumpyArrays(xp) if xp is np else CupyArrays(xp)
+
+
+class Arrays:
+    """What differs between numpy and cupy for the reconstruction engines, in one place.
+
+    ``xp`` is the array module, ``fft`` its scipy-like FFT module and ``fft_kw`` the FFTs' keywords.
+    The engines write one code path against this; a subclass per backend says how.
+    """
+
+    #: keywords for FFTs run one at a time in one thread (a thread's part of a batch, a single frame's)
+    serial_fft_kw: ClassVar[dict] = {}
+
+    def __init__(self, xp: ModuleType):
+        self.xp = xp
+        self.fft = fft_module(xp)
+        self.fft_kw = fft_workers(xp)
+
+    def thread_parts(self, count: int, threads: int) -> int:
+        """Parts to split ``count`` frames into, one per thread."""
+        raise NotImplementedError
+
+    def chunk_size(self, requested: int, whole: int) -> int:
+        """Frames per vectorised step in a thread's part of ``whole`` frames."""
+        raise NotImplementedError
+
+    def fft2_inplace(self, a, inverse: bool, kw: dict) -> None:
+        """2-D FFT (orthonormal) of each frame of ``a``, written back into ``a``."""
+        fn = self.fft.ifft2 if inverse else self.fft.fft2
+        r = fn(a, axes=(-2, -1), norm="ortho", overwrite_x=True, **kw)
+        if self._address(r) != self._address(a):
+            a[...] = r
+
+    @staticmethod
+    def _address(a) -> int:
+        raise NotImplementedError
+
+    def windows(self, corners: np.ndarray, n: int) -> Windows:
+        """The ``n`` x ``n`` windows of frames on a grid whose top-left corners are ``corners`` (N, 2)."""
+        raise NotImplementedError
+
+
+class NumpyArrays(Arrays):
+    """numpy: the element-wise work split over threads (numpy releases the GIL in its loops and FFTs) in
+    cache-sized chunks, each thread's FFTs on one worker, and windows taken one by one as views."""
+
+    serial_fft_kw: ClassVar[dict] = {"workers": 1}
+
+    def thread_parts(self, count: int, threads: int) -> int:
+        return threads if count >= 2 * threads else 1
+
+    def chunk_size(self, requested: int, whole: int) -> int:
+        return requested
+
+    @staticmethod
+    def _address(a) -> int:
+        return a.__array_interface__["data"][0]
+
+    def windows(self, corners: np.ndarray, n: int) -> Windows:
+        return NumpyWindows(self.xp, corners, n)
+
+
+class CupyArrays(Arrays):
+    """cupy: one part, the whole of it at once, windows by fancy indexing."""
+
+    def thread_parts(self, count: int, threads: int) -> int:
+        return 1
+
+    def chunk_size(self, requested: int, whole: int) -> int:
+        return whole
+
+    @staticmethod
+    def _address(a) -> int:
+        return a.data.ptr
+
+    def windows(self, corners: np.ndarray, n: int) -> Windows:
+        return CupyWindows(self.xp, corners, n)
+
+
+class Windows:
+    """The ``n`` x ``n`` windows of N frames on an object-sized grid, at whole-pixel corners.
+
+    ``y``, ``x``: the corners on the host (int64); ``dy``, ``dx``: the same on the device. Frame indices
+    come as ``idx_h`` (host) and ``idx`` (device) where the caller has both, as ``idx`` (either) otherwise.
+    """
+
+    def __init__(self, xp: ModuleType, corners: np.ndarray, n: int):
+        self.xp, self.n = xp, n
+        self.y, self.x = corners.astype(np.int64).T
+        self.dy, self.dx = xp.asarray(self.y), xp.asarray(self.x)
+
+    def move(self, host: np.ndarray, corners: np.ndarray) -> None:
+        """New corners for the frames ``host``."""
+        self.y[host], self.x[host] = corners.astype(np.int64).T
+        self.dy, self.dx = self.xp.asarray(self.y), self.xp.asarray(self.x)
+
+    def slices(self, j: int) -> tuple[slice, slice]:
+        """Frame ``j``'s window on the grid."""
+        y, x, n = self.y[j], self.x[j], self.n
+        return slice(y, y + n), slice(x, x + n)
+
+    def at_corners(self, grid):
+        """The grid's value at every frame's corner: (N,)."""
+        return grid[self.dy, self.dx]
+
+    def patches(self, grid, idx):
+        """Copies of the frames' windows: (B, n, n)."""
+        raise NotImplementedError
+
+    def scatter_add(self, target, idx, values) -> None:
+        """target[window_j] += values[j] for every frame j (overlapping windows add up)."""
+        raise NotImplementedError
+
+    def apply(self, fn, a, grid, idx_h, idx, out) -> None:
+        """out[k] = fn(a[k], window of frame k on the grid), or fn(window) if ``a`` is None; ``a`` may
+        have one frame for all."""
+        raise NotImplementedError
+
+    def dots(self, grid, a, idx_h, idx) -> np.ndarray:
+        """Per frame k, Re sum conj(window of frame k on the grid) a[k] (``a`` may have one frame for all),
+        as a host array."""
+        raise NotImplementedError
+
+    def gather(self, grid, idx_h, idx, out) -> None:
+        """out[k] = window of frame k on the grid."""
+        raise NotImplementedError
+
+
+class NumpyWindows(Windows):
+    """Window by window, as views of the grid: no copies of the windows, no index arrays."""
+
+    def patches(self, grid, idx):
+        idx = np.asarray(idx)  # whole-window copies: far faster than element-wise fancy indexing
+        windows = np.lib.stride_tricks.sliding_window_view(grid, (self.n, self.n))
+        return windows[self.y[idx], self.x[idx]]
+
+    def scatter_add(self, target, idx, values) -> None:
+        n = self.n
+        for k, j in enumerate(np.asarray(idx)):
+            target[self.y[j] : self.y[j] + n, self.x[j] : self.x[j] + n] += values[k]
+
+    def apply(self, fn, a, grid, idx_h, idx, out) -> None:
+        n, one = self.n, a is not None and len(a) == 1
+        for k, j in enumerate(idx_h):
+            y, x = self.y[j], self.x[j]
+            win = grid[y : y + n, x : x + n]
+            if a is None:
+                fn(win, out=out[k])
+            else:
+                fn(a[0 if one else k], win, out=out[k])
+
+    def dots(self, grid, a, idx_h, idx) -> np.ndarray:
+        n = self.n  # straight from the windows, as float views
+        one, w = len(a) == 1, 2 if grid.dtype.kind == "c" else 1
+        gv, av = (grid.view(np.float32), a.view(np.float32)) if w == 2 else (grid, a)
+        out = np.empty(len(idx_h))
+        for k, j in enumerate(idx_h):
+            y, x = self.y[j], self.x[j]
+            out[k] = np.einsum("ij,ij->", gv[y : y + n, w * x : w * (x + n)], av[0 if one else k])
+        return out
+
+    def gather(self, grid, idx_h, idx, out) -> None:
+        n = self.n
+        for k, j in enumerate(idx_h):
+            y, x = self.y[j], self.x[j]
+            out[k] = grid[y : y + n, x : x + n]
+
+
+class CupyWindows(Windows):
+    """All windows at once by fancy indexing (a loop over frames would launch a kernel per frame);
+    overlapping windows add up with cupyx.scatter_add."""
+
+    def __init__(self, xp: ModuleType, corners: np.ndarray, n: int):
+        super().__init__(xp, corners, n)
+        self.ar = xp.arange(n)
+
+    def _index(self, idx):
+        ar = self.ar
+        return self.dy[idx][:, None, None] + ar[None, :, None], self.dx[idx][:, None, None] + ar[None, None, :]
+
+    def patches(self, grid, idx):
+        rows, cols = self._index(idx)
+        return grid[rows, cols]
+
+    def scatter_add(self, target, idx, values) -> None:
+        import cupyx
+
+        rows, cols = self._index(idx)
+        if target.dtype.kind == "c":
+            cupyx.scatter_add(target.real, (rows, cols), values.real)
+            cupyx.scatter_add(target.imag, (rows, cols), values.imag)
+        else:
+            cupyx.scatter_add(target, (rows, cols), values)
+
+    def apply(self, fn, a, grid, idx_h, idx, out) -> None:
+        rows, cols = self._index(idx)
+        win = grid[rows, cols]
+        if a is None:
+            fn(win, out=out)
+        else:
+            fn(a, win, out=out)
+
+    def dots(self, grid, a, idx_h, idx) -> np.ndarray:
+        rows, cols = self._index(idx)
+        return asnumpy((self.xp.conj(grid[rows, cols]) * a).real.sum(axis=(-2, -1)))
+
+    def gather(self, grid, idx_h, idx, out) -> None:
+        rows, cols = self._index(idx)
+        out[...] = grid[rows, cols]

@@ -13,135 +13,66 @@ end reaches every module after all its items are done; abort drops a run's queue
 items (counted as aborted) and its late results. Shared state (a dark's statistics)
 reaches every worker that needs it, also one that registers later, before any item
 that waits for it.
+
+Like the zguide's Majordomo broker, the :class:`Handler` owns the sockets and the
+poll loop and leaves the state to its parts (:mod:`.broker`): the scheduler (module
+queues, worker records, credits, liveness), the run book (runs, the barrier before
+shared state, the end level by level, abort), shared items, shared-memory slots, the
+spill, ingest (decode, ack, nack) and control (commands, status).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
 import sys
 import time
-from collections import Counter, deque
-from dataclasses import dataclass, field
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import zmq
 
 from ..errors import ParameterError
+from .broker.control import Control
+from .broker.ingest import Ingest
+from .broker.runbook import RunBook, RunState
+from .broker.scheduler import Item, ModuleState, Scheduler, WorkerState
+from .broker.shared import SharedItems
+from .broker.slots import Slots
+from .broker.spill import Spill
 from .config import PipelineConfig, load_config, parse_counts
 from .launcher import LocalPool
 from .logs import setup_process_logging
-from .protocol import Message, ProtocolError, decode, encode, start_document
-from .shm import IN, MIN_SHM_BYTES, Placer, SlotArena
+from .protocol import Message, ProtocolError, decode, encode
 
 log = logging.getLogger(__name__)
 
 COPY_RESULTS_BELOW = 1 << 20  # results published from shared memory by copy below this size, zero-copy above
 HOUSEKEEPING_S = 0.02  # heartbeats, expiry and the local pool are looked after this often
-MAX_RUNS = 200  # runs whose state is kept; older ended runs are forgotten (their ids still refuse late frames)
-MAX_SHARED = 4  # shared results kept for workers that register later (each a dark: about 15 MB)
-
-
-@dataclass
-class WorkerState:
-    identity: bytes
-    module: str
-    pid: int
-    credits: int
-    last_seen: float
-    in_flight: set = field(default_factory=set)
-    draining: bool = False
-    processed: int = 0
-    arena: SlotArena | None = None  # shared memory with a worker on this machine
-    free_slots: list = field(default_factory=list)
-    releasing: list = field(default_factory=list)  # (slot, zmq trackers of its published results)
-    last_dispatch: float = 0.0  # ties in credits go to the worker served least recently (zguide's LRU)
-
-
-@dataclass
-class Item:
-    id: int
-    module: str
-    msg: Message | None
-    broadcast: bool = False
-    run: str = ""
-    worker: bytes | None = None
-    spill: Path | None = None
-    slot: int | None = None
-    trackers: list = field(default_factory=list)
-
-
-@dataclass
-class RunState:
-    run: str
-    start: Message | None = None
-    pending: int = 0  # balanced items not yet done, all modules
-    stopping: bool = False
-    stop_level: int = -1  # the stage of the pipeline (topological level) whose end-of-run is under way
-    stop_pending: int = 0  # stop items of that level not yet done
-    ended: bool = False
-    aborted: bool = False
-    frames: int = 0
-    expected: int | None = None  # frames the sender says the run has (from its stop message)
-    seen: set = field(default_factory=set)
-    published: set = field(default_factory=set)
-    doc: dict = field(default_factory=dict)  # the start document, read once from the start message
-    started_at: float = 0.0  # monotonic time its start arrived: waits for shared state count from here
-    duplicates: int = 0  # repeated sequence numbers dropped
-
-
-class ModuleState:
-    def __init__(self, spec, inputs: tuple[str, ...]):
-        from .stage import load_stage
-
-        self.spec, self.inputs = spec, inputs
-        cls = load_stage(spec.module)
-        self.purposes, self.waits_for = cls.purposes, cls.waits_for
-        self.queue: deque[int] = deque()
-        self.held: dict[str, list[int]] = {}  # run -> items waiting for the shared state the run needs
-        self.workers: dict[bytes, WorkerState] = {}
-        self.counts: Counter = Counter()
-        self.done_times: deque[float] = deque(maxlen=2000)
-
-    def rate(self, now: float, window: float = 5.0) -> float:
-        recent = [t for t in self.done_times if now - t <= window]
-        if len(recent) < 2:
-            return 0.0
-        return (len(recent) - 1) / max(recent[-1] - recent[0], 1e-6)
 
 
 class Handler:
     def __init__(self, cfg: PipelineConfig, *, context: zmq.Context | None = None, spawn: bool = True):
         self.cfg = cfg
         self.ctx = context or zmq.Context.instance()
-        self.modules = {spec.name: ModuleState(spec, cfg.inputs_of(spec)) for spec in cfg.modules}
-        self.levels = [[self.modules[name] for name in level] for level in cfg.levels()]
-        self.consumers: dict[str, list[ModuleState]] = {}  # result stage -> the modules fed by it
-        for mod in self.modules.values():
-            for kind in mod.inputs:
-                self.consumers.setdefault(kind, []).append(mod)
-        from .stage import load_stage
-
-        self.shared_stages = {stage for spec in cfg.modules for stage in load_stage(spec.module).shared_outputs}
-        self.shared: dict[tuple[str, str], Message] = {}  # (stage, run) -> the latest shared results, oldest first
-        self.items: dict[int, Item] = {}
-        self.runs: dict[str, RunState] = {}
+        modules = {spec.name: ModuleState(spec, cfg.inputs_of(spec)) for spec in cfg.modules}
         self.malformed: Counter = Counter()
         self.counts: Counter = Counter()
-        self._acks: dict[bytes, list] = {}
-        self._ended_ids: deque[str] = deque(maxlen=100_000)
-        self._ended_set: set[str] = set()
-        self.client_lag: dict[str, int] = {}  # what each ingest client last said it still holds
-        self._next_id = 0
-        self._started = time.monotonic()
         self._shutdown = False
-        self._last_beat = 0.0
-        self._retired: list[tuple[SlotArena, list]] = []  # arenas of gone workers, unmapped once unread
-        self.spill_dir = Path(cfg.spill_dir) if cfg.spill_dir else Path(os.environ.get("TMPDIR", "/tmp")) / f"ns-bluesky-spill-{os.getpid()}"
+        self.slots = Slots(bool(cfg.shm_slot_mb))
+        self.scheduler = Scheduler(
+            modules, send_item=self._send_item, post=self._post, slots=self.slots,
+            lost=lambda item: self.book.broadcast_done(item),  # a start or stop that died with its worker
+        )
+        self.shared = SharedItems(self.scheduler)
+        self.book = RunBook(
+            self.scheduler, self.shared, levels=[[modules[name] for name in level] for level in cfg.levels()],
+            wait_timeout_s=cfg.wait_timeout_s, publish=self._publish, counts=self.counts,
+        )
+        self.spill = Spill(Path(cfg.spill_dir) if cfg.spill_dir else Path(os.environ.get("TMPDIR", "/tmp")) / f"ns-bluesky-spill-{os.getpid()}")
         from .security import server_security
 
         self._secure = server_security(cfg, self.ctx)
@@ -153,6 +84,8 @@ class Handler:
         # beyond that PUB drops for that subscriber only, never blocking the pipeline
         self.results.setsockopt(zmq.SNDHWM, 400)
         self.pool = LocalPool(cfg, self.ports["workers"]) if spawn else None
+        self.intake = Ingest(self.ingest.send_multipart, self._accept, self.malformed, self.counts)
+        self.commands = Control(self)
 
     def _bind(self, kind: int, port: int) -> zmq.Socket:
         sock = self.ctx.socket(kind)
@@ -168,212 +101,38 @@ class Handler:
         return sock
 
     # ---------------------------------------------------------------- helpers
-    def _new_item(self, module: str, msg: Message, broadcast: bool = False) -> Item:
-        self._next_id += 1
-        item = Item(self._next_id, module, msg, broadcast, run=msg.run)
-        self.items[item.id] = item
-        return item
-
     def _send_item(self, worker: WorkerState, item: Item) -> None:
-        msg = item.msg if item.spill is None else self._unspill(item)
+        msg = item.msg if item.spill is None else self.spill.take(item)
         msg.meta["item"] = item.id
         msg.meta.pop("slot", None)
-        item.worker = worker.identity
-        worker.in_flight.add(item.id)
-        placer = None
-        if worker.free_slots and not item.broadcast and sum(a.nbytes for a in msg.arrays.values()) >= MIN_SHM_BYTES:
-            item.slot = msg.meta["slot"] = worker.free_slots.pop()
-            placer = Placer(worker.arena, item.slot, IN)
-            self.modules[item.module].counts["shared_memory"] += 1
+        placer = self.slots.place(worker, item, msg)
+        if placer is not None:
+            self.scheduler.modules[item.module].counts["shared_memory"] += 1
         self.backend.send_multipart([worker.identity, *encode(msg, placer)], copy=False)
 
-    def _reclaim_slots(self) -> None:
-        """Slots whose published results zmq has finished sending take new items again."""
-        for mod in self.modules.values():
-            for worker in mod.workers.values():
-                if worker.releasing:
-                    still = []
-                    for slot, trackers in worker.releasing:
-                        if all(t.done for t in trackers):
-                            worker.free_slots.append(slot)
-                        else:
-                            still.append((slot, trackers))
-                    worker.releasing = still
-        self._retired = [(arena, ts) for arena, ts in self._retired if not (all(t.done for t in ts) and arena.close())]
-
-    def _attach(self, worker: WorkerState, offer) -> None:
-        if not self.cfg.shm_slot_mb or not isinstance(offer, dict):
-            return
-        try:
-            worker.arena = SlotArena.attach(str(offer["name"]), int(offer["slots"]), int(offer["slot_bytes"]))
-        except Exception as exc:  # a worker on another machine, or a segment gone: TCP it is
-            log.info("worker %s pid %d: no shared memory (%s); frames go over TCP", worker.module, worker.pid, exc)
-            return
-        worker.free_slots = list(range(worker.arena.slots))
-
-    def _retire(self, worker: WorkerState) -> None:
-        """The worker is gone from our books: its segment is unmapped once zmq no longer reads it."""
-        if worker.arena is not None:
-            self._retired.append((worker.arena, [t for _, ts in worker.releasing for t in ts]))
-            worker.arena, worker.free_slots, worker.releasing = None, [], []
-
-    def _spill(self, item: Item) -> None:
-        self.spill_dir.mkdir(parents=True, exist_ok=True)
-        path = self.spill_dir / f"{item.id}.msg"
-        frames = encode(item.msg)
-        with open(path, "wb") as f:
-            f.write(len(frames).to_bytes(4, "little"))
-            for fr in frames:
-                b = bytes(fr)
-                f.write(len(b).to_bytes(8, "little"))
-                f.write(b)
-        item.spill, item.msg = path, None
-        self.modules[item.module].counts["spilled"] += 1
-
-    def _unspill(self, item: Item) -> Message:
-        with open(item.spill, "rb") as f:
-            n = int.from_bytes(f.read(4), "little")
-            frames = [f.read(int.from_bytes(f.read(8), "little")) for _ in range(n)]
-        item.spill.unlink(missing_ok=True)
-        item.msg, item.spill = decode(frames), None
-        return item.msg
+    def _post(self, identity: bytes, frames: list) -> None:
+        self.backend.send_multipart([identity, *frames])
 
     def _publish(self, msg: Message, topic: str | None = None) -> None:
         self.results.send_multipart([(topic or msg.stage or msg.kind).encode(), *encode(msg)], copy=False)
 
-    def _prune_runs(self) -> None:
-        """Forget the oldest ended runs beyond ``MAX_RUNS``: a beamtime has thousands of runs."""
-        excess = len(self.runs) - MAX_RUNS
-        if excess <= 0:
-            return
-        for run_id in [r.run for r in self.runs.values() if r.ended][:excess]:
-            del self.runs[run_id]
-            self._ended_ids.append(run_id)
-            self._ended_set.add(run_id)
-        while len(self._ended_set) > len(self._ended_ids):  # the deque dropped its oldest
-            self._ended_set = set(self._ended_ids)
-
-    def _run(self, run: str) -> RunState:
-        if run not in self.runs:
-            self.runs[run] = RunState(run)
-        return self.runs[run]
-
-    # ---------------------------------------------------------------- ingest
-    def _on_ingest(self, frames: list) -> None:
-        identity, payload = bytes(frames[0]), frames[1:]
-        try:
-            msg = decode(payload)
-            if msg.kind not in ("start", "frame", "event", "stop"):
-                raise ProtocolError("wrong-port", f"{msg.kind} does not belong on the ingest port")
-        except ProtocolError as exc:
-            self.malformed[exc.reason] += 1
-            log.warning("malformed message on ingest (%s)", exc)
-            meta = {"reason": exc.reason, "detail": exc.detail[:200]}
-            key = _best_effort_key(payload[0]) if payload else None
-            if key is not None:
-                meta["key"] = key  # so the sender can stop resending it
-            self.ingest.send_multipart([identity, *encode(Message("nack", meta=meta))])
-            return
-        self.counts["ingested"] += 1
-        self._accept(msg)
-        self._acks.setdefault(identity, []).append([msg.kind, msg.run, msg.seq])
-        if "lag" in msg.meta:
-            self.client_lag[identity.hex()] = msg.meta["lag"]
-
-    def _send_acks(self) -> None:
-        """One acknowledgement per client per poll round, listing every message it covers."""
-        for identity, keys in self._acks.items():
-            self.ingest.send_multipart([identity, *encode(Message("ack", meta={"keys": keys}))])
-        self._acks.clear()
-
+    # ---------------------------------------------------------------- ingest (decoded and acknowledged by Ingest)
     def _accept(self, msg: Message) -> None:
-        if msg.run in self._ended_set:  # ended long ago and forgotten: still refused
-            self.counts["after_end"] += 1
-            return
-        run = self._run(msg.run)
-        if msg.kind == "start":
-            if run.start is not None:  # a client resending after a silence: already known
-                self.counts["duplicate_ingest"] += 1
-                return
-            run.start, run.doc, run.started_at = msg, start_document(msg), time.monotonic()
-            self._publish(msg, topic="start")  # subscribers (the recorder, screens) learn what the run is
-            for mod in self.modules.values():
-                for worker in mod.workers.values():
-                    self._send_item(worker, self._new_item(mod.spec.name, msg, broadcast=True))
-            return
-        if msg.kind == "stop":
-            run.stopping = True
-            expected = msg.meta.get("num_frames")
-            run.expected = expected if isinstance(expected, int) and not isinstance(expected, bool) else None
-            self._check_end(run)
-            return
-        if run.ended:  # the run already ended: a late frame is refused, not half-processed
-            self.counts["after_end"] += 1
-            return
-        key = (msg.kind, msg.seq)
-        if key in run.seen:
-            self.counts["duplicate_ingest"] += 1
-            run.duplicates += 1
-            return
-        run.seen.add(key)
-        if run.aborted:
-            self.counts["aborted"] += 1
-            return
-        run.frames += 1
-        for mod in self.consumers.get(msg.kind, ()):
-            self._enqueue(mod, run, msg)
+        run = self.book.accept(msg)
+        if run is not None:
+            for mod in self.scheduler.consumers.get(msg.kind, ()):
+                self._enqueue(mod, run, msg)
 
     def _enqueue(self, mod: ModuleState, run: RunState, msg: Message) -> None:
-        if mod.purposes and run.start is not None and run.doc.get("purpose") not in mod.purposes:
-            return  # not a run this module works on (a frame worker and the dark run)
-        item = self._new_item(mod.spec.name, msg)
-        mod.counts["received"] += 1
-        run.pending += 1
-        if self._missing_shared(mod, run) and not self._wait_over(run):
-            mod.held.setdefault(run.run, []).append(item.id)
-            mod.counts["held"] += 1
-        else:
-            mod.queue.append(item.id)
-        if len(mod.queue) + sum(map(len, mod.held.values())) > self.cfg.backlog_items:
-            self._spill(item)
-
-    def _missing_shared(self, mod: ModuleState, run: RunState) -> list[str]:
-        """The shared results the run's items need in this module and that have not come ("dark abc123")."""
-        doc = run.doc
-        return [f"{stage} {doc[key]}" for stage, key in mod.waits_for.items() if doc.get(key) and (stage, doc[key]) not in self.shared]
-
-    def _wait_over(self, run: RunState) -> bool:
-        return time.monotonic() - run.started_at > self.cfg.wait_timeout_s
-
-    def _release_held(self) -> None:
-        """Items whose shared state arrived, or whose wait timed out, join their module's queue."""
-        for mod in self.modules.values():
-            for run_id in list(mod.held):
-                run = self.runs.get(run_id)
-                missing = self._missing_shared(mod, run) if run is not None else []
-                if missing and not self._wait_over(run):
-                    continue
-                if missing:
-                    mod.counts["wait_timeouts"] += 1
-                    log.warning("run %s: %s waited %.0f s for %s; going on without it",
-                                run_id[:8], mod.spec.name, self.cfg.wait_timeout_s, ", ".join(missing))
-                mod.queue.extend(mod.held.pop(run_id))
-
-    def _share(self, msg: Message) -> None:
-        """State every worker of the consuming modules needs: sent to each, kept for later ones."""
-        self.shared.pop((msg.stage, msg.run), None)
-        self.shared[(msg.stage, msg.run)] = msg
-        while len(self.shared) > MAX_SHARED:
-            del self.shared[next(iter(self.shared))]
-        for mod in self.consumers.get(msg.stage, ()):
-            for worker in mod.workers.values():
-                self._send_item(worker, self._new_item(mod.spec.name, msg, broadcast=True))
-        self._release_held()
+        item = self.book.enqueue(mod, run, msg)
+        if item is not None and mod.backlog() > self.cfg.backlog_items:
+            self.spill.put(item)
+            mod.counts["spilled"] += 1
 
     # ---------------------------------------------------------------- workers
     def _on_worker(self, frames: list) -> None:
         identity, payload = bytes(frames[0]), frames[1:]
-        worker = self._worker(identity)
+        worker = self.scheduler.worker(identity)
         try:
             msg = decode(payload, shm=worker.arena.buf if worker is not None and worker.arena is not None else None)
         except ProtocolError as exc:
@@ -393,52 +152,35 @@ class Handler:
         if isinstance(item_id, bool) or not isinstance(item_id, int):
             self.malformed["worker:bad-item"] += 1
             return
-        item = self.items.get(item_id)
+        item = self.scheduler.items.get(item_id)
         if msg.kind == "result":
             self._on_result(msg, item, payload, worker)
         if msg.kind in ("done", "error") or msg.meta.get("done"):
             self._on_done(msg, item, worker, now)
-
-    def _worker(self, identity: bytes) -> WorkerState | None:
-        for mod in self.modules.values():
-            if identity in mod.workers:
-                return mod.workers[identity]
-        return None
 
     def _register(self, identity: bytes, msg: Message, now: float) -> None:
         name, credits, pid = msg.meta.get("module"), msg.meta.get("credits"), msg.meta.get("pid", 0)
         if not isinstance(name, str) or not all(isinstance(v, int) and not isinstance(v, bool) for v in (credits, pid)) or not 0 < credits <= 64:
             self.malformed["worker:bad-ready"] += 1
             return
-        mod = self.modules.get(name)
+        mod = self.scheduler.modules.get(name)
         if mod is None:
             self.malformed["unknown-module"] += 1
             log.warning("worker for unknown module %r refused", name)
-            self.backend.send_multipart([identity, *encode(Message("control", meta={"command": "shutdown"}))])
+            self._post(identity, encode(Message("control", meta={"command": "shutdown"})))
             return
-        old = self._worker(identity)
-        if old is not None:
-            self._purge(old, "re-registered")
-        worker = WorkerState(identity, name, pid, credits, now)
-        self._attach(worker, msg.meta.get("shm"))
-        if self.pool is not None and pid in self.pool.draining:  # scaled down before it registered
-            worker.draining = True
-        mod.workers[identity] = worker
-        log.info("worker %s pid %d ready with %d credits", name, worker.pid, worker.credits)
-        for (stage, _), shared in self.shared.items():  # state first: items that need it follow
-            if stage in mod.inputs:
-                self._send_item(worker, self._new_item(name, shared, broadcast=True))
-        for run in self.runs.values():
-            if run.start is not None and not run.aborted and not run.ended:
-                self._send_item(worker, self._new_item(name, run.start, broadcast=True))
+        draining = self.pool is not None and pid in self.pool.draining  # scaled down before it registered
+        worker = self.scheduler.add(identity, name, pid, credits, now, shm=msg.meta.get("shm"), draining=draining)
+        self.shared.replay(worker, mod)  # state first: items that need it follow
+        self.book.replay(worker, mod)
 
     def _on_result(self, msg: Message, item: Item | None, frames: list, worker: WorkerState | None) -> None:
-        run = self.runs.get(msg.run)
+        run = self.book.runs.get(msg.run)
         if run is None or run.aborted or item is None:
             self.counts["late_results"] += 1
             return
         if msg.key in run.published:
-            self.modules[item.module].counts["duplicates"] += 1
+            self.scheduler.modules[item.module].counts["duplicates"] += 1
             return
         run.published.add(msg.key)
         self._route(msg, run, worker)
@@ -457,15 +199,16 @@ class Handler:
 
     def _route(self, msg: Message, run: RunState, worker: WorkerState | None) -> None:
         """Queue a result for the modules that consume its stage (counted in the run before its producer's done)."""
-        consumers = self.consumers.get(msg.stage)
+        consumers = self.scheduler.consumers.get(msg.stage)
         if not consumers:
             return
         arrays = msg.arrays
         if worker is not None and worker.arena is not None and any(worker.arena.locate(a) is not None for a in arrays.values()):
             arrays = {k: np.array(a) for k, a in arrays.items()}  # the producer's slot is reused soon
         item_msg = Message("result", run=msg.run, seq=msg.seq, stage=msg.stage, meta={k: v for k, v in msg.meta.items() if k not in ("item", "done")}, arrays=arrays)
-        if msg.stage in self.shared_stages:
-            self._share(item_msg)
+        if msg.stage in self.shared.stages:
+            self.shared.share(item_msg)
+            self.book.release_held()
             return
         for mod in consumers:
             self._enqueue(mod, run, item_msg)
@@ -473,236 +216,43 @@ class Handler:
     def _on_done(self, msg: Message, item: Item | None, worker: WorkerState | None, now: float) -> None:
         if item is None or worker is None or item.id not in worker.in_flight:
             return  # from a purged worker: the item was re-queued and finishes elsewhere
-        del self.items[item.id]
-        mod = self.modules[item.module]
-        worker.in_flight.discard(item.id)
-        if item.slot is not None:
-            worker.releasing.append((item.slot, item.trackers))
-        run = self.runs.get(item.msg.run if item.msg else msg.run)
-        if msg.kind == "error":
-            mod.counts["errors"] += 1
+        error = msg.kind == "error"
+        self.scheduler.finish(worker, item, now, error=error, aborted=bool(msg.meta.get("aborted")))
+        run = self.book.runs.get(item.msg.run if item.msg else msg.run)
+        if error:
             self._publish(
                 Message("error", run=msg.run, seq=msg.seq, stage=item.module, meta={k: msg.meta.get(k) for k in ("item", "error", "traceback")}),
                 topic="error",
             )
         if item.broadcast:
-            self._broadcast_done(item)
+            self.book.broadcast_done(item)
             return
-        worker.credits += 1
-        if msg.meta.get("aborted"):
-            mod.counts["aborted"] += 1
-        elif msg.kind != "error":
-            mod.counts["processed"] += 1
-            worker.processed += 1
-            mod.done_times.append(now)
         if run is not None:
-            run.pending -= 1
-            self._check_end(run)
-
-    def _broadcast_done(self, item: Item) -> None:
-        """A start or stop item is finished (or its worker is gone); the last stop ends the run."""
-        run = self.runs.get(item.run)
-        if run is not None and item.msg.kind == "stop" and run.stop_pending > 0:
-            run.stop_pending -= 1
-            self._check_end(run)
-
-    def _purge(self, worker: WorkerState, why: str) -> None:
-        mod = self.modules[worker.module]
-        mod.workers.pop(worker.identity, None)
-        self._retire(worker)
-        log.warning("worker %s pid %d removed (%s); re-queueing %d items", worker.module, worker.pid, why, len(worker.in_flight))
-        for item_id in sorted(worker.in_flight, reverse=True):
-            item = self.items.get(item_id)
-            if item is None:
-                continue
-            item.worker, item.slot, item.trackers = None, None, []
-            if item.broadcast:
-                del self.items[item_id]
-                self._broadcast_done(item)  # a dead worker's end-of-run share counts as done
-                continue
-            mod.queue.appendleft(item_id)
-            mod.counts["redispatched"] += 1
-        worker.in_flight.clear()
-
-    def _dispatch(self) -> None:
-        self._reclaim_slots()
-        for mod in self.modules.values():
-            while mod.queue:
-                # a local worker whose slots are all still being published waits for one rather than
-                # take the item over TCP: the copies saved are what keeps the pipeline fast
-                ready = [w for w in mod.workers.values() if w.credits > 0 and not w.draining and (w.arena is None or w.free_slots)]
-                if not ready:
-                    break
-                worker = max(ready, key=lambda w: (w.credits, -w.last_dispatch))
-                item = self.items[mod.queue.popleft()]
-                worker.credits -= 1
-                worker.last_dispatch = time.monotonic()
-                self._send_item(worker, item)
-
-    # ---------------------------------------------------------------- runs
-    def _check_end(self, run: RunState) -> None:
-        """End a run level by level: a module's end-of-run results reach the modules after it first."""
-        if run.ended or not run.stopping or run.pending > 0 or run.stop_pending > 0 or run.aborted:
-            return
-        if run.expected is not None and run.frames < run.expected:
-            return  # frames still on their way (a sender resending after a silence)
-        stop = Message("stop", run=run.run)
-        while run.stop_pending == 0 and run.pending == 0:
-            run.stop_level += 1
-            if run.stop_level >= len(self.levels):
-                self._end_of_run(run)
-                return
-            targets = [(mod, w) for mod in self.levels[run.stop_level] for w in mod.workers.values()]
-            run.stop_pending = len(targets)
-            for mod, worker in targets:
-                self._send_item(worker, self._new_item(mod.spec.name, stop, broadcast=True))
-
-    def _end_of_run(self, run: RunState) -> None:
-        run.ended, run.stop_pending = True, 0
-        meta = {"frames": run.frames, "results": len(run.published), "aborted": run.aborted, "duplicates": run.duplicates}
-        planned = run.doc.get("num_points")
-        if isinstance(planned, int) and not isinstance(planned, bool) and 0 < planned <= 10_000_000:
-            seqs = {seq for _, seq in run.seen}
-            missing = [s for s in range(1, planned + 1) if s not in seqs]  # event numbers start at 1
-            meta.update(planned=planned, missing=len(missing), missing_seqs=missing[:1000])
-        self._publish(Message("end_of_run", run=run.run, meta=meta), topic="end_of_run")
-        log.info("run %s ended: %d frames, %d results, aborted=%s", run.run, run.frames, len(run.published), run.aborted)
+            self.book.item_done(run)
 
     def abort(self, run_id: str | None = None) -> int:
         """Drop queued items of one run (or all), refuse late results, tell every worker."""
-        targets = [r for r in self.runs.values() if run_id in (None, r.run) and not r.aborted and not r.ended]
-        dropped = 0
-        for run in targets:
-            run.aborted = True
-            for mod in self.modules.values():
-                keep = deque()
-                for item_id in mod.queue:
-                    item = self.items[item_id]
-                    if item.run == run.run:
-                        if item.spill is not None:
-                            item.spill.unlink(missing_ok=True)
-                        del self.items[item_id]
-                        mod.counts["aborted"] += 1
-                        dropped += 1
-                    else:
-                        keep.append(item_id)
-                mod.queue = keep
-                for item_id in mod.held.pop(run.run, []):
-                    item = self.items.pop(item_id)
-                    if item.spill is not None:
-                        item.spill.unlink(missing_ok=True)
-                    mod.counts["aborted"] += 1
-                    dropped += 1
-                for worker in mod.workers.values():
-                    self.backend.send_multipart([worker.identity, *encode(Message("control", run=run.run, meta={"command": "abort"}))])
-            run.pending = sum(1 for it in self.items.values() if not it.broadcast and it.run == run.run)
-            self._end_of_run(run)
-        return dropped
+        dropped = self.book.abort(run_id)
+        for item in dropped:
+            self.spill.discard(item)
+        return len(dropped)
 
-    # ---------------------------------------------------------------- control
+    # ---------------------------------------------------------------- control (answered by Control)
     def _on_control(self, frames: list) -> None:
-        identity, envelope, payload = bytes(frames[0]), [bytes(f) for f in frames[1:2]], frames[2:]
-        try:
-            msg = decode(payload)
-            reply = self._command(msg.meta.get("command"), msg.meta.get("args") or {})
-        except ProtocolError as exc:
-            self.malformed[f"control:{exc.reason}"] += 1
-            reply = {"ok": False, "error": str(exc)}
-        except Exception as exc:  # a bad command must never take the handler down
-            log.exception("control command failed")
-            reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        self.control.send_multipart([identity, *envelope, *encode(Message("reply", meta={"reply": reply}))])
+        self.control.send_multipart(self.commands.answer(frames))
 
-    def _command(self, command: str, args: dict) -> dict:
-        if command == "status":
-            return {"ok": True, "status": self.status()}
-        if command == "abort":
-            t0 = time.monotonic()
-            dropped = self.abort(args.get("run"))
-            return {"ok": True, "dropped": dropped, "seconds": time.monotonic() - t0}
-        if command == "reset":
-            self.abort(None)
-            self.runs.clear()
-            for mod in self.modules.values():
-                mod.counts.clear()
-            self.malformed.clear()
-            self.counts.clear()
-            return {"ok": True}
-        if command == "scale":
-            if self.pool is None:
-                return {"ok": False, "error": "this handler does not manage its workers"}
-            counts = args.get("counts") or {}
-            for name, n in counts.items():  # all checked before any is applied
-                if name not in self.modules:
-                    return {"ok": False, "error": f"no module {name!r}"}
-                if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 256:
-                    return {"ok": False, "error": f"worker count for {name!r} must be 0..256, got {n!r}"}
-            for name, n in counts.items():
-                self.modules[name].spec.workers = n
-            return {"ok": True}
-        if command == "stop":
-            self._shutdown = True
-            return {"ok": True}
-        return {"ok": False, "error": f"unknown command {command!r}; use status, abort, reset, scale or stop"}
-
-    def status(self) -> dict:
-        now = time.monotonic()
-        modules = {}
-        for name, mod in self.modules.items():
-            in_flight = sum(len(w.in_flight) for w in mod.workers.values())
-            modules[name] = {
-                "module": mod.spec.module,
-                "workers": [
-                    {"pid": w.pid, "credits": w.credits, "in_flight": len(w.in_flight), "processed": w.processed, "last_heartbeat_s": round(now - w.last_seen, 3), "draining": w.draining}
-                    for w in mod.workers.values()
-                ],
-                "wanted_workers": mod.spec.workers,
-                "items_per_s": round(mod.rate(now), 2),
-                "queue": len(mod.queue),
-                "held": sum(map(len, mod.held.values())),
-                "in_flight": in_flight,
-                **{k: mod.counts.get(k, 0) for k in ("received", "processed", "redispatched", "duplicates", "errors", "aborted", "spilled", "shared_memory", "held", "wait_timeouts")},
-            }
-        return {
-            "pid": os.getpid(),
-            "uptime_s": round(now - self._started, 1),
-            "ports": self.ports,
-            "malformed": dict(self.malformed),
-            "client_lag": dict(self.client_lag),
-            "counts": dict(self.counts),
-            "modules": modules,
-            "runs": {
-                r.run: {"frames": r.frames, "pending": r.pending, "stopping": r.stopping, "ended": r.ended, "aborted": r.aborted}
-                for r in list(self.runs.values())[-20:]
-            },
-        }
+    def stop(self) -> None:
+        """Leave the poll loop (and close) after the current round."""
+        self._shutdown = True
 
     # ---------------------------------------------------------------- loop
     def _housekeeping(self, now: float) -> None:
-        self._prune_runs()
-        self._release_held()
-        expiry = self.cfg.heartbeat_s * self.cfg.liveness
-        for mod in self.modules.values():
-            for worker in list(mod.workers.values()):
-                if now - worker.last_seen > expiry:
-                    self._purge(worker, f"no heartbeat for {now - worker.last_seen:.1f} s")
-                elif worker.draining and not worker.in_flight:
-                    self.backend.send_multipart([worker.identity, *encode(Message("control", meta={"command": "shutdown"}))])
-                    mod.workers.pop(worker.identity)
-                    self._retire(worker)
-        if now - self._last_beat >= self.cfg.heartbeat_s:
-            beat = encode(Message("heartbeat"))
-            for mod in self.modules.values():
-                for worker in mod.workers.values():
-                    self.backend.send_multipart([worker.identity, *beat])
-            self._last_beat = now
+        self.book.prune()
+        self.book.release_held()
+        self.scheduler.check_liveness(now, self.cfg.heartbeat_s * self.cfg.liveness)
+        self.scheduler.heartbeat(now, self.cfg.heartbeat_s)
         if self.pool is not None:
-            self.pool.reconcile({name: mod.spec.workers for name, mod in self.modules.items()}, self._drain_one)
-
-    def _drain_one(self, module: str, pid: int) -> None:
-        for worker in self.modules[module].workers.values():
-            if worker.pid == pid:
-                worker.draining = True
+            self.pool.reconcile({name: mod.spec.workers for name, mod in self.scheduler.modules.items()}, self.scheduler.drain)
 
     def _guard(self, port: str, handle, sock: zmq.Socket) -> None:
         """One message, whatever it holds: a failure is counted and logged, the loop goes on."""
@@ -731,11 +281,11 @@ class Handler:
                     for _ in range(200):
                         if not self.ingest.poll(0):
                             break
-                        self._guard("ingest", self._on_ingest, self.ingest)
-                    self._send_acks()
+                        self._guard("ingest", self.intake.receive, self.ingest)
+                    self.intake.flush()
                 if self.control in events:
                     self._guard("control", self._on_control, self.control)
-                self._dispatch()
+                self.scheduler.dispatch()
                 now = time.monotonic()
                 if now - last_housekeeping >= HOUSEKEEPING_S:  # not per message: at 2000 messages/s it adds up
                     self._housekeeping(now)
@@ -745,35 +295,20 @@ class Handler:
 
     def close(self) -> None:
         bye = encode(Message("control", meta={"command": "shutdown"}))
-        for mod in self.modules.values():
-            for worker in mod.workers.values():
-                try:
-                    self.backend.send_multipart([worker.identity, *bye])
-                except zmq.ZMQError:
-                    pass
+        for worker in self.scheduler.workers():
+            try:
+                self.backend.send_multipart([worker.identity, *bye])
+            except zmq.ZMQError:
+                pass
         if self.pool is not None:
             self.pool.stop_all()
         for sock in (self.control, self.ingest, self.backend, self.results):
             sock.close(linger=0)
-        for mod in self.modules.values():
-            for worker in mod.workers.values():
-                self._retire(worker)
-        for arena, _ in self._retired:
-            arena.close()
-        if self.spill_dir.exists():
-            for f in self.spill_dir.glob("*.msg"):
-                f.unlink()
+        for worker in self.scheduler.workers():
+            self.slots.retire(worker)
+        self.slots.close()
+        self.spill.clear()
         log.info("handler stopped")
-
-
-def _best_effort_key(header_frame) -> list | None:
-    """[kind, run, seq] of a refused message, if its header parses that far."""
-    try:
-        h = json.loads(bytes(getattr(header_frame, "buffer", header_frame))[:65536])
-        key = [h["kind"], h.get("run", ""), h.get("seq", -1)]
-        return key if all(isinstance(v, t) for v, t in zip(key, (str, str, int), strict=True)) else None
-    except Exception:
-        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -793,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         handler = Handler(cfg, spawn=not args.no_local_workers)
         # SIGTERM (kill, systemd, a test's terminate) closes like 'pipeline stop': workers told, segments removed
-        signal.signal(signal.SIGTERM, lambda *_: setattr(handler, "_shutdown", True))
+        signal.signal(signal.SIGTERM, lambda *_: handler.stop())
         handler.serve()
     except (ParameterError, zmq.ZMQError) as exc:
         log.error("handler cannot start: %s", exc)

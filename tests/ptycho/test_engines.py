@@ -7,28 +7,7 @@ from ns_bluesky.errors import ParameterError
 from ns_bluesky.ptycho.engines import PtychoData, engine
 from ns_bluesky.ptycho.metrics import nrmse, register_shift, shift_image
 from ns_bluesky.sim.farfield import farfield_set
-
-
-def _data(n=32, step=6, grid=8, seed=0):
-    rng = np.random.default_rng(seed)
-    size = step * (grid - 1) + n + 2
-    yy, xx = np.mgrid[:size, :size]
-    phase = 0.6 * np.sin(xx / 5.0) * np.cos(yy / 7.0) + 0.3 * rng.random((size, size))
-    obj = (np.exp(1j * phase) * (0.8 + 0.2 * np.cos(xx / 4.0))).astype(np.complex64)
-    y, x = np.mgrid[:n, :n] - n / 2
-    probe = (np.exp(-(x**2 + y**2) / (2 * 5.0**2)) * np.exp(1j * 0.02 * (x**2 + y**2))).astype(np.complex64)
-    origins = np.array([(i * step, j * step) for i in range(grid) for j in range(grid)], float)
-    origins += rng.uniform(0, 1, origins.shape)  # sub-pixel positions, honoured
-    k = np.fft.fftfreq(n)
-    pats = []
-    for oy, ox in origins:
-        iy, ix = int(oy), int(ox)
-        ramp = np.exp(-2j * np.pi * ((oy - iy) * k[:, None] + (ox - ix) * k[None, :]))
-        p = np.fft.ifft2(np.fft.fft2(probe) * ramp)
-        pats.append(np.abs(np.fft.fftshift(np.fft.fft2(p * obj[iy : iy + n, ix : ix + n], norm="ortho"))) ** 2)
-    mask = np.zeros(obj.shape, bool)
-    mask[n // 2 : -n // 2, n // 2 : -n // 2] = True  # well-covered region
-    return PtychoData(np.stack(pats).astype(np.float32), origins), obj, probe, mask
+from tests.support.ptycho_set import small_set as _data
 
 
 @pytest.fixture(scope="module")
@@ -157,14 +136,14 @@ def test_a_probe_whose_far_field_drifted_is_moved_back_without_changing_the_fit(
     eng.obj = np.ones_like(eng.obj)
     eng.obj[: sim.obj.shape[0], : sim.obj.shape[1]] = sim.obj
     idx = np.arange(len(sim.origins))
-    before = np.abs(np.fft.fft2(eng._probes(idx) * eng._patches(eng.obj, idx)))
+    before = np.abs(np.fft.fft2(eng._probes(idx) * eng.win.patches(eng.obj, idx)))
     n = sim.probe.shape[0]
     rows, cols = np.indices((n, n))
     eng.probe = eng.probe * np.exp(2j * np.pi * (2 * rows - 1 * cols) / n).astype(np.complex64)  # far field moved (2, -1)
     eng.obj = eng.obj * np.exp(-2j * np.pi * (2 * np.arange(eng.obj.shape[0])[:, None] - np.arange(eng.obj.shape[1])) / n).astype(np.complex64)
     eng._fix_ambiguities()
     np.testing.assert_allclose(eng._far_field_centre(eng.probe), eng.data_centre, atol=0.5)
-    after = np.abs(np.fft.fft2(eng._probes(idx) * eng._patches(eng.obj, idx)))
+    after = np.abs(np.fft.fft2(eng._probes(idx) * eng.win.patches(eng.obj, idx)))
     np.testing.assert_allclose(after, before, rtol=0, atol=1e-3 * before.max())  # every exit wave's intensity kept
     assert nrmse(eng.obj[: sim.obj.shape[0], : sim.obj.shape[1]], sim.obj, sim.mask) < 1e-3  # the ramp is gone
 

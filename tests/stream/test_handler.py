@@ -325,18 +325,19 @@ def test_end_of_run_waits_for_frames_still_on_their_way(make_pipeline):
 
 def test_ended_runs_are_forgotten_beyond_a_bound_but_still_refuse_late_frames():
     from ns_bluesky.stream import handler as h
+    from ns_bluesky.stream.broker.runbook import MAX_RUNS
     from ns_bluesky.stream.config import PipelineConfig
 
     cfg = PipelineConfig(control_port=0, ingest_port=0, worker_port=0, results_port=0)
     hd = h.Handler(cfg, spawn=False)
     try:
-        for i in range(h.MAX_RUNS + 50):
+        for i in range(MAX_RUNS + 50):
             hd._accept(Message("start", run=f"r{i}"))
             hd._accept(Message("stop", run=f"r{i}"))  # no workers: ends at once
         hd._housekeeping(time.monotonic())
-        assert len(hd.runs) == h.MAX_RUNS and "r0" not in hd.runs
+        assert len(hd.book.runs) == MAX_RUNS and "r0" not in hd.book.runs
         hd._accept(Message("frame", run="r0", seq=1, arrays={"image": np.zeros((2, 2), np.uint16)}))
-        assert hd.counts["after_end"] == 1 and "r0" not in hd.runs
+        assert hd.counts["after_end"] == 1 and "r0" not in hd.book.runs
     finally:
         hd.close()
 
