@@ -17,6 +17,7 @@ import functools
 import time
 
 from event_model import compose_stream_resource
+from ophyd import Component as Cpt
 from ophyd import EpicsSignalRO
 from ophyd import FormattedComponent as FCpt
 from ophyd import Staged
@@ -70,6 +71,8 @@ class StreamHDF5FileStore(FileStoreHDF5):
 
 class FCCDHDF5Plugin(HDF5Plugin, StreamHDF5FileStore):
     lazy_wait_for_connection = False
+    #: monitored: read() checks it every frame, and a CA get per frame costs up to tens of ms (epics.md, section 1)
+    num_captured = Cpt(EpicsSignalRO, "NumCaptured_RBV", auto_monitor=True)
 
 
 class FCCDCam(AreaDetectorCam):
@@ -145,7 +148,9 @@ class EpicsFCCD(SingleTrigger, DetectorBase):
 
     def read(self) -> dict:
         """The frame must be in the file before its event goes out: the bridge and the catalog read it there."""
-        filed = self.hdf5.num_captured.get(use_monitor=False)
+        filed = self.hdf5.num_captured.get()  # posted before Acquire_RBV fell, so normally here already
+        if filed < self.hdf5.frames_announced:
+            filed = self.hdf5.num_captured.get(use_monitor=False)
         if filed < self.hdf5.frames_announced:
             message = self.hdf5.write_message.get(as_string=True, use_monitor=False)
             raise DeviceError(f"{self.name}: the IOC filed {filed} of {self.hdf5.frames_announced} frames in "

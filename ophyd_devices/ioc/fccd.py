@@ -58,7 +58,7 @@ def _prop(name: str, value, read_only: bool) -> pvproperty:
         strings = ENUMS.get(name) or ENUMS[name.removesuffix("_RBV")]
         return pvproperty(name=name, value=strings[value], dtype=ChannelType.ENUM, enum_strings=strings,
                           read_only=read_only)
-    if name.removesuffix("_RBV") in PATHS:
+    if name in PATHS or name.removesuffix("_RBV") in PATHS:
         return pvproperty(name=name, value=value, dtype=ChannelType.CHAR, max_length=512, report_as_string=False,
                           read_only=read_only)
     if isinstance(value, str):

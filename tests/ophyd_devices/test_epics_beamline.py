@@ -139,3 +139,20 @@ def test_the_epics_devices_keep_the_simulated_devices_interface(module_beamline)
             bl.fccd.validate_settings()
     finally:
         bl.fccd.acquire_period.put(0.0, wait=True)
+
+
+def test_a_frame_the_ioc_did_not_file_fails_the_read_naming_the_file(module_beamline, tmp_path):
+    fccd = module_beamline.fccd
+    fccd.acquire_time.put(EXPOSURE_S, wait=True)
+    fccd.stage()
+    try:
+        fccd.trigger().wait(10)
+        assert fccd.image_key not in fccd.read()  # frames travel as stream_datum, never in the event
+        fccd.hdf5.enable.put(0, wait=True)  # the file plugin stops taking frames: the next one is not filed
+        fccd.trigger().wait(10)
+        with pytest.raises(DeviceError, match=r"fccd: the IOC filed 1 of 2 frames in /.*\.h5"):
+            fccd.read()
+        docs = [name for name, _ in fccd.collect_asset_docs()]
+        assert docs == ["stream_resource", "stream_datum", "stream_datum"]
+    finally:
+        fccd.unstage()

@@ -158,6 +158,7 @@ def test_stock_areadetector_takes_the_simulators_frames(module_ioc, tmp_path):
         RE(bp.count([det], n), lambda name, doc: docs.append((name, doc)))
         (resource,) = [doc for name, doc in docs if name == "resource"]
         assert [name for name, _ in docs].count("datum") == n and resource["spec"] == "AD_HDF5"
+        assert det.hdf5.full_file_name.get() == str(tmp_path / resource["resource_path"])  # a long string, whole
         with h5py.File(tmp_path / resource["resource_path"], "r") as f:
             return f["/entry/data/data"][()], docs
 
