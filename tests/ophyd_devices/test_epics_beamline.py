@@ -141,6 +141,23 @@ def test_the_epics_devices_keep_the_simulated_devices_interface(module_beamline)
         bl.fccd.acquire_period.put(0.0, wait=True)
 
 
+def test_the_profile_takes_the_epics_beamline_that_the_environment_names(module_ioc, tmp_path, monkeypatch, capsys):
+    from importlib.resources import files
+
+    description = tmp_path / "beamline.yaml"
+    description.write_text(f"prefix: '{module_ioc.prefix}'\n")
+    startup = files("ns_bluesky.profiles") / "profile_nanosurveyor" / "startup" / "10-devices.py"
+    monkeypatch.setenv("NS_BLUESKY_BEAMLINE", str(description))
+    ns: dict = {"CATALOG_DIR": tmp_path / "catalog"}
+    exec(compile(startup.read_text(), str(startup), "exec"), ns)
+    assert isinstance(ns["beamline"], EpicsBeamline) and ns["stage"].y.prefix == module_ioc.pv("SS:Y")
+    assert f"EPICS, as {description} names them" in capsys.readouterr().out
+    monkeypatch.delenv("NS_BLUESKY_BEAMLINE")
+    ns = {"CATALOG_DIR": tmp_path / "catalog"}
+    exec(compile(startup.read_text(), str(startup), "exec"), ns)
+    assert not isinstance(ns["beamline"], EpicsBeamline)
+
+
 def test_a_frame_the_ioc_did_not_file_fails_the_read_naming_the_file(module_beamline, tmp_path):
     fccd = module_beamline.fccd
     fccd.acquire_time.put(EXPOSURE_S, wait=True)

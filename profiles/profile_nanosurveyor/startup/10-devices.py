@@ -1,9 +1,16 @@
-"""Devices: the simulated COSMIC-like beamline (FCCD, sample stage, shutter, zone-plate optics)."""
+"""Devices: the simulated COSMIC-like beamline (FCCD, sample stage, shutter, zone-plate optics), or the EPICS
+beamline that ``$NS_BLUESKY_BEAMLINE`` describes (a YAML/TOML beamline description; its IOCs must answer)."""
 
-from ns_bluesky.ophyd_devices import make_sim_beamline
+import os
 
 from ns_bluesky.io.catalog import detector_dir
+from ns_bluesky.io.description import DESCRIPTION_ENV
+from ns_bluesky.ophyd_devices import make_beamline
 
-beamline = make_sim_beamline(detector_dir(CATALOG_DIR), rate_hz=10)  # noqa: F821  (00-base)
+BEAMLINE_DESCRIPTION = os.environ.get(DESCRIPTION_ENV) or None
+beamline = make_beamline(BEAMLINE_DESCRIPTION, detector_dir(CATALOG_DIR), rate_hz=10)  # noqa: F821  (00-base)
 fccd, stage, shutter, optics = beamline.fccd, beamline.stage, beamline.shutter, beamline.optics
-print("[10-devices] fccd, stage (x, y), shutter, optics: the simulated beamline at 10 frames/s")
+if BEAMLINE_DESCRIPTION:
+    print(f"[10-devices] fccd, stage (x, y), shutter, optics: EPICS, as {BEAMLINE_DESCRIPTION} names them")
+else:
+    print("[10-devices] fccd, stage (x, y), shutter, optics: the simulated beamline at 10 frames/s")
