@@ -36,7 +36,8 @@ class EpicsBeamline:
 def _signals_to_connect(devices: list[Device]) -> list:
     fccd = next(d for d in devices if isinstance(d, EpicsFCCD))
     wanted = [fccd.cam.acquire, fccd.cam.acquire_time, fccd.cam.acquire_period, fccd.hdf5.capture,
-              fccd.hdf5.file_path, fccd.distance]
+              fccd.hdf5.file_path, fccd.hdf5.num_captured, fccd.hdf5.full_file_name, fccd.hdf5.write_message,
+              fccd.distance]  # all the FCCD's read() needs, connected before the first frame
     for dev in devices:
         if dev is not fccd:
             wanted += [item.item for item in dev.walk_signals(include_lazy=False)]

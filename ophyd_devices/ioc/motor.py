@@ -26,9 +26,9 @@ from caproto import AlarmSeverity, AlarmStatus
 from caproto.server import PVGroup, PvpropertyDouble, pvproperty
 
 TICK_S = 0.02  # RBV updates during a move (50 Hz)
-#: the least time DMOV stays 0 for a processed VAL: caproto replaces a monitor update still queued for a client
-#: by a newer one, so a 0 followed at once by a 1 can reach the client as a lone 1, and a client waiting for
-#: DMOV to fall and rise again (Ophyd's EpicsMotor) would wait forever
+#: the least time DMOV stays 0 for a processed VAL: with a 0 and a 1 posted back to back, Ophyd's EpicsMotor
+#: sometimes missed the fall and waited forever for its move to end (seen in the tests); a real motor record
+#: also takes at least one processing cycle
 MIN_MOVE_S = 0.01
 
 
