@@ -28,9 +28,9 @@ $(VENV)/.test: $(VENV)/.core
 demo: $(VENV)/.core
 	$(BIN)/ns-bluesky demo $(DEMO_ARGS)
 
-## the import contracts of pyproject.toml ([tool.importlinter]), checked on a staged copy of the package
+## the import contracts of pyproject.toml ([tool.importlinter])
 lint-imports: $(VENV)/.test
-	@$(BIN)/python tools/lint_imports.py
+	@$(BIN)/lint-imports
 
 ## the whole test suite, after the import contracts; pytest's "no tests collected" (exit 5) is a failure
 test: lint-imports
