@@ -132,11 +132,11 @@ class PipelineBridge:
         self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
         self.sent = 0
         self.refused = 0
-        self.skipped = 0
         self._stop = threading.Event()
         # immediate: while the handler is away, messages wait in ``unacked`` (resent when it is
         # back), not in a socket queue that would block
         self._client = IngestClient(self.cfg, window=WINDOW, immediate=True)
+        self._translate = _Translator(self._send, lambda: self.lag)  # used on the sender thread only
         self._thread = threading.Thread(target=self._run, name="pipeline-bridge", daemon=True)
         self._thread.start()
 
@@ -150,13 +150,18 @@ class PipelineBridge:
         return name, doc
 
     @property
+    def skipped(self) -> int:
+        """Events of other streams than ``primary`` (baseline, monitors): not frames, not sent."""
+        return self._translate.skipped
+
+    @property
     def lag(self) -> int:
         """Documents not yet handed to the pipeline, plus messages it has not acknowledged."""
         return self._queue.qsize() + len(self._client.unacked)
 
     # sender thread -------------------------------------------------------------
     def _run(self) -> None:
-        translate = _Translator(self._send, lambda: self.lag)
+        translate = self._translate
         started = None  # (when, key) of the last start sent, until the pipeline acknowledges it
         try:
             while not self._stop.is_set() or not self._queue.empty():
@@ -166,7 +171,6 @@ class PipelineBridge:
                     name = None
                 if name is not None:
                     translate(name, doc)
-                    self.skipped = translate.skipped
                     if name == "start":
                         started = (time.monotonic(), ("start", translate.run, -1))
                 self._client.tick()

@@ -56,8 +56,7 @@ class _Run:
     def prepared(self, dark, params: FrameParams) -> pp.Preprocessor:
         """The run's :class:`Preprocessor`, made again only when its dark changes."""
         if self.cleaner is None or self.cleaner_dark is not dark:
-            steps = params.model_dump(include=set(pp.Settings.model_fields))
-            settings = pp.Settings(**{**steps, "dark": params.dark and dark is not None})
+            settings = params.model_copy(update={"dark": params.dark and dark is not None})  # FrameParams is Settings
             self.cleaner = pp.Preprocessor(
                 self.info.geometry,
                 dark_mean=None if dark is None else dark["mean"],
