@@ -66,8 +66,10 @@ class Worker:
         liveness: int = HANDLER_LIVENESS,
         shm_slot_bytes: int = 0,
         parent_pid: int | None = None,
+        idle: bool = False,
     ):
         self.address, self.credits = address, credits
+        self.idle = idle  # the compute thread only: registration and heartbeats keep their normal share
         self.name = name or stage.name  # the pipeline's name for the stage: what the handler routes by
         self.heartbeat_s, self.liveness = heartbeat_s, liveness
         self.ctx = context or zmq.Context.instance()
@@ -90,6 +92,8 @@ class Worker:
 
     # compute thread -------------------------------------------------------
     def _compute(self) -> None:
+        if self.idle:
+            _run_when_idle()
         out = self.ctx.socket(zmq.PAIR)
         out.connect(self._pipe_addr)
         try:
@@ -276,8 +280,11 @@ class Worker:
 
 
 def _run_when_idle() -> None:
-    """SCHED_IDLE: this process gets a core only when no other process wants it. Nice 10 still
-    left the reconstruction 8 % of a rate-0 scan's frames/s on 2 cores (45 vs 49 frames/s)."""
+    """SCHED_IDLE for the calling thread (Linux schedules threads; the threads it starts inherit it): it gets a
+    core only when no other thread wants one. Nice 10 still left the reconstruction 8 % of a rate-0 scan's
+    frames/s on 2 cores (45 vs 49 frames/s). Only the compute thread: set for the whole process, the imports,
+    registration and heartbeats starved too, and on a busy host the worker never joined (the pipeline's
+    60 s readiness wait ran out with 3 busy processes on 2 cores)."""
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except (AttributeError, OSError):  # not Linux
@@ -304,8 +311,6 @@ def main(argv: list[str] | None = None) -> int:
     setup_process_logging(name, args.log_dir)
     if args.nice > 0:
         os.nice(min(args.nice, 19))  # before any thread starts: they inherit it
-    if args.idle:
-        _run_when_idle()
     cls = load_stage(args.module)
     params = cls.Params(**json.loads(args.params))
     curve = None
@@ -314,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
 
         curve = client_keys(args.curve_keys)
     Worker(cls, args.address, params=params, name=name, credits=args.credits, curve=curve, heartbeat_s=args.heartbeat_s, liveness=args.liveness, shm_slot_bytes=args.shm_slot_bytes,
-           parent_pid=os.getppid() if args.exit_with_parent else None).serve()
+           parent_pid=os.getppid() if args.exit_with_parent else None, idle=args.idle).serve()
     return 0
 
 

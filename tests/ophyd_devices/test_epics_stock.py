@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 
 import bluesky.plans as bp
@@ -122,10 +123,16 @@ def test_a_move_past_a_limit_is_refused_with_an_alarm(module_ioc, motor):
 
     unchecked = Unchecked(module_ioc.pv("SS:X"), name="unchecked")
     unchecked.wait_for_connection(timeout=10)
+    # ``motor`` sees the refusal's DMOV pulse too, on Ophyd's callback thread; a set() issued while its
+    # handler of that pulse still runs loses its done-subscription to the handler's reset (Ophyd's
+    # PositionerBase race) and waits forever. A callback added after the handler runs after it: wait for it.
+    handled = threading.Event()
+    motor.motor_done_move.subscribe(lambda value, **kw: value == 1 and handled.set(), run=False)
     status = unchecked.set(-70e-6)
     with pytest.raises(Exception):
         status.wait(5)
     assert status.done and not status.success
+    assert handled.wait(10)
     motor.set(2e-6).wait(5)  # a good move clears the violation
     time.sleep(0.1)
     rbv.get()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -155,7 +156,8 @@ def test_the_documented_pipeline_file_is_the_demos_pipeline():
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux only")
 def test_the_reconstruction_worker_runs_only_on_idle_cpu(tmp_path):
-    """At --rate 0 the frames must not lose CPU to the live reconstruction (nice 10 still cost 8 %)."""
+    """At --rate 0 the frames must not lose CPU to the live reconstruction (nice 10 still cost 8 %); its
+    compute thread alone is SCHED_IDLE, so that on a busy host the worker still joins and keeps its heartbeats."""
     import subprocess
 
     from ns_bluesky.stages.pipeline import ptycho_pipeline
@@ -165,11 +167,23 @@ def test_the_reconstruction_worker_runs_only_on_idle_cpu(tmp_path):
     pool = LocalPool(cfg, cfg.worker_port)
     assert "--idle" in pool.command("recon") and "--idle" not in pool.command("frame")
     proc = subprocess.Popen(pool.command("recon"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def policies() -> dict[int, int]:  # thread id -> scheduling policy (Python leaves every thread's name "python")
+        out = {}
+        for task in Path(f"/proc/{proc.pid}/task").iterdir():
+            try:
+                out[int(task.name)] = os.sched_getscheduler(int(task.name))
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+        return out
+
     try:
         deadline = time.monotonic() + 30
-        while os.sched_getscheduler(proc.pid) != os.SCHED_IDLE and time.monotonic() < deadline and proc.poll() is None:
+        while os.SCHED_IDLE not in policies().values() and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.1)
-        assert os.sched_getscheduler(proc.pid) == os.SCHED_IDLE
+        seen = policies()
+        assert list(seen.values()).count(os.SCHED_IDLE) == 1, seen  # the compute thread
+        assert seen[proc.pid] == os.SCHED_OTHER, seen  # the main thread: registration, heartbeats
     finally:
         proc.kill()
         proc.wait()
