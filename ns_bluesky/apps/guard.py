@@ -43,8 +43,8 @@ def _stacks_on_sigusr1(path: str) -> None:
     import faulthandler
     import signal
 
-    if hasattr(signal, "SIGUSR1"):
-        global _STACKS_FILE
+    global _STACKS_FILE
+    if hasattr(signal, "SIGUSR1") and (_STACKS_FILE is None or _STACKS_FILE.name != path):
         _STACKS_FILE = open(path, "a")  # noqa: SIM115 - held for the process's life, as faulthandler needs
         faulthandler.register(signal.SIGUSR1, file=_STACKS_FILE, all_threads=True)
 
