@@ -44,6 +44,10 @@ def _wait_workers(control: ControlClient, timeout_s: float, what: str) -> dict:
         return control.wait_ready(timeout_s)
     except PipelineUnavailable:
         status = control.status()
+        errors = status.get("launcher", {}).get("errors", {})
+        if errors:  # SLURM said why (a bad partition, jobs that fail at once): one line, not a log hunt
+            raise ParameterError(f"the workers did not join within {timeout_s:g} s: {'; '.join(f'{k}: {v}' for k, v in errors.items())} "
+                                 "(the handler keeps trying; 'ns-bluesky pipeline stop' ends it)") from None
         pending = _pending(status)
         if not pending:
             raise

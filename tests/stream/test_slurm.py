@@ -87,7 +87,7 @@ class SlurmPipeline:
         return out
 
     def status(self) -> dict:
-        return json.loads(self.cli("status", "--json").stdout)
+        return ControlClient(self.cfg).status()  # what 'pipeline status --json' prints, without a CLI start-up
 
     def jobs(self, state: str | None = None) -> list[dict]:
         return [j for j in self.status()["launcher"]["jobs"] if state is None or j["state"] == state]
@@ -208,3 +208,75 @@ def test_a_job_that_cannot_start_is_reported_pending_never_a_hang(slurm_pipeline
         time.sleep(0.1)
     assert slurm_cluster.squeue().get(pending[0]["job"]) in (None, "CANCELLED")  # scaling down cancels the queued job first
     assert len(pipe.jobs("RUNNING")) == 1
+
+
+def _outward_address() -> str | None:
+    """This machine's address on its first non-loopback interface (no packet is sent), or None."""
+    import socket
+
+    for target in ("10.255.255.254", "192.0.2.1", "198.51.100.1"):  # any routed address picks the outward interface
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.connect((target, 9))
+            ip = s.getsockname()[0]
+        except OSError:
+            continue
+        finally:
+            s.close()
+        if not ip.startswith("127."):
+            return ip
+    return None
+
+
+def test_workers_reach_a_handler_on_a_network_address_only_with_curve(slurm_pipeline, tmp_path):
+    import zmq
+
+    from ns_bluesky.stream.protocol import decode
+    from ns_bluesky.stream.security import generate, secure_client
+
+    ip = _outward_address()
+    if ip is None:
+        pytest.skip("no non-loopback IPv4 interface to bind the handler to")
+    keys = generate(tmp_path / "keys")
+    pipe = slurm_pipeline(ECHO.format(workers=1, delay=0).replace("[[modules]]", f'host = "{ip}"\ncurve_keys = "{keys}"\n[[modules]]', 1))
+    pipe.start()
+    status = pipe.status()
+    assert status["launcher"]["address"].startswith(f"tcp://{ip}:") and status["modules"]["echo"]["workers"][0]["job"]
+    script = (tmp_path / "logs" / "slurm" / "echo.sbatch").read_text()
+    assert f"--curve-keys {keys}" in script and "secret-key" not in script
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    secure_client(sub, keys)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(pipe.cfg.address(pipe.cfg.results_port, connect=True))
+    time.sleep(0.3)
+    scan = SimScan(shape=(2, 2))
+    client = IngestClient(pipe.cfg)
+    client.send(scan.start())
+    _send_scan(client, scan, range(1, 5))
+    client.send(Message("stop", run=scan.uid))
+    client.flush(30)
+    seqs, deadline = [], time.monotonic() + 30
+    while time.monotonic() < deadline and not any(m.kind == "end_of_run" for m in seqs):
+        if sub.poll(100):
+            seqs.append(decode(sub.recv_multipart()[1:]))
+    sub.close(linger=0)
+    client.close()
+    assert sorted(m.seq for m in seqs if m.kind == "result") == [1, 2, 3, 4]
+
+
+def test_a_partition_slurm_refuses_and_a_worker_that_cannot_start_fail_in_one_line(slurm_pipeline, slurm_cluster, tmp_path):
+    pipe = slurm_pipeline(ECHO.format(workers=1, delay=0))
+    out = pipe.cli("start", "--launcher", "slurm", "--partition", "nope", "--timeout", "2")
+    pipe.handler_pid = ControlClient(pipe.cfg).status()["pid"]
+    assert out.returncode == 1 and "echo: sbatch failed" in out.stderr and "invalid partition" in out.stderr.lower(), out.stderr
+    assert slurm_cluster.squeue() == {}
+    pipe.stop()
+    pipe = slurm_pipeline(ECHO.format(workers=1, delay=0), python=str(tmp_path / "no-python-here"))
+    out = pipe.cli("start", "--launcher", "slurm", "--timeout", "6")
+    pipe.handler_pid = ControlClient(pipe.cfg).status()["pid"]
+    assert out.returncode == 1 and "ended FAILED within 10 s; see" in out.stderr, out.stderr
+    time.sleep(2)
+    submitted = (tmp_path / "logs" / "handler.log").read_text().count("submitted SLURM job")
+    # about 9 s of jobs failing at once: 2, 4 s apart, not one per squeue poll (5 or more)
+    assert 2 <= submitted <= 3, submitted
+

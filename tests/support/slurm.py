@@ -44,7 +44,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 ReturnToService=2
 KillWait=5
-{users}NodeName=localhost CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN
+{overrides}{users}NodeName=localhost CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 """
 
@@ -65,7 +65,7 @@ def _tail(path: Path, n: int = 8) -> str:
 
 
 class SlurmCluster:
-    """One node ``localhost`` with ``cpus`` CPUs in partition ``debug``; :meth:`stop` leaves nothing running."""
+    """One node ``localhost`` with ``cpus`` CPUs (default: this machine's) in partition ``debug``; :meth:`stop` leaves nothing running."""
 
     def __init__(self, cpus: int | None = None):
         self.cpus = cpus or os.cpu_count() or 1
@@ -94,6 +94,8 @@ class SlurmCluster:
         user = getpass.getuser()
         self.conf.write_text(CONF.format(
             d=d, ctld_port=ctld_port, slurmd_port=slurmd_port, cpus=self.cpus, memory_mb=mem_kb // 2048,
+            # more CPUs than the machine has: slurmd takes the configured count instead of draining the node
+            overrides="SlurmdParameters=config_overrides\n" if self.cpus > (os.cpu_count() or 1) else "",
             users="" if root else f"SlurmUser={user}\nSlurmdUser={user}\n",
         ))
         for daemon in ("slurmctld", "slurmd"):
