@@ -38,10 +38,11 @@ def _pending(status: dict) -> list[dict]:
     return [j for j in status.get("launcher", {}).get("jobs", []) if j["state"] in ("PENDING", "SUBMITTED", "CONFIGURING")]
 
 
-def _wait_workers(control: ControlClient, timeout_s: float, what: str) -> dict:
-    """Until every module has its workers; with SLURM, jobs still queued at the deadline are reported, not waited for."""
+def _wait_workers(control: ControlClient, timeout_s: float, what: str) -> tuple[dict, bool]:
+    """Until every module has its workers (status, True); with SLURM, jobs still queued at the deadline are
+    reported, not waited for (status, False)."""
     try:
-        return control.wait_ready(timeout_s)
+        return control.wait_ready(timeout_s), True
     except PipelineUnavailable:
         status = control.status()
         errors = status.get("launcher", {}).get("errors", {})
@@ -50,11 +51,17 @@ def _wait_workers(control: ControlClient, timeout_s: float, what: str) -> dict:
                                  "(the handler keeps trying; 'ns-bluesky pipeline stop' ends it)") from None
         pending = _pending(status)
         if not pending:
+            launcher = status.get("launcher", {})
+            joined = {w.get("job") for m in status["modules"].values() for w in m["workers"]}
+            lost = [j["job"] for j in launcher.get("jobs", []) if j["state"] == "RUNNING" and j["job"] not in joined]
+            if lost:  # placed, but the worker never reached the handler (address, firewall, keys, Python on the node)
+                raise ParameterError(f"SLURM jobs {', '.join(lost)} run but their workers did not connect to {launcher['address']} "
+                                     f"within {timeout_s:g} s; see {launcher['output']}/*-JOBID.out and the worker logs") from None
             raise
         ids = ", ".join(f"{j['job']} ({j['reason'] or j['state']})" for j in pending)
-        print(f"{what}: {len(pending)} worker job(s) still queued: {ids}; "
+        print(f"{what}: {len(pending)} worker job(s) still queued after {timeout_s:.0f} s: {ids}; "
               "'ns-bluesky pipeline status' follows them, 'pipeline scale' or 'stop' cancels them")
-        return status
+        return status, False
 
 
 def _print_status(status: dict) -> None:
@@ -100,6 +107,7 @@ def cmd_pipeline(args) -> int:
         with open(stderr_path, "ab") as err:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
         deadline = time.monotonic() + args.timeout
+        complete = True
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 lines = stderr_path.read_text(errors="replace").strip().splitlines()
@@ -109,10 +117,11 @@ def cmd_pipeline(args) -> int:
                     status = control.status()
                 elif cfg.launcher == "slurm":  # up once it answers; then the jobs get the rest of the time
                     control.status()
-                    status = _wait_workers(control, max(deadline - time.monotonic(), 0.1), "pipeline up")
+                    status, complete = _wait_workers(control, max(deadline - time.monotonic(), 0.1), "start")
                 else:
                     status = control.wait_ready(min(2.0, max(deadline - time.monotonic(), 0.1)))
-                print(f"pipeline ready (handler pid {proc.pid}); logs in {log_dir(args.log_dir or cfg.log_dir)}")
+                word = "ready" if complete else "up, workers still queued"
+                print(f"pipeline {word} (handler pid {proc.pid}); logs in {log_dir(args.log_dir or cfg.log_dir)}")
                 _print_status(status)
                 return 0
             except PipelineUnavailable:

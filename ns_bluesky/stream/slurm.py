@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 ENDED = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "SPECIAL_EXIT", "REVOKED"}
 FAILED_WITHIN_S = 10.0  # a job ending unasked this soon after it was submitted counts towards the back-off
 MAX_BACKOFF_S = 60.0
+STARTING_POLL_S = 0.25  # squeue again this soon while a job is submitted or pending without a reason
 
 
 class SlurmError(RuntimeError):
@@ -151,6 +152,7 @@ class SlurmPool:
         now = time.monotonic()
         with self._lock:
             return {"kind": "slurm", "address": self.address, "partition": self.settings.partition, "account": self.settings.account,
+                    "output": str(self.dir),
                     "jobs": [j.info(now) for j in self.jobs.values()], "errors": dict(self.errors)}
 
     def stop_all(self, timeout_s: float = 3.0) -> None:
@@ -189,7 +191,9 @@ class SlurmPool:
                 self._tick()
             except Exception:  # the launcher thread must outlive any one bad answer
                 log.exception("SLURM launcher round failed; retrying")
-            self._wake.wait(self.settings.poll_s)
+            with self._lock:  # a job about to start is looked at again soon: its worker joins within a second
+                starting = any(j.state == "SUBMITTED" or (j.state == "PENDING" and not j.reason) for j in self.jobs.values())
+            self._wake.wait(min(STARTING_POLL_S, self.settings.poll_s) if starting else self.settings.poll_s)
             self._wake.clear()
 
     def _poll(self) -> None:
@@ -296,7 +300,10 @@ def cancel_saved_jobs(log_directory: str | None) -> list[str]:
     except (OSError, ValueError):
         return []
     ids = [str(i) for i in saved.get("jobs", []) if str(i).isdigit()]
+    env = dict(os.environ)
+    if saved.get("slurm_conf") and "SLURM_CONF" not in env:  # the cluster the handler used
+        env["SLURM_CONF"] = saved["slurm_conf"]
     if ids:
-        subprocess.run(["scancel", *ids], capture_output=True, timeout=20, stdin=subprocess.DEVNULL)
+        subprocess.run(["scancel", *ids], capture_output=True, timeout=20, stdin=subprocess.DEVNULL, env=env)
     path.write_text(json.dumps({"jobs": []}))
     return ids

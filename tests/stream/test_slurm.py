@@ -132,7 +132,10 @@ def _send_scan(client, scan: SimScan, seqs) -> None:
 def test_a_scan_processed_by_slurm_placed_workers_every_frame_once(slurm_pipeline, slurm_cluster):
     pipe = slurm_pipeline(ECHO.format(workers=2, delay=0))
     started = pipe.start()
-    assert "SLURM jobs" in started.stdout and "RUNNING" in started.stdout
+    assert "pipeline ready" in started.stdout and "SLURM jobs" in started.stdout
+    deadline = time.monotonic() + 10
+    while len(pipe.jobs("RUNNING")) < 2 and time.monotonic() < deadline:  # squeue's view follows within a poll
+        time.sleep(0.1)
     status = pipe.status()
     jobs = {j["job"] for j in status["launcher"]["jobs"] if j["state"] == "RUNNING"}
     workers = status["modules"]["echo"]["workers"]
@@ -280,3 +283,35 @@ def test_a_partition_slurm_refuses_and_a_worker_that_cannot_start_fail_in_one_li
     # about 9 s of jobs failing at once: 2, 4 s apart, not one per squeue poll (5 or more)
     assert 2 <= submitted <= 3, submitted
 
+
+
+def test_a_killed_handler_leaves_no_jobs_behind(slurm_pipeline, slurm_cluster):
+    pipe = slurm_pipeline(ECHO.format(workers=2, delay=0))
+    pipe.start()
+    jobs = {j["job"] for j in pipe.jobs("RUNNING")}
+    os.kill(pipe.handler_pid, signal.SIGKILL)
+    assert jobs <= set(slurm_cluster.squeue())  # the jobs outlive their handler...
+    stop = pipe.cli("stop")
+    assert stop.returncode == 0 and f"cancelled its SLURM jobs {', '.join(sorted(jobs))}" in stop.stdout, stop.stdout + stop.stderr
+    slurm_cluster.wait_idle()
+    assert not jobs & set(slurm_cluster.squeue())  # ...until 'pipeline stop' cancels them from the handler's jobs file
+    pipe.handler_pid = None
+
+
+def test_a_worker_whose_handler_is_gone_gives_up(tmp_path):
+    from ns_bluesky.stream.config import free_loopback_ports
+
+    (port,) = free_loopback_ports(1)
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "ns_bluesky.stream.worker", "--module", "echo", "--address", f"tcp://127.0.0.1:{port}",
+                          "--give-up-s", "1", "--log-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and time.monotonic() - t0 < 30
+    assert "giving up" in (tmp_path / "echo.log").read_text()
+
+
+def test_jobs_whose_workers_cannot_reach_the_handler_are_named(slurm_pipeline):
+    pipe = slurm_pipeline(ECHO.format(workers=1, delay=0), handler_host="127.0.0.2")  # nothing listens there
+    out = pipe.cli("start", "--launcher", "slurm", "--timeout", "5")
+    pipe.handler_pid = ControlClient(pipe.cfg).status()["pid"]
+    (job,) = pipe.jobs("RUNNING")
+    assert out.returncode == 1 and f"SLURM jobs {job['job']} run but their workers did not connect to tcp://127.0.0.2:" in out.stderr, out.stderr
