@@ -1,7 +1,7 @@
 """Workers placed by SLURM beside local ones, in the same run: time until the workers joined, a scaled-up
 worker's time to join, and frames/s of a scan of raw 1040 x 1152 FCCD frames. Prints figures; passes or fails nothing.
 
-    .venv/bin/python benchmarks/slurm_workers.py [--frames 200] [--workers 2]
+    .venv/bin/python benchmarks/slurm_workers.py [--frames 200] [--workers 2] [--repeat 3]
 
 Starts its own single-node SLURM cluster (munged, slurmctld, slurmd in a temp dir, as the tests do).
 Local workers share frames with the handler through shared memory; SLURM-placed workers, which may be on
@@ -85,11 +85,32 @@ def _measure(label: str, cfg: PipelineConfig, workdir: Path, frames: list[np.nda
     return {"joined": joined, "scaled": scaled, "rate": rate}
 
 
+def _plot(med: dict, runs: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(med)
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    for ax, key, title in zip(axes, ("rate", "joined", "scaled"), ("frames/s", "s until all joined", "s until +1 joined")):
+        ax.bar(range(len(labels)), [med[label][key] for label in labels], color=["#4c72b0", "#8c8c8c", "#dd8452"])
+        for i, label in enumerate(labels):
+            ax.plot([i] * len(runs[label]), [r[key] for r in runs[label]], "k.", ms=4)
+        ax.set_xticks(range(len(labels)), [label.replace(" (", "\n(") for label in labels], fontsize=8)
+        ax.set_title(title, fontsize=10)
+    fig.suptitle("Workers placed by SLURM beside local ones (bars: medians, dots: rounds)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    print(f"figure: {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=200)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=1, help="rounds of the three set-ups, alternating")
+    ap.add_argument("--png", help="also draw the medians (frames/s, seconds to join) into this PNG")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds of the three set-ups, in rotated order; medians compared")
     args = ap.parse_args()
     why = missing()
     if why:
@@ -107,9 +128,9 @@ def main() -> None:
     try:
         print(f"  {'workers':<34} {'all joined':>10} {'+1 joined':>10} {'frames/s':>9}")
         with tempfile.TemporaryDirectory() as d:
+            setups = [("local (shared memory)", "local", 4.0), ("local (TCP only)", "local", 0.0), ("SLURM jobs (TCP)", "slurm", 0.0)]
             for k in range(args.repeat):
-                for label, launcher, shm in (("local (shared memory)", "local", 4.0), ("local (TCP only)", "local", 0.0),
-                                             ("SLURM jobs (TCP)", "slurm", 0.0)):
+                for label, launcher, shm in setups[k % 3:] + setups[: k % 3]:  # each set-up takes each place in turn
                     work = Path(d) / f"{launcher}-{shm:g}-{k}"
                     runs.setdefault(label, []).append(_measure(label, _config(work, launcher, args.workers, shm), work, frames, args.frames))
                     cluster.wait_idle()
@@ -117,6 +138,10 @@ def main() -> None:
         cluster.stop()
     med = {label: {key: statistics.median(r[key] for r in rs) for key in ("joined", "scaled", "rate")} for label, rs in runs.items()}
     slurm, tcp = med["SLURM jobs (TCP)"], med["local (TCP only)"]
+    for label, m in med.items():
+        print(f"median {label:<27} {m['joined']:5.2f} s      {m['scaled']:5.2f} s      {m['rate']:7.1f}")
+    if args.png:
+        _plot(med, runs, args.png)
     print(f"SLURM / local TCP: frames/s {slurm['rate'] / tcp['rate']:.2f}x, all joined {slurm['joined'] - tcp['joined']:+.2f} s, "
           f"+1 worker {slurm['scaled'] - tcp['scaled']:+.2f} s")
 

@@ -37,7 +37,8 @@ class ModuleSpec(BaseModel):
 
 
 class SlurmSettings(BaseModel):
-    """Where a facility's SLURM places the workers (``launcher = "slurm"``); every field maps to one sbatch option."""
+    """How a facility's SLURM places the workers (``launcher = "slurm"``): the job's sbatch options, where the
+    workers find the handler and Python, and how patiently the handler's launcher deals with SLURM."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -171,7 +172,7 @@ def load_config(path: str | os.PathLike | None = None, workers: dict[str, int] |
 
 
 def apply_launcher_args(cfg: PipelineConfig, launcher: str | None, partition: str | None, account: str | None) -> PipelineConfig:
-    """``--launcher/--partition/--account`` over the file's values (a partition or account alone implies SLURM)."""
+    """``--launcher/--partition/--account`` over the file's values (a partition or account for local workers is refused)."""
     if launcher:
         cfg.launcher = launcher
     if partition:
