@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ...errors import ParameterError
 from ..backend import Arrays, Windows, arrays, asnumpy
+from .comm import Communicator, SerialComm
 from .data import PtychoData
 
 
@@ -105,6 +106,10 @@ class Engine:
         self.energy: np.ndarray | None = None  # (N,) sum I per frame, for the residual
         self._pattern_sum: np.ndarray | None = None  # sum of the arrived patterns
         self.data_centre: np.ndarray | None = None  # its centre of mass: where the probe's far field belongs
+        # split over ranks (:mod:`.split`): this rank's frames on a part of the object grid whose corner is at
+        # ``offset`` on the whole grid; sums over frames and the object's overlaps are reduced with ``comm``
+        self.comm: Communicator = SerialComm()
+        self.offset = np.zeros(2, np.int64)
 
     # ------------------------------------------------------------------ public
     def prepare(self, data: PtychoData, probe: np.ndarray, obj: np.ndarray | None = None) -> None:
@@ -133,6 +138,7 @@ class Engine:
         self.obj = xp.asarray(obj.astype(np.complex64))
         self.probe = xp.asarray(probe.astype(np.complex64))
         self._pattern_sum = np.maximum(patterns, 0).sum(axis=0, dtype=np.float64)
+        self._reduce(self._pattern_sum)  # every rank's frames: the probe is centred on all the data
         self.data_centre = _centre_of_mass(np.fft.ifftshift(self._pattern_sum), np)  # FFT order, like the probe's far field
         self._prepare()
 
@@ -175,11 +181,14 @@ class Engine:
         out = []
         for _ in range(n):
             active = np.flatnonzero(asnumpy(self.weights) > 0)
-            if len(active):
-                err = self._iterate(active)
+            # over the ranks: every rank iterates while any has frames (each collective needs them all)
+            count, energy = self._sum([len(active), float(self.energy[active].sum())])
+            if count:
+                err = self._sum([self._iterate(active)])[0]
                 if self.iteration >= self.params.probe_update_start:
                     self._fix_ambiguities()
-                res = err / max(float(self.energy[active].sum()), 1e-30)
+                self._share_probe()
+                res = err / max(energy, 1e-30)
             else:
                 res = float("nan")
             self.iteration += 1
@@ -216,11 +225,89 @@ class Engine:
         self.probe *= probe_ramp
         if self.modes is not None:  # the object's ramp is every mode's
             self.modes *= probe_ramp[None]
-        self.obj *= ramp(xp.arange(self.obj.shape[0], dtype=np.float64), xp.arange(self.obj.shape[1], dtype=np.float64), 1)
-        self._rephase_waves(xp.asarray(np.exp(2j * np.pi * (self.origins @ c) / n).astype(np.complex64)))
+        # on the whole grid's coordinates: a rank's part of the object takes its part of the one ramp
+        r0, c0 = (float(v) for v in self.offset)
+        self.obj *= ramp(xp.arange(self.obj.shape[0], dtype=np.float64) + r0, xp.arange(self.obj.shape[1], dtype=np.float64) + c0, 1)
+        self._rephase_waves(xp.asarray(np.exp(2j * np.pi * ((self.origins + self.offset) @ c) / n).astype(np.complex64)))
 
     def _far_field_centre(self, probe) -> np.ndarray:
         return _centre_of_mass(self.xp.abs(self._fft2(probe)) ** 2, self.xp)
+
+    # ----------------------------------------------------------- over the ranks
+    def _sum(self, values: list[float]) -> list[float]:
+        """Scalars summed over the ranks (one reduction for all of them)."""
+        if self.comm.size == 1:
+            return [float(v) for v in values]
+        buf = np.array(values, np.float64)
+        self.comm.allreduce(buf)
+        return buf.tolist()
+
+    def _max(self, value: float) -> float:
+        if self.comm.size == 1:
+            return float(value)
+        buf = np.array([value], np.float64)
+        self.comm.allreduce(buf, "max")
+        return float(buf[0])
+
+    def _reduce(self, *grids) -> None:
+        """Each array summed over the ranks, in place, in one reduction: small ones (probe-sized) as they are,
+        object-sized ones (this rank's part of the grid, ``self.obj.shape``) placed on the whole grid at ``offset``."""
+        if self.comm.size == 1:
+            return
+        whole = self.global_shape
+        host = [asnumpy(g) for g in grids]
+        parts = [h.view(np.float32) if h.dtype == np.complex64 else h.astype(np.float32, copy=False) for h in host]
+        sizes = [int(np.prod(whole)) * (p.shape[-1] // h.shape[-1]) if self._on_grid(h) else p.size
+                 for p, h in zip(parts, host, strict=True)]
+        buf = np.zeros(sum(sizes), np.float64 if any(h.dtype == np.float64 for h in host) else np.float32)
+        r0, c0 = (int(v) for v in self.offset)
+        at = 0
+        for p, h, size in zip(parts, host, sizes, strict=True):
+            view = buf[at : at + size]
+            if self._on_grid(h):
+                view = view.reshape(whole[0], -1)
+                w = p.shape[-1] // h.shape[-1]  # 2 floats a complex pixel
+                view[r0 : r0 + h.shape[0], w * c0 : w * (c0 + h.shape[1])] = p
+            else:
+                view[:] = p.ravel()
+            at += size
+        self.comm.allreduce(buf)
+        at = 0
+        for g, p, h, size in zip(grids, parts, host, sizes, strict=True):
+            view = buf[at : at + size]
+            if self._on_grid(h):
+                w = p.shape[-1] // h.shape[-1]
+                out = view.reshape(whole[0], -1)[r0 : r0 + h.shape[0], w * c0 : w * (c0 + h.shape[1])]
+            else:
+                out = view.reshape(p.shape)
+            out = out.astype(p.dtype, copy=False)
+            out = out.view(np.complex64) if h.dtype == np.complex64 else out.reshape(h.shape)
+            g[...] = self.xp.asarray(out) if self.xp is not None else out
+            at += size
+
+    @property
+    def global_shape(self) -> tuple[int, int]:
+        """The whole object grid's shape (this rank's when it is alone)."""
+        return getattr(self, "_global_shape", None) or tuple(self.obj.shape)
+
+    @global_shape.setter
+    def global_shape(self, shape: tuple[int, int]) -> None:
+        self._global_shape = tuple(int(v) for v in shape)
+
+    def _on_grid(self, a) -> bool:
+        return a.ndim == 2 and tuple(a.shape) == tuple(self.obj.shape)
+
+    def _share_probe(self) -> None:
+        """Every rank takes rank 0's probe (and modes): they are computed from the same reduced sums, but a
+        reduction need not give the last bit alike everywhere, and the ranks must not drift apart."""
+        if self.comm.size == 1:
+            return
+        for name in ("probe", "modes"):
+            a = getattr(self, name)
+            if a is not None:
+                host = np.ascontiguousarray(asnumpy(a))
+                self.comm.bcast(host)
+                setattr(self, name, self.xp.asarray(host))
 
     # ------------------------------------------------------ hooks for the engines
     def _prepare(self) -> None:
