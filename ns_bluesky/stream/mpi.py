@@ -150,7 +150,36 @@ def run_mpiexec(ranks: int, module: str, args: Sequence[str], timeout_s: float, 
     return out
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc; elsewhere none). Hydra puts its proxy and each rank in a
+    session of their own, so killing mpiexec's process group alone would leave them running."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])  # after "pid (comm) state"
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
+    """mpiexec, its proxies and its ranks, whatever session each is in."""
+    below = descendants(proc.pid) if proc.poll() is None else []
+    for pid in below:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
