@@ -122,12 +122,14 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
 def _reconstruct_rank(src: str, out: str, kwargs: dict, engine_name: str) -> int:
     """This rank's share of a split reconstruction. An error on any rank ends the whole job (MPI_Abort, one
     line naming the rank): the others would otherwise wait in their next reduction for ever."""
-    from ..stream.mpi import MPIComm
+    from ..ptycho.backend import set_fft_threads
+    from ..stream.mpi import MPIComm, cores_per_rank
     from .reconstruct import run
 
     comm = MPIComm()
+    set_fft_threads(cores_per_rank())  # the ranks on a host share its cores
     try:
-        result = run(src, out, comm=comm, **kwargs)
+        result = run(src, out, comm=comm, threads=cores_per_rank(), **kwargs)
     except BaseException as exc:  # noqa: BLE001  (every kind: a rank that leaves alone hangs the job)
         first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         print(f"ns-bluesky: error: rank {comm.rank} of {comm.size}: {first}", file=sys.stderr, flush=True)

@@ -95,6 +95,7 @@ def run(
     progress: bool = True,
     backend: str = "numpy",
     comm: Communicator | None = None,
+    threads: int = 0,
 ) -> Reconstruction:
     """Reconstruct ``path`` into ``out``; with ``comm`` of several ranks, this rank's share of it (every rank
     calls ``run`` alike)."""
@@ -103,7 +104,7 @@ def run(
     comm = comm or SerialComm()
     lead = comm.rank == 0
     data, probe, dx = prepare_data(path, size)
-    eng = engine(engine_name, backend=backend)
+    eng = engine(engine_name, backend=backend, threads=threads)
     share = prepare_split(eng, data, probe, comm)
     del data  # this rank's frames are in the engine
     label = f"{engine_name}" + (f" ({comm.size} ranks)" if comm.size > 1 else "")

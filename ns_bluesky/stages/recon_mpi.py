@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..ptycho.backend import set_fft_threads
 from ..ptycho.engines import PtychoData, engine, gather_object, prepare_split
-from ..stream.mpi import MPIComm, run_mpiexec
+from ..stream.mpi import MPIComm, cores_per_rank, run_mpiexec
 
 #: seconds an MPI job may take beyond its refinement budget (start-up of the ranks, the gather, the files)
 STARTUP_S = 60.0
@@ -59,11 +60,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--start-iteration", type=int, default=0)
     args = p.parse_args(argv)
     comm = MPIComm()
+    set_fft_threads(cores_per_rank())  # the ranks on a host share its cores
     with np.load(args.src, allow_pickle=False) as f:
         data = PtychoData(f["patterns"], f["origins"], f["weights"])
         probe, shape = f["probe"], tuple(int(v) for v in f["shape"])
     start = np.ones(shape, np.complex64)
-    eng = engine(args.engine, backend=args.backend, threads=1)  # the ranks are the parallelism
+    eng = engine(args.engine, backend=args.backend, threads=cores_per_rank())
     share = prepare_split(eng, data, probe, comm, start)
     eng.iteration = eng.data_changed_at = args.start_iteration  # iterations count on, for the error curve
     t0, last, go = time.monotonic(), 0.0, np.ones(1, np.int32)

@@ -36,6 +36,14 @@ def mpi_size_from_env() -> int:
     return 1
 
 
+def cores_per_rank() -> int:
+    """This host's cores shared by the ranks the launcher put on it (MPICH's MPI_LOCALNRANKS, Open MPI's
+    OMPI_COMM_WORLD_LOCAL_SIZE): each rank's threads and FFT workers, so that ranks do not oversubscribe."""
+    local = os.environ.get("MPI_LOCALNRANKS") or os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") or str(mpi_size_from_env())
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, int(local) if local.isdigit() else 1))
+
+
 def _mpi():
     try:
         from mpi4py import MPI
@@ -118,10 +126,12 @@ def mpiexec_path() -> str:
 
 
 def mpiexec_command(ranks: int, module: str, args: Sequence[str]) -> list[str]:
-    """``mpiexec -n RANKS python -m mpi4py -m MODULE ARGS``: a rank's uncaught exception aborts the job."""
+    """``mpiexec -n RANKS python -m mpi4py -m MODULE ARGS`` (``module`` a module's name, or a path to a .py
+    script): a rank's uncaught exception aborts the job."""
     if ranks < 1:
         raise ParameterError(f"ranks must be >= 1, got {ranks}")
-    return [mpiexec_path(), "-n", str(ranks), sys.executable, "-m", "mpi4py", "-m", module, *args]
+    target = [module] if module.endswith(".py") else ["-m", module]
+    return [mpiexec_path(), "-n", str(ranks), sys.executable, "-m", "mpi4py", *target, *args]
 
 
 class MPIJobError(RuntimeError):

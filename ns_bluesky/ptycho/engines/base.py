@@ -110,6 +110,7 @@ class Engine:
         # ``offset`` on the whole grid; sums over frames and the object's overlaps are reduced with ``comm``
         self.comm: Communicator = SerialComm()
         self.offset = np.zeros(2, np.int64)
+        self._active_total = 0  # frames in the fit over all ranks, this iteration
 
     # ------------------------------------------------------------------ public
     def prepare(self, data: PtychoData, probe: np.ndarray, obj: np.ndarray | None = None) -> None:
@@ -183,6 +184,7 @@ class Engine:
             active = np.flatnonzero(asnumpy(self.weights) > 0)
             # over the ranks: every rank iterates while any has frames (each collective needs them all)
             count, energy = self._sum([len(active), float(self.energy[active].sum())])
+            self._active_total = int(count)  # frames in the fit on every rank, for the engines' batch schedules
             if count:
                 err = self._sum([self._iterate(active)])[0]
                 if self.iteration >= self.params.probe_update_start:
@@ -242,18 +244,13 @@ class Engine:
         self.comm.allreduce(buf)
         return buf.tolist()
 
-    def _max(self, value: float) -> float:
-        if self.comm.size == 1:
-            return float(value)
-        buf = np.array([value], np.float64)
-        self.comm.allreduce(buf, "max")
-        return float(buf[0])
-
-    def _reduce(self, *grids) -> None:
+    def _reduce(self, *grids) -> list[float | None]:
         """Each array summed over the ranks, in place, in one reduction: small ones (probe-sized) as they are,
-        object-sized ones (this rank's part of the grid, ``self.obj.shape``) placed on the whole grid at ``offset``."""
+        object-sized ones (this rank's part of the grid, ``self.obj.shape``) placed on the whole grid at ``offset``.
+        Returns, for each real object-sized array, its maximum over the whole grid (None for the others): the
+        reduction brought every rank the whole sum, so the regularisations need no further collective."""
         if self.comm.size == 1:
-            return
+            return [float(g.max()) if self._on_grid(g) and g.dtype.kind == "f" else None for g in grids]
         whole = self.global_shape
         host = [asnumpy(g) for g in grids]
         parts = [h.view(np.float32) if h.dtype == np.complex64 else h.astype(np.float32, copy=False) for h in host]
@@ -272,9 +269,10 @@ class Engine:
                 view[:] = p.ravel()
             at += size
         self.comm.allreduce(buf)
-        at = 0
+        at, maxima = 0, []
         for g, p, h, size in zip(grids, parts, host, sizes, strict=True):
             view = buf[at : at + size]
+            maxima.append(float(view.max()) if self._on_grid(h) and h.dtype.kind == "f" else None)
             if self._on_grid(h):
                 w = p.shape[-1] // h.shape[-1]
                 out = view.reshape(whole[0], -1)[r0 : r0 + h.shape[0], w * c0 : w * (c0 + h.shape[1])]
@@ -282,8 +280,9 @@ class Engine:
                 out = view.reshape(p.shape)
             out = out.astype(p.dtype, copy=False)
             out = out.view(np.complex64) if h.dtype == np.complex64 else out.reshape(h.shape)
-            g[...] = self.xp.asarray(out) if self.xp is not None else out
+            g[...] = out if isinstance(g, np.ndarray) else self.xp.asarray(out)
             at += size
+        return maxima
 
     @property
     def global_shape(self) -> tuple[int, int]:

@@ -117,7 +117,7 @@ class LSQML(Engine):
                 a = self.arrays
                 self._pos_norms = gradient_norms(a.xp, a.fft, a.fft_kw, self.probe, self._grads, self.win)
                 self._pos_dots[active] = 0
-        (total,) = self._sum([len(active)])  # the batches are split over the ranks: as many on each
+        total = self._active_total  # the batches are split over the ranks: as many on each
         with self._serial_ffts():  # the probe's single FFTs
             err = 0.0
             for b in np.array_split(order, max(1, round(total / size))):
@@ -180,10 +180,10 @@ class LSQML(Engine):
         gsum = sum((o[1] for o in out), xp.zeros((k, self.n, self.n), np.complex64)) if update_probe else None
         o2 = sum((o[2] for o in out), xp.zeros((self.n, self.n), np.float32)) if update_probe else None
         # over the ranks: the batch is every rank's part of it, and the object's overlaps see all their frames
-        self._reduce(self._num, self._ill, *((gsum, o2) if update_probe else ()))
+        ill_max = self._reduce(self._num, self._ill, *((gsum, o2) if update_probe else ()))[1]
         # object direction: sum_j P_j* chi_j over the illumination sum_j |P_j|^2 (floored); _ill becomes its inverse
         xp.conjugate(self._num, out=self._num)
-        self._ill += p.object_reg * self._max(float(self._ill.max()))
+        self._ill += p.object_reg * ill_max
         xp.reciprocal(self._ill, out=self._ill)
         self._num *= self._ill
         d_probe = None
@@ -196,16 +196,16 @@ class LSQML(Engine):
         else:
             products = [xp.zeros(0, np.float32)] * (5 if d_probe is not None else 2)
         alpha_o, alpha_p = self._steps(*products)
+        steps = np.array([float(alpha_p.sum()), len(alpha_p)] if update_probe else [0.0, 0.0], np.float32)
         if self.comm.size == 1:
             self._map(lambda s: self._apply(batch, s, alpha_o, self.obj), slots)
-        else:  # the update of every rank's frames, on this rank's part of the grid
+        else:  # the update of every rank's frames, on this rank's part of the grid (and the probe steps' sum)
             self._num.fill(0)
             self._map(lambda s: self._apply(batch, s, alpha_o, self._num), slots)
-            self._reduce(self._num)
+            self._reduce(self._num, steps)
             self.obj += self._num
         if update_probe:
-            total, count = self._sum([float(alpha_p.sum()), len(alpha_p)])
-            step = total / max(count, 1)
+            step = float(steps[0]) / max(float(steps[1]), 1)
             self.probe += step * d_probe[0]
             if self.modes is not None:
                 self.modes += step * d_probe[1:]

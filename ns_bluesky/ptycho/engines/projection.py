@@ -85,8 +85,8 @@ class _Projection(Engine):
             parts = self._chunks(active, object_terms)
             num = sum((a for a, _ in parts), xp.zeros_like(self.obj))
             illum = sum((b for _, b in parts), xp.zeros(self.obj.shape, np.float32))
-            self._reduce(num, illum)
-            mu = p.reg * self._max(float(illum.max()))  # Tikhonov towards the current estimate: no drift where coverage is thin
+            illum_max = self._reduce(num, illum)[1]
+            mu = p.reg * illum_max  # Tikhonov towards the current estimate: no drift where coverage is thin
             self.obj = (num + mu * self.obj) / (illum + mu)
             if not update_probe:
                 break
