@@ -105,6 +105,12 @@ class MPIComm:
             out.append(part)
         return out
 
+    def exchange(self, sends: dict[int, np.ndarray], recvs: dict[int, np.ndarray]) -> None:
+        """Non-blocking receives and sends with every neighbour at once, then wait for all."""
+        requests = [self.comm.Irecv(buf, source=r, tag=11) for r, buf in recvs.items()]
+        requests += [self.comm.Isend(buf, dest=r, tag=11) for r, buf in sends.items()]
+        self._timed(self._mpi.Request.Waitall, requests)
+
     def barrier(self) -> None:
         self._timed(self.comm.Barrier)
 

@@ -71,6 +71,12 @@ def _centre_of_mass(power, xp) -> np.ndarray:
     return np.array([float((power.sum(axis=1) * k).sum()), float((power.sum(axis=0) * k).sum())]) / max(total, 1e-30)
 
 
+def _floats(a: np.ndarray) -> np.ndarray:
+    """A flat float view (or copy) of ``a``: complex64 as pairs of float32."""
+    a = np.ascontiguousarray(a)
+    return a.view(np.float32).ravel() if a.dtype == np.complex64 else a.ravel()
+
+
 class Engine:
     """Public methods do the bookkeeping; subclasses implement ``_iterate`` (one pass over the frames) and,
     for state of their own, ``_prepare`` (declared as None in their ``__init__``)."""
@@ -111,6 +117,7 @@ class Engine:
         self.comm: Communicator = SerialComm()
         self.offset = np.zeros(2, np.int64)
         self._active_total = 0  # frames in the fit over all ranks, this iteration
+        self.neighbours: dict[int, tuple[slice, slice]] = {}  # rank -> where its part overlaps this rank's, local
 
     # ------------------------------------------------------------------ public
     def prepare(self, data: PtychoData, probe: np.ndarray, obj: np.ndarray | None = None) -> None:
@@ -244,44 +251,51 @@ class Engine:
         self.comm.allreduce(buf)
         return buf.tolist()
 
-    def _reduce(self, *grids) -> list[float | None]:
-        """Each array summed over the ranks, in place, in one reduction: small ones (probe-sized) as they are,
-        object-sized ones (this rank's part of the grid, ``self.obj.shape``) placed on the whole grid at ``offset``.
-        Returns, for each real object-sized array, its maximum over the whole grid (None for the others): the
-        reduction brought every rank the whole sum, so the regularisations need no further collective."""
+    def _reduce(self, *arrays) -> list[float | None]:
+        """Each array summed over the ranks, in place. Object-sized ones (this rank's part of the grid,
+        ``self.obj.shape``) are summed where the parts overlap only, with each neighbouring rank (SHARP's way:
+        a pixel outside every other rank's part has no other rank's frames); small ones (probe-sized, counts)
+        in one allreduce. Returns, for each real object-sized array, its maximum over the whole grid (None for
+        the others), carried by that same allreduce."""
+        on_grid = [self._on_grid(a) for a in arrays]
+        real = [g and a.dtype.kind == "f" for g, a in zip(on_grid, arrays, strict=True)]
         if self.comm.size == 1:
-            return [float(g.max()) if self._on_grid(g) and g.dtype.kind == "f" else None for g in grids]
-        whole = self.global_shape
-        host = [asnumpy(g) for g in grids]
-        parts = [h.view(np.float32) if h.dtype == np.complex64 else h.astype(np.float32, copy=False) for h in host]
-        sizes = [int(np.prod(whole)) * (p.shape[-1] // h.shape[-1]) if self._on_grid(h) else p.size
-                 for p, h in zip(parts, host, strict=True)]
-        buf = np.zeros(sum(sizes), np.float64 if any(h.dtype == np.float64 for h in host) else np.float32)
-        r0, c0 = (int(v) for v in self.offset)
-        at = 0
-        for p, h, size in zip(parts, host, sizes, strict=True):
-            view = buf[at : at + size]
-            if self._on_grid(h):
-                view = view.reshape(whole[0], -1)
-                w = p.shape[-1] // h.shape[-1]  # 2 floats a complex pixel
-                view[r0 : r0 + h.shape[0], w * c0 : w * (c0 + h.shape[1])] = p
-            else:
-                view[:] = p.ravel()
-            at += size
-        self.comm.allreduce(buf)
-        at, maxima = 0, []
-        for g, p, h, size in zip(grids, parts, host, sizes, strict=True):
-            view = buf[at : at + size]
-            maxima.append(float(view.max()) if self._on_grid(h) and h.dtype.kind == "f" else None)
-            if self._on_grid(h):
-                w = p.shape[-1] // h.shape[-1]
-                out = view.reshape(whole[0], -1)[r0 : r0 + h.shape[0], w * c0 : w * (c0 + h.shape[1])]
-            else:
-                out = view.reshape(p.shape)
-            out = out.astype(p.dtype, copy=False)
-            out = out.view(np.complex64) if h.dtype == np.complex64 else out.reshape(h.shape)
-            g[...] = out if isinstance(g, np.ndarray) else self.xp.asarray(out)
-            at += size
+            return [float(a.max()) if r else None for a, r in zip(arrays, real, strict=True)]
+        host = [asnumpy(a) for a in arrays]
+        grids = [h for h, g in zip(host, on_grid, strict=True) if g]
+        if grids and self.neighbours:
+            # pack before adding anything: every neighbour gets this rank's own sums
+            sends = {r: np.concatenate([_floats(g[box]) for g in grids]) for r, box in self.neighbours.items()}
+            recvs = {r: np.empty_like(buf) for r, buf in sends.items()}
+            self.comm.exchange(sends, recvs)
+            for r, box in self.neighbours.items():
+                at = 0
+                for g in grids:
+                    part = g[box]
+                    size = part.size * (2 if part.dtype.kind == "c" else 1)
+                    got = recvs[r][at : at + size]
+                    g[box] += got.view(np.complex64).reshape(part.shape) if part.dtype.kind == "c" else got.reshape(part.shape)
+                    at += size
+        smalls = [h for h, g in zip(host, on_grid, strict=True) if not g]
+        slots = np.zeros((sum(real), self.comm.size))  # each rank's maximum in its own slot: summed, then the max
+        slots[:, self.comm.rank] = [float(h.max()) for h, r in zip(host, real, strict=True) if r]
+        wide = any(h.dtype == np.float64 for h in smalls) or bool(len(slots))
+        buf = np.concatenate([_floats(h).astype(np.float64 if wide else np.float32) for h in smalls]
+                             + [slots.ravel().astype(np.float64 if wide else np.float32)])
+        if len(buf):
+            self.comm.allreduce(buf)
+        at, k, maxima = 0, 0, []
+        tops = buf[len(buf) - slots.size :].reshape(slots.shape).max(axis=1) if slots.size else []
+        for a, h, g, r in zip(arrays, host, on_grid, real, strict=True):
+            maxima.append(float(tops[k]) if r else None)
+            k += int(r)
+            if not g:
+                size = h.size * (2 if h.dtype.kind == "c" else 1)
+                out = buf[at : at + size].astype(np.float32 if h.dtype == np.complex64 else h.dtype)
+                h[...] = out.view(np.complex64).reshape(h.shape) if h.dtype == np.complex64 else out.reshape(h.shape)
+                at += size
+            if not isinstance(a, np.ndarray):  # a device array: the sums go back onto the device
+                a[...] = self.xp.asarray(h)
         return maxima
 
     @property

@@ -3,7 +3,7 @@ never import mpi4py. :class:`SerialComm` is the one rank of a plain run; an MPI 
 (:mod:`ns_bluesky.stream.mpi`) fills the same :class:`Communicator` protocol over mpi4py.
 
 Only arrays travel (buffers, never pickles): reductions in place on host arrays, a broadcast from the
-root and a gather of arrays of any shape to the root.
+root, a gather of arrays of any shape to the root and exchanges with neighbouring ranks.
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ class Communicator(Protocol):
     def gather(self, a: np.ndarray, root: int = 0) -> list[np.ndarray] | None:
         """Every rank's array (any shape, one dtype) at the root, in rank order; None elsewhere."""
 
+    def exchange(self, sends: dict[int, np.ndarray], recvs: dict[int, np.ndarray]) -> None:
+        """Point to point with some ranks at once: ``sends[r]`` goes to rank r and ``recvs[r]`` is filled from
+        it (both sides name each other; no order to keep, no deadlock)."""
+
     def abort(self, code: int = 1) -> None:
         """End every rank now (after an error on one: the others would wait in a collective for ever)."""
 
@@ -49,6 +53,10 @@ class SerialComm:
 
     def gather(self, a: np.ndarray, root: int = 0) -> list[np.ndarray] | None:
         return [a]
+
+    def exchange(self, sends: dict[int, np.ndarray], recvs: dict[int, np.ndarray]) -> None:
+        if sends or recvs:
+            raise ValueError("one rank has no one to exchange with")
 
     def abort(self, code: int = 1) -> None:
         raise SystemExit(code)

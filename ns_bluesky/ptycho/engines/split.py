@@ -6,11 +6,12 @@ touch (their windows' bounding box and a margin of :data:`MARGIN_PX` for positio
 engine itself is unchanged: it iterates on its rank's frames and part of the grid, and its reductions
 (:meth:`.base.Engine._reduce`) sum the object- and probe-sized numerators and illuminations of every rank
 each mini-batch (LSQ-ML) or overlap projection (DM, RAAR) through a :class:`.comm.Communicator`, each
-rank placing its part on the whole grid for the sum. Positions are refined locally (only the common shift
+each rank adding its neighbours' sums where their parts overlap. Positions are refined locally (only the common shift
 is reduced). Rank 0 gathers the parts at the end (:func:`gather_object`).
 
-The reduction travels the whole grid (an allreduce, as SHARP's), whatever part a rank holds: simple and
-as fast as neighbour exchanges at the sizes measured here (benchmarks/mpi.py).
+Object-sized sums travel only where two parts overlap, between those two ranks (non-blocking sends and
+receives, :meth:`.comm.Communicator.exchange`): the volume grows with the boundaries between regions, not
+with the object. Probe-sized sums, counts and the illumination's maximum go in one small allreduce.
 """
 
 from __future__ import annotations
@@ -68,16 +69,35 @@ def prepare_split(eng: Engine, data: PtychoData, probe: np.ndarray, comm: Commun
     if comm.size == 1:
         eng.prepare(data, probe, obj)
         return Share(np.arange(len(origins)), np.zeros(2, np.int64), tuple(eng.obj.shape), tuple(eng.obj.shape))
-    frames = partition(origins, comm.size)[comm.rank]
+    parts = partition(origins, comm.size)  # every rank computes every part: each knows its neighbours' regions
+    regions = [_region(origins[p], n, whole) for p in parts]
+    frames, (lo, hi) = parts[comm.rank], regions[comm.rank]
     mine = origins[frames]
-    lo = np.maximum(np.floor(mine.min(axis=0)).astype(np.int64) - MARGIN_PX, 0)
-    hi = np.minimum(np.ceil(mine.max(axis=0)).astype(np.int64) + n + 1 + MARGIN_PX, np.array(whole))
     start = obj if obj is not None else np.ones(whole, np.complex64)
     eng.comm, eng.offset, eng.global_shape = comm, lo, whole
+    eng.neighbours = neighbours(regions, comm.rank)
     weights = None if data.weights is None else np.asarray(data.weights)[frames]
     local = PtychoData(np.asarray(data.patterns)[frames], mine - lo, weights)
     eng.prepare(local, probe, np.array(start[lo[0] : hi[0], lo[1] : hi[1]]))
     return Share(frames, lo, (int(hi[0] - lo[0]), int(hi[1] - lo[1])), tuple(whole))
+
+
+def _region(origins: np.ndarray, n: int, whole) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) corners on the whole grid of the part that frames at ``origins`` touch, with the margin."""
+    lo = np.maximum(np.floor(origins.min(axis=0)).astype(np.int64) - MARGIN_PX, 0)
+    hi = np.minimum(np.ceil(origins.max(axis=0)).astype(np.int64) + n + 1 + MARGIN_PX, np.array(whole))
+    return lo, hi
+
+
+def neighbours(regions: list[tuple[np.ndarray, np.ndarray]], rank: int) -> dict[int, tuple[slice, slice]]:
+    """For each other rank whose part overlaps ``rank``'s, the overlap as slices of ``rank``'s part."""
+    lo, hi = regions[rank]
+    out = {}
+    for r, (lo_r, hi_r) in enumerate(regions):
+        a, b = np.maximum(lo, lo_r), np.minimum(hi, hi_r)
+        if r != rank and (b > a).all():
+            out[r] = (slice(int(a[0] - lo[0]), int(b[0] - lo[0])), slice(int(a[1] - lo[1]), int(b[1] - lo[1])))
+    return out
 
 
 def gather_object(eng: Engine, share: Share, comm: Communicator, start: np.ndarray | None = None) -> np.ndarray | None:
