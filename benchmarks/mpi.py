@@ -1,7 +1,7 @@
 """Reconstruction over MPI ranks: s/iteration, NRMSE against wall time and the communication share of an
 iteration, for 1 and 2 ranks on the same simulated set, side by side in one run.
 
-    .venv/bin/python benchmarks/mpi.py [--seconds 20] [--grid 16] [--engine lsqml] [--rounds 2] [--out DIR]
+    .venv/bin/python benchmarks/mpi.py [--seconds 20] [--grid 24] [--engine lsqml] [--rounds 2] [--out DIR]
 
 Set: benchmarks/engines.py's simulated one (jittered raster at 70 % overlap, 128² frames, 10⁶ photons with
 Poisson noise, a flat start object and a zone-plate probe 20 % off in defocus), ``--grid`` x ``--grid``
@@ -9,8 +9,9 @@ positions. Each configuration runs as its own ``mpiexec -n R`` job (the MPICH wh
 FFT worker a rank, so 2 ranks use 2 cores against 1 rank's one; "1 rank, 2 threads" is the same two cores
 used by threads in one process, for reference. Time axis: the engine's iterations only (the gathers for
 the NRMSE are off the clock). Communication: the seconds rank 0 spends in collectives (its waits for the
-other rank included) over its iteration time; and a pure transfer figure, an Allreduce of the whole
-object grid timed after a barrier.
+other rank included) over its iteration time; and pure transfer figures timed after a barrier: one
+object-sized reduction (3 floats a pixel where rank 0's part overlaps its neighbours') and one allreduce of
+two probe modes' sums.
 
 Prints figures, writes JSON and a PNG (paths printed); passes or fails nothing. The rank side of the
 benchmark is this same file with ``--rank`` (run by mpiexec).
@@ -68,18 +69,25 @@ def rank_main(args) -> None:
         comm_s.append(comm.seconds - c0)
         wall += its[-1]
     score()
-    # pure transfer: the whole grid (complex numerator + illumination, as one LSQ-ML reduction), after a barrier
-    grid = np.zeros(3 * int(np.prod(share.whole_shape)), np.float32)
-    transfer = []
+    # pure transfer, after a barrier: one object-sized reduction (complex numerator + illumination, 3 floats a
+    # pixel, over the overlaps with the neighbours) and one small allreduce (two probe modes' sums, 128²)
+    halo = {r: np.zeros(3 * int(np.prod([b.stop - b.start for b in box])), np.float32) for r, box in eng.neighbours.items()}
+    small = np.zeros(3 * 128 * 128 * 2, np.float32)
+    transfer, reduce_small = [], []
     for _ in range(20):
         comm.barrier()
         t0 = time.perf_counter()
-        comm.allreduce(grid)
+        comm.exchange(halo, {r: np.empty_like(b) for r, b in halo.items()})
         transfer.append(time.perf_counter() - t0)
+        comm.barrier()
+        t0 = time.perf_counter()
+        comm.allreduce(small)
+        reduce_small.append(time.perf_counter() - t0)
     if comm.rank == 0:
         out = {"ranks": comm.size, "threads": args.threads, "frames_rank0": len(share.frames),
                "grid": list(share.whole_shape), "rank0_grid": list(share.shape), "iteration_s": its,
-               "comm_s": comm_s, "points": points, "grid_allreduce_s": float(np.median(transfer)),
+               "comm_s": comm_s, "points": points, "halo_exchange_s": float(np.median(transfer)),
+               "halo_bytes": int(sum(b.nbytes for b in halo.values())), "small_allreduce_s": float(np.median(reduce_small)),
                "collectives_per_iteration": comm.calls / max(len(its), 1)}
         Path(args.out).write_text(json.dumps(out))
 
@@ -121,7 +129,8 @@ def summarise(r: dict) -> dict:
     return {"label": f"{r['ranks']} rank{'s' if r['ranks'] > 1 else ''} x {r['threads']} thread{'s' if r['threads'] > 1 else ''}",
             "s_per_iteration": s_it, "iterations": len(its), "comm_share": share,
             "comm_s_per_iteration": float(np.median(comm)), "nrmse_at_5s": at(5), "nrmse_at_10s": at(10),
-            "nrmse_end": pts[-1][2] if pts else float("nan"), "grid_allreduce_ms": 1e3 * r["grid_allreduce_s"],
+            "nrmse_end": pts[-1][2] if pts else float("nan"), "halo_ms": 1e3 * r["halo_exchange_s"],
+            "halo_bytes": r["halo_bytes"], "small_allreduce_ms": 1e3 * r["small_allreduce_s"],
             "collectives_per_iteration": r["collectives_per_iteration"], "rank0_grid": r["rank0_grid"], "grid": r["grid"],
             "frames_rank0": r["frames_rank0"]}
 
@@ -159,7 +168,7 @@ def main() -> None:
     ap.add_argument("--out", help="directory for the JSON and PNG (default: a temporary one)")
     ap.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--seconds", type=float, default=20.0, help="iteration time per configuration (default 20)")
-    ap.add_argument("--grid", type=int, default=16, help="scan positions per side (default 16: 256 frames)")
+    ap.add_argument("--grid", type=int, default=24, help="scan positions per side (default 24: 576 frames)")
     ap.add_argument("--engine", default="lsqml")
     ap.add_argument("--every", type=float, default=2.0, help="seconds of iterations between NRMSE points")
     ap.add_argument("--rounds", type=int, default=2, help="times each configuration runs, alternating (default 2)")
@@ -180,11 +189,12 @@ def main() -> None:
             results.append(run_config(ranks, threads, set_path, out / f"r{ranks}t{threads}-{round_}.json", args))
     summaries = [summarise(r) for r in results]
     print(f"\n{'configuration':<22}{'s/it':>8}{'its':>6}{'comm share':>12}{'comm s/it':>11}{'NRMSE@5s':>10}"
-          f"{'NRMSE@10s':>11}{'NRMSE end':>11}{'grid allreduce':>16}{'colls/it':>10}")
+          f"{'NRMSE@10s':>11}{'NRMSE end':>11}{'halo MB / ms':>15}{'allreduce ms':>13}{'colls/it':>10}")
     for s in summaries:
         print(f"{s['label']:<22}{s['s_per_iteration']:8.3f}{s['iterations']:6d}{100 * s['comm_share']:11.1f}%"
               f"{s['comm_s_per_iteration']:11.4f}{s['nrmse_at_5s']:10.4f}{s['nrmse_at_10s']:11.4f}{s['nrmse_end']:11.4f}"
-              f"{s['grid_allreduce_ms']:13.2f} ms{s['collectives_per_iteration']:10.0f}")
+              f"{s['halo_bytes'] / 1e6:8.2f} /{s['halo_ms']:5.2f}{s['small_allreduce_ms']:13.2f}"
+              f"{s['collectives_per_iteration']:10.0f}")
     ratios = [summaries[i]["s_per_iteration"] / summaries[i + 1]["s_per_iteration"] for i in range(0, len(summaries), len(CONFIGS))]
     one, two = summaries[0], summaries[1]
     print(f"\nspeed-up 2 ranks / 1 rank (1 thread each), each round: {', '.join(f'{r:.2f}x' for r in ratios)}; "
