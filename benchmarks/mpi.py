@@ -141,19 +141,21 @@ def plot(results: list[dict], summaries: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
-    for r, s in zip(results, summaries, strict=True):
+    fig, ax = plt.subplots(1, 2, figsize=(13, 5), constrained_layout=True)
+    names = [f"{s['label']}, round {s.get('round', 1)}" for s in summaries]
+    for r, name in zip(results, names, strict=True):
         pts = np.array(r["points"])
-        ax[0].semilogy(pts[:, 1], pts[:, 2], marker="o", ms=3, label=s["label"])
+        ax[0].semilogy(pts[:, 1], pts[:, 2], marker="o", ms=3, label=name)
     ax[0].set_xlabel("wall time of the iterations (s)")
     ax[0].set_ylabel("NRMSE")
     ax[0].set_title("NRMSE against wall time")
-    ax[0].legend()
-    labels = [s["label"] for s in summaries]
+    ax[0].legend(fontsize=7)
+    labels = [n.replace(" x ", "\n").replace(", ", "\n") for n in names]
     total = [s["s_per_iteration"] for s in summaries]
     comm = [s["comm_s_per_iteration"] for s in summaries]
-    ax[1].bar(labels, total, color="tab:blue", label="iteration")
-    ax[1].bar(labels, comm, color="tab:orange", label="in collectives (rank 0)")
+    ax[1].bar(range(len(labels)), total, color="tab:blue", label="iteration")
+    ax[1].bar(range(len(labels)), comm, color="tab:orange", label="in collectives (rank 0)")
+    ax[1].set_xticks(range(len(labels)), labels, fontsize=7)
     ax[1].set_ylabel("s / iteration (median)")
     ax[1].set_title("s/iteration and its communication share")
     ax[1].legend()
@@ -188,6 +190,8 @@ def main() -> None:
             print(f"  round {round_ + 1}: mpiexec -n {ranks}, {threads} thread(s) a rank ...", flush=True)
             results.append(run_config(ranks, threads, set_path, out / f"r{ranks}t{threads}-{round_}.json", args))
     summaries = [summarise(r) for r in results]
+    for i, s in enumerate(summaries):
+        s["round"] = i // len(CONFIGS) + 1
     print(f"\n{'configuration':<22}{'s/it':>8}{'its':>6}{'comm share':>12}{'comm s/it':>11}{'NRMSE@5s':>10}"
           f"{'NRMSE@10s':>11}{'NRMSE end':>11}{'halo MB / ms':>15}{'allreduce ms':>13}{'colls/it':>10}")
     for s in summaries:
