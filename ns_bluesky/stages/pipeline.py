@@ -33,7 +33,7 @@ def ptycho_pipeline(
         {"name": "frame", "module": "frame", "workers": frame_workers, "params": {"crop": crop, "out_size": out_size, "fft_threads": 1}},
         {"name": "image", "module": "image", "workers": 1},
         # the reconstruction iterates on whatever CPU the frames leave: cleaning them comes first
-        {"name": "recon", "module": "recon", "workers": 1, "credits": 8, "nice": 10, "idle": True, "params": {"engine": engine, "backend": backend, "refine_seconds": refine_s, "ranks": ranks}},
+        {"name": "recon", "module": "recon", "workers": 1, "credits": 8, "nice": 10, "idle": True, "params": {"engine": engine, "backend": backend, "refine_seconds": refine_s, **({"ranks": ranks} if ranks > 1 else {})}},
         {"name": "cxiwrite", "module": "cxiwrite", "workers": 1, "credits": 8, "params": {"out_dir": str(out_dir), "raw": raw_cxi}},
     ]
     if free_ports:

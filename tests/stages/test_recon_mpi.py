@@ -51,7 +51,8 @@ module = "frame"
 name = "recon"
 module = "recon"
 credits = 8
-params = { min_frames = 4, final_seconds = 1.0, publish_every_s = 0.2, refine_seconds = 2.0, ranks = 2 }
+# the refinement ends after 20 x final_iterations = 20 iterations (or 30 s): as many on a busy machine
+params = { min_frames = 4, final_seconds = 1.0, final_iterations = 1, publish_every_s = 0.2, refine_seconds = 30.0, ranks = 2 }
 """
 
 
