@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import ParameterError
 from ..instrument.scan import ScanPattern
-from ..io.catalog import data_dir, default_catalog_dir, last_scan_id, make_tiled_writer, open_catalog, writer_batch
+from ..io.catalog import data_dir, default_catalog, last_scan_id, make_tiled_writer, open_catalog, writer_batch
 from ..sim.scoring import score_recon
 from ..sim.settings import SampleModel, SimConfig
 
@@ -181,7 +181,7 @@ def run_demo(
         image = read_grayscale(sample_image)
         sample = SampleModel(image=str(Path(sample_image).resolve()), name=sample_name or Path(sample_image).stem)
     cfg = SimConfig(seed=seed, exposure_s=exposure_s, sample=sample, scan=ScanPattern(kind=pattern, shape=scan, overlap=0.7))
-    target = default_catalog_dir() if catalog is None else catalog
+    target = default_catalog() if catalog is None else catalog
     if not str(target).startswith(("http://", "https://")):
         target = Path(target).expanduser().resolve()
     cat = open_catalog(target)

@@ -64,11 +64,11 @@ def replay(
     refine_s: float = 60.0,
 ) -> dict:
     """Replay ``run_id`` (uid, uid prefix or scan id) through a private pipeline; returns uids and paths."""
-    from ..io.catalog import data_dir, default_catalog_dir, open_catalog
+    from ..io.catalog import data_dir, default_catalog, open_catalog
     from ..stages.pipeline import ptycho_pipeline
     from .session import PipelineSession
 
-    cat_dir = default_catalog_dir() if catalog is None else catalog
+    cat_dir = default_catalog() if catalog is None else catalog
     if not str(cat_dir).startswith(("http://", "https://")):
         cat_dir = Path(cat_dir).expanduser().resolve()
     cat = open_catalog(cat_dir, create=False)

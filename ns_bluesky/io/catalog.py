@@ -42,6 +42,12 @@ def default_catalog_dir() -> Path:
     return Path(env) if env else platformdirs.user_data_path("ns-bluesky") / "catalog"
 
 
+def default_catalog() -> str | Path:
+    """``$NS_BLUESKY_CATALOG`` as given when it is an http(s) URL (a served catalog), else :func:`default_catalog_dir`."""
+    env = os.environ.get(CATALOG_ENV, "")
+    return env if _is_uri(env) else default_catalog_dir()
+
+
 def detector_dir(catalog_dir: str | os.PathLike) -> Path:
     """Where detectors write their HDF5 files for an embedded catalog (tiled may read them)."""
     return Path(catalog_dir).resolve() / DETECTOR_SUBDIR
@@ -69,7 +75,7 @@ def _client_for_uri(uri: str):
         return from_uri(uri, api_key=key)
     except Exception as exc:
         status = getattr(getattr(exc, "response", None), "status_code", None)
-        if status == 401:
+        if status == 401 or "requires API key" in str(exc):  # a wrong key, or none (tiled says so before asking)
             said = "was refused" if key else "is needed and none is set"
             raise CatalogError(f"the tiled server at {uri} wants an api key: it {said}; set ${API_KEY_ENV}, "
                                f"${API_KEY_FILE_ENV} (a 0600 file) or write it to {default_key_file()}") from None
@@ -83,7 +89,7 @@ def data_dir(path_or_uri: str | os.PathLike | None, cat) -> Path:
     (where the server's directory is mounted on this host), else the ``detector_dir``
     the server publishes from its ``catalog.yml``.
     """
-    target = default_catalog_dir() if path_or_uri is None else path_or_uri
+    target = default_catalog() if path_or_uri is None else path_or_uri
     if not _is_uri(target):
         return detector_dir(Path(target).expanduser())
     if os.environ.get(DETECTOR_DIR_ENV):
@@ -192,7 +198,7 @@ def open_catalog(path_or_uri: str | os.PathLike | None = None, *, container: str
     ``create=False`` (for read-only commands) refuses a directory that holds no catalog
     instead of making an empty one.
     """
-    target = default_catalog_dir() if path_or_uri is None else path_or_uri
+    target = default_catalog() if path_or_uri is None else path_or_uri
     if _is_uri(target):
         client = _client_for_uri(str(target))
     else:
