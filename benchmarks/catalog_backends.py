@@ -8,6 +8,7 @@ Per back end: events/s a RunEngine writes through the TiledWriter (``count`` of 
 scalar detectors, batches of 25 as the demo sends at 10 frames/s, and one request per
 event), until the stop document is in; and the time of the queries users ask (by
 sample, scan id, time range, full text) over the runs written, median of ``--rounds``.
+The two back ends take turns, so that load from elsewhere on the machine slows both alike.
 """
 
 from __future__ import annotations
@@ -39,35 +40,40 @@ def events_per_s(cat, n: int, batch: int, sample: str) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def query_ms(cat, rounds: int) -> dict[str, float]:
+def _queries(cat) -> dict:
     t_now = time.time()
-    queries = {
+    return {
         "sample": lambda: len(search_runs(cat, sample="bench-25")),
         "scan id": lambda: cat[last_scan_id(cat)].metadata["start"]["uid"],
         "time range": lambda: len(search_runs(cat, since=t_now - 3600, until=t_now + 60)),
         "full text": lambda: len(search_runs(cat, text="bench")),
     }
-    out = {}
-    for name, q in queries.items():
-        q()  # warm
-        times = []
-        for _ in range(rounds):
-            t0 = time.perf_counter()
-            q()
-            times.append(time.perf_counter() - t0)
-        out[name] = 1e3 * statistics.median(times)
-    return out
 
 
-def measure(cat, events: int, rounds: int) -> dict[str, float]:
-    per = {}
-    for batch in (25, 1):
-        n = events if batch > 1 else max(50, events // 5)
-        rates = [events_per_s(cat, n, batch, f"bench-{batch}") for _ in range(rounds)]
-        per[f"events/s, batches of {batch}"] = statistics.median(rates)
-    for name, ms in query_ms(cat, max(5, rounds)).items():
-        per[f"query {name} (ms)"] = ms
-    return per
+def _timed_ms(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return 1e3 * (time.perf_counter() - t0)
+
+
+def measure(cats: dict, events: int, rounds: int) -> dict[str, dict[str, float]]:
+    """Every figure for every back end, the back ends taking turns (first one, then the other first), so
+    that a busy machine slows both alike; medians."""
+    samples: dict[str, dict[str, list[float]]] = {name: {} for name in cats}
+    names = list(cats)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            for batch in (25, 1):
+                n = events if batch > 1 else max(50, events // 5)
+                rate = events_per_s(cats[name], n, batch, f"bench-{batch}")
+                samples[name].setdefault(f"events/s, batches of {batch}", []).append(rate)
+    for r in range(max(5, rounds)):
+        for name in names if r % 2 == 0 else names[::-1]:
+            for q, fn in _queries(cats[name]).items():
+                if r == 0:
+                    fn()  # warm
+                samples[name].setdefault(f"query {q} (ms)", []).append(_timed_ms(fn))
+    return {name: {k: statistics.median(v) for k, v in figs.items()} for name, figs in samples.items()}
 
 
 def main() -> int:
@@ -77,17 +83,16 @@ def main() -> int:
     args = ap.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="ns-bluesky-bench-catalog-"))
-    results: dict[str, dict[str, float]] = {}
     pg = served = None
+    load = os.getloadavg()[0]
     try:
-        print("embedded (SQLite + DuckDB) ...", flush=True)
-        results["embedded SQLite"] = measure(open_catalog(root / "embedded"), args.events, args.rounds)
-        close_catalogs()
-        print("PostgreSQL (initdb, pg_ctl, ns-bluesky catalog serve) ...", flush=True)
+        print("starting PostgreSQL (initdb, pg_ctl) and ns-bluesky catalog serve ...", flush=True)
         pg = start_postgres()
         served = serve_catalog(pg, root)
         os.environ["NS_BLUESKY_API_KEY_FILE"] = str(served.key_file)
-        results["PostgreSQL served"] = measure(open_catalog(served.url), args.events, args.rounds)
+        cats = {"embedded SQLite": open_catalog(root / "embedded"), "PostgreSQL served": open_catalog(served.url)}
+        print(f"measuring, {args.rounds} rounds taking turns ...", flush=True)
+        results = measure(cats, args.events, args.rounds)
     finally:
         if served is not None:
             stop_catalog(served)
@@ -104,7 +109,8 @@ def main() -> int:
         a, b = results[names[0]][row], results[names[1]][row]
         print(f"{row:{width}}  {a:17.1f}  {b:17.1f}   {b / a:6.2f}")
     print(f"\n({args.events}-event runs in batches of 25, {max(50, args.events // 5)}-event runs one request each; "
-          f"medians of {args.rounds} runs, queries of {max(5, args.rounds)}; {os.cpu_count()} CPUs)")
+          f"medians of {args.rounds} runs, queries of {max(5, args.rounds)}; {os.cpu_count()} CPUs, "
+          f"load average {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end)")
     return 0
 
 

@@ -125,3 +125,11 @@ def test_the_catalog_commands_help_a_facility_start(tmp_path):
     bad = _cli("serve", "--config", str(tmp_path / "catalog.yml"))
     assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0
     assert bad.stderr.startswith("ns-bluesky: error: ") and "port: Input should be a valid integer" in bad.stderr
+
+
+def test_without_postgresql_the_skip_reason_names_the_package(monkeypatch):
+    from tests.support import postgres
+
+    monkeypatch.setattr(postgres, "_pg_bin", lambda: None)
+    with pytest.raises(RuntimeError, match=r"PostgreSQL is not installed \(apt-get install -y postgresql\)"):
+        postgres.start_postgres()

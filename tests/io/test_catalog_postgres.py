@@ -107,8 +107,10 @@ def test_postgresql_restarted_mid_scan_loses_nothing(served, postgres):
         deadline = time.monotonic() + 60
         cat = open_catalog(served.url)
         while time.monotonic() < deadline and not len(search_runs(cat, sample="restarted")):
-            time.sleep(0.1)  # the start document is in: the scan is under way
+            time.sleep(0.2)  # until the start document is in
         assert len(search_runs(cat, sample="restarted")) == 1, "the scan never started"
+        time.sleep(1.0)  # some 20 events in
+        logged = len(served.log.read_bytes())
         postgres.restart()
         out, err = proc.communicate(timeout=120)
     finally:
@@ -116,6 +118,7 @@ def test_postgresql_restarted_mid_scan_loses_nothing(served, postgres):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
     assert proc.returncode == 0, err[-2000:]
+    assert b"500 Internal Server Error" in served.log.read_bytes()[logged:], "the restart did not reach a request"
     cat = open_catalog(served.url)
     (uid,) = set(search_runs(cat, sample="restarted"))
     assert [json.loads(line)["uid"] for line in out.splitlines() if line.startswith("{")] == [uid]
