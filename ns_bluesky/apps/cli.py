@@ -206,7 +206,8 @@ def _catalog_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--catalog",
         metavar="DIR|URI",
-        help="catalog directory (embedded server) or http URI of a tiled server "
+        help="catalog directory (embedded server) or http URI of a tiled server such as 'ns-bluesky catalog serve', "
+        "its api key from $NS_BLUESKY_API_KEY or the 0600 file $NS_BLUESKY_API_KEY_FILE names "
         "(default: $NS_BLUESKY_CATALOG or the user data directory)",
     )
 
@@ -313,9 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
     _catalog_arg(gui)
     gui.set_defaults(func=_cmd_gui)
 
+    from .catalog_cli import add_parser as add_catalog_parser
     from .ioc import add_parser as add_ioc_parser
     from .pipeline_cli import add_parsers
 
+    add_catalog_parser(sub)
     add_ioc_parser(sub)
     add_parsers(sub, _catalog_arg)
     return parser

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import ParameterError
 from ..instrument.scan import ScanPattern
-from ..io.catalog import default_catalog_dir, detector_dir, last_scan_id, make_tiled_writer, open_catalog, writer_batch
+from ..io.catalog import data_dir, default_catalog, last_scan_id, make_tiled_writer, open_catalog, writer_batch
 from ..sim.scoring import score_recon
 from ..sim.settings import SampleModel, SimConfig
 
@@ -181,11 +181,12 @@ def run_demo(
         image = read_grayscale(sample_image)
         sample = SampleModel(image=str(Path(sample_image).resolve()), name=sample_name or Path(sample_image).stem)
     cfg = SimConfig(seed=seed, exposure_s=exposure_s, sample=sample, scan=ScanPattern(kind=pattern, shape=scan, overlap=0.7))
-    if catalog is not None and str(catalog).startswith(("http://", "https://")):
-        raise ParameterError("--catalog for the demo must be a directory: the server has to read the detector files")
-    cat_dir = (default_catalog_dir() if catalog is None else Path(catalog)).expanduser().resolve()
-    cat = open_catalog(cat_dir)
-    beamline = make_sim_beamline(detector_dir(cat_dir), cfg, image=image, rate_hz=rate_hz)
+    target = default_catalog() if catalog is None else catalog
+    if not str(target).startswith(("http://", "https://")):
+        target = Path(target).expanduser().resolve()
+    cat = open_catalog(target)
+    detectors = data_dir(target, cat)  # a served catalog: the directory its server reads detector files from
+    beamline = make_sim_beamline(detectors, cfg, image=image, rate_hz=rate_hz)
     if prerendered:
         from ..ophyd_devices import ReplaySource
 
@@ -204,7 +205,7 @@ def run_demo(
     total = scan[0] * scan[1] if pattern == "raster" else None
     bridge = None
     try:
-        with PipelineSession(cat, cat_dir, pipe_cfg, out / "pipeline", progress=progress, total=total,
+        with PipelineSession(cat, None, pipe_cfg, out / "pipeline", detectors=detectors, progress=progress, total=total,
                              batch_size=batch) as session:
             bridge = PipelineBridge(pipe_cfg)
             RE.subscribe(bridge)
@@ -285,7 +286,7 @@ def run_demo(
         dark_uid=dark_uid,
         derived_uid=derived_uid,
         scan_id=scan_id,
-        catalog=str(cat_dir),
+        catalog=str(target),
         cxi=next((p for p in view.cxi if p.endswith("_clean.cxi")), None),
         png=str(png),
         exit_status=run.metadata["stop"]["exit_status"],
