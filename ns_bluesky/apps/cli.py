@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -106,12 +107,18 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     src = args.cxi
     out = args.out or os.path.splitext(src)[0] + "_recon.cxi"
     png = args.png or os.path.splitext(out)[0] + ".png"
-    result = run(
-        src, out, engine_name=args.engine, iterations=args.iterations, size=args.size, png=png,
-        progress=not args.quiet, backend=args.backend,
-    )
+    with warnings.catch_warnings(record=True) as caught:  # one line each, not Python's two
+        warnings.simplefilter("always", UserWarning)
+        result = run(
+            src, out, engine_name=args.engine, iterations=args.iterations, seconds=args.seconds, size=args.size, png=png,
+            progress=not args.quiet, backend=args.backend, positions=args.positions,
+        )
+    for w in caught:
+        print(f"ns-bluesky: warning: {w.message}", file=sys.stderr)
     print(
-        f"{args.engine}: {len(result.residuals)} iterations, residual {result.residuals[0]:.4f} -> {result.residuals[-1]:.4f}; "
+        f"{args.engine}: {len(result.residuals)} iterations in {result.seconds:.1f} s (stopped by {result.stopped_by}), "
+        f"residual {result.residuals[0]:.4f} -> best {result.best_residual:.4f} at iteration {result.best_iteration}; "
+        f"positions read as: {result.orientation.name}; "
         f"object {result.obj.shape} at {result.pixel_size_m * 1e9:.2f} nm\n  wrote {result.out}\n  picture {result.png}"
     )
     return 0
@@ -238,7 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rec.add_argument("cxi", help="input CXI file")
     rec.add_argument("--engine", default="lsqml", choices=ENGINES, help="default lsqml")
-    rec.add_argument("--iterations", type=int, default=100)
+    rec.add_argument("--iterations", type=int, help="at most this many iterations (default 100 without --seconds)")
+    rec.add_argument("--seconds", type=float, metavar="S",
+                     help="iterate until S seconds are spent (and --iterations, if given); the best state seen is kept")
+    rec.add_argument("--positions", default="auto", choices=("auto", "probe", "sample"),
+                     help="what the file's translations are: the probe's position on the sample (as ns-bluesky and "
+                     "ptychodus write them), the sample's translation, or auto (default): decided from the data among "
+                     "both and their x/y flips and swaps, with the margin printed")
     rec.add_argument("--backend", default="numpy", choices=("numpy", "cupy"))
     rec.add_argument("--size", type=int, help="FFT-downsample frames to this side first (e.g. 256)")
     rec.add_argument("--out", help="output CXI (default: IN_recon.cxi)")

@@ -7,24 +7,36 @@ pixel size; subtracts ``data_dark`` when present (and turns an FCCD scan exporte
 from ``source_1/illumination`` (cropped to the window) or from the mean pattern; and
 writes the result back as ``image_1`` (probe) and ``image_2`` (object), as ptychodus
 reads them, with the residual per iteration and a PNG.
+
+Positions: ``positions="auto"`` (the default) lets the data decide which way round the
+file's translations are (:mod:`..ptycho.conventions`: the probe's position as this project
+writes them, the sample's translation, or any sign flip or x/y swap of them), prints the
+choice and its margin, warns when it is not clear (then the file's declared convention,
+the probe's position, is kept) and records it in the output. A budget of ``seconds``
+iterates until it is spent (:mod:`..ptycho.budget`) and returns the best state seen; a
+diverging reconstruction fails with :class:`~..errors.ReconstructionError`.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 from tqdm import tqdm
 
-from ..errors import ParameterError
+from ..errors import CXIError, ParameterError
 from ..instrument.detector import DetectorGeometry
-from ..io.cxi import read_cxi
-from ..io.product import write_product
+from ..io.cxi import TRANSLATION, read_cxi
+from ..io.product import write_positions_convention, write_product
+from ..ptycho.budget import iterate_within
+from ..ptycho.conventions import Choice, Orientation, choose_orientation, orientation
 from ..ptycho.engines import PtychoData, engine
-from ..ptycho.layout import grid_origins, with_counts
+from ..ptycho.layout import MARGIN_PX, grid_origins, with_counts
 from ..ptycho.photons import READ_NOISE_ADU, fccd_photons
 from ..ptycho.preprocess import crop_center, fft_downsample
 from ..ptycho.stxm import probe_from_patterns
@@ -40,6 +52,12 @@ class Reconstruction:
     pixel_size_m: float
     out: Path
     png: Path | None
+    orientation: Orientation  # how the file's translations were read (probe (y, x) = matrix @ file (y, x))
+    choice: Choice | None  # what auto measured (None when the convention was given)
+    best_iteration: int  # 1-based: the state returned is the one after this iteration
+    best_residual: float
+    seconds: float  # spent iterating
+    stopped_by: str  # "seconds" or "iterations"
 
 
 def prepare_data(path: str | os.PathLike, size: int | None = None) -> tuple[PtychoData, np.ndarray, float]:
@@ -53,6 +71,10 @@ def prepare_data(path: str | os.PathLike, size: int | None = None) -> tuple[Ptyc
     if md.get("frame_layout") == "assembled" and "detector_geometry" in md:  # an FCCD scan from nsraw2cxi
         noise = float(np.median(dark.std(axis=0))) if cxi.dark is not None and dark.ndim == 3 and len(dark) > 1 else READ_NOISE_ADU
         frames = fccd_photons(frames, DetectorGeometry(**md["detector_geometry"]), cxi.energy_J, noise)
+    bad = ~np.isfinite(frames).all(axis=(-2, -1))
+    if bad.any():
+        raise CXIError(f"{path}: {int(bad.sum())} frames hold NaN or inf (the first is frame {int(np.argmax(bad))}); "
+                       "mask or drop them before reconstructing")
     np.maximum(frames, 0, out=frames)
     n_det = frames.shape[-1]
     if frames.shape[-2] != n_det:
@@ -82,31 +104,71 @@ def run(
     out: str | os.PathLike,
     *,
     engine_name: str = "lsqml",
-    iterations: int = 100,
+    iterations: int | None = None,
+    seconds: float | None = None,
     size: int | None = None,
     png: str | os.PathLike | None = None,
     progress: bool = True,
     backend: str = "numpy",
+    positions: str = "auto",
+    say=print,
 ) -> Reconstruction:
-    if iterations < 1:
+    """Reconstruct ``path`` into ``out``: ``iterations`` (default 100 without ``seconds``) or until ``seconds``
+    are spent, whichever comes first; the best state seen comes back. ``positions``: auto, probe or sample."""
+    if iterations is None and seconds is None:
+        iterations = 100
+    if iterations is not None and iterations < 1:
         raise ParameterError(f"--iterations must be >= 1, got {iterations}")
+    if seconds is not None and not seconds > 0:
+        raise ParameterError(f"--seconds must be > 0, got {seconds}")
+    if positions != "auto":
+        orientation(positions)  # refuse a bad name before any work
     data, probe, dx = prepare_data(path, size)
+    choice = None
+    if positions == "auto":
+        choice = choose_orientation(data.patterns, data.origins_px, probe, backend=backend)
+        say(choice.summary())
+        if choice.clear:
+            orient = choice.best
+        else:
+            orient = orientation("probe")
+            warnings.warn(f"{path}: no position convention fits clearly better than the others (margin {choice.margin:.1%}); "
+                          "kept the file's declared one, the probe's position: give --positions if you know it",
+                          stacklevel=2)
+    else:
+        orient = orientation(positions)
+    oriented = orient.apply(data.origins_px)
+    data = PtychoData(data.patterns, oriented - oriented.min(axis=0) + MARGIN_PX)
     eng = engine(engine_name, backend=backend)
     eng.prepare(data, probe)
-    with tqdm(total=iterations, desc=f"{engine_name}", unit="it", disable=not progress) as bar:
-        for _ in range(iterations):
-            (res,) = eng.iterate(1)
-            bar.set_postfix_str(f"residual {res:.4f}")
+    label = f"{engine_name}" + (f" ({seconds:g} s)" if seconds is not None else "")
+    with tqdm(total=iterations, desc=label, unit="it", disable=not progress) as bar:
+        def show(done, res, best):
+            bar.set_postfix_str(f"residual {res:.4f} best {best:.4f}")
             bar.update(1)
-    obj, probe, residuals = eng.finalize()
+
+        budget = iterate_within(eng, seconds=seconds, iterations=iterations, on_iteration=show)
+    obj, probe = budget.obj, budget.probe
+    residuals = budget.residuals
     out = Path(out)
     if Path(path).resolve() != out.resolve():
         shutil.copyfile(path, out)
-    write_product(out, obj, probe, dx, residuals, engine_name)
+    with h5py.File(out, "r") as f:
+        file_yx = f[TRANSLATION][()][:, [1, 0]]
+    lowest_xy = orient.apply(file_yx).min(axis=0)[::-1]
+    write_product(out, obj, probe, dx, residuals, engine_name, lowest_xy_m=lowest_xy)
+    details = {"decided_by": "auto" if choice else "given", "best_iteration": budget.best_iteration,
+               "best_residual": budget.best_residual, "iterations": budget.iterations, "seconds": round(budget.seconds, 3),
+               "stopped_by": budget.stopped_by}
+    if choice:
+        details.update(margin=choice.margin, clear=choice.clear, residuals=choice.residuals, trial_frames=choice.frames,
+                       trial_iterations=choice.iterations)
+    write_positions_convention(out, orient.name, orient.matrix, details)
     png_path = Path(png) if png else None
     if png_path:
         _picture(png_path, obj, probe, residuals, dx, engine_name)
-    return Reconstruction(obj, probe, residuals, dx, out, png_path)
+    return Reconstruction(obj, probe, residuals, dx, out, png_path, orient, choice, budget.best_iteration,
+                          budget.best_residual, budget.seconds, budget.stopped_by)
 
 
 def _picture(path: Path, obj, probe, residuals, dx, name) -> None:
