@@ -25,13 +25,12 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 from tqdm import tqdm
 
 from ..errors import CXIError, ParameterError
 from ..instrument.detector import DetectorGeometry
-from ..io.cxi import TRANSLATION, read_cxi
+from ..io.cxi import read_cxi
 from ..io.product import write_positions_convention, write_product
 from ..ptycho.budget import iterate_within
 from ..ptycho.conventions import Choice, Orientation, choose_orientation, orientation
@@ -153,10 +152,7 @@ def run(
     out = Path(out)
     if Path(path).resolve() != out.resolve():
         shutil.copyfile(path, out)
-    with h5py.File(out, "r") as f:
-        file_yx = f[TRANSLATION][()][:, [1, 0]]
-    lowest_xy = orient.apply(file_yx).min(axis=0)[::-1]
-    write_product(out, obj, probe, dx, residuals, engine_name, lowest_xy_m=lowest_xy)
+    write_product(out, obj, probe, dx, residuals, engine_name, positions_matrix=orient.matrix)
     details = {"decided_by": "auto" if choice else "given", "best_iteration": budget.best_iteration,
                "best_residual": budget.best_residual, "iterations": budget.iterations, "seconds": round(budget.seconds, 3),
                "stopped_by": budget.stopped_by}

@@ -19,19 +19,22 @@ PTYCHODUS_KEYS = (
 
 
 def write_product(path: str | os.PathLike, obj: np.ndarray, probe: np.ndarray, dx: float, residuals, engine_name: str,
-                  lowest_xy_m: np.ndarray | None = None) -> None:
+                  positions_matrix: np.ndarray | None = None) -> None:
     """Object and probe into a CXI file that holds the frames and translations, as ptychodus reads them.
 
     ``image_1`` is the probe and ``image_2`` the object; the object's centre and the pixel
     sizes go where ptychodus looks (it ignores ``image_N`` pixel sizes), with the residual
-    per iteration as its loss curve. ``lowest_xy_m``: the lowest probe position (x, y) when the file's
-    translations were read in another convention than the probe's position (default: theirs).
+    per iteration as its loss curve. ``positions_matrix``: how the file's translations were read when not as
+    the probe's position (probe (y, x) = matrix @ file (y, x); :func:`write_positions_convention`).
     """
     put_image(path, 1, CXIImage(probe, "probe", (dx, dx)))
     put_image(path, 2, CXIImage(obj, "object", (dx, dx)))
     with h5py.File(path, "a") as f:
         # the object's centre in metres: the first probe window's corner sits MARGIN_PX in (x, y order)
-        lowest = f[TRANSLATION][:, :2].min(axis=0) if lowest_xy_m is None else np.asarray(lowest_xy_m, float)
+        xy = f[TRANSLATION][()][:, :2]
+        if positions_matrix is not None:  # probe (y, x) = M @ file (y, x)
+            xy = (xy[:, ::-1] @ np.asarray(positions_matrix, float).T)[:, ::-1]
+        lowest = xy.min(axis=0)
         centre = lowest + ((np.array(obj.shape[::-1]) - probe.shape[-1]) / 2 - MARGIN_PX) * dx
         g = f.require_group(EXTRAS)
         p = f.require_group(PTYCHODUS)

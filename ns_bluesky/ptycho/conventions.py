@@ -10,6 +10,13 @@ the one that explains the patterns best (the lowest data residual) wins. The mar
 how much worse the runner-up fits: ``(r2 - r1) / r1``; below :data:`CLEAR_MARGIN` the
 choice is reported as unclear and the caller keeps the declared convention.
 
+What the data cannot tell: positions r -> -r (probe <-> sample) are fitted exactly by the
+twin, object and probe conjugated and turned by 180° (the same |F psi|). Only the
+starting probe breaks the tie, through its known phase (a defocus has a sign). A starting
+probe that is its own twin (a real, centrosymmetric one, as made from the mean pattern)
+cannot: then each orientation and its negative count as one candidate and the declared
+sign is kept (``Choice.twins``); the image is the same up to that twin.
+
 Measured on tike's Siemens star (``benchmarks/conventions.py``): at the full 128² the right
 orientation fits with a residual 30 % or more below every other after 5 iterations on 64
 frames; FFT-downsampled to 96² or 64² the margins shrink to 2-3 % and 96² even chose
@@ -32,6 +39,7 @@ from .preprocess import crop_center, fft_downsample
 # the two conventions a user names; the other six are what auto may also find
 NAMED = {"probe": (False, 1, 1), "sample": (False, -1, -1)}
 CLEAR_MARGIN = 0.05  # the runner-up's residual at least 5 % above the best: a clear choice
+TWIN_LIMIT = 0.9  # a starting probe this close to its own twin cannot tell an orientation from its negative
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,14 @@ class Orientation:
         """2 x 2: probe (y, x) = matrix @ file (y, x)."""
         m = np.array([[0, 1], [1, 0]]) if self.swap else np.eye(2, dtype=int)
         return np.diag(self.signs) @ m
+
+    @classmethod
+    def from_matrix(cls, matrix) -> Orientation:
+        m = np.asarray(matrix).round().astype(int)
+        for o in ORIENTATIONS:
+            if np.array_equal(o.matrix, m):
+                return o
+        raise ParameterError(f"not a signed permutation of (y, x): {m.tolist()}")
 
     def apply(self, positions_yx: np.ndarray) -> np.ndarray:
         return np.asarray(positions_yx, float) @ self.matrix.T
@@ -84,13 +100,20 @@ class Choice:
     size: int = 0  # their side after downsampling
     iterations: int = 0
     candidates: list[Orientation] = field(default_factory=list)
+    twins: bool = False  # the starting probe is its own twin: an orientation and its negative were not told apart
 
     def summary(self) -> str:
         ranked = sorted(self.residuals.items(), key=lambda kv: kv[1])
         runner = ranked[1][0] if len(ranked) > 1 else "-"
         verdict = "clear" if self.clear else f"NOT clear (below {CLEAR_MARGIN:.0%})"
+        if self.twins:
+            ranked = [(c.name, self.residuals[c.name]) for c in self.candidates]
+            runner = ranked[1][0] if len(ranked) > 1 else "-"
+        twins = ("; the starting probe is its own twin, so the sign (probe or sample) is the declared one"
+                 if self.twins else "")
         return (f"positions: {self.best.name} fits best (residual {ranked[0][1]:.4g}; next {runner} {ranked[1][1]:.4g}, "
-                f"margin {self.margin:.1%}, {verdict}; {self.iterations} iterations on {self.frames} frames at {self.size}²)")
+                f"margin {self.margin:.1%}, {verdict}; {self.iterations} iterations on {self.frames} frames at {self.size}²"
+                f"{twins})")
 
 
 def central_patch(positions_px: np.ndarray, frames: int) -> np.ndarray:
@@ -140,10 +163,30 @@ def choose_orientation(
         residuals[cand.name] = float(np.mean(res[-2:])) if np.all(np.isfinite(res[-2:])) else float("inf")
         if progress:
             progress(f"{k + 1}/{len(candidates)} {cand.name}: residual {residuals[cand.name]:.4g}")
-    ranked = sorted(candidates, key=lambda c: residuals[c.name])
+    twins = twin_symmetry(start) > TWIN_LIMIT
+    if twins:  # an orientation and its negative are one candidate: the first listed (the declared sign) with the lower residual
+        pairs: dict[tuple, Orientation] = {}
+        for c in candidates:
+            key = min(tuple(c.matrix.ravel()), tuple((-c.matrix).ravel()))
+            first = pairs.setdefault(key, c)
+            residuals[first.name] = min(residuals[first.name], residuals[c.name])
+        ranked = sorted(pairs.values(), key=lambda c: residuals[c.name])
+    else:
+        ranked = sorted(candidates, key=lambda c: residuals[c.name])
+    if len(ranked) < 2:
+        return Choice(ranked[0], residuals, 0.0, False, len(idx), size, iterations, list(ranked), twins)
     r1, r2 = residuals[ranked[0].name], residuals[ranked[1].name]
     margin = (r2 - r1) / r1 if r1 > 0 and np.isfinite(r1) else 0.0
-    return Choice(ranked[0], residuals, float(margin), bool(margin >= CLEAR_MARGIN), len(idx), size, iterations, list(ranked))
+    return Choice(ranked[0], residuals, float(margin), bool(margin >= CLEAR_MARGIN), len(idx), size, iterations,
+                  list(ranked), twins)
+
+
+def twin_symmetry(probe: np.ndarray) -> float:
+    """|<P, P_twin>| / |P|^2 with P_twin(r) = conj(P(-r)) about the window's centre: 1 for a real, centrosymmetric
+    probe (which cannot tell positions r from -r), near 0 for a defocused one."""
+    p = np.asarray(probe, np.complex128)
+    twin = np.conj(np.roll(p[::-1, ::-1], 1, axis=(0, 1)))  # r -> -r about pixel n/2
+    return float(abs(np.vdot(p, twin)) / max(np.vdot(p, p).real, 1e-300))
 
 
 def _quick(engine_name: str) -> dict:

@@ -42,3 +42,21 @@ def test_the_margin_is_reported(capsys):
     assert len(lines) == 8 and lines[0].startswith("1/8 ")
     ranked = sorted(choice.residuals.values())
     assert choice.margin == pytest.approx((ranked[1] - ranked[0]) / ranked[0])
+
+
+def test_a_probe_that_is_its_own_twin_leaves_the_sign_to_the_declaration():
+    """Positions r -> -r are fitted exactly by the twin (object and probe conjugated, turned 180°): a real,
+    centrosymmetric starting probe (from the mean pattern) cannot tell probe from sample, only the axes."""
+    from ns_bluesky.ptycho.conventions import twin_symmetry
+    from ns_bluesky.ptycho.layout import with_counts
+    from ns_bluesky.ptycho.stxm import probe_from_patterns
+
+    data, _, probe, _ = small_set()
+    assert twin_symmetry(probe) < 0.9  # the set's probe has a curved phase
+    start = with_counts(probe_from_patterns(data.patterns.mean(axis=0)), data.patterns).astype(np.complex64)
+    assert twin_symmetry(start) > 0.99
+    swapped = next(o for o in ORIENTATIONS if o.name == "probe, x/y swapped")
+    choice = choose_orientation(data.patterns, orientation("sample").apply(swapped.apply(data.origins_px)), start)
+    assert choice.twins and choice.clear and len(choice.candidates) == 4
+    assert choice.best.name == "probe, x/y swapped"  # the axes found, the sign the declared one
+    assert choice.residuals["probe"] == pytest.approx(choice.residuals["sample"])  # exact twins
