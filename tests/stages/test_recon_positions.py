@@ -63,10 +63,25 @@ def test_auto_reads_the_stage_either_way_round_before_the_refinement(scan8, clea
     assert s["residual"] < final.meta["scalars"]["residual"]
 
 
-def test_a_given_convention_is_recorded_as_given(scan8, cleaned):
+def test_a_given_convention_is_recorded_as_given_also_in_the_cxi_file(scan8, cleaned, tmp_path):
+    import h5py
+
+    from ns_bluesky.stages.cxiwrite import CXIWriteParams, CXIWriteStage
+
     _, refined = _reconstruct(scan8, cleaned, 1.0, refine_seconds=1.0, positions="sample")
     assert refined.meta["positions"]["convention"] == "probe"
     assert refined.meta["positions"]["details"]["decided_by"] == "given"
+    writer = CXIWriteStage(CXIWriteParams(out_dir=str(tmp_path)))
+    writer.start_run(scan8.start())
+    for msg in [*cleaned, refined]:
+        writer.process(msg)
+    writer.end_run(scan8.uid)
+    (path,) = tmp_path.glob("*_clean.cxi")
+    with h5py.File(path, "r") as f:
+        g = f["entry_1/ns_bluesky"]
+        assert g["positions_convention"][()] == b"probe"
+        np.testing.assert_array_equal(g["positions_matrix"][()], np.eye(2))
+        assert f["entry_1/image_2/data_type"][()] == b"object"
 
 
 def test_too_few_frames_to_tell_keep_the_declared_convention(sim_scan):
