@@ -22,3 +22,7 @@ class CXIError(NSBlueskyError, ValueError):
 
 class DeviceError(NSBlueskyError, RuntimeError):
     """A device failed to do what it was asked within its time limit."""
+
+
+class ReconstructionError(NSBlueskyError, RuntimeError):
+    """A reconstruction diverged (non-finite or runaway residual): its state is not an image."""

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -107,13 +108,19 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     src = args.cxi
     out = args.out or os.path.splitext(src)[0] + "_recon.cxi"
     png = args.png or os.path.splitext(out)[0] + ".png"
-    kwargs = dict(engine_name=args.engine, iterations=args.iterations, size=args.size, png=png,
-                  progress=not args.quiet, backend=args.backend)
+    kwargs = dict(engine_name=args.engine, iterations=args.iterations, seconds=args.seconds, size=args.size, png=png,
+                  progress=not args.quiet, backend=args.backend, positions=args.positions)
     if mpi_size_from_env() > 1:  # one of the ranks of `mpiexec -n N ns-bluesky reconstruct`
         return _reconstruct_rank(src, out, kwargs, args.engine)
-    result = run(src, out, **kwargs)
+    with warnings.catch_warnings(record=True) as caught:  # one line each, not Python's two
+        warnings.simplefilter("always", UserWarning)
+        result = run(src, out, **kwargs)
+    for w in caught:
+        print(f"ns-bluesky: warning: {w.message}", file=sys.stderr)
     print(
-        f"{args.engine}: {len(result.residuals)} iterations, residual {result.residuals[0]:.4f} -> {result.residuals[-1]:.4f}; "
+        f"{args.engine}: {len(result.residuals)} iterations in {result.seconds:.1f} s (stopped by {result.stopped_by}), "
+        f"residual {result.residuals[0]:.4f} -> best {result.best_residual:.4f} at iteration {result.best_iteration}; "
+        f"positions read as: {result.orientation.name}; "
         f"object {result.obj.shape} at {result.pixel_size_m * 1e9:.2f} nm\n  wrote {result.out}\n  picture {result.png}"
     )
     return 0
@@ -137,8 +144,9 @@ def _reconstruct_rank(src: str, out: str, kwargs: dict, engine_name: str) -> int
         raise
     if comm.rank == 0:
         print(
-            f"{engine_name} on {comm.size} ranks: {len(result.residuals)} iterations, residual "
-            f"{result.residuals[0]:.4f} -> {result.residuals[-1]:.4f}; object {result.obj.shape} at "
+            f"{engine_name} on {comm.size} ranks: {len(result.residuals)} iterations in {result.seconds:.1f} s (stopped by "
+            f"{result.stopped_by}), residual {result.residuals[0]:.4f} -> best {result.best_residual:.4f} at iteration "
+            f"{result.best_iteration}; positions read as: {result.orientation.name}; object {result.obj.shape} at "
             f"{result.pixel_size_m * 1e9:.2f} nm (communication {comm.seconds:.2f} s on rank 0)\n  wrote {result.out}\n"
             f"  picture {result.png}"
         )
@@ -268,7 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rec.add_argument("cxi", help="input CXI file")
     rec.add_argument("--engine", default="lsqml", choices=ENGINES, help="default lsqml")
-    rec.add_argument("--iterations", type=int, default=100)
+    rec.add_argument("--iterations", type=int, help="at most this many iterations (default 100 without --seconds)")
+    rec.add_argument("--seconds", type=float, metavar="S",
+                     help="iterate until S seconds are spent (and --iterations, if given); the best state seen is kept")
+    rec.add_argument("--positions", default="auto", choices=("auto", "probe", "sample"),
+                     help="what the file's translations are: the probe's position on the sample (as ns-bluesky and "
+                     "ptychodus write them), the sample's translation, or auto (default): decided from the data among "
+                     "both and their x/y flips and swaps, with the margin printed")
     rec.add_argument("--backend", default="numpy", choices=("numpy", "cupy"))
     rec.add_argument("--size", type=int, help="FFT-downsample frames to this side first (e.g. 256)")
     rec.add_argument("--out", help="output CXI (default: IN_recon.cxi)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import h5py
@@ -17,18 +18,23 @@ PTYCHODUS_KEYS = (
 )
 
 
-def write_product(path: str | os.PathLike, obj: np.ndarray, probe: np.ndarray, dx: float, residuals, engine_name: str) -> None:
+def write_product(path: str | os.PathLike, obj: np.ndarray, probe: np.ndarray, dx: float, residuals, engine_name: str,
+                  positions_matrix: np.ndarray | None = None) -> None:
     """Object and probe into a CXI file that holds the frames and translations, as ptychodus reads them.
 
     ``image_1`` is the probe and ``image_2`` the object; the object's centre and the pixel
     sizes go where ptychodus looks (it ignores ``image_N`` pixel sizes), with the residual
-    per iteration as its loss curve.
+    per iteration as its loss curve. ``positions_matrix``: how the file's translations were read when not as
+    the probe's position (probe (y, x) = matrix @ file (y, x); :func:`write_positions_convention`).
     """
     put_image(path, 1, CXIImage(probe, "probe", (dx, dx)))
     put_image(path, 2, CXIImage(obj, "object", (dx, dx)))
     with h5py.File(path, "a") as f:
         # the object's centre in metres: the first probe window's corner sits MARGIN_PX in (x, y order)
-        lowest = f[TRANSLATION][:, :2].min(axis=0)
+        xy = f[TRANSLATION][()][:, :2]
+        if positions_matrix is not None:  # probe (y, x) = M @ file (y, x)
+            xy = (xy[:, ::-1] @ np.asarray(positions_matrix, float).T)[:, ::-1]
+        lowest = xy.min(axis=0)
         centre = lowest + ((np.array(obj.shape[::-1]) - probe.shape[-1]) / 2 - MARGIN_PX) * dx
         g = f.require_group(EXTRAS)
         p = f.require_group(PTYCHODUS)
@@ -42,3 +48,16 @@ def write_product(path: str | os.PathLike, obj: np.ndarray, probe: np.ndarray, d
         p["loss_epochs"] = np.arange(1, len(residuals) + 1)
         g["reconstruction_residual"] = np.asarray(residuals, np.float64)
         g["reconstruction_engine"] = engine_name
+
+
+def write_positions_convention(path: str | os.PathLike, name: str, matrix: np.ndarray, details: dict) -> None:
+    """How the translations were read: ``positions_convention`` (probe, sample, or a flip/swap of them),
+    ``positions_matrix`` (probe (y, x) = matrix @ file (y, x)) and ``positions_choice_json`` (how it was decided)."""
+    with h5py.File(path, "a") as f:
+        g = f.require_group(EXTRAS)
+        for key in ("positions_convention", "positions_matrix", "positions_choice_json"):
+            if key in g:
+                del g[key]
+        g["positions_convention"] = name
+        g["positions_matrix"] = np.asarray(matrix, np.int8)
+        g["positions_choice_json"] = json.dumps(details)

@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..io.cxi import CXIWriter
-from ..io.product import write_product
+from ..io.product import write_positions_convention, write_product
 from ..stream.protocol import Message
 from ..stream.stage import Stage
 from .scaninfo import ScanInfo, scan_info
@@ -127,7 +127,8 @@ class CXIWriteStage(Stage):
             pattern = msg.arrays["pattern"]
             run.add("clean", pattern, _translation(msg.meta["position_m"]), float(msg.meta["pixel_size_m"]))
         elif msg.stage == "recon":
-            run.recon = {**msg.arrays, "dx": float(msg.meta["object_pixel_size_m"]), "engine": msg.meta.get("engine", "")}
+            run.recon = {**msg.arrays, "dx": float(msg.meta["object_pixel_size_m"]), "engine": msg.meta.get("engine", ""),
+                         "positions": msg.meta.get("positions")}
             run.residuals.append(float((msg.meta.get("scalars") or {}).get("residual", np.nan)))
 
     def end_run(self, run_id: str) -> Message | None:
@@ -139,7 +140,12 @@ class CXIWriteStage(Stage):
             r = run.recon
             obj = (r["object_amplitude"] * np.exp(1j * r["object_phase"])).astype(np.complex64)
             probe = (r["probe_amplitude"] * np.exp(1j * r["probe_phase"])).astype(np.complex64)
-            write_product(run.paths["clean"], obj, probe, r["dx"], run.residuals, r["engine"])
+            positions = r.get("positions")
+            write_product(run.paths["clean"], obj, probe, r["dx"], run.residuals, r["engine"],
+                          positions_matrix=positions["matrix"] if positions else None)
+            if positions:  # how the reconstruction read the translations (docs/conventions.md)
+                write_positions_convention(run.paths["clean"], positions["convention"], positions["matrix"],
+                                           positions.get("details", {}))
         scalars = {"raw_frames": run.written["raw"], "clean_frames": run.written["clean"], "files": ";".join(paths)}
         return Message("result", run=run_id, seq=0, stage="cxi", meta={"scalars": scalars, "paths": paths})
 

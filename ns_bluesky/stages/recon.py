@@ -8,6 +8,14 @@ background thread iterates; ``process`` only hands frames over and, every
 goes on for at most ``final_seconds`` (or ``final_iterations``) and the final image goes
 out at once; then the whole scan is solved again from the live probe for
 ``refine_seconds``, and that image ends the run (and goes into the CXI file).
+
+Positions: the stage reads the sample's translation, so by default (``positions="auto"``
+and ``"sample"``) the probe is at minus it (``"probe"``: at it). With ``auto`` the
+refinement first lets the whole scan decide (:mod:`..ptycho.conventions`, from the
+starting probe); when another orientation fits clearly better, it refines in that one, on
+its own grid, and says so in the result (``positions``), which the CXI writer records. The
+refinement's budget is seconds (:mod:`..ptycho.budget`): the best state it saw comes back
+with its iterations; if it diverges, the live final image stands and the error is reported.
 """
 
 from __future__ import annotations
@@ -20,9 +28,11 @@ import time
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import ParameterError
+from ..errors import ParameterError, ReconstructionError
 from ..instrument.probe import zone_plate_probe
 from ..ptycho.backend import asnumpy
+from ..ptycho.budget import iterate_within
+from ..ptycho.conventions import Orientation, choose_orientation, orientation
 from ..ptycho.engines import PtychoData, engine
 from ..ptycho.layout import MARGIN_PX, grid_origins, with_counts
 from ..ptycho.stxm import probe_from_patterns
@@ -53,6 +63,11 @@ class ReconParams(BaseModel):
         1, ge=1, le=256, description="MPI ranks for the refinement (the mpi extra): over 1, the whole-scan solve runs as "
         "an mpiexec job, the frames split over the ranks by position (SHARP's way); the live estimate stays in the worker"
     )
+    positions: str = Field(
+        "auto", pattern="^(auto|probe|sample)$", description="what the stage's positions are: the sample's translation "
+        "(sample: the probe at minus it, as this project's stages read them), the probe's position (probe), or auto: "
+        "live as sample, and before the refinement the whole scan decides among both and their x/y flips and swaps"
+    )
 
 
 class _Session:
@@ -74,7 +89,13 @@ class _Session:
         self.snapped_at = 0.0
         self.lock = threading.Lock()
         self.error: Exception | None = None
-        self.refine_error: str | None = None  # a refinement over MPI that failed (the final image stands)
+        # probe (y, x) = sign * stage reading: the stage reads the sample's translation unless told otherwise
+        self.sign = 1.0 if params.positions == "probe" else -1.0
+        # how the positions were read, relative to the CXI file's translations (minus the stage reading): for the result
+        declared = Orientation.from_matrix(-self.sign * np.eye(2))
+        self.positions = {"convention": declared.name, "matrix": declared.matrix.tolist(),
+                          "details": {"decided_by": "given" if params.positions != "auto" else "auto, live as sample"}}
+        self.refine_error: str | None = None
         self.thread = threading.Thread(target=self._loop, name=f"recon-{info.uid[:8]}", daemon=True)
         self.thread.start()
 
@@ -123,7 +144,7 @@ class _Session:
 
     def _prepare(self) -> None:
         info = self.info
-        self.lowest = (-info.planned_m).min(axis=0)  # the grid is laid out for the plan
+        self.lowest = (self.sign * info.planned_m).min(axis=0)  # the grid is laid out for the plan
         origins = self._origins(info.planned_m)
         first = np.stack([pattern for pattern, _ in self.pending.values()])
         n = first.shape[-1]
@@ -132,6 +153,7 @@ class _Session:
         else:
             probe = probe_from_patterns(first.mean(axis=0))
         probe = with_counts(probe, first)
+        self.start_probe = probe.astype(np.complex64)  # what auto's trial starts from: the optics, not a fit
         data = PtychoData(np.zeros((len(origins), n, n), np.float32), origins, np.zeros(len(origins), np.float32))
         p = self.params
         self.eng = engine(p.engine, backend=p.backend, threads=p.threads)
@@ -144,21 +166,25 @@ class _Session:
         self.pending.clear()
 
     def _origins(self, positions_m: np.ndarray) -> np.ndarray:
-        """Probe-window corners (row, col) on the object grid for sample translations (y, x): the probe
-        moves opposite to the sample."""
-        return grid_origins(-np.asarray(positions_m, float), self.dx, self.lowest)
+        """Probe-window corners (row, col) on the object grid for stage positions (y, x): the probe moves
+        opposite to the sample (unless the positions are the probe's)."""
+        return grid_origins(self.sign * np.asarray(positions_m, float), self.dx, self.lowest)
 
     def _on_time(self) -> None:
         if time.monotonic() - self.snapped_at >= self.params.publish_every_s:
             self._snap()
 
-    def _snap(self) -> None:
+    def _snap(self, best=None) -> None:
         self.snapped_at = time.monotonic()
         obj, probe, residuals = self.eng.finalize()
         snap = {
             "object": np.array(obj), "probe": np.array(probe), "iteration": self.eng.iteration,
             "residual": float(residuals[-1]) if residuals else float("nan"), "frames": self.frames,
         }
+        if best is not None:  # a refinement's best state, not its last
+            snap.update(object=best.obj, probe=best.probe, residual=best.best_residual,
+                        refine_iterations=best.iterations, refine_best_iteration=best.best_iteration,
+                        refine_seconds=best.seconds)
         with self.lock:
             self.snapshot, self.snapshot_id = snap, self.snapshot_id + 1
 
@@ -179,36 +205,61 @@ class _Session:
         """Solve the whole scan again, from the live probe and a fresh object, as an offline
         reconstruction would: an object grown while frames arrived sits in a worse fit, from which
         more iterations climb out slowly (measured: NRMSE 0.126 -> 0.119 in 60 s, against 0.090
-        for 100 iterations from the start)."""
+        for 100 iterations from the start). With ``positions="auto"`` the scan first decides which
+        way round its positions are (a few seconds of the budget). The best state seen comes back;
+        a divergence keeps the live image and is reported (``refine_error``)."""
         if self.eng is None or seconds <= 0:
             return
+        t0 = time.monotonic()
         live, p = self.eng, self.params
+        weights = asnumpy(live.weights)
+        origins, probe, obj = live.origins.copy(), asnumpy(live.probe), np.ones(live.obj.shape, np.complex64)
+        orient = orientation("probe")  # relative to the live positions
+        if p.positions == "auto" and (weights > 0).sum() >= 2:
+            arrived = np.flatnonzero(weights > 0)
+            choice = choose_orientation(self.patterns[arrived], origins[arrived], self.start_probe, backend=p.backend)
+            log.info("run %s: %s", self.info.uid[:8], choice.summary())
+            if choice.clear:
+                orient = choice.best
+            if orient.matrix.tolist() != np.eye(2).tolist():  # another grid, and the live probe belongs to the old one
+                oriented = orient.apply(origins)
+                origins = oriented - oriented.min(axis=0) + MARGIN_PX
+                probe, obj = self.start_probe, None
+            # the CXI file holds minus the stage reading: probe = M (sign reading) = (-sign M) file
+            file_m = Orientation.from_matrix(-self.sign * orient.matrix)
+            self.positions = {"convention": file_m.name, "matrix": file_m.matrix.tolist(),
+                              "details": {"decided_by": "auto", "margin": choice.margin, "clear": choice.clear,
+                                          "twins": choice.twins, "residuals": choice.residuals}}
         if p.ranks > 1:
-            self._refine_over_mpi(live, seconds)
+            n = self.patterns.shape[-1]
+            shape = tuple(live.obj.shape) if obj is not None else tuple(int(np.ceil(v)) + n + 1 for v in origins.max(axis=0))
+            self._refine_over_mpi(origins, weights, probe, shape, max(seconds - (time.monotonic() - t0), 1e-3), live.iteration)
             return
         self.eng = engine(p.engine, backend=p.backend, threads=p.threads)
-        data = PtychoData(self.patterns, live.origins.copy(), asnumpy(live.weights))
-        self.eng.prepare(data, asnumpy(live.probe), np.ones(live.obj.shape, np.complex64))  # same grid as the live images
+        data = PtychoData(self.patterns, origins, weights)
+        self.eng.prepare(data, probe, obj)  # the same grid as the live images, unless auto turned it
         self.eng.iteration = live.iteration  # iterations count on, for the error curve
         self.eng.data_changed_at = live.iteration
-        t0 = time.monotonic()
-        while (time.monotonic() - t0 + self.iteration_s <= seconds and not self.should_stop()
-               and self.eng.iteration - live.iteration < 20 * self.params.final_iterations):
-            t = time.monotonic()
-            self.eng.iterate(1)
-            self.iteration_s = time.monotonic() - t
-        self._snap()
+        try:
+            best = iterate_within(self.eng, seconds=max(seconds - (time.monotonic() - t0), 1e-3),
+                                  iterations=20 * max(self.params.final_iterations, 1), should_stop=self.should_stop)
+        except ReconstructionError as exc:
+            log.error("run %s: refinement failed, the live final image stands: %s", self.info.uid[:8], exc)
+            self.refine_error = str(exc)
+            self.eng = live
+            return
+        self._snap(best)
 
-
-    def _refine_over_mpi(self, live, seconds: float) -> None:
-        """The refinement as an MPI job of ``ranks`` ranks (:mod:`.recon_mpi`); when it fails, the live final
-        image stays the run's last (nothing is lost) and the error is logged in one line."""
+    def _refine_over_mpi(self, origins, weights, probe, shape: tuple[int, int], seconds: float, start_iteration: int) -> None:
+        """The refinement as an MPI job of ``ranks`` ranks (:mod:`.recon_mpi`), on the positions as read (after
+        ``auto``'s choice); when it fails, the live final image stays the run's last (nothing is lost) and the
+        error is logged in one line."""
         p = self.params
         try:
             result = refine_over_mpi(
-                p.ranks, self.patterns, live.origins.copy(), asnumpy(live.weights), asnumpy(live.probe), tuple(live.obj.shape),
+                p.ranks, self.patterns, origins, weights, probe, shape,
                 engine_name=p.engine, backend=p.backend, seconds=seconds, max_iterations=20 * p.final_iterations,
-                start_iteration=live.iteration,
+                start_iteration=start_iteration,
             )
         except (MPIJobError, ParameterError, OSError) as exc:
             log.error("refinement over %d MPI ranks failed, the final image stands: %s", p.ranks, str(exc).splitlines()[0])
@@ -272,7 +323,14 @@ class ReconStage(Stage):
             "object_amplitude": np.abs(obj).astype(np.float32), "object_phase": np.angle(obj).astype(np.float32),
             "probe_amplitude": np.abs(probe).astype(np.float32), "probe_phase": np.angle(probe).astype(np.float32),
         }
+        for key in ("refine_iterations", "refine_best_iteration", "refine_seconds"):
+            if key in snap:
+                scalars[key] = snap[key]
         meta = {"scalars": scalars, "object_pixel_size_m": session.dx, "engine": self.params.engine, "margin_px": MARGIN_PX}
+        if final:
+            meta["positions"] = session.positions
+        if session.refine_error is not None:
+            meta["refine_error"] = session.refine_error
         return Message("result", run=run, seq=updates, stage="recon", meta=meta, arrays=arrays)
 
     def end_run(self, run: str) -> Message | None:
