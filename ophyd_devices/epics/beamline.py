@@ -87,10 +87,10 @@ def make_epics_beamline(description: BeamlineDescription, write_dir: str | os.Pa
     bl = EpicsBeamline(fccd=make_fccd(d, str(write_dir)), stage=make_stage(d),
                        shutter=make_shutter(d), optics=make_optics(d), description=d,
                        beam=EpicsSignalRO(d.pv(d.beam.present), name="beam_present", auto_monitor=True))
+    wait_for_connection([*bl.devices.values(), bl.beam], connect_timeout_s)
     hdf = bl.fccd.hdf5  # what staging the detector writes, beyond its stage_sigs
     lazy = [*staged_signals(bl.fccd), hdf.file_path, hdf.file_name, hdf.file_number, hdf.capture, hdf.file_template]
     for device in bl.devices.values():
         bound_writes(device, also=lazy if device is bl.fccd else ())  # no write waits forever for a read-back
-    wait_for_connection([*bl.devices.values(), bl.beam], connect_timeout_s)
     bl.stage.check_units()
     return bl

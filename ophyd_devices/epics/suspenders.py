@@ -10,6 +10,7 @@ back what a restarted IOC lost (shutter, user offsets, exposure) and the detecto
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from bluesky.suspenders import SuspendBoolLow
@@ -26,13 +27,15 @@ class SuspendWhenLost(SuspendBoolLow):
     """Suspend while ``signal`` reads 0 or is disconnected; resume ``sleep`` s after it is connected and 1.
 
     With ``only_disconnect`` the value is not judged (a shutter's status is closed in normal operation):
-    only a lost PV suspends.
+    only a lost PV suspends. Nothing here blocks the thread that delivers Channel Access callbacks (all of
+    Ophyd's monitors share it).
     """
 
     def __init__(self, signal, *, only_disconnect: bool = False, **kwargs):
         super().__init__(signal, **kwargs)
         self._only_disconnect = only_disconnect
         self._lost = False
+        self._value = 1
 
     def install(self, RE, *, event_type=None):
         super().install(RE, event_type=event_type)
@@ -42,21 +45,35 @@ class SuspendWhenLost(SuspendBoolLow):
         self._sig.clear_sub(self._on_meta)
         super().remove()
 
-    def _on_meta(self, *, connected: bool | None = None, **kwargs) -> None:
-        if connected is False and not self._lost:
-            self._lost = True
-            self(value=0)
-        elif connected and self._lost:
-            self._lost = False  # the value callback that follows a reconnection judges the value
-
     def __call__(self, value, **kwargs):
-        if self._only_disconnect and not self._lost:
-            value = 1
+        """A value update of the watched PV."""
+        self._value = value
+        self._judge()
+
+    def _on_meta(self, *, connected: bool | None = None, **kwargs) -> None:
+        if connected is None or (not connected) == self._lost:
+            return
+        self._lost = not connected
+        self._judge()  # after a reconnection the value may have come first: judge it now that the PV is back
+
+    def _judge(self) -> None:
+        value = 0 if self._lost else (1 if self._only_disconnect else self._value)
+        try:
+            SuspendBoolLow.__call__(self, value)
+        except RuntimeError:  # bluesky gives the RunEngine's loop 0.1 s to take the news; a busy loop misses it
+            threading.Thread(target=self._judge_again, name="suspender-retry", daemon=True).start()
+
+    def _judge_again(self) -> None:
         for _ in range(TRIP_ATTEMPTS):
+            time.sleep(0.05)
+            if self.RE is None:
+                return
+            value = 0 if self._lost else (1 if self._only_disconnect else self._value)
             try:
-                return super().__call__(value, **kwargs)
-            except RuntimeError:  # bluesky gives the RunEngine's loop 0.1 s to make its event: a busy loop misses
-                time.sleep(0.05)
+                SuspendBoolLow.__call__(self, value)
+                return
+            except RuntimeError:
+                continue
         log.error("%s: could not tell the RunEngine (its loop stayed busy)", self._sig.name)
 
     def _should_suspend(self, value):

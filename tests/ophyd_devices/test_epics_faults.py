@@ -148,6 +148,24 @@ def _when_events(docs_seen: list, n: int, action) -> threading.Thread:
     return thread
 
 
+def _abort_after(RE, seconds: float) -> threading.Event:
+    """A deadline for a RunEngine that may wait for a suspender: paused and aborted after ``seconds``
+    unless the returned event is set first (a suspension is meant to wait for hours; a test is not)."""
+    done = threading.Event()
+
+    def watchdog():
+        if done.wait(seconds) or RE.state == "idle":
+            return
+        RE.request_pause(defer=False)
+        deadline = time.monotonic() + 10
+        while RE.state != "paused" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        RE.abort(f"the test's deadline of {seconds:g} s")
+
+    threading.Thread(target=watchdog, daemon=True).start()
+    return done
+
+
 def test_an_ioc_killed_mid_scan_fails_the_run_in_one_line_and_keeps_its_frames(start_ioc, catalog_dir, cat):
     ioc = start_ioc(rate_hz=10.0)
     bl = _beamline(ioc, catalog_dir)
@@ -200,9 +218,11 @@ def test_a_beam_dump_suspends_the_scan_and_it_completes_when_the_beam_is_back(st
         dump.put("Off", wait=True)
 
     _when_events(names, 3, dump_for_a_second)
+    watchdog = _abort_after(RE, 60)
     try:
         RE(ptycho_scan(bl.fccd, bl.stage, bl.shutter, shape=(3, 3), overlap=0.7, optics=bl.optics))
     finally:
+        watchdog.set()
         for s in suspenders:
             RE.remove_suspender(s)
     (stop,) = [doc for name, doc in docs if name == "stop"]
@@ -218,7 +238,7 @@ def test_an_ioc_restarted_mid_scan_suspends_the_run_engine_which_resumes_and_com
     ioc = start_ioc(rate_hz=10.0)
     bl = _beamline(ioc, catalog_dir)
     RE = RunEngine({"scan_id": last_scan_id(cat)}, call_returns_result=False)
-    bl.install_suspenders(RE, sleep_s=0.5)
+    suspenders = bl.install_suspenders(RE, sleep_s=0.5)
     names: list = []
     docs: list = []
     RE.subscribe(lambda name, doc: (names.append(name), docs.append((name, doc))))
@@ -233,7 +253,13 @@ def test_an_ioc_restarted_mid_scan_suspends_the_run_engine_which_resumes_and_com
 
     _when_events(names, 3, restart)
     t0 = time.monotonic()
-    RE(ptycho_scan(bl.fccd, bl.stage, bl.shutter, shape=(3, 3), overlap=0.7, optics=bl.optics))
+    watchdog = _abort_after(RE, 120)
+    try:
+        RE(ptycho_scan(bl.fccd, bl.stage, bl.shutter, shape=(3, 3), overlap=0.7, optics=bl.optics))
+    finally:
+        watchdog.set()
+        for s in suspenders:
+            RE.remove_suspender(s)
     assert restarted and time.monotonic() - t0 < 90
     (stop,) = [doc for name, doc in docs if name == "stop"]
     assert stop["exit_status"] == "success" and names.count("event") == 9
@@ -243,3 +269,19 @@ def test_an_ioc_restarted_mid_scan_suspends_the_run_engine_which_resumes_and_com
     np.testing.assert_array_equal(recorded, _frames_of(docs))
     totals = recorded.astype(float).sum(axis=(1, 2))
     assert totals.min() > 0.5 * np.median(totals)  # the shutter was opened again: no dark frame recorded
+
+
+def test_every_wait_of_the_epics_beamline_has_a_deadline(module_ioc, catalog_dir):
+    from ophyd.signal import EpicsSignalBase
+
+    from ns_bluesky.ophyd_devices.epics.waits import staged_signals
+
+    bl = make_beamline(BeamlineDescription(prefix=module_ioc.prefix), detector_dir(catalog_dir))
+    signals = [w.item for dev in bl.devices.values() for w in dev.walk_signals(include_lazy=False)]
+    signals += staged_signals(bl.fccd) + [bl.fccd.hdf5.file_path, bl.fccd.hdf5.capture]
+    epics = [s for s in signals if isinstance(s, EpicsSignalBase)]
+    assert len(epics) > 40 and all(0 < s.write_timeout <= 60 for s in epics)  # set().wait() never waits forever
+    assert 0 < bl.stage.y.timeout <= 60 and 0 < bl.stage.x.timeout <= 60  # a move's status ends
+    assert 0 < bl.fccd.trigger_timeout_s <= 60  # a frame's status ends
+    bl.stage.y.user_offset.set(1e-9).wait(5)  # the drift correction's write: bounded and done
+    bl.stage.y.user_offset.set(0.0).wait(5)
