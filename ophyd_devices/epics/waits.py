@@ -87,8 +87,10 @@ class DisconnectGuard:
             return
         with self._lock:
             pending, self._pending = self._pending, []
-        for status in pending:
-            self._fail(status)
+        if pending:  # off the Channel Access callback thread: a failing status runs its callbacks where it fails,
+            # and blocking that thread stalls every channel of the process (later connections time out)
+            threading.Thread(target=lambda: [self._fail(s) for s in pending], name=f"{self.owner}-lost",
+                             daemon=True).start()
 
 
 def finish_abandoned(statuses, owner: str) -> None:
