@@ -66,8 +66,9 @@ class EpicsAxis(EpicsMotor):
     def pause(self) -> None:
         try:
             self._offset_at_pause = float(self.user_offset.get())
-        except Exception:
-            self._offset_at_pause = None
+        except Exception:  # the IOC is gone: the last value OFF's monitor brought
+            last = getattr(self.user_offset, "_readback", None)
+            self._offset_at_pause = None if last is None else float(last)
 
     def resume(self) -> None:
         """Put back the user offset (a drift correction) if a restarted IOC lost it, as autosave would."""

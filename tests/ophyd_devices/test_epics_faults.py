@@ -237,6 +237,7 @@ def test_an_ioc_restarted_mid_scan_suspends_the_run_engine_which_resumes_and_com
                                                                                        cat):
     ioc = start_ioc(rate_hz=10.0)
     bl = _beamline(ioc, catalog_dir)
+    bl.stage.y.user_offset.set(2e-9).wait(5)  # a drift correction the restarted IOC will have lost
     RE = RunEngine({"scan_id": last_scan_id(cat)}, call_returns_result=False)
     suspenders = bl.install_suspenders(RE, sleep_s=0.5)
     names: list = []
@@ -264,6 +265,7 @@ def test_an_ioc_restarted_mid_scan_suspends_the_run_engine_which_resumes_and_com
     (stop,) = [doc for name, doc in docs if name == "stop"]
     assert stop["exit_status"] == "success" and names.count("event") == 9
     assert bl.fccd.acquire_time.get(use_monitor=False) == pytest.approx(EXPOSURE_S)  # put back after the restart
+    assert bl.stage.y.user_offset.get(use_monitor=False) == pytest.approx(2e-9)  # and the user offset (OFF)
     recorded = np.asarray(cat[stop["run_start"]]["primary"]["fccd_image"].read())
     assert recorded.shape == (9, 1040, 1152)
     np.testing.assert_array_equal(recorded, _frames_of(docs))
