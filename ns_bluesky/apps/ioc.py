@@ -21,7 +21,8 @@ def add_parser(sub) -> None:
         "ioc",
         help="serve the simulated beamline over EPICS Channel Access (caproto)",
         description="Serve the simulated FCCD (areaDetector cam1:/HDF1:, frames written to HDF5 by the IOC), "
-        "the stage (motor records), the shutter (bo/bi) and the optics as EPICS PVs named by a beamline description.",
+        "the stage (motor records), the shutter (bo/bi), the optics and fault PVs (beam loss, dropped packets, "
+        "saturation, drift, beam dump, full disk) as EPICS PVs named by a beamline description.",
     )
     _arguments(p)
     p.set_defaults(func=run)

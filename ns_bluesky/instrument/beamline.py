@@ -82,6 +82,33 @@ class OpticsPVs(Model):
     check_names = field_validator("*")(_pv_part)
 
 
+class BeamPVs(Model):
+    """Whether the source delivers beam: what the RunEngine's suspenders watch (with the shutter status)."""
+
+    present: str = Field("BEAM:Present", description="bi: 1 while beam reaches the endstation, 0 when it is lost")
+
+    check_names = field_validator("present")(_pv_part)
+
+
+class FaultPVs(Model):
+    """Faults on demand, served only by the simulated IOC (``ns-bluesky ioc``), as the in-process simulator has
+    them (:mod:`ns_bluesky.sim.faults`); a real beamline's IOCs do not have these and ignore the section.
+
+    The counted faults spoil the next so many light frames (frames taken with the shutter open) and count
+    down as they do, so a test or a demo switches one on mid-scan with one put.
+    """
+
+    beam_loss: str = Field("FAULT:BeamLoss", description="longout: the next N light frames see no beam")
+    dropped_packets: str = Field("FAULT:DroppedPackets", description="longout: the next N light frames lose rows")
+    saturation: str = Field("FAULT:Saturation", description="longout: the next N light frames saturate a band")
+    drift_y: str = Field("FAULT:DriftY", description="ao, m: the sample's slip on the stage (unseen by encoders)")
+    drift_x: str = Field("FAULT:DriftX", description="ao, m: the sample's slip on the stage (unseen by encoders)")
+    beam_dump: str = Field("FAULT:BeamDump", description="bo: 1 dumps the beam (the beam PV reads 0) until 0")
+    disk_full: str = Field("FAULT:DiskFull", description="bo: 1 makes the file plugin's disk read as full")
+
+    check_names = field_validator("*")(_pv_part)
+
+
 class SimulatedIOC(Model):
     """What ``ns-bluesky ioc`` starts with; a real beamline's IOCs ignore this section."""
 
@@ -110,6 +137,8 @@ class BeamlineDescription(Model):
     stage: StagePVs = Field(default_factory=StagePVs)
     shutter: ShutterPVs = Field(default_factory=ShutterPVs)
     optics: OpticsPVs = Field(default_factory=OpticsPVs)
+    beam: BeamPVs = Field(default_factory=BeamPVs)
+    faults: FaultPVs = Field(default_factory=FaultPVs)
     ioc: SimulatedIOC = Field(default_factory=SimulatedIOC)
 
     check_names = field_validator("prefix")(_pv_part)
@@ -127,6 +156,6 @@ class BeamlineDescription(Model):
 
     def all_pvs(self) -> list[str]:
         """The record names outside the detector (whose PVs areaDetector names): for a quick reachability check."""
-        parts = [self.stage.y, self.stage.x, self.shutter.command, self.shutter.status]
+        parts = [self.stage.y, self.stage.x, self.shutter.command, self.shutter.status, self.beam.present]
         parts += [getattr(self.optics, f) for f in OpticsPVs.model_fields]
         return [self.pv(p) for p in parts]

@@ -9,16 +9,23 @@ and ``defocus``. PV names come from the beamline description.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from ophyd import Device, EpicsMotor, EpicsSignal, EpicsSignalRO
 from ophyd import FormattedComponent as FCpt
+from ophyd.positioner import PositionerBase
 from ophyd.status import SubscriptionStatus
+from ophyd.status import wait as status_wait
 from ophyd.utils import LimitError
 
 from ns_bluesky.errors import ParameterError
 from ns_bluesky.instrument.beamline import BeamlineDescription
 
 from ..motors import LimitCheckedStage
+from .waits import WRITE_TIMEOUT_S, DisconnectGuard, check_connected
+
+log = logging.getLogger(__name__)
 
 #: longest a single stage move or shutter actuation may take before its status fails instead of waiting forever
 MOTION_TIMEOUT_S = 60.0
@@ -30,9 +37,48 @@ class EpicsAxis(EpicsMotor):
     """A motor record; its limits are the record's HLM/LLM as monitored, not the control limits Ophyd
     cached at connection (those are refreshed only on some limit changes; see shared/reference/epics.md)."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.guard = DisconnectGuard(self.name, self.motor_done_move)
+        self._offset_at_pause: float | None = None
+
     @property
     def limits(self) -> tuple[float, float]:
         return self.low_limit_travel.get(), self.high_limit_travel.get()
+
+    def move(self, position, wait: bool = True, **kwargs):
+        """``EpicsMotor.move``, refused in one line if the IOC is gone, and failed at once if it goes."""
+        check_connected(self.name, self.user_setpoint)
+        status = self.guard.watch(super().move(position, wait=False, **kwargs))
+        if wait:
+            status_wait(status)
+        return status
+
+    def stop(self, *, success: bool = False) -> None:
+        """STOP the record if it answers; the pending move ends either way (a suspension stops every axis,
+        and a move left pending would time out later and fail the resumed run)."""
+        try:
+            self.motor_stop.put(1, wait=False)
+        except Exception as exc:  # the IOC is gone: nothing to stop there
+            log.warning("%s: could not STOP the motor record: %s", self.name, exc)
+        PositionerBase.stop(self, success=success)
+
+    def pause(self) -> None:
+        try:
+            self._offset_at_pause = float(self.user_offset.get())
+        except Exception:  # the IOC is gone: the last value OFF's monitor brought
+            last = getattr(self.user_offset, "_readback", None)
+            self._offset_at_pause = None if last is None else float(last)
+
+    def resume(self) -> None:
+        """Put back the user offset (a drift correction) if a restarted IOC lost it, as autosave would."""
+        offset, self._offset_at_pause = self._offset_at_pause, None
+        if offset is None:
+            return
+        self.user_offset.wait_for_connection(timeout=WRITE_TIMEOUT_S)
+        if self.user_offset.get(use_monitor=False) != offset:
+            log.warning("%s: the IOC lost the user offset; putting back %g", self.name, offset)
+            self.user_offset.set(offset).wait(WRITE_TIMEOUT_S)
 
     @property
     def dial_position(self) -> float:
@@ -80,6 +126,8 @@ class EpicsShutter(Device):
     def __init__(self, prefix: str = "", *, command_pv: str, status_pv: str, name: str, **kwargs):
         self._command_pv, self._status_pv = command_pv, status_pv
         super().__init__(prefix, name=name, **kwargs)
+        self.guard = DisconnectGuard(self.name, self.status)
+        self.commanded: int | None = None  # the last command: what a restarted IOC is told again on resume
 
     @property
     def is_open(self) -> bool:
@@ -93,9 +141,25 @@ class EpicsShutter(Device):
             target = 0
         else:
             raise ParameterError(f"{self.name}: unknown shutter command {value!r}; use 'open' or 'close'")
+        check_connected(self.name, self.command)
         status = SubscriptionStatus(self.status, lambda *, value, **kw: value == target, timeout=MOTION_TIMEOUT_S)
+        self.guard.watch(status)
         self.command.put(target, wait=False)
+        self.commanded = target
         return status
+
+    def stop(self, *, success: bool = False) -> None:
+        """A suspension stops what moved: the actuation in flight is abandoned (it is commanded again)."""
+        self.guard.abandon()
+
+    def resume(self) -> None:
+        """After a suspension: command again what was commanded, if the status (a restarted IOC) differs."""
+        if self.commanded is None:
+            return
+        self.status.wait_for_connection(timeout=WRITE_TIMEOUT_S)
+        if self.status.get(use_monitor=False) != self.commanded:
+            log.warning("%s: not as commanded after the suspension; commanding it again", self.name)
+            self.set(self.commanded).wait(MOTION_TIMEOUT_S)
 
 
 class EpicsOptics(Device):

@@ -14,13 +14,13 @@ PV), ``acquire_time``/``acquire_period`` (the cam's), ``validate_settings`` and 
 from __future__ import annotations
 
 import functools
+import logging
 import time
 
 from event_model import compose_stream_resource
 from ophyd import Component as Cpt
-from ophyd import EpicsSignalRO
+from ophyd import EpicsSignalRO, Staged
 from ophyd import FormattedComponent as FCpt
-from ophyd import Staged
 from ophyd.areadetector.cam import AreaDetectorCam
 from ophyd.areadetector.detectors import DetectorBase
 from ophyd.areadetector.filestore_mixins import FileStoreHDF5
@@ -33,6 +33,9 @@ from ns_bluesky.instrument.detector import DetectorGeometry
 
 from ...io.frame_writer import DATASET
 from ..detector_settings import check_exposure_and_period
+from .waits import WRITE_TIMEOUT_S, DisconnectGuard, check_connected, finish_abandoned
+
+log = logging.getLogger(__name__)
 
 __all__ = ["EpicsFCCD", "StreamHDF5FileStore", "make_fccd"]
 
@@ -68,6 +71,24 @@ class StreamHDF5FileStore(FileStoreHDF5):
         self._asset_docs_cache.append(("stream_datum", datum))
         self.frames_announced = i + 1
 
+    def check_file_path(self, timeout_s: float = WRITE_TIMEOUT_S) -> None:
+        """Before staging changes anything: ``DeviceError`` in one line if the IOC cannot file under the write
+        path (FilePathExists_RBV No), with the plugin's own WriteMessage (an unwritable path, a full disk)."""
+        path = self.write_path_template
+        self.file_path.set(path).wait(timeout_s)
+        if self.file_path_exists.get(use_monitor=False):
+            return
+        message = self.write_message.get(as_string=True, use_monitor=False)
+        raise DeviceError(f"{self.parent.name if self.parent else self.name}: the IOC cannot write frames under "
+                          f"{path} (FilePathExists_RBV No): {message or 'no message from the IOC'}; no run was opened")
+
+    def new_file(self) -> None:
+        """After a suspension: the frames to come go to a new file, announced by its own ``stream_resource``
+        (the catalog joins them under the same key), and the frames announced but recorded by no event
+        (the point the RunEngine rewound past) are forgotten; what the last file holds stays there."""
+        self.unstage()  # closes the file (Capture 0) and forgets what no event took
+        self.stage()
+
 
 class FCCDHDF5Plugin(HDF5Plugin, StreamHDF5FileStore):
     lazy_wait_for_connection = False
@@ -95,6 +116,8 @@ class EpicsFCCD(SingleTrigger, DetectorBase):
         self._cam_suffix, self._hdf_suffix, self._distance_pv = cam, hdf, distance_pv
         self._status_type = functools.partial(ADTriggerStatus, timeout=self.trigger_timeout_s)
         super().__init__(prefix, name=name, **kwargs)
+        self.guard = DisconnectGuard(self.name, self.cam.acquire)
+        self._settings_at_stage: dict = {}
         self._geometry = geometry
         self.hdf5.write_path_template = self.hdf5.read_path_template = write_dir.rstrip("/") + "/"
         self.hdf5.stage_sigs["file_write_mode"] = "Stream"
@@ -122,15 +145,56 @@ class EpicsFCCD(SingleTrigger, DetectorBase):
         check_exposure_and_period(self.name, self.acquire_time.get(), self.acquire_period.get())
 
     def stage(self):
+        """Refused before anything changes (so before a run opens) if the settings make no sense or the IOC
+        cannot write under the write path (``StreamHDF5FileStore.check_file_path``)."""
+        check_connected(self.name, self.cam.acquire)
         self.validate_settings()
-        return super().stage()
+        self.hdf5.check_file_path()
+        staged = super().stage()
+        # what a restarted IOC would lose and resume() puts back (a real one has autosave)
+        self._settings_at_stage = {sig: sig.get() for sig in (self.cam.acquire_time, self.cam.acquire_period)}
+        return staged
+
+    def unstage(self):
+        """As Ophyd's, but an IOC that is gone does not turn the end of a failed run into a second error."""
+        if self.cam.acquire.connected:
+            return super().unstage()
+        log.warning("%s: the IOC is gone; unstaged without restoring its settings", self.name)
+        for dev in (self.hdf5, self.cam, self):
+            dev._staged = Staged.no
+        self.hdf5._asset_docs_cache.clear()
+        return [self]
+
+    def pause(self) -> None:
+        """A suspension: the frame in flight is abandoned (the RunEngine takes the point again on resume)."""
+        status, self._status = self._status, None
+        self.guard.abandon()
+        finish_abandoned([status], self.name)
+
+    def resume(self) -> None:
+        """After a suspension: the IOC back (within a timeout), the exposure it may have lost on a restart
+        put back, and a new file for the frames to come (``StreamHDF5FileStore.new_file``)."""
+        if self._staged != Staged.yes:
+            return
+        for sig in (self.cam.acquire, self.cam.acquire_time, self.hdf5.capture, self.hdf5.file_path):
+            try:
+                sig.wait_for_connection(timeout=WRITE_TIMEOUT_S)
+            except TimeoutError:
+                raise DeviceError(f"{self.name}: the IOC did not come back within {WRITE_TIMEOUT_S:g} s after the "
+                                  f"suspension ({sig.pvname} disconnected)") from None
+        for sig, value in self._settings_at_stage.items():
+            if sig.get(use_monitor=False) != value:
+                log.warning("%s: the IOC lost %s; putting back %g", self.name, sig.name, value)
+                sig.set(value).wait(WRITE_TIMEOUT_S)
+        self.hdf5.new_file()
 
     def trigger(self) -> ADTriggerStatus:
         """``SingleTrigger.trigger`` without its race: a frame that ends before ``trigger`` returns clears
         ``self._status`` in the monitor thread, and the stock method then returns None to the RunEngine."""
         if self._staged != Staged.yes:
             raise RuntimeError(f"{self.name} is not staged; stage it before triggering")
-        status = self._status = self._status_type(self)
+        check_connected(self.name, self.cam.acquire)
+        status = self._status = self.guard.watch(self._status_type(self))
         self.generate_datum(self._image_name, time.time(), {})
         self._acquisition_signal.put(1, wait=False)
         return status

@@ -4,7 +4,9 @@ Standing in for a facility's IOCs on loopback, so that the EPICS path (Ophyd ove
 plans, the catalog) runs without hardware. Everything physical comes from the same simulator as the
 in-process beamline: the FCCD renders where the motor records' dial positions put the sample, dark while
 the shutter's bi reads closed, with the optics the optics PVs hold at that frame (a change rebuilds the
-simulation before the next frame; a combination the zone-plate model refuses is refused at the put).
+simulation before the next frame; a combination the zone-plate model refuses is refused at the put), and
+with the faults the fault PVs switch on (``faults.py``: beam loss, dropped packets, saturation, drift, a
+beam dump that the beam-present PV shows, a full disk).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ns_bluesky.sim import PtychoSimulation
 from ns_bluesky.sim.settings import SimConfig
 
 from ..fccd import SimulationSource
+from .faults import FaultySource, fault_group
 from .fccd import FCCDCam, HDF5FilePlugin
 from .motor import MotorRecord
 from .network import server_env
@@ -123,12 +126,13 @@ class BeamlineIOC:
         self.optics = optics_group(d)
         self.source = SimulationSource(PtychoSimulation(self.config, image=image), SimpleNamespace(**axes))
         self.hdf = HDF5FilePlugin(d.hdf_prefix, shape=self.source.geometry.raw_shape)
+        self.faults = fault_group(d, on_disk_full=self.hdf.set_disk_full)
         period = 1.0 / rate_hz if rate_hz > 0 else 0.0
-        self.cam = FCCDCam(d.cam_prefix, source=self.source, hdf=self.hdf, light=self.shutter.is_open,
-                           prepare=self._follow_optics, exposure_s=min(ioc.exposure_s, period or ioc.exposure_s),
-                           period_s=period)
+        self.cam = FCCDCam(d.cam_prefix, source=FaultySource(self.source, self.faults), hdf=self.hdf,
+                           light=self.shutter.is_open, prepare=self._follow_optics, after_frame=self.faults.publish,
+                           exposure_s=min(ioc.exposure_s, period or ioc.exposure_s), period_s=period)
         self.pvdb: dict = {}
-        for group in (*axes.values(), self.shutter, self.optics, self.cam, self.hdf):
+        for group in (*axes.values(), self.shutter, self.optics, self.faults, self.cam, self.hdf):
             self.pvdb.update(group.pvdb)
 
     def _follow_optics(self) -> None:

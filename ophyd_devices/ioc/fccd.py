@@ -145,10 +145,34 @@ class HDF5FilePlugin(pv_table("_HDFPVs", hdf_table((1040, 1152)), ADGroup)):
     def capturing(self) -> bool:
         return self.writer._file is not None
 
-    async def _refresh_path_exists(self) -> None:
+    disk_full = False  #: the DiskFull fault: the disk under FilePath reads as full
+
+    def path_problem(self) -> str:
+        """Why the IOC cannot file frames under FilePath now ('' if it can)."""
         path = self.get("FilePath")
-        ok = bool(path) and os.path.isdir(path) and os.access(path, os.W_OK)
-        await self.set("FilePathExists_RBV", "Yes" if ok else "No")
+        if not path:
+            return "FilePath is empty"
+        if not (os.path.isdir(path) and os.access(path, os.W_OK)):
+            return f"FilePath {path} is not a writable directory on the IOC's host"
+        if self.disk_full:
+            return f"no space left on the device of {path} (disk full)"
+        return ""
+
+    async def _refresh_path_exists(self) -> None:
+        """FilePathExists_RBV, and WriteStatus/WriteMessage saying why not, as areaDetector reports it."""
+        problem = self.path_problem()
+        await self.set("FilePathExists_RBV", "No" if problem else "Yes")
+        if problem and self.get("FilePath"):
+            await self.set("WriteStatus", "Write error")
+            await self.set("WriteMessage", problem[:500])
+        elif not problem and _enum_is(self, "WriteStatus", "Write error"):
+            await self.set("WriteStatus", "Write OK")
+            await self.set("WriteMessage", "")
+
+    async def set_disk_full(self, full: bool) -> None:
+        """The DiskFull fault switched: reported at once, and frames stop being filed while it lasts."""
+        self.disk_full = bool(full)
+        await self._refresh_path_exists()
 
     async def on_FilePath(self, value):
         if value and self.get("CreateDirectory") != 0:
@@ -166,6 +190,8 @@ class HDF5FilePlugin(pv_table("_HDFPVs", hdf_table((1040, 1152)), ADGroup)):
         if self.capturing:
             return None
         try:
+            if problem := self.path_problem():
+                raise OSError(problem)
             name = self.get("FileTemplate") % (self.get("FilePath"), self.get("FileName"), self.get("FileNumber"))
             self.writer.open(Path(name))
         except (OSError, TypeError, ValueError) as exc:
@@ -182,7 +208,7 @@ class HDF5FilePlugin(pv_table("_HDFPVs", hdf_table((1040, 1152)), ADGroup)):
 
     def file_frame(self, frame) -> bool:
         """In the IOC's worker thread: append ``frame`` if the plugin is enabled and capturing."""
-        if not (self.capturing and _enum_is(self, "EnableCallbacks", "Enable")):
+        if not (self.capturing and _enum_is(self, "EnableCallbacks", "Enable")) or self.disk_full:
             return False
         self.writer.write(frame)
         for _ in self.writer.collect_docs():  # the IOC has no RunEngine: the writer's documents are not ours
@@ -215,13 +241,15 @@ def cam_table(shape: tuple[int, int], exposure_s: float, period_s: float) -> dic
 class FCCDCam(pv_table("_CamPVs", cam_table((1040, 1152), 0.1, 0.1), ADGroup)):  # values: see __init__
     """``cam1:``: ``Acquire`` takes 1 (Single), ``NumImages`` (Multiple) or endless (Continuous) frames."""
 
-    def __init__(self, prefix: str, *, source, hdf: HDF5FilePlugin, light, prepare=None, exposure_s: float,
-                 period_s: float, **kwargs):
+    def __init__(self, prefix: str, *, source, hdf: HDF5FilePlugin, light, prepare=None, after_frame=None,
+                 exposure_s: float, period_s: float, **kwargs):
         """``source.render(index, exposure_s, light)`` draws a frame, ``light()`` says whether the shutter is
-        open, ``prepare()`` (in the worker thread, before each frame) lets the simulation follow the optics."""
+        open, ``prepare()`` (in the worker thread, before each frame) lets the simulation follow the optics,
+        ``after_frame()`` (awaited in the IOC's loop) lets the fault PVs show what the frame used up."""
         shape = tuple(source.geometry.raw_shape)
         super().__init__(prefix, initial=cam_table(shape, exposure_s, period_s), **kwargs)
         self.source, self.hdf, self.light, self.prepare = source, hdf, light, prepare
+        self.after_frame = after_frame  # a coroutine function run in the IOC's loop after each frame
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fccd-readout")
         self._task: asyncio.Task | None = None
         self._last_end = -math.inf
@@ -271,6 +299,8 @@ class FCCDCam(pv_table("_CamPVs", cam_table((1040, 1152), 0.1, 0.1), ADGroup)): 
                 filed = await asyncio.shield(loop.run_in_executor(self._pool, self._readout, exposure, self.light()))
                 if filed:
                     await self.hdf.frame_filed()
+                if self.after_frame is not None:
+                    await self.after_frame()
                 done += 1
                 await self.set("ArrayCounter", self.get("ArrayCounter") + 1)
                 await self.set("NumImagesCounter_RBV", done)

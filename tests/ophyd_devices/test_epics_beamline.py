@@ -148,10 +148,15 @@ def test_the_profile_takes_the_epics_beamline_that_the_environment_names(module_
     description.write_text(f"prefix: '{module_ioc.prefix}'\n")
     startup = files("ns_bluesky.profiles") / "profile_nanosurveyor" / "startup" / "10-devices.py"
     monkeypatch.setenv("NS_BLUESKY_BEAMLINE", str(description))
-    ns: dict = {"CATALOG_DIR": tmp_path / "catalog"}
+    RE = RunEngine({})
+    ns: dict = {"CATALOG_DIR": tmp_path / "catalog", "RE": RE}
     exec(compile(startup.read_text(), str(startup), "exec"), ns)
     assert isinstance(ns["beamline"], EpicsBeamline) and ns["stage"].y.prefix == module_ioc.pv("SS:Y")
-    assert f"EPICS, as {description} names them" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"EPICS, as {description} names them" in out and "RE suspends while the beam" in out
+    assert set(ns["suspenders"]) <= set(RE.suspenders) and len(ns["suspenders"]) == 4
+    for suspender in ns["suspenders"]:
+        RE.remove_suspender(suspender)
     monkeypatch.delenv("NS_BLUESKY_BEAMLINE")
     ns = {"CATALOG_DIR": tmp_path / "catalog"}
     exec(compile(startup.read_text(), str(startup), "exec"), ns)

@@ -43,11 +43,15 @@ class IOCProcess:
     """``python -m ns_bluesky.apps.ioc`` on a free port of the session's pool; ``stop`` always ends it."""
 
     def __init__(self, workdir: Path, *, prefix: str | None = None, description: Path | None = None,
-                 rate_hz: float = 0.0, ready_timeout_s: float = 90.0):
+                 rate_hz: float = 0.0, ready_timeout_s: float = 90.0, port: int | None = None):
+        """``port``: one of the session's ports (an IOC restarted where the stopped one served)."""
         free = [p for p in _ports if p not in _in_use]
+        if port is not None and port not in free:
+            raise RuntimeError(f"port {port} is not a free port of the session's pool {_ports}")
         if not free:
             raise RuntimeError(f"all {POOL_SIZE} CA ports of the session are in use; stop an IOC first")
-        self.port, self.prefix = free[0], prefix or unique_prefix()
+        self.port, self.prefix = port or free[0], prefix or unique_prefix()
+        self.rate_hz, self.description = rate_hz, description
         self.log_path = workdir / f"ioc-{self.port}-{self.prefix.strip(':')}.log"
         args = [sys.executable, "-m", "ns_bluesky.apps.ioc", "--port", str(self.port), "--prefix", self.prefix,
                 "--rate", str(rate_hz)]
@@ -82,6 +86,12 @@ class IOCProcess:
 
     def pv(self, part: str) -> str:
         return self.prefix + part
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: no clean-up in the IOC (files closed only as far as they were flushed)."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

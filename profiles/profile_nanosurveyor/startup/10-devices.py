@@ -12,5 +12,8 @@ beamline = make_beamline(BEAMLINE_DESCRIPTION, detector_dir(CATALOG_DIR), rate_h
 fccd, stage, shutter, optics = beamline.fccd, beamline.stage, beamline.shutter, beamline.optics
 if BEAMLINE_DESCRIPTION:
     print(f"[10-devices] fccd, stage (x, y), shutter, optics: EPICS, as {BEAMLINE_DESCRIPTION} names them")
+    if "RE" in globals():  # 00-base's: it waits for a lost beam or IOC instead of failing the scan
+        suspenders = beamline.install_suspenders(RE)  # noqa: F821
+        print(f"[10-devices] RE suspends while the beam ({beamline.beam.pvname}) is lost or an IOC is gone")
 else:
     print("[10-devices] fccd, stage (x, y), shutter, optics: the simulated beamline at 10 frames/s")
