@@ -41,6 +41,14 @@ class EpicsAxis(EpicsMotor):
         super().__init__(*args, **kwargs)
         self.guard = DisconnectGuard(self.name, self.motor_done_move)
         self._offset_at_pause: float | None = None
+        # OFF as last seen while the IOC answered: by the time a suspension calls pause() the IOC may be gone
+        # already (its loss is what suspended the run), and a disconnected signal no longer tells its value
+        self._offset_seen: float | None = None
+        self.user_offset.subscribe(self._see_offset, run=True)
+
+    def _see_offset(self, value=None, **kwargs) -> None:
+        if value is not None and np.isfinite(value):
+            self._offset_seen = float(value)
 
     @property
     def limits(self) -> tuple[float, float]:
@@ -64,11 +72,7 @@ class EpicsAxis(EpicsMotor):
         PositionerBase.stop(self, success=success)
 
     def pause(self) -> None:
-        try:
-            self._offset_at_pause = float(self.user_offset.get())
-        except Exception:  # the IOC is gone: the last value OFF's monitor brought
-            last = getattr(self.user_offset, "_readback", None)
-            self._offset_at_pause = None if last is None else float(last)
+        self._offset_at_pause = self._offset_seen
 
     def resume(self) -> None:
         """Put back the user offset (a drift correction) if a restarted IOC lost it, as autosave would."""
