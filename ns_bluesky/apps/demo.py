@@ -54,6 +54,7 @@ class DemoResult:
     exit_status: str
     path: str = "in-process"  # the devices: "in-process" (simulated Ophyd devices) or "epics" (Channel Access)
     ioc: dict | None = None  # the EPICS path's IOC: prefix, port, pid, CPU seconds (scan, total)
+    exposure_s: float | None = None
 
 
 def parse_scan(text: str) -> tuple[int, int]:
@@ -346,6 +347,7 @@ def _run(beamline, sim, remote, cat, cat_dir: Path, cfg: SimConfig, out: Path, *
         exit_status=run.metadata["stop"]["exit_status"],
         path=path,
         ioc=ioc,
+        exposure_s=cfg.exposure_s,
     )
     summary = Path(summary_json) if summary_json else out / "summary.json"
     summary.write_text(json.dumps(asdict(result), indent=2))
