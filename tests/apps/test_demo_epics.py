@@ -95,15 +95,18 @@ def test_ctrl_c_during_the_epics_scan_stops_the_ioc(tmp_path, catalog_dir):
     proc, said = _demo(["--scan", "30x30", "--rate", "10", "--darks", "2", "--workers", "1"], out, catalog_dir)
     pid = None
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180
         while pid is None and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
             if found := re.search(r"EPICS path: IOC \S+ on 127\.0\.0\.1:\d+ \(pid (\d+)", said.read_text()):
                 pid = int(found[1])
         assert pid is not None and process_running(pid), said.read_text()[-2000:]
-        time.sleep(3)  # into the darks or the scan
+        while not _scanning(out) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _scanning(out), "the demo's pipeline never saw a run"
+        time.sleep(2)  # mid-scan, as test_demo_and_replay's Ctrl-C test
         proc.send_signal(signal.SIGINT)
-        output = _finish(proc, said, 90)
+        output = _finish(proc, said, 120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -115,6 +118,18 @@ def test_ctrl_c_during_the_epics_scan_stops_the_ioc(tmp_path, catalog_dir):
     while (left := _started_for(out)) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not left, f"still running after Ctrl-C: {left}"
+
+
+def _scanning(out: Path) -> bool:
+    """The demo's pipeline is up with all its workers and has seen a run."""
+    from ns_bluesky.stream.client import ControlClient
+    from ns_bluesky.stream.config import load_config
+
+    try:
+        status = ControlClient(load_config(out / "pipeline" / "pipeline.json"), timeout_s=1).status()
+    except Exception:
+        return False
+    return bool(status["runs"]) and all(m["workers"] for m in status["modules"].values())
 
 
 def _started_for(out: Path) -> list[str]:
