@@ -15,8 +15,8 @@ from ns_bluesky.io.catalog import detector_dir, make_tiled_writer, open_catalog 
 from ns_bluesky.sim.settings import SimConfig  # noqa: E402
 from tests.support.scan import SimScan  # noqa: E402
 
-#: the make_pipeline fixture for every test package
-pytest_plugins = ["tests.support.pipeline"]
+#: the make_pipeline, slurm_cluster, postgres and pg_catalog fixtures for every test package
+pytest_plugins = ["tests.support.pipeline", "tests.support.slurm", "tests.support.postgres"]
 
 # The suite writes about 2.5 GB (raw FCCD frames in the session catalog, CXI files); on a
 # fuller disk SQLite fails mid-run with "database or disk is full", far from the cause.
@@ -63,9 +63,8 @@ def RE():
 @pytest.fixture(scope="session")
 def recorded(cat, catalog_dir, small_config):
     """Two samples' dark + scan runs, written through TiledWriter, with every document kept."""
-    from ns_bluesky.ophyd_devices import make_sim_beamline
-
     from ns_bluesky.io.catalog import last_scan_id
+    from ns_bluesky.ophyd_devices import make_sim_beamline
     from ns_bluesky.plans import dark_frames, ptycho_scan
 
     bl = make_sim_beamline(detector_dir(catalog_dir), small_config, rate_hz=0)

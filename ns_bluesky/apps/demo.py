@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import ParameterError
 from ..instrument.scan import ScanPattern
-from ..io.catalog import default_catalog_dir, detector_dir, last_scan_id, make_tiled_writer, open_catalog, writer_batch
+from ..io.catalog import data_dir, default_catalog, last_scan_id, make_tiled_writer, open_catalog, writer_batch
 from ..sim.scoring import score_recon
 from ..sim.settings import SampleModel, SimConfig
 
@@ -188,10 +188,11 @@ def run_demo(
         image = read_grayscale(sample_image)
         sample = SampleModel(image=str(Path(sample_image).resolve()), name=sample_name or Path(sample_image).stem)
     cfg = SimConfig(seed=seed, exposure_s=exposure_s, sample=sample, scan=ScanPattern(kind=pattern, shape=scan, overlap=0.7))
-    if catalog is not None and str(catalog).startswith(("http://", "https://")):
-        raise ParameterError("--catalog for the demo must be a directory: the server has to read the detector files")
-    cat_dir = (default_catalog_dir() if catalog is None else Path(catalog)).expanduser().resolve()
-    cat = open_catalog(cat_dir)
+    target = default_catalog() if catalog is None else catalog
+    if not str(target).startswith(("http://", "https://")):
+        target = Path(target).expanduser().resolve()
+    cat = open_catalog(target)
+    detectors = data_dir(target, cat)  # a served catalog: the directory its server reads detector files from
     remote = None  # the EPICS path's IOC and beamline; stopped in the finally below, whatever happens
     try:
         if epics:
@@ -200,16 +201,16 @@ def run_demo(
 
             sim = PtychoSimulation(cfg, image=image)  # the truth the IOC simulates, for the NRMSE
             remote = start_epics_demo(cfg, port=port, planned_m=sim.planned, rate_hz=rate_hz, exposure_s=exposure_s,
-                                      workdir=out / "ioc", write_dir=detector_dir(cat_dir))
+                                      workdir=out / "ioc", write_dir=detectors)
             beamline = remote.beamline
             print(f"EPICS path: IOC {remote.description.prefix} on 127.0.0.1:{port} (pid {remote.ioc.pid}, "
                   f"log {remote.ioc.log_path})", flush=True)
         else:
             from ..ophyd_devices import make_sim_beamline
 
-            beamline = make_sim_beamline(detector_dir(cat_dir), cfg, image=image, rate_hz=rate_hz)
+            beamline = make_sim_beamline(detectors, cfg, image=image, rate_hz=rate_hz)
             sim = beamline.sim
-        return _run(beamline, sim, remote, cat, cat_dir, cfg, out, scan=scan, rate_hz=rate_hz, darks=darks,
+        return _run(beamline, sim, remote, cat, target, detectors, cfg, out, scan=scan, rate_hz=rate_hz, darks=darks,
                     pattern=pattern, seed=seed, workers=workers, engine=engine, backend=backend,
                     summary_json=summary_json, progress=progress, end_timeout_s=end_timeout_s, refine_s=refine_s,
                     prerendered=prerendered)
@@ -218,8 +219,8 @@ def run_demo(
             remote.close()
 
 
-def _run(beamline, sim, remote, cat, cat_dir: Path, cfg: SimConfig, out: Path, *, scan, rate_hz, darks, pattern, seed,
-         workers, engine, backend, summary_json, progress, end_timeout_s, refine_s, prerendered) -> DemoResult:
+def _run(beamline, sim, remote, cat, target, detectors: Path, cfg: SimConfig, out: Path, *, scan, rate_hz, darks,
+         pattern, seed, workers, engine, backend, summary_json, progress, end_timeout_s, refine_s, prerendered) -> DemoResult:
     """Darks, scan, live reconstruction and the summary, on either beamline (``remote``: the EPICS path's IOC)."""
     from bluesky import RunEngine
     from bluesky.utils import RunEngineInterrupted
@@ -247,7 +248,7 @@ def _run(beamline, sim, remote, cat, cat_dir: Path, cfg: SimConfig, out: Path, *
     total = scan[0] * scan[1] if pattern == "raster" else None
     bridge = None
     try:
-        with PipelineSession(cat, cat_dir, pipe_cfg, out / "pipeline", progress=progress, total=total,
+        with PipelineSession(cat, None, pipe_cfg, out / "pipeline", detectors=detectors, progress=progress, total=total,
                              batch_size=batch) as session:
             bridge = PipelineBridge(pipe_cfg)
             RE.subscribe(bridge)
@@ -341,7 +342,7 @@ def _run(beamline, sim, remote, cat, cat_dir: Path, cfg: SimConfig, out: Path, *
         dark_uid=dark_uid,
         derived_uid=derived_uid,
         scan_id=scan_id,
-        catalog=str(cat_dir),
+        catalog=str(target),
         cxi=next((p for p in view.cxi if p.endswith("_clean.cxi")), None),
         png=str(png),
         exit_status=run.metadata["stop"]["exit_status"],

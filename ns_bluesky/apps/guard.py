@@ -34,6 +34,22 @@ def log_to_file() -> None:
         level=logging.INFO, filename=path, format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request otherwise
+    _stacks_on_sigusr1(path)
+
+
+def _stacks_on_sigusr1(path: str) -> None:
+    """``kill -USR1 PID`` appends every thread's stack to the log: what a command that seems stuck is
+    waiting on, without stopping it (at 3 a.m. the question is where, not whether)."""
+    import faulthandler
+    import signal
+
+    global _STACKS_FILE
+    if hasattr(signal, "SIGUSR1") and (_STACKS_FILE is None or _STACKS_FILE.name != path):
+        _STACKS_FILE = open(path, "a")  # noqa: SIM115 - held for the process's life, as faulthandler needs
+        faulthandler.register(signal.SIGUSR1, file=_STACKS_FILE, all_threads=True)
+
+
+_STACKS_FILE = None
 
 
 def guarded(prog: str, func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:

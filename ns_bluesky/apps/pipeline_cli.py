@@ -10,20 +10,66 @@ from pathlib import Path
 
 from ..errors import ParameterError
 from ..stream.client import ControlClient, PipelineUnavailable
-from ..stream.config import load_config, parse_counts
+from ..stream.config import apply_launcher_args, load_config, parse_counts
 from ..stream.logs import log_dir
 
 
 def _config(args):
-    return load_config(getattr(args, "config", None), parse_counts(getattr(args, "workers", None)))
+    cfg = load_config(getattr(args, "config", None), parse_counts(getattr(args, "workers", None)))
+    return apply_launcher_args(cfg, getattr(args, "launcher", None), getattr(args, "partition", None), getattr(args, "account", None))
+
+
+def _print_jobs(launcher: dict) -> None:
+    """SLURM's side of the status: every worker job with its state (a PENDING one with SLURM's reason)."""
+    if launcher.get("kind") != "slurm":
+        return
+    where = ", ".join(f"{k} {launcher[k]}" for k in ("partition", "account") if launcher.get(k))
+    print(f"  SLURM jobs (workers connect to {launcher['address']}{'; ' + where if where else ''}):")
+    for j in launcher["jobs"]:
+        extra = f" ({j['reason']})" if j["reason"] else ""
+        on = f" on {j['node']}" if j["node"] and j["state"] == "RUNNING" else ""
+        flags = " draining" if j["draining"] else " cancelled" if j["cancelled"] else ""
+        print(f"      job {j['job']:<8} {j['module']:<10} {j['state']}{extra}{on}  {j['age_s']:.0f} s since submit{flags}")
+    for what, error in launcher.get("errors", {}).items():
+        print(f"      {what}: {error}")
+
+
+def _pending(status: dict) -> list[dict]:
+    return [j for j in status.get("launcher", {}).get("jobs", []) if j["state"] in ("PENDING", "SUBMITTED", "CONFIGURING")]
+
+
+def _wait_workers(control: ControlClient, timeout_s: float, what: str) -> tuple[dict, bool]:
+    """Until every module has its workers (status, True); with SLURM, jobs still queued at the deadline are
+    reported, not waited for (status, False)."""
+    try:
+        return control.wait_ready(timeout_s), True
+    except PipelineUnavailable:
+        status = control.status()
+        errors = status.get("launcher", {}).get("errors", {})
+        if errors:  # SLURM said why (a bad partition, jobs that fail at once): one line, not a log hunt
+            raise ParameterError(f"the workers did not join within {timeout_s:g} s: {'; '.join(f'{k}: {v}' for k, v in errors.items())} "
+                                 "(the handler keeps trying; 'ns-bluesky pipeline stop' ends it)") from None
+        pending = _pending(status)
+        if not pending:
+            launcher = status.get("launcher", {})
+            joined = {w.get("job") for m in status["modules"].values() for w in m["workers"]}
+            lost = [j["job"] for j in launcher.get("jobs", []) if j["state"] == "RUNNING" and j["job"] not in joined]
+            if lost:  # placed, but the worker never reached the handler (address, firewall, keys, Python on the node)
+                raise ParameterError(f"SLURM jobs {', '.join(lost)} run but their workers did not connect to {launcher['address']} "
+                                     f"within {timeout_s:g} s; see {launcher['output']}/*-JOBID.out and the worker logs") from None
+            raise
+        ids = ", ".join(f"{j['job']} ({j['reason'] or j['state']})" for j in pending)
+        print(f"{what}: {len(pending)} worker job(s) still queued after {timeout_s:.0f} s: {ids}; "
+              "'ns-bluesky pipeline status' follows them, 'pipeline scale' or 'stop' cancels them")
+        return status, False
 
 
 def _print_status(status: dict) -> None:
-    print(f"handler pid {status['pid']}  up {status['uptime_s']} s  ports {status['ports']}")
+    print(f"handler pid {status['pid']}  up {status['uptime_s']} s  ports {status['ports']}  workers: {status.get('launcher', {}).get('kind', '?')}")
     if status["malformed"]:
         print(f"  malformed: {status['malformed']}")
     for name, m in status["modules"].items():
-        pids = ",".join(str(w["pid"]) for w in m["workers"]) or "-"
+        pids = ",".join(f"{w['pid']}" + (f"@job {w['job']}" if w.get("job") else "") for w in m["workers"]) or "-"
         print(
             f"  {name:<10} workers {len(m['workers'])}/{m['wanted_workers']} (pids {pids})  {m['items_per_s']:.1f} items/s  "
             f"queue {m['queue']}  in flight {m['in_flight']}  received {m['received']}  processed {m['processed']}  "
@@ -31,6 +77,7 @@ def _print_status(status: dict) -> None:
         )
         for w in m["workers"]:
             print(f"      pid {w['pid']}: processed {w['processed']}, in flight {w['in_flight']}, heartbeat {w['last_heartbeat_s']} s ago")
+    _print_jobs(status.get("launcher", {}))
 
 
 def cmd_pipeline(args) -> int:
@@ -51,12 +98,16 @@ def cmd_pipeline(args) -> int:
             cmd += ["--log-dir", args.log_dir]
         if args.no_local_workers:
             cmd += ["--no-local-workers"]
+        for opt in ("launcher", "partition", "account"):
+            if getattr(args, opt):
+                cmd += [f"--{opt}", getattr(args, opt)]
         logs = log_dir(args.log_dir or cfg.log_dir)
         logs.mkdir(parents=True, exist_ok=True)
         stderr_path = logs / "handler.stderr"  # a file, not a pipe nobody reads once we return
         with open(stderr_path, "ab") as err:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
         deadline = time.monotonic() + args.timeout
+        complete = True
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 lines = stderr_path.read_text(errors="replace").strip().splitlines()
@@ -64,9 +115,13 @@ def cmd_pipeline(args) -> int:
             try:
                 if args.no_local_workers:  # ready when the handler answers; workers connect from elsewhere
                     status = control.status()
+                elif cfg.launcher == "slurm":  # up once it answers; then the jobs get the rest of the time
+                    control.status()
+                    status, complete = _wait_workers(control, max(deadline - time.monotonic(), 0.1), "start")
                 else:
                     status = control.wait_ready(min(2.0, max(deadline - time.monotonic(), 0.1)))
-                print(f"pipeline ready (handler pid {proc.pid}); logs in {log_dir(args.log_dir or cfg.log_dir)}")
+                word = "ready" if complete else "up, workers still queued"
+                print(f"pipeline {word} (handler pid {proc.pid}); logs in {log_dir(args.log_dir or cfg.log_dir)}")
                 _print_status(status)
                 return 0
             except PipelineUnavailable:
@@ -77,7 +132,16 @@ def cmd_pipeline(args) -> int:
         print(json.dumps(status, indent=2)) if args.json else _print_status(status)
         return 0
     if args.action == "stop":
-        control("stop")
+        try:
+            control("stop")
+        except PipelineUnavailable:
+            from ..stream.slurm import cancel_saved_jobs
+
+            cancelled = cancel_saved_jobs(args.log_dir or cfg.log_dir)  # a handler that died leaves its jobs listed
+            if not cancelled:
+                raise
+            print(f"no handler answered; cancelled its SLURM jobs {', '.join(cancelled)}")
+            return 0
         print("pipeline stopping")
         return 0
     if args.action == "abort":
@@ -91,7 +155,7 @@ def cmd_pipeline(args) -> int:
     if args.action == "scale":
         counts = parse_counts(args.counts)
         control("scale", counts=counts)
-        control.wait_ready(args.timeout)
+        _wait_workers(control, args.timeout, "scaled")
         print("scaled: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
         return 0
     if args.action == "slurm-script":
@@ -223,7 +287,7 @@ def cmd_stream_sim(args) -> int:
 
 
 def add_parsers(sub, catalog_arg) -> None:
-    p = sub.add_parser("pipeline", help="start, inspect and steer the streaming pipeline", description="The streaming pipeline: handler and local worker processes.")
+    p = sub.add_parser("pipeline", help="start, inspect and steer the streaming pipeline", description="The streaming pipeline: handler and its workers (local processes, or SLURM jobs with --launcher slurm).")
     p.add_argument("action", choices=("start", "status", "stop", "abort", "reset", "scale", "slurm-script"))
     p.add_argument("counts", nargs="*", help="for scale: NAME=COUNT, e.g. frame=6")
     p.add_argument("--config", help="pipeline TOML/YAML file (default: built-in echo pipeline)")
@@ -232,6 +296,9 @@ def add_parsers(sub, catalog_arg) -> None:
     p.add_argument("--json", action="store_true", help="for status: machine-readable")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for readiness")
     p.add_argument("--no-local-workers", action="store_true", help="for start: workers run elsewhere and connect")
+    p.add_argument("--launcher", choices=("local", "slurm"), help="for start: workers as local processes (default) or SLURM jobs")
+    p.add_argument("--partition", help="for start: the SLURM partition of the worker jobs")
+    p.add_argument("--account", help="for start: the SLURM account charged for the worker jobs")
     p.add_argument("--log-dir", help="log directory (default $NS_BLUESKY_STREAM_LOG_DIR or ~/.nanosurveyor/streaming/log)")
     p.add_argument("--handler-host", default="127.0.0.1", help="for slurm-script: the handler's address as nodes see it")
     p.add_argument("-o", "--output", help="for slurm-script: file to write")

@@ -7,6 +7,11 @@ pixel size; subtracts ``data_dark`` when present (and turns an FCCD scan exporte
 from ``source_1/illumination`` (cropped to the window) or from the mean pattern; and
 writes the result back as ``image_1`` (probe) and ``image_2`` (object), as ptychodus
 reads them, with the residual per iteration and a PNG.
+
+Under ``mpiexec -n N`` the frames are split over the N ranks by position, SHARP's way
+(:mod:`ns_bluesky.ptycho.engines.split`): each rank reads the file, keeps its frames and
+its part of the object grid; rank 0 shows the progress, gathers the object and writes
+the output, the others write nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from ..errors import ParameterError
 from ..instrument.detector import DetectorGeometry
 from ..io.cxi import read_cxi
 from ..io.product import write_product
-from ..ptycho.engines import PtychoData, engine
+from ..ptycho.engines import Communicator, PtychoData, SerialComm, engine, gather_object, prepare_split
 from ..ptycho.layout import grid_origins, with_counts
 from ..ptycho.photons import READ_NOISE_ADU, fccd_photons
 from ..ptycho.preprocess import crop_center, fft_downsample
@@ -34,7 +39,9 @@ HC_J_M = 6.62607015e-34 * 299792458.0
 
 @dataclass
 class Reconstruction:
-    obj: np.ndarray
+    """What ``run`` made; on ranks other than 0 of a split run ``obj`` is None and nothing was written."""
+
+    obj: np.ndarray | None
     probe: np.ndarray
     residuals: list[float]
     pixel_size_m: float
@@ -87,19 +94,30 @@ def run(
     png: str | os.PathLike | None = None,
     progress: bool = True,
     backend: str = "numpy",
+    comm: Communicator | None = None,
+    threads: int = 0,
 ) -> Reconstruction:
+    """Reconstruct ``path`` into ``out``; with ``comm`` of several ranks, this rank's share of it (every rank
+    calls ``run`` alike)."""
     if iterations < 1:
         raise ParameterError(f"--iterations must be >= 1, got {iterations}")
+    comm = comm or SerialComm()
+    lead = comm.rank == 0
     data, probe, dx = prepare_data(path, size)
-    eng = engine(engine_name, backend=backend)
-    eng.prepare(data, probe)
-    with tqdm(total=iterations, desc=f"{engine_name}", unit="it", disable=not progress) as bar:
+    eng = engine(engine_name, backend=backend, threads=threads)
+    share = prepare_split(eng, data, probe, comm)
+    del data  # this rank's frames are in the engine
+    label = f"{engine_name}" + (f" ({comm.size} ranks)" if comm.size > 1 else "")
+    with tqdm(total=iterations, desc=label, unit="it", disable=not progress or not lead) as bar:
         for _ in range(iterations):
             (res,) = eng.iterate(1)
             bar.set_postfix_str(f"residual {res:.4f}")
             bar.update(1)
-    obj, probe, residuals = eng.finalize()
+    _, probe, residuals = eng.finalize()
+    obj = gather_object(eng, share, comm)
     out = Path(out)
+    if not lead:
+        return Reconstruction(None, probe, residuals, dx, out, None)
     if Path(path).resolve() != out.resolve():
         shutil.copyfile(path, out)
     write_product(out, obj, probe, dx, residuals, engine_name)

@@ -64,11 +64,13 @@ def replay(
     refine_s: float = 60.0,
 ) -> dict:
     """Replay ``run_id`` (uid, uid prefix or scan id) through a private pipeline; returns uids and paths."""
-    from ..io.catalog import default_catalog_dir, open_catalog
+    from ..io.catalog import data_dir, default_catalog, open_catalog
     from ..stages.pipeline import ptycho_pipeline
     from .session import PipelineSession
 
-    cat_dir = (default_catalog_dir() if catalog is None else Path(catalog)).expanduser().resolve()
+    cat_dir = default_catalog() if catalog is None else catalog
+    if not str(cat_dir).startswith(("http://", "https://")):
+        cat_dir = Path(cat_dir).expanduser().resolve()
     cat = open_catalog(cat_dir, create=False)
     key = int(run_id) if str(run_id).lstrip("-").isdigit() else run_id
     try:
@@ -87,7 +89,8 @@ def replay(
     out = Path(out).resolve()
     cfg = ptycho_pipeline(frame_workers=workers, engine=engine, backend=backend, out_dir=out, refine_s=refine_s)
     n = int(start.get("num_points") or 0)
-    with PipelineSession(cat, cat_dir, cfg, out / "pipeline", progress=progress, total=n or None) as session:
+    with PipelineSession(cat, None, cfg, out / "pipeline", progress=progress, total=n or None,
+                         detectors=data_dir(cat_dir, cat)) as session:
         client = IngestClient(cfg)
         try:
             if dark is not None:

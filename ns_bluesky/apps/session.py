@@ -19,8 +19,11 @@ class PipelineSession:
     """``with PipelineSession(cat, cat_dir, cfg, workdir) as s:`` then ``s.monitor``, ``s.recorder``, ``s.finish(uid)``."""
 
     def __init__(self, cat, cat_dir, cfg: PipelineConfig, workdir, *, progress: bool = True, total: int | None = None,
-                 own_pipeline: bool = True, batch_size: int = 25):
-        self.cat, self.cat_dir, self.cfg, self.workdir = cat, Path(cat_dir), cfg, Path(workdir)
+                 own_pipeline: bool = True, batch_size: int = 25, detectors=None):
+        self.cat, self.cfg, self.workdir = cat, cfg, Path(workdir)
+        self.cat_dir = None if cat_dir is None else Path(cat_dir)
+        # where derived arrays go: the catalog's server must read them (catalog.data_dir for a served catalog)
+        self.detectors = Path(detectors) if detectors is not None else detector_dir(self.cat_dir)
         self.own_pipeline = own_pipeline  # False: record and watch a pipeline that runs already
         self.progress, self.total = progress, total
         self.batch_size = batch_size  # the derived run's events per catalog request (catalog.writer_batch)
@@ -36,7 +39,7 @@ class PipelineSession:
             if self.own_pipeline:
                 self.pipe = PipelineProcess(self.cfg, self.workdir).start()
             self._writer = ThreadedCallback(make_tiled_writer(self.cat, batch_size=self.batch_size), name="derived-catalog")
-            self.recorder = ResultsRecorder(self.cfg, self._writer, detector_dir(self.cat_dir) / "derived")
+            self.recorder = ResultsRecorder(self.cfg, self._writer, self.detectors / "derived")
             self.monitor = LiveMonitor(self.cfg, progress=self.progress, total=self.total)
         except BaseException:
             self.__exit__()

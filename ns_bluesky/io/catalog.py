@@ -3,8 +3,9 @@
 ``open_catalog(directory)`` starts tiled's ``SimpleTiledServer`` on 127.0.0.1 in a
 process of its own (:mod:`ns_bluesky.io.catalog_server`) and returns the ``CatalogOfBlueskyRuns`` node that
 runs are written to, so ``cat[scan_id]``, ``cat[uid]``, ``cat[uid[:8]]``, ``cat[-1]``
-and ``cat.search(...)`` work; ``open_catalog("http://host:8000?api_key=...")`` gives
-the same node of a standalone server with the same code. The node needs the spec
+and ``cat.search(...)`` work; ``open_catalog("http://host:8000")`` gives the same node
+of a standalone server (``ns-bluesky catalog serve``, on PostgreSQL) with the same code,
+its api key read from ``$NS_BLUESKY_API_KEY`` or a 0600 file (never from the URL). The node needs the spec
 ``CatalogOfBlueskyRuns`` version 3.0, or scan_id and partial-uid lookups fail (see
 ``shared/reference/stack.md``).
 """
@@ -29,6 +30,7 @@ from ..errors import CatalogError
 RUNS_CONTAINER = "runs"
 DETECTOR_SUBDIR = "detector"
 CATALOG_ENV = "NS_BLUESKY_CATALOG"
+DETECTOR_DIR_ENV = "NS_BLUESKY_DETECTOR_DIR"
 
 _servers: dict[Path, tuple[subprocess.Popen, str]] = {}  # directory -> (its server process, address)
 _servers_lock = threading.Lock()
@@ -40,6 +42,12 @@ def default_catalog_dir() -> Path:
     return Path(env) if env else platformdirs.user_data_path("ns-bluesky") / "catalog"
 
 
+def default_catalog() -> str | Path:
+    """``$NS_BLUESKY_CATALOG`` as given when it is an http(s) URL (a served catalog), else :func:`default_catalog_dir`."""
+    env = os.environ.get(CATALOG_ENV, "")
+    return env if _is_uri(env) else default_catalog_dir()
+
+
 def detector_dir(catalog_dir: str | os.PathLike) -> Path:
     """Where detectors write their HDF5 files for an embedded catalog (tiled may read them)."""
     return Path(catalog_dir).resolve() / DETECTOR_SUBDIR
@@ -47,6 +55,50 @@ def detector_dir(catalog_dir: str | os.PathLike) -> Path:
 
 def _is_uri(path_or_uri: str | os.PathLike) -> bool:
     return str(path_or_uri).startswith(("http://", "https://"))
+
+
+def _client_for_uri(uri: str):
+    """A tiled client of the server at ``uri`` with the api key from the environment or a 0600 file."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from .catalog_config import API_KEY_ENV, API_KEY_FILE_ENV, client_api_key, default_key_file
+
+    parts = urlsplit(uri)
+    if "api_key" in parse_qs(parts.query) or parts.password:
+        raise CatalogError(f"do not put the api key in the catalog URL; set ${API_KEY_ENV}, "
+                           f"or ${API_KEY_FILE_ENV} to a 0600 file holding it")
+    _check_reachable(uri)
+    from tiled.client import from_uri
+
+    key = client_api_key()
+    try:
+        return from_uri(uri, api_key=key)
+    except Exception as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status == 401 or "requires API key" in str(exc):  # a wrong key, or none (tiled says so before asking)
+            said = "was refused" if key else "is needed and none is set"
+            raise CatalogError(f"the tiled server at {uri} wants an api key: it {said}; set ${API_KEY_ENV}, "
+                               f"${API_KEY_FILE_ENV} (a 0600 file) or write it to {default_key_file()}") from None
+        raise CatalogError(f"cannot reach the tiled server at {uri}: {exc}") from None
+
+
+def data_dir(path_or_uri: str | os.PathLike | None, cat) -> Path:
+    """Where this process writes detector files that the catalog's server must read.
+
+    An embedded catalog: ``DIR/detector``. A served one: ``$NS_BLUESKY_DETECTOR_DIR``
+    (where the server's directory is mounted on this host), else the ``detector_dir``
+    the server publishes from its ``catalog.yml``.
+    """
+    target = default_catalog() if path_or_uri is None else path_or_uri
+    if not _is_uri(target):
+        return detector_dir(Path(target).expanduser())
+    if os.environ.get(DETECTOR_DIR_ENV):
+        return Path(os.environ[DETECTOR_DIR_ENV]).expanduser().resolve()
+    published = (cat.metadata.get("ns_bluesky") or {}).get("detector_dir")
+    if not published:
+        raise CatalogError(f"the catalog at {target} names no detector directory; set ${DETECTOR_DIR_ENV} "
+                           "to a directory its server reads")
+    return Path(published)
 
 
 def _runs_node(client, container: str):
@@ -141,20 +193,14 @@ def _check_reachable(uri: str, timeout_s: float = 3.0) -> None:
 
 
 def open_catalog(path_or_uri: str | os.PathLike | None = None, *, container: str = RUNS_CONTAINER, create: bool = True):
-    """The catalog of runs at a directory (embedded server) or an http(s) URI (standalone tiled).
+    """The catalog of runs at a directory (embedded server) or an http(s) URI (``ns-bluesky catalog serve``).
 
     ``create=False`` (for read-only commands) refuses a directory that holds no catalog
     instead of making an empty one.
     """
-    target = default_catalog_dir() if path_or_uri is None else path_or_uri
+    target = default_catalog() if path_or_uri is None else path_or_uri
     if _is_uri(target):
-        from tiled.client import from_uri
-
-        _check_reachable(str(target))
-        try:
-            client = from_uri(str(target))
-        except Exception as exc:
-            raise CatalogError(f"cannot reach the tiled server at {target}: {exc}") from None
+        client = _client_for_uri(str(target))
     else:
         directory = Path(target).expanduser().resolve()
         if directory.exists() and not directory.is_dir():

@@ -21,17 +21,19 @@ def ptycho_pipeline(
     out_size: int = 128,
     raw_cxi: bool = False,
     refine_s: float = 60.0,
+    ranks: int = 1,
     free_ports: bool = True,
     **settings,
 ) -> PipelineConfig:
-    """The pipeline for a ptychography scan; ``free_ports`` picks loopback ports nobody uses (a private pipeline)."""
+    """The pipeline for a ptychography scan; ``free_ports`` picks loopback ports nobody uses (a private pipeline);
+    ``ranks`` > 1 refines each scan's reconstruction over that many MPI ranks (the mpi extra)."""
     modules = [
         {"name": "dark", "module": "dark", "workers": 1},
         # several frame workers share the cores: one FFT thread each
         {"name": "frame", "module": "frame", "workers": frame_workers, "params": {"crop": crop, "out_size": out_size, "fft_threads": 1}},
         {"name": "image", "module": "image", "workers": 1},
         # the reconstruction iterates on whatever CPU the frames leave: cleaning them comes first
-        {"name": "recon", "module": "recon", "workers": 1, "credits": 8, "nice": 10, "idle": True, "params": {"engine": engine, "backend": backend, "refine_seconds": refine_s}},
+        {"name": "recon", "module": "recon", "workers": 1, "credits": 8, "nice": 10, "idle": True, "params": {"engine": engine, "backend": backend, "refine_seconds": refine_s, **({"ranks": ranks} if ranks > 1 else {})}},
         {"name": "cxiwrite", "module": "cxiwrite", "workers": 1, "credits": 8, "params": {"out_dir": str(out_dir), "raw": raw_cxi}},
     ]
     if free_ports:

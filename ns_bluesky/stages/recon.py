@@ -20,13 +20,16 @@ import time
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..errors import ParameterError
 from ..instrument.probe import zone_plate_probe
 from ..ptycho.backend import asnumpy
 from ..ptycho.engines import PtychoData, engine
 from ..ptycho.layout import MARGIN_PX, grid_origins, with_counts
 from ..ptycho.stxm import probe_from_patterns
+from ..stream.mpi import MPIJobError
 from ..stream.protocol import Message
 from ..stream.stage import Stage
+from .recon_mpi import refine_over_mpi
 from .scaninfo import ScanInfo, scan_info
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,10 @@ class ReconParams(BaseModel):
     refine_seconds: float = Field(
         60.0, ge=0, description="after the final image, solve the whole scan again from the live probe this long "
         "and publish that image; it ends the run (0: no refinement)"
+    )
+    ranks: int = Field(
+        1, ge=1, le=256, description="MPI ranks for the refinement (the mpi extra): over 1, the whole-scan solve runs as "
+        "an mpiexec job, the frames split over the ranks by position (SHARP's way); the live estimate stays in the worker"
     )
 
 
@@ -67,6 +74,7 @@ class _Session:
         self.snapped_at = 0.0
         self.lock = threading.Lock()
         self.error: Exception | None = None
+        self.refine_error: str | None = None  # a refinement over MPI that failed (the final image stands)
         self.thread = threading.Thread(target=self._loop, name=f"recon-{info.uid[:8]}", daemon=True)
         self.thread.start()
 
@@ -175,6 +183,9 @@ class _Session:
         if self.eng is None or seconds <= 0:
             return
         live, p = self.eng, self.params
+        if p.ranks > 1:
+            self._refine_over_mpi(live, seconds)
+            return
         self.eng = engine(p.engine, backend=p.backend, threads=p.threads)
         data = PtychoData(self.patterns, live.origins.copy(), asnumpy(live.weights))
         self.eng.prepare(data, asnumpy(live.probe), np.ones(live.obj.shape, np.complex64))  # same grid as the live images
@@ -187,6 +198,27 @@ class _Session:
             self.eng.iterate(1)
             self.iteration_s = time.monotonic() - t
         self._snap()
+
+
+    def _refine_over_mpi(self, live, seconds: float) -> None:
+        """The refinement as an MPI job of ``ranks`` ranks (:mod:`.recon_mpi`); when it fails, the live final
+        image stays the run's last (nothing is lost) and the error is logged in one line."""
+        p = self.params
+        try:
+            result = refine_over_mpi(
+                p.ranks, self.patterns, live.origins.copy(), asnumpy(live.weights), asnumpy(live.probe), tuple(live.obj.shape),
+                engine_name=p.engine, backend=p.backend, seconds=seconds, max_iterations=20 * p.final_iterations,
+                start_iteration=live.iteration,
+            )
+        except (MPIJobError, ParameterError, OSError) as exc:
+            log.error("refinement over %d MPI ranks failed, the final image stands: %s", p.ranks, str(exc).splitlines()[0])
+            self.refine_error = str(exc).splitlines()[0]
+            return
+        residual = result["residuals"][-1] if result["residuals"] else float("nan")
+        snap = {"object": result["object"], "probe": result["probe"], "iteration": result["iteration"],
+                "residual": float(residual), "frames": self.frames}
+        with self.lock:
+            self.snapshot, self.snapshot_id = snap, self.snapshot_id + 1
 
 
 class ReconStage(Stage):
@@ -259,7 +291,7 @@ class ReconStage(Stage):
             self.emit(self._result(run, snap_id, snap, final=True))  # the final image now; the refined one ends the run
             session.refine(self.params.refine_seconds)
             snap_id, snap = session.latest()
-            return self._result(run, snap_id, snap, final=True, refined=True)
+            return self._result(run, snap_id, snap, final=True, refined=session.refine_error is None)
         finally:
             self.sessions.pop(run, None)
             self.published.pop(run, None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -36,6 +36,29 @@ class ModuleSpec(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class SlurmSettings(BaseModel):
+    """How a facility's SLURM places the workers (``launcher = "slurm"``): the job's sbatch options, where the
+    workers find the handler and Python, and how patiently the handler's launcher deals with SLURM."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    partition: str | None = Field(None, description="sbatch --partition (default: the cluster's default partition)")
+    account: str | None = Field(None, description="sbatch --account")
+    time_limit: str = Field("12:00:00", description="sbatch --time: a worker job ends after this even if nobody cancels it")
+    cpus_per_worker: int = Field(1, ge=1, le=1024, description="sbatch --cpus-per-task of each worker job")
+    mem_per_worker: str | None = Field(None, description="sbatch --mem, e.g. '8G'")
+    gpus_per_worker: int = Field(0, ge=0, le=16, description="sbatch --gpus (0: none asked)")
+    handler_host: str | None = Field(
+        None, description="the handler's address as the nodes see it (default: host, or this machine's name when host is 0.0.0.0)"
+    )
+    python: str | None = Field(None, description="the Python with ns_bluesky installed on the nodes (default: this one)")
+    extra_args: list[str] = Field(default_factory=list, description="more #SBATCH options, e.g. ['--qos=beamline', '--constraint=gpu']")
+    poll_s: float = Field(1.0, gt=0, le=60, description="how often squeue is asked for the jobs' states")
+    command_timeout_s: float = Field(20.0, gt=0, le=300, description="sbatch, squeue or scancel taking longer is an error, not a hang")
+    give_up_s: float = Field(120.0, gt=0, description="a worker job whose handler has been silent this long ends (a crashed handler leaves no jobs behind)")
+    drain_timeout_s: float = Field(30.0, gt=0, description="a scaled-down job still running this long after its worker was let go is cancelled")
+
+
 class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -56,6 +79,8 @@ class PipelineConfig(BaseModel):
     )
     log_dir: str | None = None
     curve_keys: str | None = Field(None, description="directory from 'ns-bluesky keys generate'")
+    launcher: Literal["local", "slurm"] = Field("local", description="where the handler starts the workers: processes here, or SLURM jobs")
+    slurm: SlurmSettings = Field(default_factory=SlurmSettings)
     modules: list[ModuleSpec] = Field(default_factory=lambda: [ModuleSpec(name="echo", module="echo", workers=2)])
 
     @model_validator(mode="after")
@@ -143,6 +168,19 @@ def load_config(path: str | os.PathLike | None = None, workers: dict[str, int] |
         if spec is None:
             raise ParameterError(f"--workers {name}={n}: no module {name!r} in the pipeline ({', '.join(m.name for m in cfg.modules)})")
         spec.workers = n
+    return cfg
+
+
+def apply_launcher_args(cfg: PipelineConfig, launcher: str | None, partition: str | None, account: str | None) -> PipelineConfig:
+    """``--launcher/--partition/--account`` over the file's values (a partition or account for local workers is refused)."""
+    if launcher:
+        cfg.launcher = launcher
+    if partition:
+        cfg.slurm.partition = partition
+    if account:
+        cfg.slurm.account = account
+    if (partition or account) and cfg.launcher != "slurm":
+        raise ParameterError("--partition and --account are for SLURM workers: add --launcher slurm")
     return cfg
 
 

@@ -43,8 +43,8 @@ from .broker.scheduler import Item, ModuleState, Scheduler, WorkerState
 from .broker.shared import SharedItems
 from .broker.slots import Slots
 from .broker.spill import Spill
-from .config import PipelineConfig, load_config, parse_counts
-from .launcher import LocalPool
+from .config import PipelineConfig, apply_launcher_args, load_config, parse_counts
+from .launcher import LocalPool, WorkerLauncher
 from .logs import setup_process_logging
 from .protocol import Message, ProtocolError, decode, encode
 
@@ -52,6 +52,15 @@ log = logging.getLogger(__name__)
 
 COPY_RESULTS_BELOW = 1 << 20  # results published from shared memory by copy below this size, zero-copy above
 HOUSEKEEPING_S = 0.02  # heartbeats, expiry and the local pool are looked after this often
+
+
+def make_launcher(cfg: PipelineConfig, worker_port: int) -> WorkerLauncher:
+    """The configuration's launcher (``launcher = "local" | "slurm"``): the handler sees only the interface."""
+    if cfg.launcher == "slurm":
+        from .slurm import SlurmPool
+
+        return SlurmPool(cfg, worker_port)
+    return LocalPool(cfg, worker_port)
 
 
 class Handler:
@@ -83,7 +92,7 @@ class Handler:
         # a stalled subscriber (a frozen GUI) may hold at most this many results (about 1 GB of raw frames);
         # beyond that PUB drops for that subscriber only, never blocking the pipeline
         self.results.setsockopt(zmq.SNDHWM, 400)
-        self.pool = LocalPool(cfg, self.ports["workers"]) if spawn else None
+        self.pool = make_launcher(cfg, self.ports["workers"]) if spawn else None
         self.intake = Ingest(self.ingest.send_multipart, self._accept, self.malformed, self.counts)
         self.commands = Control(self)
 
@@ -169,8 +178,11 @@ class Handler:
             log.warning("worker for unknown module %r refused", name)
             self._post(identity, encode(Message("control", meta={"command": "shutdown"})))
             return
-        draining = self.pool is not None and pid in self.pool.draining  # scaled down before it registered
-        worker = self.scheduler.add(identity, name, pid, credits, now, shm=msg.meta.get("shm"), draining=draining)
+        job, host = msg.meta.get("job"), msg.meta.get("host")
+        job = job if isinstance(job, str) and job else None
+        draining = self.pool is not None and self.pool.is_draining(pid, job)  # scaled down before it registered
+        worker = self.scheduler.add(identity, name, pid, credits, now, shm=msg.meta.get("shm"), draining=draining,
+                                    job=job, host=host if isinstance(host, str) else "")
         self.shared.replay(worker, mod)  # state first: items that need it follow
         self.book.replay(worker, mod)
 
@@ -320,10 +332,14 @@ def main(argv: list[str] | None = None) -> int:
         "--no-local-workers", action="store_true",
         help="start no workers here: they run elsewhere (e.g. the 'pipeline slurm-script' job) and connect",
     )
+    p.add_argument("--launcher", choices=("local", "slurm"), default=None, help="start the workers as local processes or SLURM jobs")
+    p.add_argument("--partition", default=None, help="SLURM partition of the worker jobs")
+    p.add_argument("--account", default=None, help="SLURM account of the worker jobs")
     args = p.parse_args(argv)
     cfg = load_config(args.config, parse_counts(args.workers))
     if args.log_dir:
         cfg.log_dir = args.log_dir
+    apply_launcher_args(cfg, args.launcher, args.partition, args.account)
     setup_process_logging("handler", cfg.log_dir)
     try:
         handler = Handler(cfg, spawn=not args.no_local_workers)

@@ -1,4 +1,8 @@
-"""Local worker processes: started, counted, replaced when they die, drained when scaled down."""
+"""Where workers run: one interface, two launchers (local processes here, SLURM jobs in :mod:`.slurm`).
+
+Either keeps ``spec.workers`` workers per module: started, counted, replaced when they
+die, drained when scaled down. The handler calls only what :class:`WorkerLauncher` names.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,49 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from .config import PipelineConfig
 from .logs import log_dir
 from .shm import unlink_worker_segments
 
 log = logging.getLogger(__name__)
+
+
+class WorkerLauncher(Protocol):
+    """What the handler asks of whatever starts its workers."""
+
+    def reconcile(self, wanted: dict[str, int], drain: Callable[..., None], every_s: float = 0.3) -> None:
+        """Bring each module towards ``wanted`` workers; ``drain(module, pid)`` or ``drain(module, job=id)`` lets one go once idle.
+
+        Called from the handler's loop every few ms: it must return at once (no waiting on a scheduler)."""
+
+    def is_draining(self, pid: int, job: str | None) -> bool:
+        """Whether a worker registering now was already scaled away (it is then let go once idle)."""
+
+    def describe(self) -> dict:
+        """What the status shows: the launcher's kind and its units (SLURM: job ids and states)."""
+
+    def stop_all(self, timeout_s: float = 3.0) -> None:
+        """Every worker this launcher started is ended (after the handler told them to shut down)."""
+
+
+def worker_args(cfg: PipelineConfig, module: str, address: str) -> list[str]:
+    """The worker's command-line options for ``module`` (the same for a local process and a SLURM job)."""
+    spec = next(m for m in cfg.modules if m.name == module)
+    args = [
+        "--module", spec.module, "--name", spec.name, "--address", address,
+        "--params", json.dumps(spec.params), "--credits", str(spec.credits), "--nice", str(spec.nice),
+        # the worker gives the handler 1.5x the handler's own patience before reconnecting
+        "--heartbeat-s", str(cfg.heartbeat_s), "--liveness", str(int(cfg.liveness * 1.5)),
+    ]
+    if spec.idle:
+        args += ["--idle"]
+    if cfg.log_dir:
+        args += ["--log-dir", cfg.log_dir]
+    if cfg.curve_keys:
+        args += ["--curve-keys", cfg.curve_keys]  # a directory: the keys stay in their 0600 files
+    return args
 
 
 class LocalPool:
@@ -27,22 +68,8 @@ class LocalPool:
         self._last = 0.0
 
     def command(self, module: str) -> list[str]:
-        spec = next(m for m in self.cfg.modules if m.name == module)
-        cmd = [
-            sys.executable, "-m", "ns_bluesky.stream.worker",
-            "--module", spec.module, "--name", spec.name,
-            "--address", self.cfg.address(self.port, connect=True),
-            "--params", json.dumps(spec.params), "--credits", str(spec.credits), "--nice", str(spec.nice),
-            # the worker gives the handler 1.5x the handler's own patience before reconnecting
-            "--heartbeat-s", str(self.cfg.heartbeat_s), "--liveness", str(int(self.cfg.liveness * 1.5)),
-            "--exit-with-parent",
-        ]
-        if spec.idle:
-            cmd += ["--idle"]
-        if self.cfg.log_dir:
-            cmd += ["--log-dir", self.cfg.log_dir]
-        if self.cfg.curve_keys:
-            cmd += ["--curve-keys", self.cfg.curve_keys]
+        cmd = [sys.executable, "-m", "ns_bluesky.stream.worker", *worker_args(self.cfg, module, self.cfg.address(self.port, connect=True)),
+               "--exit-with-parent"]
         if self.cfg.shm_slot_mb:
             cmd += ["--shm-slot-bytes", str(int(self.cfg.shm_slot_mb * 2**20))]
         return cmd
@@ -75,6 +102,12 @@ class LocalPool:
 
     def pids(self) -> dict[str, list[int]]:
         return {m: [p.pid for p in procs] for m, procs in self.procs.items()}
+
+    def is_draining(self, pid: int, job: str | None) -> bool:
+        return job is None and pid in self.draining
+
+    def describe(self) -> dict:
+        return {"kind": "local", "pids": self.pids()}
 
     def stop_all(self, timeout_s: float = 3.0) -> None:
         procs = [p for ps in self.procs.values() for p in ps]

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import queue
+import socket
 import sys
 import threading
 import time
@@ -67,6 +68,7 @@ class Worker:
         shm_slot_bytes: int = 0,
         parent_pid: int | None = None,
         idle: bool = False,
+        give_up_s: float | None = None,
     ):
         self.address, self.credits = address, credits
         self.idle = idle  # the compute thread only: registration and heartbeats keep their normal share
@@ -82,6 +84,7 @@ class Worker:
         self.processed = 0
         self.errors = 0
         self.parent_pid = parent_pid  # a local worker ends with the handler that started it
+        self.give_up_s = give_up_s  # a SLURM job ends once its handler has been gone this long (not held until its time limit)
         self.arena: SlotArena | None = None
         self.stage = stage(params, emit=self._emit_current, aborted=self._aborted)
         if shm_slot_bytes:
@@ -178,7 +181,9 @@ class Worker:
             sock.curve_publickey = self.curve["public"]
             sock.curve_serverkey = self.curve["server"]
         sock.connect(self.address)
-        meta = {"module": self.name, "credits": self.credits, "pid": os.getpid()}
+        meta = {"module": self.name, "credits": self.credits, "pid": os.getpid(), "host": socket.gethostname()}
+        if os.environ.get("SLURM_JOB_ID"):  # the handler's launcher knows its workers by job
+            meta["job"] = os.environ["SLURM_JOB_ID"]
         if self.arena is not None:
             meta["shm"] = {"name": self.arena.name, "slots": self.arena.slots, "slot_bytes": self.arena.slot_bytes}
         ready = Message("ready", meta=meta)
@@ -212,7 +217,7 @@ class Worker:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(pipe, zmq.POLLIN)
-        last_sent = last_heard = time.monotonic()
+        last_sent = last_heard = heard_at = time.monotonic()
         hb = self.heartbeat_s
         backoff = hb
         log.info("worker %s pid %d connected to %s", self.name, os.getpid(), self.address)
@@ -226,7 +231,7 @@ class Worker:
                         last_sent = now
                 if sock in events:
                     while sock.poll(0):
-                        last_heard = now
+                        last_heard = heard_at = now
                         backoff = hb
                         self._on_message(sock.recv_multipart(copy=False), sock)
                 if now - last_sent >= hb:
@@ -234,6 +239,9 @@ class Worker:
                     last_sent = now
                 if self.parent_pid is not None and os.getppid() != self.parent_pid:
                     log.warning("the handler that started this worker is gone; exiting")
+                    break
+                if self.give_up_s is not None and now - heard_at > self.give_up_s:
+                    log.warning("handler silent for %.0f s; giving up", now - heard_at)
                     break
                 if now - last_heard > hb * self.liveness:
                     log.warning("handler silent for %.1f s; reconnecting in %.1f s", now - last_heard, backoff)
@@ -305,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--exit-with-parent", action="store_true", help="exit when the process that started this one dies")
     p.add_argument("--nice", type=int, default=0, help="lower this worker's CPU priority by this much (0-19)")
     p.add_argument("--idle", action="store_true", help="run only on CPU time nothing else wants (Linux SCHED_IDLE)")
+    p.add_argument("--give-up-s", type=float, default=None, help="exit when the handler has been silent this long (default: keep trying)")
     p.add_argument("--shm-slot-bytes", type=int, default=0, help="share frames with a handler on this machine (0: TCP only)")
     args = p.parse_args(argv)
     name = args.name or args.module
@@ -319,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
 
         curve = client_keys(args.curve_keys)
     Worker(cls, args.address, params=params, name=name, credits=args.credits, curve=curve, heartbeat_s=args.heartbeat_s, liveness=args.liveness, shm_slot_bytes=args.shm_slot_bytes,
-           parent_pid=os.getppid() if args.exit_with_parent else None, idle=args.idle).serve()
+           parent_pid=os.getppid() if args.exit_with_parent else None, idle=args.idle, give_up_s=args.give_up_s).serve()
     return 0
 
 

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -119,3 +120,23 @@ def test_ctrl_c_closes_the_run_as_aborted_and_exits_cleanly(tmp_path):
     assert "Traceback" not in err
     listed = json.loads(_run("ns-bluesky", "runs", "--catalog", str(cat), "--plan", "ptycho_scan", "--json").stdout)
     assert listed[-1]["status"] == "abort"
+
+
+def test_sigusr1_appends_every_threads_stack_to_the_log(tmp_path):
+    """``kill -USR1`` on a command that seems stuck says where it waits, and the command keeps running."""
+    import signal
+
+    from tests.support.epics import IOCProcess
+
+    ioc = IOCProcess(tmp_path)  # a long-running command (the simulated IOC), logging to its own file
+    try:
+        before = ioc.log_path.read_text(errors="replace")
+        os.kill(ioc.proc.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while "Current thread" not in (after := ioc.log_path.read_text(errors="replace")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        dump = after[len(before):]
+        assert "Current thread" in dump and 'File "' in dump, dump[-2000:]
+        assert ioc.proc.poll() is None  # a diagnostic, not a stop
+    finally:
+        ioc.stop()

@@ -9,10 +9,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from ns_bluesky.callbacks.bridge import PipelineBridge
 from tiled.queries import Key
 
 from ns_bluesky.apps.replay import replay
+from ns_bluesky.callbacks.bridge import PipelineBridge
 from ns_bluesky.io.catalog import make_tiled_writer
 from ns_bluesky.plans import dark_frames, ptycho_scan
 from ns_bluesky.stages.pipeline import ptycho_pipeline
@@ -83,6 +83,7 @@ def test_a_scan_taken_while_the_pipeline_is_down_is_kept_told_and_replayed(tmp_p
 
 
 def test_ctrl_c_stops_everything_the_demo_started(tmp_path):
+    import os
     import signal
     import subprocess
     import sys
@@ -91,25 +92,36 @@ def test_ctrl_c_stops_everything_the_demo_started(tmp_path):
     from ns_bluesky.stream.client import ControlClient
     from ns_bluesky.stream.config import load_config
 
-    out = tmp_path / "out"
+    out, log = tmp_path / "out", tmp_path / "demo.log"
     proc = subprocess.Popen([sys.executable, "-m", "ns_bluesky.apps.cli", "demo", "--scan", "10x10", "--rate", "5", "--darks", "3",
-                             "--out", str(out), "--catalog", str(tmp_path / "cat"), "--quiet"])
-    pids: list[int] = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not pids:
-        time.sleep(0.5)
+                             "--out", str(out), "--catalog", str(tmp_path / "cat"), "--quiet"],
+                            env={**os.environ, "NS_BLUESKY_LOG": str(log)})
+    try:
+        pids: list[int] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not pids and proc.poll() is None:
+            time.sleep(0.5)
+            try:
+                status = ControlClient(load_config(out / "pipeline" / "pipeline.json"), timeout_s=1).status()
+                if status["runs"] and all(m["workers"] for m in status["modules"].values()):
+                    server = json.loads((tmp_path / "cat" / "server.json").read_text())["pid"]  # the catalog's
+                    pids = [server, status["pid"], *(w["pid"] for m in status["modules"].values() for w in m["workers"])]
+            except Exception:
+                continue
+        assert pids, "the demo's pipeline never came up"
+        time.sleep(2)  # mid-scan
+        proc.send_signal(signal.SIGINT)
         try:
-            status = ControlClient(load_config(out / "pipeline" / "pipeline.json"), timeout_s=1).status()
-            if status["runs"] and all(m["workers"] for m in status["modules"].values()):
-                server = json.loads((tmp_path / "cat" / "server.json").read_text())["pid"]  # the catalog's
-                pids = [server, status["pid"], *(w["pid"] for m in status["modules"].values() for w in m["workers"])]
-        except Exception:
-            continue
-    assert pids, "the demo's pipeline never came up"
-    time.sleep(2)  # mid-scan
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(60) != 0
-    deadline = time.monotonic() + 15
-    while (alive := [pid for pid in pids if process_running(pid)]) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not alive, f"still running after Ctrl-C: {alive}"
+            assert proc.wait(60) != 0
+        except subprocess.TimeoutExpired:  # where it waits: every thread's stack, appended to its log (guard.py)
+            proc.send_signal(signal.SIGUSR1)
+            time.sleep(2)
+            raise AssertionError("still running 60 s after Ctrl-C; its log:\n" + log.read_text()[-6000:]) from None
+        deadline = time.monotonic() + 15
+        while (alive := [pid for pid in pids if process_running(pid)]) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not alive, f"still running after Ctrl-C: {alive}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

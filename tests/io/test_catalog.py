@@ -90,7 +90,7 @@ def test_a_file_is_not_a_catalog(tmp_path):
         open_catalog(f)
 
 
-def test_same_code_against_a_standalone_tiled_server(tmp_path, small_config):
+def test_same_code_against_a_standalone_tiled_server(tmp_path, small_config, monkeypatch):
     """An http URI opens a tiled server running in another process; RunEngine writes, queries read."""
     import subprocess
     import sys
@@ -112,7 +112,8 @@ def test_same_code_against_a_standalone_tiled_server(tmp_path, small_config):
     server = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout.readline().strip() == "up"
-        cat = open_catalog(f"http://127.0.0.1:{port}/api?api_key=secret")
+        monkeypatch.setenv("NS_BLUESKY_API_KEY", "secret")  # the key from the environment, never the URL
+        cat = open_catalog(f"http://127.0.0.1:{port}/api")
         bl = make_sim_beamline(tmp_path / "det", small_config, rate_hz=0)
         RE = RunEngine({}, call_returns_result=False)
         RE.subscribe(make_tiled_writer(cat))
@@ -126,7 +127,7 @@ def test_same_code_against_a_standalone_tiled_server(tmp_path, small_config):
 
 def test_unreachable_server_is_a_clear_error():
     with pytest.raises(CatalogError, match="cannot reach the tiled server at http://127.0.0.1:9"):
-        open_catalog("http://127.0.0.1:9/api?api_key=x")
+        open_catalog("http://127.0.0.1:9/api")
 
 
 def test_read_only_open_does_not_create_a_catalog(tmp_path):

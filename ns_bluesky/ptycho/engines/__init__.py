@@ -23,14 +23,18 @@ One code path for numpy and cupy: arrays live in ``self.xp``, and what the two d
 
 The package: :mod:`.data` (:class:`PtychoData`), :mod:`.base` (:class:`Engine`, :class:`EngineParams`, the
 registry), one module an engine family with its options next to it: :mod:`.lsqml`, :mod:`.rpie`,
-:mod:`.projection` (DM, RAAR).
+:mod:`.projection` (DM, RAAR); over MPI ranks, :mod:`.split` (SHARP's partition) and :mod:`.comm` (what an
+engine asks of the other ranks).
 """
 
 from .base import _ENGINES, Engine, EngineParams, engine, engine_names, register  # noqa: F401  (_ENGINES: benchmarks)
+from .comm import Communicator, SerialComm
 from .data import PtychoData
 from .lsqml import LSQML, LSQMLParams
 from .projection import DM, RAAR, DMParams, ProjectionParams, RAARParams
 from .rpie import EPIE, RPIE, EPIEParams, RPIEParams
+from .split import Share, gather_object, gather_origins, partition, prepare_split
 
-__all__ = ["DM", "EPIE", "LSQML", "RAAR", "RPIE", "DMParams", "EPIEParams", "Engine", "EngineParams", "LSQMLParams",
+__all__ = ["DM", "EPIE", "LSQML", "RAAR", "RPIE", "Communicator", "DMParams", "SerialComm", "Share", "gather_object",
+           "gather_origins", "partition", "prepare_split", "EPIEParams", "Engine", "EngineParams", "LSQMLParams",
            "ProjectionParams", "PtychoData", "RAARParams", "RPIEParams", "engine", "engine_names", "register"]

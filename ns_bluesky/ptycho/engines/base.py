@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ...errors import ParameterError
 from ..backend import Arrays, Windows, arrays, asnumpy
+from .comm import Communicator, SerialComm
 from .data import PtychoData
 
 
@@ -70,6 +71,12 @@ def _centre_of_mass(power, xp) -> np.ndarray:
     return np.array([float((power.sum(axis=1) * k).sum()), float((power.sum(axis=0) * k).sum())]) / max(total, 1e-30)
 
 
+def _floats(a: np.ndarray) -> np.ndarray:
+    """A flat float view (or copy) of ``a``: complex64 as pairs of float32."""
+    a = np.ascontiguousarray(a)
+    return a.view(np.float32).ravel() if a.dtype == np.complex64 else a.ravel()
+
+
 class Engine:
     """Public methods do the bookkeeping; subclasses implement ``_iterate`` (one pass over the frames) and,
     for state of their own, ``_prepare`` (declared as None in their ``__init__``)."""
@@ -105,6 +112,12 @@ class Engine:
         self.energy: np.ndarray | None = None  # (N,) sum I per frame, for the residual
         self._pattern_sum: np.ndarray | None = None  # sum of the arrived patterns
         self.data_centre: np.ndarray | None = None  # its centre of mass: where the probe's far field belongs
+        # split over ranks (:mod:`.split`): this rank's frames on a part of the object grid whose corner is at
+        # ``offset`` on the whole grid; sums over frames and the object's overlaps are reduced with ``comm``
+        self.comm: Communicator = SerialComm()
+        self.offset = np.zeros(2, np.int64)
+        self._active_total = 0  # frames in the fit over all ranks, this iteration
+        self.neighbours: dict[int, tuple[slice, slice]] = {}  # rank -> where its part overlaps this rank's, local
 
     # ------------------------------------------------------------------ public
     def prepare(self, data: PtychoData, probe: np.ndarray, obj: np.ndarray | None = None) -> None:
@@ -133,6 +146,7 @@ class Engine:
         self.obj = xp.asarray(obj.astype(np.complex64))
         self.probe = xp.asarray(probe.astype(np.complex64))
         self._pattern_sum = np.maximum(patterns, 0).sum(axis=0, dtype=np.float64)
+        self._reduce(self._pattern_sum)  # every rank's frames: the probe is centred on all the data
         self.data_centre = _centre_of_mass(np.fft.ifftshift(self._pattern_sum), np)  # FFT order, like the probe's far field
         self._prepare()
 
@@ -175,11 +189,15 @@ class Engine:
         out = []
         for _ in range(n):
             active = np.flatnonzero(asnumpy(self.weights) > 0)
-            if len(active):
-                err = self._iterate(active)
+            # over the ranks: every rank iterates while any has frames (each collective needs them all)
+            count, energy = self._sum([len(active), float(self.energy[active].sum())])
+            self._active_total = int(count)  # frames in the fit on every rank, for the engines' batch schedules
+            if count:
+                err = self._sum([self._iterate(active)])[0]
                 if self.iteration >= self.params.probe_update_start:
                     self._fix_ambiguities()
-                res = err / max(float(self.energy[active].sum()), 1e-30)
+                self._share_probe()
+                res = err / max(energy, 1e-30)
             else:
                 res = float("nan")
             self.iteration += 1
@@ -216,11 +234,93 @@ class Engine:
         self.probe *= probe_ramp
         if self.modes is not None:  # the object's ramp is every mode's
             self.modes *= probe_ramp[None]
-        self.obj *= ramp(xp.arange(self.obj.shape[0], dtype=np.float64), xp.arange(self.obj.shape[1], dtype=np.float64), 1)
-        self._rephase_waves(xp.asarray(np.exp(2j * np.pi * (self.origins @ c) / n).astype(np.complex64)))
+        # on the whole grid's coordinates: a rank's part of the object takes its part of the one ramp
+        r0, c0 = (float(v) for v in self.offset)
+        self.obj *= ramp(xp.arange(self.obj.shape[0], dtype=np.float64) + r0, xp.arange(self.obj.shape[1], dtype=np.float64) + c0, 1)
+        self._rephase_waves(xp.asarray(np.exp(2j * np.pi * ((self.origins + self.offset) @ c) / n).astype(np.complex64)))
 
     def _far_field_centre(self, probe) -> np.ndarray:
         return _centre_of_mass(self.xp.abs(self._fft2(probe)) ** 2, self.xp)
+
+    # ----------------------------------------------------------- over the ranks
+    def _sum(self, values: list[float]) -> list[float]:
+        """Scalars summed over the ranks (one reduction for all of them)."""
+        if self.comm.size == 1:
+            return [float(v) for v in values]
+        buf = np.array(values, np.float64)
+        self.comm.allreduce(buf)
+        return buf.tolist()
+
+    def _reduce(self, *arrays) -> list[float | None]:
+        """Each array summed over the ranks, in place. Object-sized ones (this rank's part of the grid,
+        ``self.obj.shape``) are summed where the parts overlap only, with each neighbouring rank (SHARP's way:
+        a pixel outside every other rank's part has no other rank's frames); small ones (probe-sized, counts)
+        in one allreduce. Returns, for each real object-sized array, its maximum over the whole grid (None for
+        the others), carried by that same allreduce."""
+        on_grid = [self._on_grid(a) for a in arrays]
+        real = [g and a.dtype.kind == "f" for g, a in zip(on_grid, arrays, strict=True)]
+        if self.comm.size == 1:
+            return [float(a.max()) if r else None for a, r in zip(arrays, real, strict=True)]
+        host = [asnumpy(a) for a in arrays]
+        grids = [h for h, g in zip(host, on_grid, strict=True) if g]
+        if grids and self.neighbours:
+            # pack before adding anything: every neighbour gets this rank's own sums
+            sends = {r: np.concatenate([_floats(g[box]) for g in grids]) for r, box in self.neighbours.items()}
+            recvs = {r: np.empty_like(buf) for r, buf in sends.items()}
+            self.comm.exchange(sends, recvs)
+            for r, box in self.neighbours.items():
+                at = 0
+                for g in grids:
+                    part = g[box]
+                    size = part.size * (2 if part.dtype.kind == "c" else 1)
+                    got = recvs[r][at : at + size]
+                    g[box] += got.view(np.complex64).reshape(part.shape) if part.dtype.kind == "c" else got.reshape(part.shape)
+                    at += size
+        smalls = [h for h, g in zip(host, on_grid, strict=True) if not g]
+        slots = np.zeros((sum(real), self.comm.size))  # each rank's maximum in its own slot: summed, then the max
+        slots[:, self.comm.rank] = [float(h.max()) for h, r in zip(host, real, strict=True) if r]
+        wide = any(h.dtype == np.float64 for h in smalls) or bool(len(slots))
+        buf = np.concatenate([_floats(h).astype(np.float64 if wide else np.float32) for h in smalls]
+                             + [slots.ravel().astype(np.float64 if wide else np.float32)])
+        if len(buf):
+            self.comm.allreduce(buf)
+        at, k, maxima = 0, 0, []
+        tops = buf[len(buf) - slots.size :].reshape(slots.shape).max(axis=1) if slots.size else []
+        for a, h, g, r in zip(arrays, host, on_grid, real, strict=True):
+            maxima.append(float(tops[k]) if r else None)
+            k += int(r)
+            if not g:
+                size = h.size * (2 if h.dtype.kind == "c" else 1)
+                out = buf[at : at + size].astype(np.float32 if h.dtype == np.complex64 else h.dtype)
+                h[...] = out.view(np.complex64).reshape(h.shape) if h.dtype == np.complex64 else out.reshape(h.shape)
+                at += size
+            if not isinstance(a, np.ndarray):  # a device array: the sums go back onto the device
+                a[...] = self.xp.asarray(h)
+        return maxima
+
+    @property
+    def global_shape(self) -> tuple[int, int]:
+        """The whole object grid's shape (this rank's when it is alone)."""
+        return getattr(self, "_global_shape", None) or tuple(self.obj.shape)
+
+    @global_shape.setter
+    def global_shape(self, shape: tuple[int, int]) -> None:
+        self._global_shape = tuple(int(v) for v in shape)
+
+    def _on_grid(self, a) -> bool:
+        return a.ndim == 2 and tuple(a.shape) == tuple(self.obj.shape)
+
+    def _share_probe(self) -> None:
+        """Every rank takes rank 0's probe (and modes): they are computed from the same reduced sums, but a
+        reduction need not give the last bit alike everywhere, and the ranks must not drift apart."""
+        if self.comm.size == 1:
+            return
+        for name in ("probe", "modes"):
+            a = getattr(self, name)
+            if a is not None:
+                host = np.ascontiguousarray(asnumpy(a))
+                self.comm.bcast(host)
+                setattr(self, name, self.xp.asarray(host))
 
     # ------------------------------------------------------ hooks for the engines
     def _prepare(self) -> None:

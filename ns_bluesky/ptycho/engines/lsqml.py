@@ -7,6 +7,7 @@ import threading
 import numpy as np
 from pydantic import Field
 
+from ...errors import ParameterError
 from ..backend import asnumpy
 from .base import Engine, EngineParams, register
 from .lsqml_refine import Momentum, drop_weak_modes, gradient_norms, orthogonal_modes, position_steps, start_modes
@@ -88,6 +89,8 @@ class LSQML(Engine):
 
     def _prepare(self) -> None:
         xp = self.xp
+        if self.params.momentum and self.comm.size > 1:
+            raise ParameterError("lsqml: momentum is not split over MPI ranks; run it on one rank or set momentum 0")
         self._num = xp.empty_like(self.obj)
         self._ill = xp.empty(self.obj.shape, np.float32)
         if self.params.probe_modes > 1:
@@ -109,20 +112,21 @@ class LSQML(Engine):
         if p.position_correction and (self.iteration - p.position_start) % p.position_every == 0:
             # frames in the fit for position_start iterations: the object around them has formed
             movable = active[self.iteration - self.arrived[active] >= p.position_start]
-            if len(movable) >= 2:
+            if self._sum([len(movable)])[0] >= 2:
                 self._grads = [self.xp.gradient(self.obj, axis=0), self.xp.gradient(self.obj, axis=1)]
                 a = self.arrays
                 self._pos_norms = gradient_norms(a.xp, a.fft, a.fft_kw, self.probe, self._grads, self.win)
                 self._pos_dots[active] = 0
+        total = self._active_total  # the batches are split over the ranks: as many on each
         with self._serial_ffts():  # the probe's single FFTs
             err = 0.0
-            for b in np.array_split(order, max(1, round(len(order) / size))):
+            for b in np.array_split(order, max(1, round(total / size))):
                 err += self._batch(b, update_probe, weights)
                 if self.on_batch is not None:
                     self.on_batch()
         if self._grads is not None:
             self._grads = None
-            step = position_steps(self._pos_dots[movable], self._pos_norms[movable], p.position_max_step)
+            step = position_steps(self._pos_dots[movable], self._pos_norms[movable], p.position_max_step, self._mean_rows)
             self._move(movable, self.origins[movable] + step)
         if self.modes is not None and update_probe:
             self._orthogonalise_modes()
@@ -131,6 +135,11 @@ class LSQML(Engine):
         if p.momentum:
             self._step_momentum(start, err / max(float(self.energy[active].sum()), 1e-30), active)
         return err
+
+    def _mean_rows(self, a: np.ndarray) -> np.ndarray:
+        """The mean of the rows of ``a`` (B, k) over every rank's rows."""
+        sums = self._sum([*a.sum(axis=0).tolist(), len(a)])
+        return np.array(sums[:-1]) / max(sums[-1], 1)
 
     def _step_momentum(self, start, residual: float, active) -> None:
         """The object moves by ``momentum`` times the momentum's velocity as well, weighted towards the
@@ -162,26 +171,41 @@ class LSQML(Engine):
             self._store = None  # let the old storage go before the new is allocated
             self._store = tuple(xp.empty((k, size, self.n, self.n), np.complex64) for _ in range(2))
         parts = self.arrays.thread_parts(size, self.threads)
-        slots = [(s[0], s[-1] + 1) for s in np.array_split(np.arange(size), parts)]
+        # a rank whose part of the batch is empty still takes part in every reduction, with zeros
+        slots = [(s[0], s[-1] + 1) for s in np.array_split(np.arange(size), parts)] if size else []
         self._num.fill(0)
         self._ill.fill(0)
         fprobes = self._fft2(self._all_modes())
         out = self._map(lambda s: self._forward(batch, s, fprobes, update_probe, weights), slots)
+        gsum = sum((o[1] for o in out), xp.zeros((k, self.n, self.n), np.complex64)) if update_probe else None
+        o2 = sum((o[2] for o in out), xp.zeros((self.n, self.n), np.float32)) if update_probe else None
+        # over the ranks: the batch is every rank's part of it, and the object's overlaps see all their frames
+        ill_max = self._reduce(self._num, self._ill, *((gsum, o2) if update_probe else ()))[1]
         # object direction: sum_j P_j* chi_j over the illumination sum_j |P_j|^2 (floored); _ill becomes its inverse
         xp.conjugate(self._num, out=self._num)
-        self._ill += p.object_reg * float(self._ill.max())
+        self._ill += p.object_reg * ill_max
         xp.reciprocal(self._ill, out=self._ill)
         self._num *= self._ill
         d_probe = None
         if update_probe:  # probe direction (each mode): sum_j O_j* chi_j (unshifted) over sum_j |O_j|^2
-            d_probe = self._ifft2(sum(o[1] for o in out).conj())
-            o2 = sum(o[2] for o in out)
+            d_probe = self._ifft2(gsum.conj())
             d_probe /= o2 + p.probe_reg * float(o2.max())
         dots = self._map(lambda s: self._products(batch, s, d_probe), slots)
-        alpha_o, alpha_p = self._steps(*(xp.concatenate(d) for d in zip(*dots, strict=True)))
-        self._map(lambda s: self._apply(batch, s, alpha_o), slots)
+        if dots:
+            products = [xp.concatenate(d) for d in zip(*dots, strict=True)]
+        else:
+            products = [xp.zeros(0, np.float32)] * (5 if d_probe is not None else 2)
+        alpha_o, alpha_p = self._steps(*products)
+        steps = np.array([float(alpha_p.sum()), len(alpha_p)] if update_probe else [0.0, 0.0], np.float32)
+        if self.comm.size == 1:
+            self._map(lambda s: self._apply(batch, s, alpha_o, self.obj), slots)
+        else:  # the update of every rank's frames, on this rank's part of the grid (and the probe steps' sum)
+            self._num.fill(0)
+            self._map(lambda s: self._apply(batch, s, alpha_o, self._num), slots)
+            self._reduce(self._num, steps)
+            self.obj += self._num
         if update_probe:
-            step = float(alpha_p.mean())
+            step = float(steps[0]) / max(float(steps[1]), 1)
             self.probe += step * d_probe[0]
             if self.modes is not None:
                 self.modes += step * d_probe[1:]
@@ -324,15 +348,18 @@ class LSQML(Engine):
     def _steps(self, aa, ac, bb=None, ab=None, bc=None):
         """Per frame, the real steps (alpha_o, alpha_p) minimising |chi - alpha_o a - alpha_p b|^2."""
         xp, lam, top = self.xp, self.params.step_reg, self.params.max_step
-        aa = aa + lam * aa.mean() + 1e-30
+        # the regularisation's scale: the mean over the whole batch, every rank's part of it
+        sa, sb, count = self._sum([float(aa.sum()), float(bb.sum()) if bb is not None else 0.0, len(aa)])
+        aa = aa + lam * sa / max(count, 1) + 1e-30
         if bb is None:
             return xp.clip(ac / aa, 0, top), None
-        bb = bb + lam * bb.mean() + 1e-30
+        bb = bb + lam * sb / max(count, 1) + 1e-30
         det = aa * bb - ab**2
         return xp.clip((bb * ac - ab * bc) / det, 0, top), xp.clip((aa * bc - ab * ac) / det, 0, top)
 
-    def _apply(self, batch, slot, alpha_o) -> None:
-        """The object update: each frame's P_j* chi_j / illumination (summed over modes), scaled by its own step."""
+    def _apply(self, batch, slot, alpha_o, target) -> None:
+        """The object update: each frame's P_j* chi_j / illumination (summed over modes), scaled by its own step,
+        added onto ``target`` (the object, or the grid its update is summed on over the ranks)."""
         pchi = self._store[0]
         for sl, idx_h, idx in self._chunks(batch, slot):
             real = self._work(len(idx_h))["real"]
@@ -343,7 +370,7 @@ class LSQML(Engine):
                 u += pchi[k, sl]
             u *= real
             with self._lock:
-                self.win.scatter_add(self.obj, idx, u)
+                self.win.scatter_add(target, idx, u)
 
     def _fft_inplace(self, a, inverse: bool = False) -> None:
         """2-D FFT (orthonormal) of each frame of ``a``, written back into ``a``."""

@@ -68,12 +68,14 @@ def gradient_norms(xp, fft, fft_kw: dict, probe, grads: list, win) -> np.ndarray
     return asnumpy(xp.stack(out, axis=1)).astype(np.float64)
 
 
-def position_steps(dots: np.ndarray, norms: np.ndarray, max_step: float) -> np.ndarray:
+def position_steps(dots: np.ndarray, norms: np.ndarray, max_step: float, mean=None) -> np.ndarray:
     """(B, 2): each frame's least-squares shift (rows, cols) from its products <P dO/dy, chi>, <P dO/dx, chi>
-    over |P dO/dy|^2, |P dO/dx|^2, bounded, less the mean shift (a translation of everything is invisible)."""
-    step = dots / (norms + 1e-3 * norms.mean(axis=0) + 1e-30)
+    over |P dO/dy|^2, |P dO/dx|^2, bounded, less the mean shift (a translation of everything is invisible).
+    ``mean(a)``: the mean of the rows of ``a`` over all frames (over every rank's, when split); numpy's by default."""
+    mean = mean or (lambda a: a.mean(axis=0))
+    step = dots / (norms + 1e-3 * mean(norms) + 1e-30)
     step = np.clip(step, -max_step, max_step)
-    step -= step.mean(axis=0)
+    step -= mean(step)
     return step
 
 

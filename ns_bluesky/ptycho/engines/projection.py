@@ -81,14 +81,19 @@ class _Projection(Engine):
             return self._unshift_sum(w * patches.conj() * target(idx), idx), (w * (patches.real**2 + patches.imag**2)).sum(axis=0)
 
         for _ in range(p.overlap_loops if update_probe else 1):
+            # a rank without frames adds zeros: the sums are reduced over the ranks, overlaps seeing every frame
             parts = self._chunks(active, object_terms)
-            num, illum = sum(a for a, _ in parts), sum(b for _, b in parts)
-            mu = p.reg * illum.max()  # Tikhonov towards the current estimate: no drift where coverage is thin
+            num = sum((a for a, _ in parts), xp.zeros_like(self.obj))
+            illum = sum((b for _, b in parts), xp.zeros(self.obj.shape, np.float32))
+            illum_max = self._reduce(num, illum)[1]
+            mu = p.reg * illum_max  # Tikhonov towards the current estimate: no drift where coverage is thin
             self.obj = (num + mu * self.obj) / (illum + mu)
             if not update_probe:
                 break
             parts = self._chunks(active, probe_terms)
-            pnum, pden = sum(a for a, _ in parts), sum(b for _, b in parts)
+            pnum = sum((a for a, _ in parts), xp.zeros((self.n, self.n), np.complex64))
+            pden = sum((b for _, b in parts), xp.zeros((self.n, self.n), np.float32))
+            self._reduce(pnum, pden)
             mu = p.reg * pden.max()
             self.probe = (pnum + mu * self.probe) / (pden + mu)
             if p.probe_support:

@@ -85,7 +85,7 @@ class Control:
             modules[name] = {
                 "module": mod.spec.module,
                 "workers": [
-                    {"pid": w.pid, "credits": w.credits, "in_flight": len(w.in_flight), "processed": w.processed, "last_heartbeat_s": round(now - w.last_seen, 3), "draining": w.draining}
+                    {"pid": w.pid, "job": w.job, "host": w.host, "credits": w.credits, "in_flight": len(w.in_flight), "processed": w.processed, "last_heartbeat_s": round(now - w.last_seen, 3), "draining": w.draining}
                     for w in mod.workers.values()
                 ],
                 "wanted_workers": mod.spec.workers,
@@ -99,6 +99,7 @@ class Control:
             "pid": os.getpid(),
             "uptime_s": round(now - self.started, 1),
             "ports": h.ports,
+            "launcher": h.pool.describe() if hasattr(h.pool, "describe") else {"kind": "none"},  # none: workers started elsewhere
             "malformed": dict(h.malformed),
             "client_lag": dict(h.intake.client_lag),
             "counts": dict(h.counts),

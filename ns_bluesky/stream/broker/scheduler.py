@@ -45,6 +45,8 @@ class WorkerState:
     free_slots: list = field(default_factory=list)
     releasing: list = field(default_factory=list)  # (slot, zmq trackers of its published results)
     last_dispatch: float = 0.0  # ties in credits go to the worker served least recently (zguide's LRU)
+    job: str | None = None  # the SLURM job it runs in (None: started here)
+    host: str = ""
 
 
 @dataclass
@@ -193,12 +195,13 @@ class Scheduler:
         return sum(1 for it in self.items.values() if not it.broadcast and it.run == run)
 
     # ---------------------------------------------------------------- workers
-    def add(self, identity: bytes, module: str, pid: int, credits: int, now: float, *, shm=None, draining=False) -> WorkerState:
+    def add(self, identity: bytes, module: str, pid: int, credits: int, now: float, *, shm=None, draining=False,
+            job: str | None = None, host: str = "") -> WorkerState:
         """A worker said READY (again: its old record and items go first)."""
         old = self.worker(identity)
         if old is not None:
             self.purge(old, "re-registered")
-        worker = WorkerState(identity, module, pid, credits, now)
+        worker = WorkerState(identity, module, pid, credits, now, job=job, host=host)
         self.slots.attach(worker, shm)
         worker.draining = draining
         self.modules[module].workers[identity] = worker
@@ -243,8 +246,8 @@ class Scheduler:
                 self.post(worker.identity, beat)
             self._last_beat = now
 
-    def drain(self, module: str, pid: int) -> None:
-        """Scaled down: the worker takes nothing new and is let go once idle."""
+    def drain(self, module: str, pid: int | None = None, *, job: str | None = None) -> None:
+        """Scaled down: the worker (by local pid, or by SLURM job) takes nothing new and is let go once idle."""
         for worker in self.modules[module].workers.values():
-            if worker.pid == pid:
+            if (job is not None and worker.job == job) or (job is None and worker.job is None and worker.pid == pid):
                 worker.draining = True
