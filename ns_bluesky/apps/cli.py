@@ -42,9 +42,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         summary_json=args.summary_json,
         refine_s=args.refine,
         progress=not args.quiet,
+        epics=args.epics,
     )
+    where = f", IOC {result.ioc['prefix']} on 127.0.0.1:{result.ioc['port']}" if result.ioc else ""
     print(
-        f"scan {result.scan_id}: {result.frames} frames in {result.acquisition_s:.1f} s, exit status {result.exit_status}\n"
+        f"scan {result.scan_id}: {result.frames} frames in {result.acquisition_s:.1f} s, exit status {result.exit_status}"
+        f" ({result.path} path{where})\n"
         f"  raw run      {result.raw_uid}\n"
         f"  dark run     {result.dark_uid}\n"
         f"  derived run  {result.derived_uid}\n"
@@ -251,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="seconds the reconstruction refines after its final image (default 60; 0: none)")
     demo.add_argument("--summary-json", metavar="F", help="summary file (default OUT/summary.json)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("--epics", action="store_true",
+                      help="run through EPICS Channel Access: the demo starts the simulated IOC on a free loopback "
+                      "port, drives it with the EPICS devices and stops it at the end")
     _catalog_arg(demo)
     demo.set_defaults(func=_cmd_demo)
 

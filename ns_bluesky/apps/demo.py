@@ -52,6 +52,9 @@ class DemoResult:
     cxi: str | None
     png: str
     exit_status: str
+    path: str = "in-process"  # the devices: "in-process" (simulated Ophyd devices) or "epics" (Channel Access)
+    ioc: dict | None = None  # the EPICS path's IOC: prefix, port, pid, CPU seconds (scan, total)
+    exposure_s: float | None = None
 
 
 def parse_scan(text: str) -> tuple[int, int]:
@@ -144,33 +147,37 @@ def run_demo(
     end_timeout_s: float = 300.0,
     refine_s: float = 60.0,
     prerendered: int = 0,
+    epics: bool = False,
 ) -> DemoResult:
     """Run the demo; returns what it made (and writes the summary JSON, by default next to the PNG).
 
     ``prerendered`` (benchmarks): simulate that many frames first and cycle them, so a
     ``rate_hz=0`` run measures the pipeline rather than the simulator (no NRMSE then:
     the frames no longer match their positions).
+    ``epics``: the devices are the EPICS beamline over Channel Access, served by the simulated
+    IOC that the demo starts for the run on a free loopback port and stops on every exit path
+    (:mod:`.demo_epics`); run it in a process whose Channel Access has not started yet.
     """
-    from bluesky import RunEngine
-    from bluesky.utils import RunEngineInterrupted
-
-    from ..callbacks import ProgressBar, ThreadedCallback
-    from ..callbacks.bridge import PipelineBridge
-    from ..ophyd_devices import make_sim_beamline
-    from ..plans import dark_frames, ptycho_scan
-    from ..stages.pipeline import ptycho_pipeline
-    from .session import PipelineSession
-
     if rate_hz < 0:
         raise ParameterError(f"--rate must be >= 0 frames/s (0 = as fast as possible), got {rate_hz}")
     if darks < 2:
         raise ParameterError(f"--darks must be >= 2 (the read noise needs two), got {darks}")
     if workers < 1:
         raise ParameterError(f"--workers must be >= 1, got {workers}")
+    if epics and prerendered:
+        raise ParameterError("prerendered frames are an in-process benchmark option: over EPICS the IOC "
+                             "renders every frame itself (drop --epics or prerendered)")
+    port = None
+    if epics:
+        from .demo_epics import point_channel_access
+
+        port = point_channel_access()  # before Ophyd starts libca
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if exposure_s is None:  # COSMIC's 100 ms, shortened when the rate asks for more frames per second
-        exposure_s = min(0.1, 1.0 / rate_hz) if rate_hz > 0 else 0.1
+        from .demo_epics import default_exposure_s
+
+        exposure_s = default_exposure_s(rate_hz, epics)
     if not exposure_s > 0:
         raise ParameterError(f"--exposure must be > 0 s, got {exposure_s}")
     image = None
@@ -186,11 +193,47 @@ def run_demo(
         target = Path(target).expanduser().resolve()
     cat = open_catalog(target)
     detectors = data_dir(target, cat)  # a served catalog: the directory its server reads detector files from
-    beamline = make_sim_beamline(detectors, cfg, image=image, rate_hz=rate_hz)
+    remote = None  # the EPICS path's IOC and beamline; stopped in the finally below, whatever happens
+    try:
+        if epics:
+            from ..sim import PtychoSimulation
+            from .demo_epics import start_epics_demo
+
+            sim = PtychoSimulation(cfg, image=image)  # the truth the IOC simulates, for the NRMSE
+            remote = start_epics_demo(cfg, port=port, planned_m=sim.planned, rate_hz=rate_hz, exposure_s=exposure_s,
+                                      workdir=out / "ioc", write_dir=detectors)
+            beamline = remote.beamline
+            print(f"EPICS path: IOC {remote.description.prefix} on 127.0.0.1:{port} (pid {remote.ioc.pid}, "
+                  f"log {remote.ioc.log_path})", flush=True)
+        else:
+            from ..ophyd_devices import make_sim_beamline
+
+            beamline = make_sim_beamline(detectors, cfg, image=image, rate_hz=rate_hz)
+            sim = beamline.sim
+        return _run(beamline, sim, remote, cat, target, detectors, cfg, out, scan=scan, rate_hz=rate_hz, darks=darks,
+                    pattern=pattern, seed=seed, workers=workers, engine=engine, backend=backend,
+                    summary_json=summary_json, progress=progress, end_timeout_s=end_timeout_s, refine_s=refine_s,
+                    prerendered=prerendered)
+    finally:
+        if remote is not None:
+            remote.close()
+
+
+def _run(beamline, sim, remote, cat, target, detectors: Path, cfg: SimConfig, out: Path, *, scan, rate_hz, darks,
+         pattern, seed, workers, engine, backend, summary_json, progress, end_timeout_s, refine_s, prerendered) -> DemoResult:
+    """Darks, scan, live reconstruction and the summary, on either beamline (``remote``: the EPICS path's IOC)."""
+    from bluesky import RunEngine
+    from bluesky.utils import RunEngineInterrupted
+
+    from ..callbacks import ProgressBar, ThreadedCallback
+    from ..callbacks.bridge import PipelineBridge
+    from ..plans import dark_frames, ptycho_scan
+    from ..stages.pipeline import ptycho_pipeline
+    from .session import PipelineSession
+
     if prerendered:
         from ..ophyd_devices import ReplaySource
 
-        sim = beamline.sim
         bank = np.stack([sim.raw_frame(sim.planned[i % len(sim.planned)], i) for i in range(prerendered)])
         beamline.fccd.source = ReplaySource(bank, np.stack([sim.raw_frame(None, i) for i in range(4)]), sim.geom)
     pipe_cfg = ptycho_pipeline(frame_workers=workers, engine=engine, backend=backend, out_dir=out, refine_s=refine_s)
@@ -213,6 +256,7 @@ def run_demo(
                 print(f"watch it live: ns-bluesky gui live --config {out / 'pipeline' / 'pipeline.json'}", flush=True)
             (dark_uid,) = RE(dark_frames(beamline.fccd, beamline.shutter, darks, md={"sample_name": cfg.sample.name}))
             t0 = time.monotonic()
+            ioc_cpu0 = remote.ioc.cpu_s() if remote else None
             (raw_uid,) = RE(
                 ptycho_scan(
                     beamline.fccd, beamline.stage, beamline.shutter, pattern=pattern, shape=scan, overlap=0.7,
@@ -221,6 +265,7 @@ def run_demo(
                 )
             )
             acquisition_s = time.monotonic() - t0
+            ioc_cpu1 = remote.ioc.cpu_s() if remote else None
             bridge.flush(timeout_s=end_timeout_s)
             view = session.finish(raw_uid, end_timeout_s)
             derived_uid = session.recorder.finished.get(raw_uid)
@@ -241,9 +286,9 @@ def run_demo(
         log.error("the pipeline did not finish run %s within %g s", raw_uid[:8], end_timeout_s)
     nrmse_value = nrmse_first = None
     if view.recon is not None and not prerendered:
-        nrmse_value = score_recon(beamline.sim, start, view.recon)
+        nrmse_value = score_recon(sim, start, view.recon)
         if view.first_final is not None:
-            nrmse_first = score_recon(beamline.sim, start, view.first_final)
+            nrmse_first = score_recon(sim, start, view.first_final)
     last_event = events.last.get(raw_uid)
     to_final = (view.final_at - last_event) if view.final_at and last_event else None
     to_refined = (view.refined_at - last_event) if view.refined_at and last_event else None
@@ -252,7 +297,16 @@ def run_demo(
     times = [t for t, *_ in view.recon_updates]
     during = [t for t in times if last_event is None or t <= last_event]  # live updates while frames came
     gaps = np.diff([first, *during, last_event]) if first and last_event and times else []
+    ioc = None
+    if remote is not None:
+        scan_cpu = ioc_cpu1 - ioc_cpu0 if ioc_cpu0 is not None and ioc_cpu1 is not None else None
+        ioc = {**remote.info, "cpu_s_scan": None if scan_cpu is None else round(scan_cpu, 3),
+               "cpu_s_total": remote.ioc.cpu_s(),
+               "cpu_s_per_frame": None if scan_cpu is None else round(scan_cpu / n, 5),
+               "cpu_core_percent": None if scan_cpu is None else round(100 * scan_cpu / acquisition_s, 1)}
+    path = "epics" if remote is not None else "in-process"
     rates = "\n".join([
+        f"path              {path}" + (f" (IOC {ioc['prefix']} on 127.0.0.1:{ioc['port']})" if ioc else ""),
         f"frames            {n} ({view.usable} usable)",
         f"acquisition       {acquisition_s:.1f} s ({n / acquisition_s:.1f} frames/s)",
         f"end to end        {e2e:.1f} frames/s" if e2e else "end to end        -",
@@ -262,11 +316,13 @@ def run_demo(
         f"NRMSE vs truth    {nrmse_value:.4f} (final image {nrmse_first:.4f})" if nrmse_first is not None
         else f"NRMSE vs truth    {nrmse_value:.4f}" if nrmse_value is not None else "NRMSE vs truth    -",
         f"flags             {dict(view.flags) or 'none'}",
+        *([f"IOC CPU           {ioc['cpu_s_per_frame'] * 1e3:.1f} ms/frame, {ioc['cpu_core_percent']:.0f} % of a core"]
+          if ioc and ioc["cpu_s_per_frame"] is not None else []),
     ])
     raw0 = np.asarray(run["primary"][f"{beamline.fccd.name}_image"][0])
     png = figure(out / f"scan_{scan_id:05d}.png", view=view, raw=raw0, rates=rates,
                  dx=float(view.recon["meta"]["object_pixel_size_m"]) if view.recon else None,
-                 title=f"scan {scan_id}: {cfg.sample.name}, {n} frames, live {engine} reconstruction")
+                 title=f"scan {scan_id}: {cfg.sample.name}, {n} frames ({path}), live {engine} reconstruction")
     final = view.recon["scalars"] if view.recon else {}
     result = DemoResult(
         frames=n,
@@ -290,6 +346,9 @@ def run_demo(
         cxi=next((p for p in view.cxi if p.endswith("_clean.cxi")), None),
         png=str(png),
         exit_status=run.metadata["stop"]["exit_status"],
+        path=path,
+        ioc=ioc,
+        exposure_s=cfg.exposure_s,
     )
     summary = Path(summary_json) if summary_json else out / "summary.json"
     summary.write_text(json.dumps(asdict(result), indent=2))

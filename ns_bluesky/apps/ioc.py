@@ -37,6 +37,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
                    help="addresses to serve on (default 127.0.0.1 only)")
     p.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
     p.add_argument("--sample-image", metavar="PNG|TIFF", help="grey-scale image for the sample (default: test pattern)")
+    p.add_argument("--simulation", metavar="JSON",
+                   help="the simulated experiment's settings (a SimConfig, as 'ns-bluesky demo --epics' writes it: "
+                   "seed, exposure, sample and its image, scan pattern); replaces --seed and --sample-image")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,13 +55,38 @@ def run(args: argparse.Namespace) -> int:
     description = load_description(args.description) if args.description else BeamlineDescription()
     if args.prefix is not None:
         description = BeamlineDescription.model_validate({**description.model_dump(), "prefix": args.prefix})
-    image = read_grayscale(args.sample_image) if args.sample_image else None
-    ioc = BeamlineIOC(description, rate_hz=args.rate, seed=args.seed, image=image)
+    config = None
+    if args.simulation:
+        if args.sample_image or args.seed != 0:
+            raise ParameterError("--simulation holds the seed and the sample image: drop --seed and --sample-image")
+        config, image = _simulation(args.simulation)
+    else:
+        image = read_grayscale(args.sample_image) if args.sample_image else None
+    ioc = BeamlineIOC(description, rate_hz=args.rate, seed=args.seed, image=image, config=config)
     try:
         ioc.serve(port=args.port, interfaces=args.interfaces)
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _simulation(path: str):
+    """(SimConfig, sample image or None) from a JSON file; a bad file fails naming it."""
+    from pathlib import Path
+
+    from pydantic import ValidationError
+
+    from ..io.images import read_grayscale
+    from ..sim.settings import SimConfig
+
+    try:
+        config = SimConfig.model_validate_json(Path(path).read_text())
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "the file"
+        raise ParameterError(f"--simulation {path}: {where}: {first.get('msg')}") from None
+    image = config.sample.image
+    return config, (None if image == "test-pattern" else read_grayscale(image))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

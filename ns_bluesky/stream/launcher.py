@@ -155,7 +155,7 @@ class PipelineProcess:
         self.control = ControlClient(self.cfg, timeout_s=5)
         try:
             self.control.wait_ready(self.ready_timeout_s)
-        except Exception:
+        except BaseException:  # Ctrl-C while it starts too: the caller has no handle to stop it with yet
             self.stop()
             raise
         return self

@@ -106,15 +106,29 @@ def optics_model(values: dict[str, float]) -> tuple[float, ZonePlateOptics, floa
     return values["energy"], zp, values["detector_distance"]
 
 
+def simulating(description: BeamlineDescription, config: SimConfig) -> BeamlineDescription:
+    """The description with the start values (energy, zone plate, exposure, detector) ``config`` simulates,
+    so the optics PVs hold what the simulation was built with and the first frame does not rebuild it."""
+    data = description.model_dump()
+    data["ioc"].update(energy_eV=config.energy_eV, zone_plate=config.optics.model_dump(), exposure_s=config.exposure_s)
+    data["detector"]["geometry"] = config.detector.model_dump()
+    return BeamlineDescription.model_validate(data)
+
+
 class BeamlineIOC:
     """Every PV of the description, served by one process; ``pvdb`` is what caproto runs."""
 
     def __init__(self, description: BeamlineDescription | None = None, *, rate_hz: float = 10.0, seed: int = 0,
-                 image: np.ndarray | None = None):
-        self.description = d = description or BeamlineDescription()
+                 image: np.ndarray | None = None, config: SimConfig | None = None):
+        """``config`` (the demo's): simulate exactly that experiment (seed, sample, scan, noise); its energy,
+        zone plate, exposure and detector replace the description's start values. Else the description's."""
+        d = description or BeamlineDescription()
+        if config is not None:
+            d = simulating(d, config)
+        self.description = d
         ioc = d.ioc
-        self.config = SimConfig(energy_eV=ioc.energy_eV, exposure_s=ioc.exposure_s, seed=seed,
-                                detector=d.detector.geometry, optics=ioc.zone_plate)
+        self.config = config or SimConfig(energy_eV=ioc.energy_eV, exposure_s=ioc.exposure_s, seed=seed,
+                                          detector=d.detector.geometry, optics=ioc.zone_plate)
         self._image = image
         limits = (ioc.low_limit_m, ioc.high_limit_m)
         axes = {
