@@ -28,6 +28,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -323,6 +324,20 @@ class Handler:
         log.info("handler stopped")
 
 
+def _stop_when_orphaned(parent: int, every_s: float = 0.5) -> None:
+    """A private pipeline ends with its program, even one killed with SIGKILL that could not stop it: a watcher
+    thread sends this process SIGTERM (handled on the main thread, like ``pipeline stop``) once its parent is
+    gone. Seen: a demo killed mid-start-up left its handler and workers running for hours."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        log.warning("the program that started this pipeline (pid %d) is gone; stopping", parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ns-bluesky-handler", description="Run the streaming handler and its local workers.")
     p.add_argument("--config", default=None)
@@ -335,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--launcher", choices=("local", "slurm"), default=None, help="start the workers as local processes or SLURM jobs")
     p.add_argument("--partition", default=None, help="SLURM partition of the worker jobs")
     p.add_argument("--account", default=None, help="SLURM account of the worker jobs")
+    p.add_argument("--exit-with-parent", action="store_true",
+                   help="stop (as on SIGTERM) when the process that started this one dies: a program's private pipeline")
     args = p.parse_args(argv)
     cfg = load_config(args.config, parse_counts(args.workers))
     if args.log_dir:
@@ -345,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         handler = Handler(cfg, spawn=not args.no_local_workers)
         # SIGTERM (kill, systemd, a test's terminate) closes like 'pipeline stop': workers told, segments removed
         signal.signal(signal.SIGTERM, lambda *_: handler.stop())
+        if args.exit_with_parent:
+            _stop_when_orphaned(os.getppid())
         handler.serve()
     except (ParameterError, zmq.ZMQError) as exc:
         log.error("handler cannot start: %s", exc)

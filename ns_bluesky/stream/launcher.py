@@ -150,7 +150,7 @@ class PipelineProcess:
         log_dir(self.cfg.log_dir).mkdir(parents=True, exist_ok=True)
         with open(log_dir(self.cfg.log_dir) / "handler.stderr", "ab") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ns_bluesky.stream.handler", "--config", str(path)], stdin=subprocess.DEVNULL, stderr=err
+                [sys.executable, "-m", "ns_bluesky.stream.handler", "--config", str(path), "--exit-with-parent"], stdin=subprocess.DEVNULL, stderr=err
             )
         self.control = ControlClient(self.cfg, timeout_s=5)
         try:

@@ -1,0 +1,48 @@
+"""A program's private pipeline (``PipelineProcess``) ends with the program, however the program ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+from tests.support.processes import process_running
+
+PROGRAM = textwrap.dedent("""
+    import json, sys, time
+    from ns_bluesky.stages.pipeline import ptycho_pipeline
+    from ns_bluesky.stream.launcher import PipelineProcess
+    pipe = PipelineProcess(ptycho_pipeline(free_ports=True, out_dir=sys.argv[1]), sys.argv[1]).start()
+    status = pipe.control.status()
+    pids = [status["pid"], *(w["pid"] for m in status["modules"].values() for w in m["workers"])]
+    print(json.dumps(pids), flush=True)
+    time.sleep(600)
+""")
+
+
+def test_a_killed_program_leaves_no_pipeline_running(tmp_path):
+    """SIGKILL gives the program no chance to stop its pipeline: the handler sees its parent gone and stops,
+    its workers follow it."""
+    prog = subprocess.Popen([sys.executable, "-c", PROGRAM, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    pids: list[int] = []
+    try:
+        pids = json.loads(prog.stdout.readline())
+        assert len(pids) >= 2 and all(process_running(pid) for pid in pids)
+        prog.send_signal(signal.SIGKILL)
+        prog.wait(10)
+        deadline = time.monotonic() + 30
+        while (alive := [pid for pid in pids if process_running(pid)]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not alive, f"still running after their program was killed: {alive}"
+    finally:
+        if prog.poll() is None:
+            prog.kill()
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
