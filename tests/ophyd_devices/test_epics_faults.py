@@ -28,8 +28,25 @@ from ns_bluesky.sim.settings import SimConfig
 EXPOSURE_S = 0.02
 
 
+_made: list = []  # the channels a test opened, released after it
+
+
+@pytest.fixture(autouse=True)
+def _release_channels():
+    """Release every channel a test opened: the channels of the IOCs these tests kill stay in libca's search
+    list otherwise and keep searching, and the next module's new IOC did not connect within its timeout."""
+    yield
+    while _made:
+        obj = _made.pop()
+        try:
+            obj.destroy()
+        except Exception:  # noqa: BLE001 - a channel already gone
+            pass
+
+
 def _beamline(ioc, catalog_dir):
     bl = make_beamline(BeamlineDescription(prefix=ioc.prefix), detector_dir(catalog_dir))
+    _made.extend(d for d in [*bl.devices.values(), bl.beam] if d is not None)
     bl.fccd.acquire_time.put(EXPOSURE_S, wait=True)
     return bl
 
@@ -37,6 +54,7 @@ def _beamline(ioc, catalog_dir):
 def _fault(bl, attr: str) -> EpicsSignal:
     d = bl.description
     sig = EpicsSignal(d.pv(getattr(d.faults, attr)), name=attr)
+    _made.append(sig)
     sig.wait_for_connection(timeout=5)
     return sig
 
@@ -279,6 +297,7 @@ def test_every_wait_of_the_epics_beamline_has_a_deadline(module_ioc, catalog_dir
     from ns_bluesky.ophyd_devices.epics.waits import staged_signals
 
     bl = make_beamline(BeamlineDescription(prefix=module_ioc.prefix), detector_dir(catalog_dir))
+    _made.extend(d for d in [*bl.devices.values(), bl.beam] if d is not None)
     signals = [w.item for dev in bl.devices.values() for w in dev.walk_signals(include_lazy=False)]
     signals += staged_signals(bl.fccd) + [bl.fccd.hdf5.file_path, bl.fccd.hdf5.capture]
     epics = [s for s in signals if isinstance(s, EpicsSignalBase)]
