@@ -129,6 +129,18 @@ def _send_scan(client, scan: SimScan, seqs) -> None:
         client.send(scan.frame(seq))
 
 
+def _process_scan(pipe, scan: SimScan, timeout_s: float) -> list:
+    """Every frame of ``scan`` through the pipeline, start to stop; the messages of its results until it ended."""
+    client = IngestClient(pipe.cfg)
+    client.send(scan.start())
+    _send_scan(client, scan, range(1, len(scan.sim.planned) + 1))
+    client.send(Message("stop", run=scan.uid))
+    client.flush(timeout_s)
+    msgs = pipe.results.collect(lambda ms: pipe.results.ended(scan.uid), timeout_s=timeout_s)
+    client.close()
+    return msgs
+
+
 def test_a_scan_processed_by_slurm_placed_workers_every_frame_once(slurm_pipeline, slurm_cluster):
     pipe = slurm_pipeline(ECHO.format(workers=2, delay=0))
     started = pipe.start()
@@ -142,13 +154,7 @@ def test_a_scan_processed_by_slurm_placed_workers_every_frame_once(slurm_pipelin
     assert len(jobs) == 2 and {w["job"] for w in workers} == jobs  # each worker runs in a job of its own
     assert set(slurm_cluster.squeue()) == jobs
     scan = SimScan(shape=(4, 4))
-    client = IngestClient(pipe.cfg)
-    client.send(scan.start())
-    _send_scan(client, scan, range(1, 17))
-    client.send(Message("stop", run=scan.uid))
-    client.flush(60)
-    msgs = pipe.results.collect(lambda ms: pipe.results.ended(scan.uid), timeout_s=60)
-    client.close()
+    msgs = _process_scan(pipe, scan, 60)
     counts = Counter(m.seq for m in msgs if m.kind == "result" and m.run == scan.uid)
     assert sorted(counts) == list(range(1, 17)) and set(counts.values()) == {1}
     served = {w["job"]: w["processed"] for w in pipe.status()["modules"]["echo"]["workers"]}
@@ -196,13 +202,7 @@ def test_a_job_that_cannot_start_is_reported_pending_never_a_hang(slurm_pipeline
     shown = pipe.cli("status")
     assert f"job {pending[0]['job']}" in shown.stdout and "PENDING (Resources)" in shown.stdout
     scan = SimScan(shape=(2, 2))
-    client = IngestClient(pipe.cfg)
-    client.send(scan.start())
-    _send_scan(client, scan, range(1, 5))
-    client.send(Message("stop", run=scan.uid))
-    client.flush(30)
-    msgs = pipe.results.collect(lambda ms: pipe.results.ended(scan.uid), timeout_s=30)
-    client.close()
+    msgs = _process_scan(pipe, scan, 30)
     assert sorted(m.seq for m in msgs if m.kind == "result" and m.run == scan.uid) == [1, 2, 3, 4]  # the running one serves
     scaled = pipe.cli("scale", "echo=1", "--timeout", "10")
     assert scaled.returncode == 0, scaled.stderr
