@@ -170,8 +170,11 @@ def run(
         else:
             budget = _iterate_ranks(eng, comm, seconds, iterations, show)
     probe, residuals = budget.probe, budget.residuals
-    eng.obj = eng.xp.asarray(budget.obj)  # this rank's part of the best state, for the gather
-    obj = gather_object(eng, share, comm)
+    if comm.size == 1:
+        obj = budget.obj
+    else:
+        eng.obj = eng.xp.asarray(budget.obj)  # this rank's part of the best state, for the gather
+        obj = gather_object(eng, share, comm)
     out = Path(out)
     result = Reconstruction(obj, probe, residuals, dx, out, None, orient, choice, budget.best_iteration,
                             budget.best_residual, budget.seconds, budget.stopped_by)
