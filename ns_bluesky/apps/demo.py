@@ -229,6 +229,7 @@ def _run(beamline, sim, remote, cat, target, detectors: Path, cfg: SimConfig, ou
     from ..callbacks.bridge import PipelineBridge
     from ..plans import dark_frames, ptycho_scan
     from ..stages.pipeline import ptycho_pipeline
+    from .ctrl_c import StopOnCtrlC
     from .session import PipelineSession
 
     if prerendered:
@@ -238,7 +239,8 @@ def _run(beamline, sim, remote, cat, target, detectors: Path, cfg: SimConfig, ou
         beamline.fccd.source = ReplaySource(bank, np.stack([sim.raw_frame(None, i) for i in range(4)]), sim.geom)
     pipe_cfg = ptycho_pipeline(frame_workers=workers, engine=engine, backend=backend, out_dir=out, refine_s=refine_s)
 
-    RE = RunEngine({"scan_id": last_scan_id(cat)}, call_returns_result=False)
+    ctrl_c = StopOnCtrlC()  # a command: Ctrl-C stops now, in whichever run (bluesky's would pause at a checkpoint)
+    RE = RunEngine({"scan_id": last_scan_id(cat)}, call_returns_result=False, context_managers=[ctrl_c.for_engine])
     batch = writer_batch(rate_hz)  # about 2.5 s of frames per catalog request
     raw_writer = ThreadedCallback(make_tiled_writer(cat, batch_size=batch), name="catalog")
     events = _LastEvent()
@@ -255,6 +257,7 @@ def _run(beamline, sim, remote, cat, target, detectors: Path, cfg: SimConfig, ou
             if progress:
                 print(f"watch it live: ns-bluesky gui live --config {out / 'pipeline' / 'pipeline.json'}", flush=True)
             (dark_uid,) = RE(dark_frames(beamline.fccd, beamline.shutter, darks, md={"sample_name": cfg.sample.name}))
+            ctrl_c.raise_if_pressed()
             t0 = time.monotonic()
             ioc_cpu0 = remote.ioc.cpu_s() if remote else None
             (raw_uid,) = RE(
@@ -264,6 +267,7 @@ def _run(beamline, sim, remote, cat, target, detectors: Path, cfg: SimConfig, ou
                     md={"simulation": {"seed": seed, "config": cfg.model_dump(mode="json")}},
                 )
             )
+            ctrl_c.raise_if_pressed()
             acquisition_s = time.monotonic() - t0
             ioc_cpu1 = remote.ioc.cpu_s() if remote else None
             bridge.flush(timeout_s=end_timeout_s)

@@ -90,8 +90,6 @@ def test_demo_over_epics_files_every_frame_through_the_ioc_and_stops_it(tmp_path
     assert math.isfinite(summary["nrmse"]) and 0 < summary["nrmse"] < 0.6
 
 
-@pytest.mark.skip(reason="issue 18, open: Ctrl-C during an EPICS scan was once not acted on (the 30x30 scan ran to its "
-                  "end, the demo then waited on the pipeline); passes most runs, under investigation")
 def test_ctrl_c_during_the_epics_scan_stops_the_ioc(tmp_path, catalog_dir):
     out = tmp_path / "out"
     proc, said = _demo(["--scan", "30x30", "--rate", "10", "--darks", "2", "--workers", "1"], out, catalog_dir)
