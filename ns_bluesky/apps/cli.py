@@ -17,16 +17,17 @@ from datetime import datetime
 
 from ..errors import NSBlueskyError
 from .guard import guarded as _guarded
+from .options import OneLineParser, count, input_file, number, output_dir, output_file, scan_shape
 
 #: the engines' names for --help (importing the engines to list them would slow every command)
 ENGINES = ("lsqml", "raar", "dm", "epie", "rpie")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import parse_scan, run_demo
+    from .demo import run_demo
 
     result = run_demo(
-        scan=parse_scan(args.scan),
+        scan=args.scan,
         rate_hz=args.rate,
         darks=args.darks,
         pattern=args.pattern,
@@ -224,7 +225,7 @@ def _catalog_arg(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="ns-bluesky", description="Streaming X-ray ptychography on Bluesky (Nanosurveyor rebuilt)."
     )
     from .. import __version__
@@ -238,21 +239,21 @@ def build_parser() -> argparse.ArgumentParser:
         description="Take dark frames and a ptychographic scan on the simulated beamline with a real "
         "RunEngine, store both runs in the catalog, export the scan as CXI and a quick-look PNG.",
     )
-    demo.add_argument("--scan", default="40x40", help="raster points, rows x columns (default 40x40)")
-    demo.add_argument("--rate", type=float, default=10.0, help="frames per second; 0 = as fast as possible (default 10)")
-    demo.add_argument("--darks", type=int, default=20, help="dark frames before the scan (default 20)")
+    demo.add_argument("--scan", default="40x40", type=scan_shape, help="raster points, rows x columns (default 40x40)")
+    demo.add_argument("--rate", type=number(0, 1000, what=" frames/s"), default=10.0, help="frames per second; 0 = as fast as possible (default 10)")
+    demo.add_argument("--darks", type=count(2, 10_000), default=20, help="dark frames before the scan (default 20)")
     demo.add_argument("--pattern", choices=("raster", "fermat"), default="raster")
-    demo.add_argument("--sample-image", metavar="PNG|TIFF", help="grey-scale image for the sample (default: test pattern)")
+    demo.add_argument("--sample-image", metavar="PNG|TIFF", type=input_file, help="grey-scale image for the sample (default: test pattern)")
     demo.add_argument("--sample-name", help="sample name for the metadata (default: the image's file name)")
-    demo.add_argument("--exposure", type=float, help="seconds per frame (default 0.1, or 1/rate when that is shorter)")
-    demo.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
-    demo.add_argument("--out", default="demo-output", help="folder for CXI, PNG and summary (default ./demo-output)")
-    demo.add_argument("--workers", type=int, default=2, help="frame workers (default 2)")
+    demo.add_argument("--exposure", type=number(0, 60, above=True, what=" s"), help="seconds per frame (default 0.1, or 1/rate when that is shorter)")
+    demo.add_argument("--seed", type=count(0, 2**32 - 1), default=0, help="simulation seed (default 0)")
+    demo.add_argument("--out", default="demo-output", type=output_dir, help="folder for CXI, PNG and summary (default ./demo-output)")
+    demo.add_argument("--workers", type=count(1, 64), default=2, help="frame workers (default 2)")
     demo.add_argument("--engine", choices=ENGINES, default="lsqml", help="live reconstruction engine (default lsqml)")
     demo.add_argument("--backend", choices=("numpy", "cupy"), default="numpy", help="array backend of the reconstruction")
-    demo.add_argument("--refine", type=float, default=60.0, metavar="S",
+    demo.add_argument("--refine", type=number(0, 86_400, what=" s"), default=60.0, metavar="S",
                       help="seconds the reconstruction refines after its final image (default 60; 0: none)")
-    demo.add_argument("--summary-json", metavar="F", help="summary file (default OUT/summary.json)")
+    demo.add_argument("--summary-json", metavar="F", type=output_file, help="summary file (default OUT/summary.json)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.add_argument("--epics", action="store_true",
                       help="run through EPICS Channel Access: the demo starts the simulated IOC on a free loopback "
@@ -266,10 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--since", help="start time, ISO 8601 (2026-11-25 or 2026-11-25T14:00)")
     runs.add_argument("--until", help="end time, ISO 8601")
     runs.add_argument("--plan", help="plan name (ptycho_scan, dark_frames...)")
-    runs.add_argument("--scan-id", type=int, help="scan id")
+    runs.add_argument("--scan-id", type=count(0), help="scan id")
     runs.add_argument("--uid", help="uid or uid prefix")
     runs.add_argument("--text", help="full-text search over the metadata")
-    runs.add_argument("--limit", type=int, default=50, help="show at most this many (default 50)")
+    runs.add_argument("--limit", type=count(1), default=50, help="show at most this many (default 50)")
     runs.add_argument("--json", action="store_true", help="machine-readable output")
     runs.set_defaults(func=_cmd_runs)
 
@@ -280,19 +281,19 @@ def build_parser() -> argparse.ArgumentParser:
         "writes image_1 (probe) and image_2 (object) with the residual per iteration, and a PNG. Under "
         "`mpiexec -n N` (the mpi extra) the frames are split over the N ranks by position; rank 0 writes.",
     )
-    rec.add_argument("cxi", help="input CXI file")
+    rec.add_argument("cxi", type=input_file, help="input CXI file")
     rec.add_argument("--engine", default="lsqml", choices=ENGINES, help="default lsqml")
-    rec.add_argument("--iterations", type=int, help="at most this many iterations (default 100 without --seconds)")
-    rec.add_argument("--seconds", type=float, metavar="S",
+    rec.add_argument("--iterations", type=count(1, 1_000_000), help="at most this many iterations (default 100 without --seconds)")
+    rec.add_argument("--seconds", type=number(0, 1e7, above=True, what=" s"), metavar="S",
                      help="iterate until S seconds are spent (and --iterations, if given); the best state seen is kept")
     rec.add_argument("--positions", default="auto", choices=("auto", "probe", "sample"),
                      help="what the file's translations are: the probe's position on the sample (as ns-bluesky and "
                      "ptychodus write them), the sample's translation, or auto (default): decided from the data among "
                      "both and their x/y flips and swaps, with the margin printed")
     rec.add_argument("--backend", default="numpy", choices=("numpy", "cupy"))
-    rec.add_argument("--size", type=int, help="FFT-downsample frames to this side first (e.g. 256)")
-    rec.add_argument("--out", help="output CXI (default: IN_recon.cxi)")
-    rec.add_argument("--png", help="picture of the result (default: OUT with .png)")
+    rec.add_argument("--size", type=count(8, 16384), help="FFT-downsample frames to this side first (e.g. 256)")
+    rec.add_argument("--out", type=output_file, help="output CXI (default: IN_recon.cxi)")
+    rec.add_argument("--png", type=output_file, help="picture of the result (default: OUT with .png)")
     rec.add_argument("--quiet", action="store_true")
     rec.set_defaults(func=_cmd_reconstruct)
 
@@ -303,8 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the results are stored as a new derived run linked to it (reprocessing from history).",
     )
     rep.add_argument("run", help="raw run: uid, uid prefix or scan id")
-    rep.add_argument("--out", default="replay-output", help="folder for the CXI and the pipeline's logs")
-    rep.add_argument("--workers", type=int, default=2, help="frame workers (default 2)")
+    rep.add_argument("--out", default="replay-output", type=output_dir, help="folder for the CXI and the pipeline's logs")
+    rep.add_argument("--workers", type=count(1, 64), default=2, help="frame workers (default 2)")
     rep.add_argument("--engine", choices=ENGINES, default="lsqml")
     rep.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
     rep.add_argument("--quiet", action="store_true")
@@ -329,8 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     gui.add_argument("screen", choices=("live", "status", "viewer"), nargs="?", default="live")
     gui.add_argument("args", nargs="*", help="for the viewer: a CXI file, or a run (scan id or uid) of --catalog")
     gui.add_argument("--config", help="the pipeline to watch (default: $NS_BLUESKY_PIPELINE, else the default ports)")
-    gui.add_argument("--screenshot", metavar="PNG", help="save the window as PNG after --after seconds, then quit")
-    gui.add_argument("--after", type=float, default=10.0, help="seconds before the screenshot (default 10)")
+    gui.add_argument("--screenshot", metavar="PNG", type=output_file, help="save the window as PNG after --after seconds, then quit")
+    gui.add_argument("--after", type=number(0, 3600), default=10.0, help="seconds before the screenshot (default 10)")
     _catalog_arg(gui)
     gui.set_defaults(func=_cmd_gui)
 
@@ -360,12 +361,12 @@ def _cmd_raw2cxi(args: argparse.Namespace) -> int:
 
 
 def build_raw2cxi_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="nsraw2cxi",
         description="Turn a raw ptycho run from the catalog into a CXI file: assembled frames, darks, positions.",
     )
     p.add_argument("run", help="scan_id, uid or uid prefix")
-    p.add_argument("-o", "--output", help="CXI file to write (default RUN.cxi)")
+    p.add_argument("-o", "--output", type=output_file, help="CXI file to write (default RUN.cxi)")
     p.add_argument("--raw", action="store_true", help="keep frames in raw FCCD readout order (1040 x 1152)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _catalog_arg(p)

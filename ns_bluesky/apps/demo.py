@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -158,8 +159,8 @@ def run_demo(
     IOC that the demo starts for the run on a free loopback port and stops on every exit path
     (:mod:`.demo_epics`); run it in a process whose Channel Access has not started yet.
     """
-    if rate_hz < 0:
-        raise ParameterError(f"--rate must be >= 0 frames/s (0 = as fast as possible), got {rate_hz}")
+    if not (rate_hz >= 0 and math.isfinite(rate_hz)):
+        raise ParameterError(f"--rate must be a finite number >= 0 frames/s (0 = as fast as possible), got {rate_hz}")
     if darks < 2:
         raise ParameterError(f"--darks must be >= 2 (the read noise needs two), got {darks}")
     if workers < 1:
@@ -178,7 +179,7 @@ def run_demo(
         from .demo_epics import default_exposure_s
 
         exposure_s = default_exposure_s(rate_hz, epics)
-    if not exposure_s > 0:
+    if not (exposure_s > 0 and math.isfinite(exposure_s)):
         raise ParameterError(f"--exposure must be > 0 s, got {exposure_s}")
     image = None
     sample = SampleModel(name=sample_name or "siemens-star")

@@ -295,6 +295,11 @@ def read_cxi(path: str | os.PathLike, *, lazy: bool = False) -> CXIData:
             images=images,
             metadata=md,
         )
+    except CXIError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as exc:  # a damaged file: h5py's words, with its name
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise CXIError(f"{path}: cannot read it as CXI (damaged or not written as CXI?): {first}") from None
     finally:
         if not lazy:
             f.close()

@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import ParameterError
 from .stage import load_stage
@@ -148,8 +148,8 @@ def load_config(path: str | os.PathLike | None = None, workers: dict[str, int] |
         p = Path(path)
         if not p.is_file():
             raise ParameterError(f"pipeline config not found: {p}")
-        text = p.read_text()
         try:
+            text = p.read_text()
             if p.suffix == ".json":  # what programs write (the demo's pipeline)
                 import json
 
@@ -162,7 +162,14 @@ def load_config(path: str | os.PathLike | None = None, workers: dict[str, int] |
                 data = tomllib.loads(text)
         except Exception as exc:
             raise ParameterError(f"cannot parse {p}: {exc}") from None
-    cfg = PipelineConfig(**data)
+    if not isinstance(data, dict):
+        raise ParameterError(f"{path}: a pipeline file holds a table of settings, got {type(data).__name__}")
+    try:
+        cfg = PipelineConfig(**data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ())) or "settings"
+        raise ParameterError(f"{path or 'pipeline defaults'}: {where}: {first.get('msg')}") from None
     for name, n in (workers or {}).items():
         spec = next((m for m in cfg.modules if m.name == name), None)
         if spec is None:

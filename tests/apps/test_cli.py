@@ -42,23 +42,23 @@ def test_nsraw2cxi_help_and_top_level_help():
 
 
 @pytest.mark.parametrize(
-    "args, message",
+    "args, code, message",
     [
-        (["demo", "--scan", "forty"], "--scan must look like 40x40"),
-        (["demo", "--scan", "0x4"], "at least 1x1"),
-        (["demo", "--rate", "-3"], "--rate must be >= 0"),
-        (["demo", "--darks", "1"], "--darks must be >= 2"),
-        (["demo", "--scan", "2x2", "--sample-image", "/no/such.png"], "sample image not found: /no/such.png"),
-        (["demo", "--scan", "2x2", "--exposure", "-1"], "--exposure must be > 0"),
-        (["runs", "--since", "yesterday-ish"], "no catalog at"),
+        (["demo", "--scan", "forty"], 2, "argument --scan: must look like 40x40"),
+        (["demo", "--scan", "0x4"], 2, "needs at least 2 points"),
+        (["demo", "--rate", "-3"], 2, "argument --rate: must be >= 0 frames/s"),
+        (["demo", "--darks", "1"], 2, "argument --darks: must be between 2 and"),
+        (["demo", "--scan", "2x2", "--sample-image", "/no/such.png"], 2, "no such file: /no/such.png"),
+        (["demo", "--scan", "2x2", "--exposure", "-1"], 2, "argument --exposure: must be > 0 s"),
+        (["runs", "--since", "yesterday-ish"], 1, "no catalog at"),
     ],
 )
-def test_errors_are_one_clear_line(args, message, tmp_path):
+def test_errors_are_one_clear_line(args, code, message, tmp_path):
     out = _run("ns-bluesky", *args, "--catalog", str(tmp_path / "cat"))
-    assert out.returncode == 1
+    assert out.returncode == code
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
-    assert lines[0].startswith("ns-bluesky: error:") and message in lines[0]
+    assert lines[0].startswith("ns-bluesky") and ": error:" in lines[0] and message in lines[0], lines[0]
     assert "Traceback" not in out.stderr
 
 

@@ -67,7 +67,8 @@ def test_reconstruct_starts_from_the_data_without_a_probe(tmp_path):
 def test_cli_errors_name_the_missing_dataset(tmp_path):
     exe = Path(sys.executable).parent / "ns-bluesky"
     out = subprocess.run([str(exe), "reconstruct", str(tmp_path / "none.cxi")], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1 and out.stderr.strip() == f"ns-bluesky: error: no CXI file at {tmp_path / 'none.cxi'}"
+    assert out.returncode == 2 and out.stderr.strip() == (f"ns-bluesky reconstruct: error: argument cxi: no such file: "
+                                                          f"{tmp_path / 'none.cxi'} (see ns-bluesky reconstruct --help)")
     _cxi(tmp_path / "in.cxi")
     with h5py.File(tmp_path / "in.cxi", "a") as f:
         del f["entry_1/instrument_1/source_1/energy"]
