@@ -72,7 +72,11 @@ class EpicsAxis(EpicsMotor):
         PositionerBase.stop(self, success=success)
 
     def pause(self) -> None:
-        self._offset_at_pause = self._offset_seen
+        """Remember OFF for resume(). A second suspension before the first resumed (the restarted IOC's PVs
+        reconnecting one by one can trip a suspender again) keeps the first value: by then the monitor
+        may already show the new IOC's 0, and remembering that would put back nothing."""
+        if self._offset_at_pause is None:
+            self._offset_at_pause = self._offset_seen
 
     def resume(self) -> None:
         """Put back the user offset (a drift correction) if a restarted IOC lost it, as autosave would."""

@@ -283,7 +283,8 @@ def test_an_ioc_restarted_mid_scan_suspends_the_run_engine_which_resumes_and_com
     (stop,) = [doc for name, doc in docs if name == "stop"]
     assert stop["exit_status"] == "success" and names.count("event") == 9
     assert bl.fccd.acquire_time.get(use_monitor=False) == pytest.approx(EXPOSURE_S)  # put back after the restart
-    # the user offset (OFF) put back after the restart: not checked yet, it failed 1 fresh-clone run of 2 (issue 18)
+    off = bl.stage.y.user_offset.get(use_monitor=False)
+    assert off == pytest.approx(2e-9, abs=1e-12), f"OFF {off} after the restart, seen {bl.stage.y._offset_seen}"
     recorded = np.asarray(cat[stop["run_start"]]["primary"]["fccd_image"].read())
     assert recorded.shape == (9, 1040, 1152)
     np.testing.assert_array_equal(recorded, _frames_of(docs))
