@@ -26,3 +26,7 @@ class DeviceError(NSBlueskyError, RuntimeError):
 
 class ReconstructionError(NSBlueskyError, RuntimeError):
     """A reconstruction diverged (non-finite or runaway residual): its state is not an image."""
+
+
+class PipelineError(NSBlueskyError, RuntimeError):
+    """The processing pipeline stopped answering or died; the raw data are safe, the processing is not done."""

@@ -271,7 +271,7 @@ def _run(beamline, sim, remote, cat, target, detectors: Path, cfg: SimConfig, ou
             ctrl_c.raise_if_pressed()
             acquisition_s = time.monotonic() - t0
             ioc_cpu1 = remote.ioc.cpu_s() if remote else None
-            bridge.flush(timeout_s=end_timeout_s)
+            session.flush(bridge, raw_uid, end_timeout_s)
             view = session.finish(raw_uid, end_timeout_s)
             derived_uid = session.recorder.finished.get(raw_uid)
     except (RunEngineInterrupted, KeyboardInterrupt):

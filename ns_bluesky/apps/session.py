@@ -8,11 +8,18 @@ saying why.
 
 from __future__ import annotations
 
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
+from ..errors import PipelineError
 from ..io.catalog import detector_dir, make_tiled_writer
 from ..stream.config import PipelineConfig
+
+#: how often the session looks at its handler process: the user hears of its death within this (and a print)
+WATCH_S = 0.25
 
 
 class PipelineSession:
@@ -28,6 +35,8 @@ class PipelineSession:
         self.progress, self.total = progress, total
         self.batch_size = batch_size  # the derived run's events per catalog request (catalog.writer_batch)
         self.pipe = self.recorder = self.monitor = self._writer = None
+        self.died: str | None = None  # how the handler ended, if it ended before the session
+        self._closing = threading.Event()
 
     def __enter__(self) -> PipelineSession:
         from ..callbacks import ThreadedCallback
@@ -41,15 +50,56 @@ class PipelineSession:
             self._writer = ThreadedCallback(make_tiled_writer(self.cat, batch_size=self.batch_size), name="derived-catalog")
             self.recorder = ResultsRecorder(self.cfg, self._writer, self.detectors / "derived")
             self.monitor = LiveMonitor(self.cfg, progress=self.progress, total=self.total)
+            if self.pipe is not None:
+                threading.Thread(target=self._watch, name="pipeline-watch", daemon=True).start()
         except BaseException:
             self.__exit__()
             raise
         return self
 
+    def _watch(self) -> None:
+        """The handler's death is told at once, in one line: the scan goes on (the RunEngine never waits on
+        the pipeline, the catalog keeps every frame), and the user knows the live view has stopped and why."""
+        proc = self.pipe.proc if self.pipe is not None else None
+        while proc is not None and not self._closing.wait(WATCH_S):
+            code = proc.poll()
+            if code is None:
+                continue
+            how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+            self.died = f"the pipeline's handler (pid {proc.pid}) ended during the run ({how})"
+            print(f"pipeline: {self.died}; the scan goes on and the catalog keeps every frame, but nothing is "
+                  f"processed live any more (log: {self.workdir / 'logs'})", file=sys.stderr, flush=True)
+            return
+
+    def check(self, raw_uid: str | None = None) -> None:
+        """``PipelineError`` if the handler died: what was lost (the processing) and how to get it back."""
+        if self.died is None:
+            return
+        again = (f"; the raw run {raw_uid[:8]} is complete in the catalog: process it again with "
+                 f"'ns-bluesky replay {raw_uid[:8]}'") if raw_uid else ""
+        raise PipelineError(self.died + again)
+
+    def flush(self, bridge, raw_uid: str, timeout_s: float) -> None:
+        """The bridge's documents all acknowledged by the pipeline, in slices, so that a dead handler ends the
+        wait at once instead of at the timeout."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.check(raw_uid)
+            try:
+                bridge.flush(timeout_s=min(1.0, max(deadline - time.monotonic(), 0.0)))
+                return
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise
+
     def finish(self, raw_uid: str, timeout_s: float):
         """Wait for the pipeline's end of ``raw_uid`` and for its derived run to be in the catalog; returns
-        the monitor's view."""
-        view = self.monitor.wait_end(raw_uid, timeout_s)
+        the monitor's view. ``PipelineError`` as soon as the handler is found dead."""
+        deadline = time.monotonic() + timeout_s
+        view = self.monitor.view(raw_uid)
+        while view.ended is None and time.monotonic() < deadline:
+            self.check(raw_uid)
+            view = self.monitor.wait_end(raw_uid, min(1.0, max(deadline - time.monotonic(), 0.0)))
         deadline = time.monotonic() + 30
         while view.ended is not None and raw_uid not in self.recorder.finished and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -58,6 +108,7 @@ class PipelineSession:
 
     def __exit__(self, *exc) -> None:
         """Close every part even when one fails (a catalog write error must not leave the workers running)."""
+        self._closing.set()
         errors = []
         for part in (self.monitor, self.recorder, self.pipe, self._writer):
             if part is None:
