@@ -40,6 +40,9 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--simulation", metavar="JSON",
                    help="the simulated experiment's settings (a SimConfig, as 'ns-bluesky demo --epics' writes it: "
                    "seed, exposure, sample and its image, scan pattern); replaces --seed and --sample-image")
+    p.add_argument("--no-draw-ahead", dest="draw_ahead", action="store_false",
+                   help="draw each simulated frame at the trigger, not while the stage moves to it (the frames are "
+                   "the same; only the IOC's timing under load differs: for benchmarks)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
         config, image = _simulation(args.simulation)
     else:
         image = read_grayscale(args.sample_image) if args.sample_image else None
-    ioc = BeamlineIOC(description, rate_hz=args.rate, seed=args.seed, image=image, config=config)
+    ioc = BeamlineIOC(description, rate_hz=args.rate, seed=args.seed, image=image, config=config,
+                      draw_ahead=args.draw_ahead)
     try:
         ioc.serve(port=args.port, interfaces=args.interfaces)
     except KeyboardInterrupt:

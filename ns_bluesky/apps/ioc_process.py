@@ -49,10 +49,11 @@ class IOCProcess:
 
     def __init__(self, *, port: int, prefix: str, workdir: str | os.PathLike, description: Path | None = None,
                  simulation: Path | None = None, rate_hz: float = 10.0, ready_timeout_s: float = 60.0,
-                 stop_timeout_s: float = 10.0):
+                 stop_timeout_s: float = 10.0, draw_ahead: bool = True):
         self.port, self.prefix, self.workdir = port, prefix, Path(workdir)
         self.description, self.simulation, self.rate_hz = description, simulation, rate_hz
         self.ready_timeout_s, self.stop_timeout_s = ready_timeout_s, stop_timeout_s
+        self.draw_ahead = draw_ahead
         self.log_path = self.workdir / "ioc.log"
         self.proc: subprocess.Popen | None = None
         self.ready: dict = {}
@@ -64,7 +65,7 @@ class IOCProcess:
             args += ["--description", str(self.description)]
         if self.simulation is not None:
             args += ["--simulation", str(self.simulation)]
-        return args
+        return args if self.draw_ahead else [*args, "--no-draw-ahead"]
 
     def start(self) -> IOCProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)

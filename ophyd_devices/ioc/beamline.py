@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 import sys
@@ -33,6 +34,7 @@ from .faults import FaultySource, fault_group
 from .fccd import FCCDCam, HDF5FilePlugin
 from .motor import MotorRecord
 from .network import server_env
+from .prerender import Prerendered
 
 SHUTTER_COMMANDS = ("Close", "Open")  # bo ZNAM/ONAM
 SHUTTER_STATES = ("Closed", "Open")  # bi
@@ -119,7 +121,7 @@ class BeamlineIOC:
     """Every PV of the description, served by one process; ``pvdb`` is what caproto runs."""
 
     def __init__(self, description: BeamlineDescription | None = None, *, rate_hz: float = 10.0, seed: int = 0,
-                 image: np.ndarray | None = None, config: SimConfig | None = None):
+                 image: np.ndarray | None = None, config: SimConfig | None = None, draw_ahead: bool = True):
         """``config`` (the demo's): simulate exactly that experiment (seed, sample, scan, noise); its energy,
         zone plate, exposure and detector replace the description's start values. Else the description's."""
         d = description or BeamlineDescription()
@@ -138,7 +140,12 @@ class BeamlineIOC:
         }
         self.shutter = shutter_group(d.pv(d.shutter.command), d.pv(d.shutter.status), ioc.shutter_delay_s)
         self.optics = optics_group(d)
-        self.source = SimulationSource(PtychoSimulation(self.config, image=image), SimpleNamespace(**axes))
+        self.prerendered = Prerendered(PtychoSimulation(self.config, image=image))
+        self.source = SimulationSource(self.prerendered, SimpleNamespace(**axes))
+        self._axes = axes
+        self._ahead: asyncio.TimerHandle | None = None
+        for axis in axes.values():
+            axis.on_move = self._draw_ahead if draw_ahead else None
         self.hdf = HDF5FilePlugin(d.hdf_prefix, shape=self.source.geometry.raw_shape)
         self.faults = fault_group(d, on_disk_full=self.hdf.set_disk_full)
         period = 1.0 / rate_hz if rate_hz > 0 else 0.0
@@ -159,7 +166,32 @@ class BeamlineIOC:
         self.config = SimConfig.model_validate({**cfg.model_dump(), "energy_eV": energy, "optics": zp.model_dump(),
                                                 "detector": detector.model_dump()})
         sim = PtychoSimulation(self.config, image=self._image)
-        self.source.sim, self.source.geometry = sim, sim.geom
+        self.prerendered = Prerendered(sim)
+        self.source.sim, self.source.geometry = self.prerendered, sim.geom
+
+    #: a plan writes both axes' VAL back to back: the frame is drawn for both targets, not for each
+    DRAW_AHEAD_AFTER_S = 0.003
+
+    def _draw_ahead(self) -> None:
+        """In the IOC's loop, when a move starts: soon, draw the light frame the next trigger will take
+        (``prerender.py``), unless a frame is being taken or the shutter is closed (a dark frame is cheap)."""
+        if self._ahead is not None:
+            self._ahead.cancel()
+        self._ahead = asyncio.get_running_loop().call_later(self.DRAW_AHEAD_AFTER_S, self._submit_ahead)
+
+    def _submit_ahead(self) -> None:
+        cam = self.cam
+        if cam.acquiring or not self.shutter.is_open() or self.faults.dumped:
+            return
+        where = (self._axes["y"].target, self._axes["x"].target)
+        cam.in_worker(self._draw, where, cam.frames, cam.get("AcquireTime"))
+
+    def _draw(self, where, frame_index: int, exposure_s: float) -> None:
+        """In the detector's worker thread; a newer move queued behind this one makes it pointless: skipped."""
+        if where != (self._axes["y"].target, self._axes["x"].target) or frame_index != self.cam.frames:
+            return
+        self._follow_optics()  # the simulation the frame will be drawn with
+        self.prerendered.draw(where, frame_index, exposure_s)
 
     def serve(self, *, port: int | None = None, interfaces: Sequence[str] = ("127.0.0.1",)) -> None:
         """Serve until interrupted; prints one JSON line ``{"ioc": "ready", ...}`` once it answers."""
@@ -198,4 +230,6 @@ class BeamlineIOC:
             pass
         finally:
             self.cam.close()
+            logging.getLogger(__name__).info("stopped after %d frames; %d drawn ahead, %d of them taken",
+                                             self.cam.frames, self.prerendered.drawn_ahead, self.prerendered.hits)
             sys.stdout.flush()

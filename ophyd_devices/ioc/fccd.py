@@ -255,6 +255,14 @@ class FCCDCam(pv_table("_CamPVs", cam_table((1040, 1152), 0.1, 0.1), ADGroup)): 
         self._last_end = -math.inf
         self.frames = 0  # rendered since the IOC started: the simulation's frame index
 
+    @property
+    def acquiring(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def in_worker(self, func, *args) -> None:
+        """Run ``func`` in the detector's worker thread, after what is queued there (frames come in order)."""
+        self._pool.submit(func, *args)
+
     async def on_AcquireTime(self, value):
         _check_positive("AcquireTime", value, allow_zero=False)
 

@@ -56,6 +56,8 @@ class MotorRecord(PVGroup):
         super().__init__(prefix, **kwargs)
         self._settings = dict(desc=desc, velocity=velocity, acceleration=acceleration, limits=limits, egu=egu)
         self.dial = 0.0  # where the axis is (the simulated encoder); what a simulated detector sees
+        self.target = 0.0  # where the last move goes (dial)
+        self.on_move = None  # called in the IOC's loop when a move starts (the detector draws ahead)
         self._move: asyncio.Task | None = None
 
     @property
@@ -153,6 +155,9 @@ class MotorRecord(PVGroup):
         if self._move is not None and not self._move.done():
             self._move.cancel()  # retarget from where the axis is now
         self._move = asyncio.get_running_loop().create_task(self._run_move(target_dial))
+        self.target = target_dial
+        if self.on_move is not None:
+            self.on_move()
 
     async def _run_move(self, target: float) -> None:
         f = self.f

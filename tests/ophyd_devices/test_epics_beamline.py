@@ -7,6 +7,7 @@ and with what the simulator renders for the same frame numbers, exposures and st
 
 from __future__ import annotations
 
+import re
 import time
 
 import h5py
@@ -73,6 +74,9 @@ def test_plans_run_unchanged_and_the_catalog_holds_the_iocs_frames(start_ioc, ca
     for k in range(9):
         np.testing.assert_array_equal(raw[scan][k], sim.raw_frame(np.array([y[k], x[k]]), 2 + k, EXPOSURE_S))
     assert raw[scan].astype(float).sum(axis=(1, 2)).min() > raw[dark].astype(float).sum(axis=(1, 2)).max()
+    ioc.stop()  # the IOC drew the scan's frames while the stage moved to them (prerender.py), the same frames
+    taken = re.search(r"stopped after 11 frames; \d+ drawn ahead, (\d+) of them taken", ioc.log_path.read_text())
+    assert taken and int(taken[1]) >= 5, ioc.log_path.read_text()[-1500:]
 
 
 def test_a_scan_past_the_limits_is_refused_before_a_run_opens(module_beamline):
