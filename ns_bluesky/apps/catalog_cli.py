@@ -34,6 +34,14 @@ def add_parser(sub) -> None:
     key = actions.add_parser("new-key", help="write a new random api key to a file with mode 0600")
     key.add_argument("file", help="where to write it (refuses an existing file)")
     key.set_defaults(func=_new_key)
+    flush = actions.add_parser("flush", help="write the runs a crashed or cut-off session left in the catalog's spool",
+                               description="Documents wait in a spool on disk until the catalog holds them; a session "
+                               "that ended while the catalog was down leaves them there. This writes each such run "
+                               "(what the catalog holds of it is replaced, so every document lands once; a run "
+                               "without its stop document gets one saying it was cut short). Runs a live session "
+                               "is still writing are left alone.")
+    flush.add_argument("--catalog", metavar="DIR|URI", help="the catalog (default: $NS_BLUESKY_CATALOG or the user data directory)")
+    flush.set_defaults(func=_flush)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -64,4 +72,22 @@ def _new_key(args: argparse.Namespace) -> int:
     from ..io.catalog_config import write_key_file
 
     print(f"wrote a new api key to {write_key_file(args.file)} (mode 0600)")
+    return 0
+
+
+def _flush(args: argparse.Namespace) -> int:
+    from ..callbacks.spool import flush_spool
+    from ..io.catalog import make_tiled_writer, open_catalog, spool_dir
+
+    where = spool_dir(args.catalog)
+    waiting = sorted(where.glob("*.jsonl")) if where.is_dir() else []
+    if not waiting:
+        print(f"nothing to write: no spooled runs in {where}")
+        return 0
+    done = flush_spool(open_catalog(args.catalog, create=False), make_tiled_writer, where)
+    for run, n in done:
+        print(f"wrote run {run[:8]}: {n} documents")
+    left = len(waiting) - len(done)
+    if left:
+        print(f"{left} run(s) left: a live session is writing them")
     return 0

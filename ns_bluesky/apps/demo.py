@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 
 from ..errors import ParameterError
 from ..instrument.scan import ScanPattern
-from ..io.catalog import data_dir, default_catalog, last_scan_id, make_tiled_writer, open_catalog, writer_batch
+from ..io.catalog import data_dir, default_catalog, last_scan_id, open_catalog, writer_batch
 from ..sim.scoring import score_recon
 from ..sim.settings import SampleModel, SimConfig
 
@@ -226,8 +227,9 @@ def _run(beamline, sim, remote, cat, target, detectors: Path, cfg: SimConfig, ou
     from bluesky import RunEngine
     from bluesky.utils import RunEngineInterrupted
 
-    from ..callbacks import ProgressBar, ThreadedCallback
+    from ..callbacks import ProgressBar
     from ..callbacks.bridge import PipelineBridge
+    from ..callbacks.spool import catalog_writer
     from ..plans import dark_frames, ptycho_scan
     from ..stages.pipeline import ptycho_pipeline
     from .ctrl_c import StopOnCtrlC
@@ -243,7 +245,11 @@ def _run(beamline, sim, remote, cat, target, detectors: Path, cfg: SimConfig, ou
     ctrl_c = StopOnCtrlC()  # a command: Ctrl-C stops now, in whichever run (bluesky's would pause at a checkpoint)
     RE = RunEngine({"scan_id": last_scan_id(cat)}, call_returns_result=False, context_managers=[ctrl_c.for_engine])
     batch = writer_batch(rate_hz)  # about 2.5 s of frames per catalog request
-    raw_writer = ThreadedCallback(make_tiled_writer(cat, batch_size=batch), name="catalog")
+    # spooled on disk first: a catalog server that dies mid-scan is restarted and loses nothing (callbacks/spool.py)
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    raw_writer = catalog_writer(target, batch_size=batch, say=say)
     events = _LastEvent()
     RE.subscribe(raw_writer)
     RE.subscribe(events)
@@ -252,7 +258,7 @@ def _run(beamline, sim, remote, cat, target, detectors: Path, cfg: SimConfig, ou
     bridge = None
     try:
         with PipelineSession(cat, None, pipe_cfg, out / "pipeline", detectors=detectors, progress=progress, total=total,
-                             batch_size=batch) as session:
+                             batch_size=batch, catalog_target=target, say=say) as session:
             bridge = PipelineBridge(pipe_cfg)
             RE.subscribe(bridge)
             if progress:
@@ -283,6 +289,7 @@ def _run(beamline, sim, remote, cat, target, detectors: Path, cfg: SimConfig, ou
             bridge.close()
         raw_writer.close()
 
+    cat = raw_writer.catalog  # the server that answers now (restarted, if the first one died)
     run = cat[raw_uid]
     start = run.metadata["start"]
     n = int(start["num_points"])

@@ -26,7 +26,8 @@ class PipelineSession:
     """``with PipelineSession(cat, cat_dir, cfg, workdir) as s:`` then ``s.monitor``, ``s.recorder``, ``s.finish(uid)``."""
 
     def __init__(self, cat, cat_dir, cfg: PipelineConfig, workdir, *, progress: bool = True, total: int | None = None,
-                 own_pipeline: bool = True, batch_size: int = 25, detectors=None):
+                 own_pipeline: bool = True, batch_size: int = 25, detectors=None, catalog_target=None,
+                 say=None):
         self.cat, self.cfg, self.workdir = cat, cfg, Path(workdir)
         self.cat_dir = None if cat_dir is None else Path(cat_dir)
         # where derived arrays go: the catalog's server must read them (catalog.data_dir for a served catalog)
@@ -35,6 +36,8 @@ class PipelineSession:
         self.progress, self.total = progress, total
         self.batch_size = batch_size  # the derived run's events per catalog request (catalog.writer_batch)
         self.pipe = self.recorder = self.monitor = self._writer = None
+        # the catalog's directory or URI: derived runs are then spooled on disk first (callbacks/spool.py)
+        self.catalog_target, self.say = catalog_target, say
         self.died: str | None = None  # how the handler ended, if it ended before the session
         self._closing = threading.Event()
 
@@ -42,12 +45,18 @@ class PipelineSession:
         from ..callbacks import ThreadedCallback
         from ..callbacks.live import LiveMonitor
         from ..callbacks.recorder import ResultsRecorder
+        from ..callbacks.spool import catalog_writer
         from ..stream.launcher import PipelineProcess
 
         try:
             if self.own_pipeline:
                 self.pipe = PipelineProcess(self.cfg, self.workdir).start()
-            self._writer = ThreadedCallback(make_tiled_writer(self.cat, batch_size=self.batch_size), name="derived-catalog")
+            if self.catalog_target is not None:
+                self._writer = catalog_writer(self.catalog_target, batch_size=self.batch_size, name="derived-catalog",
+                                              say=self.say)
+            else:
+                self._writer = ThreadedCallback(make_tiled_writer(self.cat, batch_size=self.batch_size),
+                                                name="derived-catalog")
             self.recorder = ResultsRecorder(self.cfg, self._writer, self.detectors / "derived")
             self.monitor = LiveMonitor(self.cfg, progress=self.progress, total=self.total)
             if self.pipe is not None:

@@ -192,6 +192,25 @@ def _check_reachable(uri: str, timeout_s: float = 3.0) -> None:
         raise CatalogError(f"cannot reach the tiled server at {uri}: {exc}") from None
 
 
+def check_catalog(node, timeout_s: float = 1.0) -> None:
+    """``CatalogError`` unless the server of catalog ``node`` answers within ``timeout_s``."""
+    _check_reachable(node.uri, timeout_s)
+
+
+def spool_dir(path_or_uri: str | os.PathLike | None) -> Path:
+    """Where documents for the catalog wait on disk before it holds them: beside an embedded catalog, or
+    per server in the user's data directory (0700 either way: documents name the user's files)."""
+    target = default_catalog() if path_or_uri is None else path_or_uri
+    if _is_uri(target):
+        from urllib.parse import urlsplit
+
+        import platformdirs
+
+        where = urlsplit(str(target)).netloc.replace(":", "_") or "server"
+        return platformdirs.user_data_path("ns-bluesky") / "spool" / where
+    return Path(target).expanduser().resolve() / "spool"
+
+
 def open_catalog(path_or_uri: str | os.PathLike | None = None, *, container: str = RUNS_CONTAINER, create: bool = True):
     """The catalog of runs at a directory (embedded server) or an http(s) URI (``ns-bluesky catalog serve``).
 

@@ -1,0 +1,328 @@
+"""Documents for the catalog go through a spool on disk first, so a catalog that dies loses nothing.
+
+A catalog server that stops answering in the middle of a scan used to cost the scan: the queued documents
+were dropped, the run stayed 'running' with no events, and the command sat silent for minutes in the tiled
+client's retries. Here every document is appended to its run's spool file (JSON lines, fsynced in batches)
+in the RunEngine's thread, which never waits on the catalog, and one writer thread delivers them in order.
+A health check tells the user within a second or two when the catalog stops answering and when it is back.
+When the writer finds the catalog gone, it reopens it (for an embedded catalog that restarts its server),
+removes what it had written of the runs not yet complete, and writes those runs again from their spool, in
+order: each document lands exactly once. A run's spool file is removed once its stop document is in the
+catalog; files left by a session that crashed are written by ``ns-bluesky catalog flush``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+_RECOVER = object()  # from the health check: the catalog is down while the writer is idle
+#: how often the spool is fsynced, and how often the catalog's health is checked
+SYNC_S = 0.5
+HEALTH_S = 0.5
+
+
+def _plain(value):
+    """numpy scalars and arrays as JSON (documents from devices may carry them)."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+class _RunSpool:
+    """One run's spool file: every document of the run, one JSON line each, locked while it is written."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed at the run's end
+        fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)  # 'catalog flush' leaves a live run alone
+        self.count = 0
+        self.complete = False
+
+    def append(self, name: str, doc: dict) -> int:
+        self.file.write(json.dumps([name, doc], default=_plain) + "\n")
+        self.file.flush()  # to the OS now; to the disk at the next sync
+        self.count += 1
+        return self.count - 1
+
+    def sync(self) -> None:
+        if not self.file.closed:
+            os.fsync(self.file.fileno())
+
+    def close(self, remove: bool) -> None:
+        if not self.file.closed:
+            self.sync()
+            self.file.close()
+        if remove:
+            self.path.unlink(missing_ok=True)
+
+
+def read_spool(path: Path) -> list[tuple[str, dict]]:
+    """The documents of a spool file, in order; a last line cut short by a crash is left out."""
+    docs = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                name, doc = json.loads(line)
+            except ValueError:
+                break
+            docs.append((name, doc))
+    return docs
+
+
+class SpooledWriter:
+    """``RE.subscribe(SpooledWriter(open_catalog, make_writer, spool_dir))``: ``open_catalog()`` returns the
+    catalog node (and restarts an embedded server that died), ``make_writer(node)`` a document callback
+    into it (bluesky's TiledWriter). Same interface as ``ThreadedCallback``: ``flush``, ``close``, ``pending``."""
+
+    def __init__(self, open_catalog: Callable[[], object], make_writer: Callable[[object], Callable],
+                 spool_dir: str | os.PathLike, *, name: str = "catalog", say: Callable[[str], None] | None = None,
+                 health: Callable[[object], None] | None = None, reopen_every_s: float = 1.0):
+        self.open_catalog, self.make_writer, self.name = open_catalog, make_writer, name
+        self.spool_dir = Path(spool_dir)
+        self.spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.say = say or (lambda line: log.warning(line))
+        self.health, self.reopen_every_s = health, reopen_every_s
+        self.catalog = open_catalog()
+        self._writer = make_writer(self.catalog)
+        self._queue: queue.Queue = queue.Queue()
+        self._runs: dict[str, _RunSpool] = {}  # open runs, by start uid (RunEngine thread)
+        self._run_of: dict[str, str] = {}  # descriptor / resource uid -> run uid
+        self._written: dict[str, int] = {}  # documents of each open run in the catalog (writer thread)
+        self._errors: list[BaseException] = []
+        self.delivered = 0
+        self.outages = 0  # times the catalog stopped answering
+        self.down_since: float | None = None
+        self._told_down = False
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"spooled-{name}", daemon=True)
+        self._thread.start()
+        self._watch = threading.Thread(target=self._watch_health, name=f"health-{name}", daemon=True)
+        if health is not None:
+            self._watch.start()
+
+    # RunEngine side: a file append, never the network ------------------------------------------------
+    def __call__(self, name: str, doc: dict) -> None:
+        run = self._run_uid(name, doc)
+        spool = self._runs.get(run)
+        if spool is None:
+            if name != "start":
+                raise RuntimeError(f"{self.name}: a {name} document of a run this writer never saw start")
+            spool = self._runs[run] = _RunSpool(self.spool_dir / f"{run}.jsonl")
+        index = spool.append(name, doc)
+        if name == "stop":
+            spool.sync()  # the run is on disk whole before anyone is told it ended
+        self._queue.put((run, index, name, doc))
+
+    def _run_uid(self, name: str, doc: dict) -> str:
+        if name == "start":
+            return doc["uid"]
+        if name in ("stop", "descriptor", "resource", "stream_resource"):
+            run = doc["run_start"]
+            if name != "stop":
+                self._run_of[doc["uid"]] = run
+            return run
+        if name in ("event", "event_page", "stream_datum"):
+            return self._run_of[doc["descriptor"]]
+        if name in ("datum", "datum_page"):
+            return self._run_of[doc["resource"]]
+        raise RuntimeError(f"{self.name}: unknown document kind {name!r}")
+
+    # writer thread ---------------------------------------------------------------------------------
+    def _run(self) -> None:
+        last_sync = time.monotonic()
+        while True:
+            try:
+                item = self._queue.get(timeout=SYNC_S)
+            except queue.Empty:
+                item = None
+            try:
+                if time.monotonic() - last_sync >= SYNC_S:
+                    for spool in list(self._runs.values()):
+                        spool.sync()
+                    last_sync = time.monotonic()
+                if item is _STOP:
+                    return
+                if item is _RECOVER:
+                    if not self._answers():
+                        self._recover(None, None, None)
+                elif item is not None:
+                    self._deliver(*item)
+            except Exception as exc:  # a bug here must not kill the thread silently
+                log.exception("%s: writer failed", self.name)
+                self._errors.append(exc)
+            finally:
+                if item is not None:
+                    self._queue.task_done()
+
+    def _deliver(self, run: str, index: int, name: str, doc: dict) -> None:
+        while True:
+            try:
+                self._writer(name, doc)
+                break
+            except Exception as exc:
+                if self._answers():
+                    log.exception("%s refused a %s document of run %s", self.name, name, run[:8])
+                    self._errors.append(exc)  # the catalog answers but refuses it: not an outage
+                    break
+                self._recover(exc, run, index)
+                # the runs were written again up to this document; now this one
+        self._written[run] = index + 1
+        self.delivered += 1
+        if name == "stop":
+            spool = self._runs.pop(run, None)
+            self._written.pop(run, None)
+            if spool is not None:
+                spool.close(remove=True)
+
+    def _answers(self) -> bool:
+        if self.health is None:
+            return True
+        try:
+            self.health(self.catalog)
+            return True
+        except Exception:
+            return False
+
+    def _tell_down(self, why: str) -> None:
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            self.outages += 1
+        if not self._told_down:
+            self._told_down = True
+            self.say(f"{self.name}: not answering ({why}); the scan goes on and its documents are kept in "
+                     f"{self.spool_dir}")
+
+    def _recover(self, exc: BaseException | None, run: str | None, index: int | None) -> None:
+        """The catalog is gone: tell, reopen it until it answers (an embedded server is started again), and
+        write the open runs again from their spool, ``run`` up to (not including) its document ``index``."""
+        self._tell_down(type(exc).__name__ if exc is not None else "its health check failed")
+        while not self._closed.is_set():
+            try:
+                catalog = self.open_catalog()
+                if self.health is not None:
+                    self.health(catalog)
+                break
+            except Exception as err:  # still down
+                log.info("%s: still down: %s", self.name, err)
+                time.sleep(self.reopen_every_s)
+        else:
+            raise RuntimeError(f"{self.name}: closed while the catalog was down")
+        self.catalog = catalog
+        self._writer = self.make_writer(catalog)
+        again = {r: self._written.get(r, 0) for r in self._runs}
+        if run is not None:
+            again[run] = index
+        for uid, upto in again.items():
+            rewrite_run(catalog, self._writer, self._runs[uid].path, upto)
+            self._written[uid] = upto
+        down = time.monotonic() - self.down_since
+        self.down_since, self._told_down = None, False
+        self.say(f"{self.name}: back after {down:.1f} s; {sum(again.values())} documents of {len(again)} open "
+                 f"run(s) written again from the spool")
+
+    def _watch_health(self) -> None:
+        """Tell the user within about a second when the catalog stops answering and when it is back,
+        whatever the writer is doing (it may be deep in the client's retries)."""
+        while not self._closed.wait(HEALTH_S):
+            if self.down_since is None and not self._answers():
+                self._tell_down("its health check failed")
+                self._queue.put(_RECOVER)  # the writer reopens it even if no document is waiting
+
+    # caller side -----------------------------------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    def flush(self, timeout: float = 120.0) -> None:
+        """Wait until every document is in the catalog; raise the first refusal, if any."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks:
+            if time.monotonic() > deadline:
+                where = ", ".join(str(s.path) for s in self._runs.values()) or str(self.spool_dir)
+                raise TimeoutError(f"{self.name}: {self.pending} documents not yet in the catalog after {timeout:g} s; "
+                                   f"they are kept in {where}: 'ns-bluesky catalog flush' writes them")
+            time.sleep(0.01)
+        if self._errors:
+            errors, self._errors = self._errors, []
+            raise RuntimeError(f"{self.name}: {len(errors)} document(s) failed; first: {errors[0]!r}") from errors[0]
+
+    def close(self, timeout: float = 120.0) -> None:
+        """Flush, then stop the threads; spool files of runs not in the catalog stay for 'catalog flush'."""
+        try:
+            self.flush(timeout)
+        finally:
+            self._closed.set()
+            self._queue.put(_STOP)
+            self._thread.join(timeout=5)
+            for spool in self._runs.values():
+                spool.close(remove=False)
+
+
+def rewrite_run(catalog, writer: Callable, path: Path, upto: int | None = None, *, close: bool = False) -> int:
+    """Remove what the catalog holds of the run spooled at ``path`` and write its first ``upto`` documents
+    (all: None) again through ``writer``; returns how many were written. ``close``: a run whose session
+    ended before its stop document gets one (exit status 'abort', saying so), so it does not read 'running'."""
+    run = path.name.split(".")[0]
+    if run in catalog:
+        catalog.delete_contents(run, recursive=True, external_only=False)
+    docs = read_spool(path)[:upto]
+    if close and docs and docs[-1][0] != "stop":
+        docs.append(("stop", closing_stop(docs)))
+    for name, doc in docs:
+        writer(name, doc)
+    return len(docs)
+
+
+def closing_stop(docs: list[tuple[str, dict]]) -> dict:
+    """The stop document a run cut short by its session's end never got."""
+    import uuid
+
+    start = docs[0][1]
+    streams = {d["uid"]: d.get("name", "primary") for name, d in docs if name == "descriptor"}
+    counts: dict[str, int] = {}
+    for name, d in docs:
+        if name == "event":
+            counts[streams[d["descriptor"]]] = counts.get(streams[d["descriptor"]], 0) + 1
+        elif name == "event_page":
+            counts[streams[d["descriptor"]]] = counts.get(streams[d["descriptor"]], 0) + len(d["seq_num"])
+    last = max(float(d.get("time", start["time"])) for _, d in docs)
+    return {"uid": str(uuid.uuid4()), "time": last, "run_start": start["uid"], "exit_status": "abort",
+            "reason": "the session that took this run ended before the run did; written by 'ns-bluesky catalog flush'",
+            "num_events": {**{n: 0 for n in streams.values()}, **counts}}
+
+
+def flush_spool(catalog, make_writer: Callable[[object], Callable], spool_dir: str | os.PathLike) -> list[tuple[str, int]]:
+    """Write every run spooled in ``spool_dir`` that no live session holds: (run uid, documents) each."""
+    done = []
+    for path in sorted(Path(spool_dir).glob("*.jsonl"), key=lambda p: p.stat().st_mtime):
+        with open(path, encoding="utf-8") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a session is writing it now
+            n = rewrite_run(catalog, make_writer(catalog), path, close=True)
+        path.unlink()
+        done.append((path.name.split(".")[0], n))
+    return done
+
+
+def catalog_writer(target, *, batch_size: int = 25, name: str = "catalog", container: str | None = None,
+                   say: Callable[[str], None] | None = None) -> SpooledWriter:
+    """The spooled TiledWriter into the catalog at ``target`` (a directory or a URI), as every program
+    writes runs: reopening ``target`` after an outage restarts its embedded server if it died."""
+    from ns_bluesky.io.catalog import check_catalog, make_tiled_writer, open_catalog, spool_dir
+
+    where = {} if container is None else {"container": container}
+    return SpooledWriter(lambda: open_catalog(target, **where), lambda node: make_tiled_writer(node, batch_size=batch_size),
+                         spool_dir(target), name=name, say=say, health=check_catalog)
