@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -47,11 +48,13 @@ from .broker.spill import Spill
 from .config import PipelineConfig, apply_launcher_args, load_config, parse_counts
 from .launcher import LocalPool, WorkerLauncher
 from .logs import setup_process_logging
-from .protocol import Message, ProtocolError, decode, encode
+from .protocol import MAX_HEADER_BYTES, Message, ProtocolError, decode, encode
+from .security import claim, ipc_path, server_security
 
 log = logging.getLogger(__name__)
 
 COPY_RESULTS_BELOW = 1 << 20  # results published from shared memory by copy below this size, zero-copy above
+SUBSCRIPTION_BYTES = 4096  # what a SUB sends the results port: a topic to (un)subscribe
 HOUSEKEEPING_S = 0.02  # heartbeats, expiry and the local pool are looked after this often
 
 
@@ -83,13 +86,13 @@ class Handler:
             wait_timeout_s=cfg.wait_timeout_s, publish=self._publish, counts=self.counts,
         )
         self.spill = Spill(Path(cfg.spill_dir) if cfg.spill_dir else Path(os.environ.get("TMPDIR", "/tmp")) / f"ns-bluesky-spill-{os.getpid()}")
-        from .security import server_security
-
         self._secure = server_security(cfg, self.ctx)
-        self.control = self._bind(zmq.ROUTER, cfg.control_port)
-        self.ingest = self._bind(zmq.ROUTER, cfg.ingest_port)
-        self.backend = self._bind(zmq.ROUTER, cfg.worker_port)
-        self.results = self._bind(zmq.PUB, cfg.results_port)
+        self.ports: dict[str, int] = {}
+        # libzmq refuses a part larger than its socket's limit before buffering it, and drops that peer
+        self.control = self._bind("control", zmq.ROUTER, cfg.control_port, MAX_HEADER_BYTES)
+        self.ingest = self._bind("ingest", zmq.ROUTER, cfg.ingest_port, cfg.max_array_bytes)
+        self.backend = self._bind("workers", zmq.ROUTER, cfg.worker_port, cfg.max_array_bytes)
+        self.results = self._bind("results", zmq.PUB, cfg.results_port, SUBSCRIPTION_BYTES)  # takes subscriptions only
         # a stalled subscriber (a frozen GUI) may hold at most this many results (about 1 GB of raw frames);
         # beyond that PUB drops for that subscriber only, never blocking the pipeline
         self.results.setsockopt(zmq.SNDHWM, 400)
@@ -97,16 +100,23 @@ class Handler:
         self.intake = Ingest(self.ingest.send_multipart, self._accept, self.malformed, self.counts)
         self.commands = Control(self)
 
-    def _bind(self, kind: int, port: int) -> zmq.Socket:
+    def _bind(self, name: str, kind: int, port: int, max_bytes: int) -> zmq.Socket:
+        """Bind one socket: an ipc file in the private directory (no keys) or TCP with CURVE (``security``)."""
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, max_bytes)
         self._secure(sock)
-        if port == 0:
-            port = sock.bind_to_random_port(f"tcp://{self.cfg.host}")
+        if self.cfg.curve_keys:
+            if port == 0:
+                port = sock.bind_to_random_port(f"tcp://{self.cfg.host}")
+            else:
+                sock.bind(self.cfg.address(port))
         else:
-            sock.bind(f"tcp://{self.cfg.host}:{port}")
-        self.ports = getattr(self, "ports", {})
-        name = {zmq.PUB: "results"}.get(kind) or ("control", "ingest", "workers")[len(self.ports)]
+            if port == 0:  # a name no live pipeline holds (tests, side-by-side pipelines)
+                port = next(p for p in iter(lambda: secrets.randbelow(40000) + 20000, None) if not ipc_path(self.cfg, p).exists())
+            claim(ipc_path(self.cfg, port))
+            sock.bind(self.cfg.address(port))
+            os.chmod(ipc_path(self.cfg, port), 0o600)  # the directory already keeps others out; the file too
         self.ports[name] = port
         return sock
 
