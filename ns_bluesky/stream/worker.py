@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ns-bluesky-worker", description="Serve one processing module to a handler.")
     p.add_argument("--module", required=True, help="stage type: an installed stage's name or package.module:Class")
     p.add_argument("--name", default=None, help="the pipeline's name for this module (default: its type)")
-    p.add_argument("--address", required=True, help="the handler's worker port, e.g. tcp://127.0.0.1:5562")
+    p.add_argument("--address", required=True, help="the handler's worker port: ipc:///tmp/ns-bluesky-UID/5562 (keyless), tcp://HOST:5562 (with --curve-keys)")
     p.add_argument("--params", default="{}", help="module parameters as JSON")
     p.add_argument("--credits", type=int, default=2)
     p.add_argument("--heartbeat-s", type=float, default=HEARTBEAT_S, help="the pipeline's heartbeat interval")

@@ -81,6 +81,8 @@ def test_a_keyless_pipeline_listens_on_no_tcp_port_and_its_socket_directory_is_p
         assert stat.S_ISSOCK((d / str(port)).stat().st_mode)
         with pytest.raises(ConnectionRefusedError):  # nothing on TCP: not even the loopback interface
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    pipe.stop()
+    assert not [p for p in (pipe.cfg.control_port, pipe.cfg.ingest_port, pipe.cfg.worker_port, pipe.cfg.results_port) if (d / str(p)).exists()]
 
 
 def test_the_intruder_as_the_owner_is_answered_on_every_socket(make_pipeline):
