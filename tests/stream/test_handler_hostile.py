@@ -177,3 +177,36 @@ def test_a_run_that_never_starts_or_never_ends_expires_and_is_counted(make_pipel
     client.flush(10)
     assert client.nacks[-1]["reason"] == "run-expired"
     client.close()
+
+
+def test_a_peer_naming_another_workers_segment_gets_its_items_over_the_socket(make_pipeline):
+    """The handler never writes frames into a segment it did not verify: a peer offering a real worker's segment
+    (under that worker's pid or its own) is refused it, counted, and served over the socket."""
+    from pathlib import Path
+
+    pipe = make_pipeline(ECHO.format(workers=1, delay=0))
+    (real,) = pipe.control.status()["modules"]["echo"]["workers"]
+    (segment,) = [p.name for p in Path("/dev/shm").glob(f"ns-bluesky-{real['pid']}-*")]
+    peers = []
+    for pid in (real["pid"], 4242):
+        peer = _raw(pipe, pipe.cfg.worker_port)
+        peer.send_multipart(encode(Message("ready", meta={"module": "echo", "credits": 2, "pid": pid,
+                                                         "shm": {"name": segment, "slots": 2, "slot_bytes": 1 << 20}})))
+        peers.append(peer)
+    _wait(lambda: pipe.control.status()["counts"].get("shm_refused", 0) == 2, what="both offers refused")
+    client = pipe.ingest()
+    client.send(Message("start", run="shm"))
+    for seq in range(6):
+        client.send(Message("frame", run="shm", seq=seq, arrays={"raw": np.full((512, 512), seq, np.uint16)}))
+    client.flush(10)
+    inline = 0
+    deadline = time.monotonic() + 10
+    while inline < 2 and time.monotonic() < deadline:
+        for peer in peers:
+            while peer.poll(50):
+                msg = decode(peer.recv_multipart())  # an offset into shared memory would be refused here
+                inline += msg.kind == "frame" and msg.arrays["raw"].shape == (512, 512)
+    assert inline >= 2  # items reached the peers over the socket, their arrays inline
+    client.close()
+    for peer in peers:
+        peer.close(linger=0)
