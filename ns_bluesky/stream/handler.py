@@ -218,8 +218,10 @@ class Handler:
                                  or msg.stage not in self.scheduler.modules[item.module].outputs):
             # only the worker the item went to answers for it: for the item's run, with its module's stages
             self.counts["foreign_results"] += 1
-            log.warning("result %s for item %d (run %s seq %s) from %s does not answer an item sent there; dropped",
-                        msg.stage, item.id, msg.run[:8], msg.seq, f"worker pid {worker.pid}" if worker else "an unregistered peer")
+            n = self.counts["foreign_results"]
+            if n <= 10 or n % 1000 == 0:  # a flood of them must not flood the log too
+                log.warning("result %s for item %d (run %s seq %s) from %s does not answer an item sent there; dropped (%d so far)",
+                            msg.stage, item.id, msg.run[:8], msg.seq, f"worker pid {worker.pid}" if worker else "an unregistered peer", n)
             return
         run = self.book.runs.get(msg.run)
         if run is None or run.aborted or item is None:
