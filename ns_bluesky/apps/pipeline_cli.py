@@ -177,7 +177,7 @@ def _slurm_script(cfg, args) -> int:
     for spec in cfg.modules:
         cmd = (
             f"python -m ns_bluesky.stream.worker --module {spec.module} --name {spec.name} "
-            f"--address tcp://{args.handler_host}:{cfg.worker_port} --params '{json.dumps(spec.params)}' --credits {spec.credits}"
+            f"--address tcp://{args.handler_host}:{cfg.worker_port} --params '{json.dumps(spec.params)}' --credits {spec.credits} --max-array-mb {cfg.max_array_mb:g}"
         )
         if cfg.curve_keys:
             cmd += f" --curve-keys {cfg.curve_keys}"

@@ -8,9 +8,9 @@ import time
 
 import zmq
 
-from ..errors import NSBlueskyError
+from ..errors import NSBlueskyError, ParameterError
 from .config import PipelineConfig
-from .protocol import Message, ProtocolError, decode, encode
+from .protocol import MAX_HEADER_BYTES, Message, ProtocolError, decode, encode
 from .security import secure_client
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,7 @@ class ControlClient:
     def __call__(self, command: str, **args) -> dict:
         sock = self.ctx.socket(zmq.REQ)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_HEADER_BYTES)  # a reply is one JSON header
         secure_client(sock, self.cfg.curve_keys)
         address = self.cfg.address(self.cfg.control_port, connect=True)
         sock.connect(address)
@@ -87,6 +88,7 @@ class IngestClient:
         self.ctx = context or zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_HEADER_BYTES)  # acks and nacks: one JSON header each
         if immediate:
             self.sock.setsockopt(zmq.IMMEDIATE, 1)
         secure_client(self.sock, cfg.curve_keys)
@@ -103,6 +105,7 @@ class IngestClient:
         Raises :class:`PipelineUnavailable` after ``timeout_s`` without room (``None``: wait
         until there is room or ``cancel`` is set).
         """
+        self.check_size(msg)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while len(self.unacked) >= self.window and not (cancel is not None and cancel.is_set()):
             wait = self.resend_after_s if deadline is None else min(self.resend_after_s, max(deadline - time.monotonic(), 0))
@@ -113,6 +116,14 @@ class IngestClient:
         self.unacked[(msg.kind, msg.run, msg.seq)] = msg
         if not self._stalled:  # order matters: behind an undelivered message, this one waits its turn
             self._stalled = not self._try_send(msg)
+
+    def check_size(self, msg: Message) -> None:
+        """Refuse here what the handler's socket would refuse by dropping the connection (and every message
+        in flight on it, resent and dropped again): an array over ``max_array_mb``."""
+        for name, arr in msg.arrays.items():
+            if arr.nbytes > self.cfg.max_array_bytes:
+                raise ParameterError(f"{msg.kind} {msg.run[:8]} seq {msg.seq}: array {name!r} of {arr.nbytes} bytes is over the "
+                                     f"pipeline's max_array_mb = {self.cfg.max_array_mb:g}; raise it in the pipeline config")
 
     def _try_send(self, msg: Message) -> bool:
         try:

@@ -78,7 +78,21 @@ class PipelineConfig(BaseModel):
         30.0, gt=0, description="how long a run's items wait for the shared state they need (its dark) before going on without"
     )
     log_dir: str | None = None
-    curve_keys: str | None = Field(None, description="directory from 'ns-bluesky keys generate'")
+    curve_keys: str | None = Field(
+        None, description="directory from 'ns-bluesky keys generate': TCP with CURVE on host (remote and SLURM workers). "
+        "Without it the sockets are ipc:// files in socket_dir, open to this user only"
+    )
+    socket_dir: str | None = Field(None, description="the 0700 directory of a keyless pipeline's sockets (default /tmp/ns-bluesky-<uid>)")
+    max_array_mb: float = Field(
+        64.0, gt=0, le=1024,
+        description="the largest part of a message any socket takes (one array: an FCCD frame is 2.4 MB, a dark's statistics "
+        "three 4.8 MB arrays); libzmq drops a peer that sends more before buffering it",
+    )
+    max_open_runs: int = Field(64, ge=1, le=100_000, description="runs under way at once; data for one more is refused (nack too-many-runs)")
+    run_start_timeout_s: float = Field(60.0, gt=0, description="a run whose start has not come this long after its first data expires")
+    run_idle_timeout_s: float = Field(
+        6 * 3600.0, gt=0, description="a started run silent this long without its stop expires (a paused scan counts as silent)"
+    )
     launcher: Literal["local", "slurm"] = Field("local", description="where the handler starts the workers: processes here, or SLURM jobs")
     slurm: SlurmSettings = Field(default_factory=SlurmSettings)
     modules: list[ModuleSpec] = Field(default_factory=lambda: [ModuleSpec(name="echo", module="echo", workers=2)])
@@ -137,8 +151,14 @@ class PipelineConfig(BaseModel):
         return cls.inputs_for(cls.Params(**spec.params))
 
     def address(self, port: int, *, connect: bool = False) -> str:
-        host = "127.0.0.1" if connect and self.host in ("0.0.0.0", "*") else self.host
-        return f"tcp://{host}:{port}"
+        """The endpoint of ``port``: an ipc:// file in the private socket directory, or TCP with CURVE keys."""
+        from .security import endpoint
+
+        return endpoint(self, port, connect=connect)
+
+    @property
+    def max_array_bytes(self) -> int:
+        return int(self.max_array_mb * 2**20)
 
 
 def load_config(path: str | os.PathLike | None = None, workers: dict[str, int] | None = None) -> PipelineConfig:

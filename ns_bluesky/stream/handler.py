@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -47,11 +48,14 @@ from .broker.spill import Spill
 from .config import PipelineConfig, apply_launcher_args, load_config, parse_counts
 from .launcher import LocalPool, WorkerLauncher
 from .logs import setup_process_logging
-from .protocol import Message, ProtocolError, decode, encode
+from .protocol import MAX_HEADER_BYTES, Message, ProtocolError, decode, encode
+from .security import claim, ipc_path, server_security
 
 log = logging.getLogger(__name__)
 
 COPY_RESULTS_BELOW = 1 << 20  # results published from shared memory by copy below this size, zero-copy above
+MAX_WORKERS_PER_MODULE = 256  # the most 'pipeline scale' asks for
+SUBSCRIPTION_BYTES = 4096  # what a SUB sends the results port: a topic to (un)subscribe
 HOUSEKEEPING_S = 0.02  # heartbeats, expiry and the local pool are looked after this often
 
 
@@ -80,16 +84,18 @@ class Handler:
         self.shared = SharedItems(self.scheduler)
         self.book = RunBook(
             self.scheduler, self.shared, levels=[[modules[name] for name in level] for level in cfg.levels()],
-            wait_timeout_s=cfg.wait_timeout_s, publish=self._publish, counts=self.counts,
+            wait_timeout_s=cfg.wait_timeout_s, publish=self._publish, counts=self.counts, max_open_runs=cfg.max_open_runs,
+            start_timeout_s=cfg.run_start_timeout_s, idle_timeout_s=cfg.run_idle_timeout_s,
         )
         self.spill = Spill(Path(cfg.spill_dir) if cfg.spill_dir else Path(os.environ.get("TMPDIR", "/tmp")) / f"ns-bluesky-spill-{os.getpid()}")
-        from .security import server_security
-
         self._secure = server_security(cfg, self.ctx)
-        self.control = self._bind(zmq.ROUTER, cfg.control_port)
-        self.ingest = self._bind(zmq.ROUTER, cfg.ingest_port)
-        self.backend = self._bind(zmq.ROUTER, cfg.worker_port)
-        self.results = self._bind(zmq.PUB, cfg.results_port)
+        self.ports: dict[str, int] = {}
+        self._ipc_files: list[Path] = []  # removed at close (libzmq's own removal needs a context term we may not reach)
+        # libzmq refuses a part larger than its socket's limit before buffering it, and drops that peer
+        self.control = self._bind("control", zmq.ROUTER, cfg.control_port, MAX_HEADER_BYTES)
+        self.ingest = self._bind("ingest", zmq.ROUTER, cfg.ingest_port, cfg.max_array_bytes)
+        self.backend = self._bind("workers", zmq.ROUTER, cfg.worker_port, cfg.max_array_bytes)
+        self.results = self._bind("results", zmq.PUB, cfg.results_port, SUBSCRIPTION_BYTES)  # takes subscriptions only
         # a stalled subscriber (a frozen GUI) may hold at most this many results (about 1 GB of raw frames);
         # beyond that PUB drops for that subscriber only, never blocking the pipeline
         self.results.setsockopt(zmq.SNDHWM, 400)
@@ -97,16 +103,25 @@ class Handler:
         self.intake = Ingest(self.ingest.send_multipart, self._accept, self.malformed, self.counts)
         self.commands = Control(self)
 
-    def _bind(self, kind: int, port: int) -> zmq.Socket:
+    def _bind(self, name: str, kind: int, port: int, max_bytes: int) -> zmq.Socket:
+        """Bind one socket: an ipc file in the private directory (no keys) or TCP with CURVE (``security``)."""
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, max_bytes)
         self._secure(sock)
-        if port == 0:
-            port = sock.bind_to_random_port(f"tcp://{self.cfg.host}")
+        if self.cfg.curve_keys:
+            if port == 0:
+                port = sock.bind_to_random_port(f"tcp://{self.cfg.host}")
+            else:
+                sock.bind(self.cfg.address(port))
         else:
-            sock.bind(f"tcp://{self.cfg.host}:{port}")
-        self.ports = getattr(self, "ports", {})
-        name = {zmq.PUB: "results"}.get(kind) or ("control", "ingest", "workers")[len(self.ports)]
+            if port == 0:  # a name no live pipeline holds (tests, side-by-side pipelines)
+                port = next(p for p in iter(lambda: secrets.randbelow(40000) + 20000, None) if not ipc_path(self.cfg, p).exists())
+            path = ipc_path(self.cfg, port)
+            claim(path)
+            sock.bind(self.cfg.address(port))
+            os.chmod(path, 0o600)  # the directory already keeps others out; the file too
+            self._ipc_files.append(path)
         self.ports[name] = port
         return sock
 
@@ -165,6 +180,8 @@ class Handler:
         item = self.scheduler.items.get(item_id)
         if msg.kind == "result":
             self._on_result(msg, item, payload, worker)
+        if worker is None:
+            return  # an unregistered peer answers for nothing
         if msg.kind in ("done", "error") or msg.meta.get("done"):
             self._on_done(msg, item, worker, now)
 
@@ -179,6 +196,15 @@ class Handler:
             log.warning("worker for unknown module %r refused", name)
             self._post(identity, encode(Message("control", meta={"command": "shutdown"})))
             return
+        if identity not in mod.workers and len(mod.workers) >= MAX_WORKERS_PER_MODULE:
+            self.counts["workers_refused"] += 1
+            log.warning("worker pid %d for %s refused: %d workers already registered", pid, name, len(mod.workers))
+            self._post(identity, encode(Message("control", meta={"command": "shutdown"})))
+            return
+        if credits > mod.spec.credits:  # dispatch favours credits: a peer claiming many would take every item
+            self.counts["credits_capped"] += 1
+            log.warning("worker pid %d for %s claimed %d credits; capped at the module's %d", pid, name, credits, mod.spec.credits)
+            credits = mod.spec.credits
         job, host = msg.meta.get("job"), msg.meta.get("host")
         job = job if isinstance(job, str) and job else None
         draining = self.pool is not None and self.pool.is_draining(pid, job)  # scaled down before it registered
@@ -188,6 +214,15 @@ class Handler:
         self.book.replay(worker, mod)
 
     def _on_result(self, msg: Message, item: Item | None, frames: list, worker: WorkerState | None) -> None:
+        if item is not None and (worker is None or item.worker != worker.identity or msg.run != item.run
+                                 or msg.stage not in self.scheduler.modules[item.module].outputs):
+            # only the worker the item went to answers for it: for the item's run, with its module's stages
+            self.counts["foreign_results"] += 1
+            n = self.counts["foreign_results"]
+            if n <= 10 or n % 1000 == 0:  # a flood of them must not flood the log too
+                log.warning("result %s for item %d (run %s seq %s) from %s does not answer an item sent there; dropped (%d so far)",
+                            msg.stage, item.id, msg.run[:8], msg.seq, f"worker pid {worker.pid}" if worker else "an unregistered peer", n)
+            return
         run = self.book.runs.get(msg.run)
         if run is None or run.aborted or item is None:
             self.counts["late_results"] += 1
@@ -260,6 +295,8 @@ class Handler:
 
     # ---------------------------------------------------------------- loop
     def _housekeeping(self, now: float) -> None:
+        for run in self.book.expired():
+            self.abort(run.run)
         self.book.prune()
         self.book.release_held()
         self.scheduler.check_liveness(now, self.cfg.heartbeat_s * self.cfg.liveness)
@@ -317,6 +354,8 @@ class Handler:
             self.pool.stop_all()
         for sock in (self.control, self.ingest, self.backend, self.results):
             sock.close(linger=0)
+        for path in self._ipc_files:
+            path.unlink(missing_ok=True)
         for worker in self.scheduler.workers():
             self.slots.retire(worker)
         self.slots.close()

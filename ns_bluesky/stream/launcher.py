@@ -48,6 +48,7 @@ def worker_args(cfg: PipelineConfig, module: str, address: str) -> list[str]:
         "--params", json.dumps(spec.params), "--credits", str(spec.credits), "--nice", str(spec.nice),
         # the worker gives the handler 1.5x the handler's own patience before reconnecting
         "--heartbeat-s", str(cfg.heartbeat_s), "--liveness", str(int(cfg.liveness * 1.5)),
+        "--max-array-mb", f"{cfg.max_array_mb:g}",
     ]
     if spec.idle:
         args += ["--idle"]

@@ -21,6 +21,9 @@ import orjson
 VERSION = 1
 MAX_HEADER_BYTES = 64 * 1024
 MAX_ARRAY_BYTES = 256 * 1024 * 1024
+MAX_ARRAYS = 256  # arrays in one message
+MAX_NAME_CHARS = 1024  # a run id or a stage name
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # sequence numbers and item ids: what every end can store and send back
 
 #: data kinds flow ingest -> handler -> workers -> results; the rest is between the parts
 DATA_KINDS = frozenset({"start", "frame", "event", "stop", "result"})
@@ -162,9 +165,15 @@ def _decode(frames: list, shm: memoryview | None) -> Message:
         raise ProtocolError("bad-field", "run and stage must be strings")
     if isinstance(seq, bool) or not isinstance(seq, int):
         raise ProtocolError("bad-field", f"seq must be an integer, got {seq!r}"[:80])
+    if not INT64_MIN <= seq <= INT64_MAX:
+        raise ProtocolError("out-of-range", f"seq {seq} is outside 64 bits"[:80])
+    if len(run) > MAX_NAME_CHARS or len(stage) > MAX_NAME_CHARS:
+        raise ProtocolError("out-of-range", f"run and stage are at most {MAX_NAME_CHARS} characters")
     specs = header.get("arrays", [])
     if not isinstance(specs, list):
         raise ProtocolError("bad-array-spec", "arrays must be a list")
+    if len(specs) > MAX_ARRAYS:
+        raise ProtocolError("out-of-range", f"{len(specs)} arrays, at most {MAX_ARRAYS}")
     inline = [s for s in specs if not (isinstance(s, dict) and "shm" in s)]
     if len(inline) != len(frames) - 1:
         raise ProtocolError("buffer-count", f"header lists {len(inline)} inline arrays, {len(frames) - 1} buffers came")
@@ -174,6 +183,8 @@ def _decode(frames: list, shm: memoryview | None) -> Message:
     buffers = iter(frames[1:])
     for spec in specs:
         name = _spec_name(spec)
+        if name in arrays:  # the second would silently replace the first
+            raise ProtocolError("duplicate-array", f"two arrays named {name!r}"[:80])
         arrays[name] = _shm_array(spec, shm) if "shm" in spec else _array(spec, next(buffers))
     meta = {k: v for k, v in header.items() if k not in _HEADER_FIELDS}
     return Message(kind=kind, run=run, seq=seq, stage=stage, meta=meta, arrays=arrays)

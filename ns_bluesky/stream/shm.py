@@ -19,6 +19,7 @@ the owner (the worker, or the pool that saw it die) removes the segment.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from multiprocessing import resource_tracker, shared_memory
 from pathlib import Path
@@ -28,6 +29,7 @@ import numpy as np
 IN, OUT = 0, 1
 SHM_DIR = Path("/dev/shm")  # where POSIX shared memory lives on Linux
 MIN_SHM_BYTES = 64 * 1024  # below this a TCP copy is as cheap as the bookkeeping
+SEGMENT_NAME = re.compile(r"ns-bluesky-[0-9]{1,10}-[0-9a-f]{12}")  # what segment_name makes, nothing else
 
 
 def segment_prefix(pid: int) -> str:
@@ -64,11 +66,22 @@ class SlotArena:
         return cls(shm, slots, slot_bytes)
 
     @classmethod
-    def attach(cls, name: str, slots: int, slot_bytes: int) -> SlotArena:
+    def attach(cls, name: str, slots: int, slot_bytes: int, pid: int) -> SlotArena:
+        """Map a segment a worker with ``pid`` offers, once verified: named as that worker's
+        (``ns-bluesky-PID-RANDOM``), owned by this user, open to no one else, large enough. Any other
+        name (another user's segment, a file the handler would write frames into) is refused."""
+        if not SEGMENT_NAME.fullmatch(name) or name.split("-")[2] != str(pid):
+            raise ValueError(f"segment name {name!r} is not a worker segment of pid {pid} ({segment_prefix(pid)}<12 hex digits>)")
         shm = _open_untracked(name)
-        if shm.size < 2 * slots * slot_bytes:
+        try:
+            st = os.fstat(shm._fd)  # the open file itself: no swap between a check and the mapping
+            if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+                raise ValueError(f"segment {name} belongs to uid {st.st_uid} with mode {st.st_mode & 0o777:o}: not this user's private segment")
+            if shm.size < 2 * slots * slot_bytes:
+                raise ValueError(f"segment {name} holds {shm.size} bytes, fewer than {slots} x 2 x {slot_bytes}")
+        except BaseException:
             shm.close()
-            raise ValueError(f"segment {name} holds {shm.size} bytes, fewer than {slots} x 2 x {slot_bytes}")
+            raise
         return cls(shm, slots, slot_bytes)
 
     def offset(self, slot: int, half: int) -> int:

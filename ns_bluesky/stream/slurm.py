@@ -66,7 +66,9 @@ def job_name(module: str) -> str:
 
 
 def handler_address(cfg: PipelineConfig, worker_port: int) -> str:
-    """The worker port as the nodes see it."""
+    """The worker port as the nodes see it (keyless: the handler's ipc socket, reached only by jobs on this machine)."""
+    if not cfg.curve_keys and not cfg.slurm.handler_host:
+        return cfg.address(worker_port, connect=True)
     host = cfg.slurm.handler_host or (socket.getfqdn() if cfg.host in ("0.0.0.0", "*", "") else cfg.host)
     return f"tcp://{host}:{worker_port}"
 
@@ -107,7 +109,7 @@ class SlurmPool:
         self.env = env  # None: this process's environment (SLURM_CONF and the like)
         self.address = handler_address(cfg, worker_port)
         host = self.address.split("//")[1].rsplit(":", 1)[0]
-        if host in LOOPBACK:
+        if self.address.startswith("ipc://") or host in LOOPBACK:
             log.warning("SLURM workers connect to %s: only jobs placed on this machine can reach it. For other nodes bind "
                         "host = \"0.0.0.0\" (with curve_keys) or set slurm.handler_host", self.address)
         if cfg.curve_keys:

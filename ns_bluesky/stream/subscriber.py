@@ -37,6 +37,7 @@ class ResultsSubscriber:
     def _serve(self) -> None:
         sock = zmq.Context.instance().socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.cfg.max_array_bytes)
         sock.setsockopt(zmq.SUBSCRIBE, b"")
         secure_client(sock, self.cfg.curve_keys)
         sock.connect(self.cfg.address(self.cfg.results_port, connect=True))

@@ -69,11 +69,13 @@ class Worker:
         parent_pid: int | None = None,
         idle: bool = False,
         give_up_s: float | None = None,
+        max_array_bytes: int = 64 * 2**20,
     ):
         self.address, self.credits = address, credits
         self.idle = idle  # the compute thread only: registration and heartbeats keep their normal share
         self.name = name or stage.name  # the pipeline's name for the stage: what the handler routes by
         self.heartbeat_s, self.liveness = heartbeat_s, liveness
+        self.max_array_bytes = max_array_bytes  # the handler drops a peer that sends a larger part: refused here, with the reason
         self.ctx = context or zmq.Context.instance()
         self.curve = curve
         self._work: queue.Queue = queue.Queue()
@@ -139,6 +141,7 @@ class Worker:
                     raise TypeError(f"{self.name} returned {type(result).__name__}, not a Message")
                 if result.kind == "result" and result.stage not in self.stage.outputs:
                     raise ValueError(f"{self.name} returned stage {result.stage!r}, not one of its outputs {self.stage.outputs}")
+                self._check_size(result)
                 result.meta["item"] = item_id
                 if k == len(results) - 1:
                     result.meta["done"] = True  # the last result also returns the credit: one message less
@@ -165,8 +168,15 @@ class Worker:
         out, item_id = self._current
         if not isinstance(result, Message) or result.kind != "result" or result.stage not in self.stage.outputs:
             raise ValueError(f"{self.name}: emit() takes a result of one of its stages {self.stage.outputs}")
+        self._check_size(result)
         result.meta["item"] = item_id
         out.send_multipart(encode(result), copy=False)
+
+    def _check_size(self, result: Message) -> None:
+        for name, arr in result.arrays.items():
+            if np.asarray(arr).nbytes > self.max_array_bytes:
+                raise ValueError(f"{self.name}: result array {name!r} of {np.asarray(arr).nbytes} bytes is over the pipeline's "
+                                 f"max_array_mb ({self.max_array_bytes / 2**20:g} MiB); raise max_array_mb")
 
     @staticmethod
     def _send(sock: zmq.Socket, msg: Message) -> None:
@@ -176,6 +186,7 @@ class Worker:
     def _connect(self) -> zmq.Socket:
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_array_bytes)
         if self.curve:
             sock.curve_secretkey = self.curve["secret"]
             sock.curve_publickey = self.curve["public"]
@@ -303,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="ns-bluesky-worker", description="Serve one processing module to a handler.")
     p.add_argument("--module", required=True, help="stage type: an installed stage's name or package.module:Class")
     p.add_argument("--name", default=None, help="the pipeline's name for this module (default: its type)")
-    p.add_argument("--address", required=True, help="the handler's worker port, e.g. tcp://127.0.0.1:5562")
+    p.add_argument("--address", required=True, help="the handler's worker port: ipc:///tmp/ns-bluesky-UID/5562 (keyless), tcp://HOST:5562 (with --curve-keys)")
     p.add_argument("--params", default="{}", help="module parameters as JSON")
     p.add_argument("--credits", type=int, default=2)
     p.add_argument("--heartbeat-s", type=float, default=HEARTBEAT_S, help="the pipeline's heartbeat interval")
@@ -314,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nice", type=int, default=0, help="lower this worker's CPU priority by this much (0-19)")
     p.add_argument("--idle", action="store_true", help="run only on CPU time nothing else wants (Linux SCHED_IDLE)")
     p.add_argument("--give-up-s", type=float, default=None, help="exit when the handler has been silent this long (default: keep trying)")
+    p.add_argument("--max-array-mb", type=float, default=64.0, help="the pipeline's max_array_mb: the largest array a message may carry")
     p.add_argument("--shm-slot-bytes", type=int, default=0, help="share frames with a handler on this machine (0: TCP only)")
     args = p.parse_args(argv)
     name = args.name or args.module
@@ -328,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
 
         curve = client_keys(args.curve_keys)
     Worker(cls, args.address, params=params, name=name, credits=args.credits, curve=curve, heartbeat_s=args.heartbeat_s, liveness=args.liveness, shm_slot_bytes=args.shm_slot_bytes,
-           parent_pid=os.getppid() if args.exit_with_parent else None, idle=args.idle, give_up_s=args.give_up_s).serve()
+           parent_pid=os.getppid() if args.exit_with_parent else None, idle=args.idle, give_up_s=args.give_up_s,
+           max_array_bytes=int(args.max_array_mb * 2**20)).serve()
     return 0
 
 

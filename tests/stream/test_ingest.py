@@ -60,3 +60,34 @@ def test_the_key_is_read_only_as_far_as_the_header_parses():
     assert best_effort_key(b'{"kind": "stop"}') == ["stop", "", -1]
     for bad in (b"{not json", b"[1, 2]", b'{"kind": 5}', b'{"kind": "f", "seq": 1.5}'):
         assert best_effort_key(bad) is None
+
+
+def test_out_of_range_numbers_and_duplicate_names_are_answered_with_a_nack():
+    """A seq outside 64 bits (once never answered: its key could not be sent back), two arrays of one name."""
+    ing, sent, accepted = make()
+    for seq in (2**63, -(2**63) - 1, 2**64, 10**30):
+        ing.receive([b"A", b'{"v": 1, "kind": "frame", "run": "r", "seq": %d, "arrays": []}' % seq])
+    spec = b'{"name": "raw", "dtype": "|u1", "shape": [2]}'
+    ing.receive([b"A", b'{"v": 1, "kind": "frame", "run": "r", "seq": 1, "arrays": [%s, %s]}' % (spec, spec), b"ab", b"cd"])
+    ing.receive([b"A", b'{"v": 1, "kind": "frame", "run": "%s", "seq": 1, "arrays": []}' % (b"r" * 5000)])
+    got = [m for _, m in replies(sent)]
+    assert [m.kind for m in got] == ["nack"] * 6 and accepted == []
+    assert [m.meta["reason"] for m in got] == ["out-of-range", "bad-field", "bad-field", "bad-field", "duplicate-array", "out-of-range"]
+    assert all("key" not in m.meta for m in got[:4])
+    assert got[4].meta["key"] == ["frame", "r", 1]
+
+
+def test_a_refusal_by_the_run_book_is_a_nack_with_the_key():
+    from ns_bluesky.stream.protocol import ProtocolError
+
+    def refuse(msg):
+        raise ProtocolError("too-many-runs", "64 runs are open")
+
+    sent = []
+    ing = Ingest(sent.append, refuse, Counter(), Counter())
+    ing.receive([b"A", *encode(Message("frame", run="r", seq=7))])
+    (reply,) = [m for _, m in replies(sent)]
+    assert reply.kind == "nack" and reply.meta["reason"] == "too-many-runs" and reply.meta["key"] == ["frame", "r", 7]
+    assert ing.counts["ingested"] == 0
+    ing.flush()
+    assert len(sent) == 1  # not acknowledged as well

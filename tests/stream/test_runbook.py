@@ -282,3 +282,58 @@ def test_ended_runs_beyond_the_bound_are_forgotten_and_still_refused():
     b.ingest(frame("r0", 1))
     b.ingest(Message("start", run="r0"))
     assert b.counts["after_end"] == 2 and "r0" not in b.book.runs
+
+
+def test_one_run_more_than_max_open_runs_is_refused_with_the_reason():
+    import pytest
+
+    from ns_bluesky.stream.protocol import ProtocolError
+
+    b = Bench(*ECHO_TALLY)
+    b.book.max_open_runs = 2
+    b.ingest(Message("start", run="a"))
+    b.ingest(frame("b", 1))  # data of a run that has not started yet is a run too
+    with pytest.raises(ProtocolError, match="too-many-runs: 2 runs are open"):
+        b.ingest(frame("c", 1))
+    assert "c" not in b.book.runs and b.counts["runs_refused"] == 1
+    b.ingest(frame("a", 1))  # the open ones go on
+
+
+def test_runs_that_never_start_or_never_end_expire_and_are_counted():
+    import pytest
+
+    from ns_bluesky.stream.protocol import ProtocolError
+
+    b = Bench(*ECHO_TALLY)
+    b.book.start_timeout_s, b.book.idle_timeout_s = 10.0, 100.0
+    b.ingest(frame("orphan", 1))  # no start, ever
+    b.ingest(Message("start", run="endless"))
+    b.ingest(frame("endless", 1))  # no stop, ever
+    b.clock.now += 11
+    assert [r.run for r in b.book.expired()] == ["orphan"] and b.counts["expired_runs"] == 1
+    b.book.abort("orphan")  # what the handler does with an expired run
+    b.clock.now += 90
+    b.ingest(frame("endless", 2))  # still talking: not silent
+    b.clock.now += 99
+    assert b.book.expired() == []
+    b.clock.now += 2
+    (run,) = b.book.expired()
+    assert run.run == "endless" and "silent for 100 s without a stop" in run.expired and b.counts["expired_runs"] == 2
+    b.book.abort("endless")
+    end = [m for t, m in b.published if t == "end_of_run" and m.run == "endless"][0]
+    assert end.meta["expired"] == run.expired and end.meta["aborted"]
+    with pytest.raises(ProtocolError, match="run-expired"):
+        b.ingest(frame("endless", 3))
+    assert b.counts["after_expiry"] == 1 and b.book.expired() == []
+
+
+def test_a_stop_announcing_an_impossible_frame_count_is_refused():
+    import pytest
+
+    from ns_bluesky.stream.protocol import ProtocolError
+
+    b = Bench(*ECHO_TALLY)
+    for bad in (-1, 10**12, 1.5, "3", True):
+        with pytest.raises(ProtocolError, match="out-of-range: num_frames"):
+            b.ingest(Message("stop", run="r", meta={"num_frames": bad}))
+    assert "r" not in b.book.runs

@@ -25,14 +25,14 @@ def _has_segment(pid: int) -> bool:
 
 @pytest.fixture
 def arena():
-    a = SlotArena.create(3, 1 << 20, name=f"ns-bluesky-test-{os.getpid()}")
+    a = SlotArena.create(3, 1 << 20)  # named as this process's segment, as a worker names its own
     yield a
     a.unlink()
     a.close()
 
 
 def test_arrays_travel_as_offsets_and_come_back_equal(arena):
-    peer = SlotArena.attach(arena.name, 3, 1 << 20)
+    peer = SlotArena.attach(arena.name, 3, 1 << 20, os.getpid())
     frame = np.arange(300 * 300, dtype=np.float32).reshape(300, 300)
     small = np.arange(5, dtype=np.int32)
     frames = encode(Message("frame", run="r", seq=1, arrays={"raw": frame, "pos": small}), Placer(arena, 2, IN))

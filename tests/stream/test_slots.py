@@ -11,7 +11,9 @@ import pytest
 from ns_bluesky.stream.broker.scheduler import Item, WorkerState
 from ns_bluesky.stream.broker.slots import Slots
 from ns_bluesky.stream.protocol import Message
-from ns_bluesky.stream.shm import IN, MIN_SHM_BYTES, SlotArena
+from ns_bluesky.stream.shm import IN, MIN_SHM_BYTES, SlotArena, segment_name
+
+PID = os.getpid()  # the segments here are this process's, as a worker's are its own
 
 
 class _Tracker:  # what zmq's MessageTracker tells: has the frame been sent
@@ -22,7 +24,7 @@ class _Tracker:  # what zmq's MessageTracker tells: has the frame been sent
 @pytest.fixture
 def segment():
     """A segment as a local worker makes it; each test attaches it once, as the handler does."""
-    a = SlotArena.create(2, 1 << 20, name=f"ns-bluesky-test-slots-{os.getpid()}")
+    a = SlotArena.create(2, 1 << 20, name=segment_name(PID))
     yield a
     # attaching took this process's tracker claim off (the owner is elsewhere, normally): put it back to unlink
     resource_tracker.register(a.shm._name, "shared_memory")
@@ -39,7 +41,7 @@ def _frame(n_bytes):
 
 
 def test_a_worker_offering_a_segment_gets_its_slots(segment):
-    slots, w = Slots(True), WorkerState(b"w", "m", 1, 2, 0.0)
+    slots, w = Slots(True), WorkerState(b"w", "m", PID, 2, 0.0)
     slots.attach(w, _offer(segment))
     assert w.arena is not None and w.free_slots == [0, 1]
     for off in (Slots(False), Slots(True)):  # shared memory off, or no offer: TCP
@@ -47,13 +49,13 @@ def test_a_worker_offering_a_segment_gets_its_slots(segment):
         off.attach(other, _offer(segment) if not off.enabled else None)
         assert other.arena is None and other.free_slots == []
     gone = WorkerState(b"y", "m", 3, 2, 0.0)
-    slots.attach(gone, {"name": "ns-bluesky-no-such-segment", "slots": 2, "slot_bytes": 1 << 20})
-    assert gone.arena is None  # a segment that is not there: TCP, no error
+    slots.attach(gone, {"name": segment_name(3), "slots": 2, "slot_bytes": 1 << 20})
+    assert gone.arena is None and slots.refused == 0  # a segment that is not there (on another machine): TCP, no error
     w.arena.close()
 
 
 def test_only_large_balanced_items_take_a_slot_and_the_slot_comes_back_once_sent(segment):
-    slots, w = Slots(True), WorkerState(b"w", "m", 1, 2, 0.0)
+    slots, w = Slots(True), WorkerState(b"w", "m", PID, 2, 0.0)
     slots.attach(w, _offer(segment))
     small, start = _frame(MIN_SHM_BYTES - 2), Message("start", run="r", arrays={"raw": np.ones(MIN_SHM_BYTES, np.uint8)})
     assert slots.place(w, Item(1, "m", small), small) is None
@@ -76,7 +78,7 @@ def test_only_large_balanced_items_take_a_slot_and_the_slot_comes_back_once_sent
 
 
 def test_a_gone_workers_segment_is_unmapped_once_zmq_no_longer_reads_it(segment):
-    slots, w = Slots(True), WorkerState(b"w", "m", 1, 2, 0.0)
+    slots, w = Slots(True), WorkerState(b"w", "m", PID, 2, 0.0)
     slots.attach(w, _offer(segment))
     arena, tracker = w.arena, _Tracker()
     w.releasing = [(0, [tracker])]
@@ -92,10 +94,48 @@ def test_a_gone_workers_segment_is_unmapped_once_zmq_no_longer_reads_it(segment)
 
 
 def test_close_unmaps_every_retired_segment(segment):
-    slots, w = Slots(True), WorkerState(b"w", "m", 1, 2, 0.0)
+    slots, w = Slots(True), WorkerState(b"w", "m", PID, 2, 0.0)
     slots.attach(w, _offer(segment))
     arena = w.arena
     w.releasing = [(0, [_Tracker()])]
     slots.retire(w)
     slots.close()
     assert arena.buf is None
+
+
+def test_a_segment_that_is_not_the_workers_own_is_never_attached(segment, tmp_path):
+    """Named as another process's, not named as a worker's, someone else's, open to others, offered twice, or absurd: refused."""
+    slots = Slots(True)
+    first = WorkerState(b"w", "m", PID, 2, 0.0)
+    slots.attach(first, _offer(segment))
+    assert first.arena is not None
+    offers = {
+        "offered twice": (PID, _offer(segment)),
+        "another pid's name": (PID + 1, _offer(segment)),
+        "not a worker segment": (PID, {**_offer(segment), "name": "psm_deadbeef"}),
+        "a path": (PID, {**_offer(segment), "name": f"../../{tmp_path.name}/x"}),
+        "absurd sizes": (PID, {**_offer(segment), "slots": 10**9}),
+        "not numbers": (PID, {**_offer(segment), "slot_bytes": "1"}),
+    }
+    for why, (pid, offer) in offers.items():
+        w = WorkerState(why.encode(), "m", pid, 2, 0.0)
+        slots.attach(w, offer)
+        assert w.arena is None and w.free_slots == [], why
+    assert slots.refused == len(offers)
+    first.arena.close()
+
+
+def test_a_segment_open_to_others_or_of_another_user_is_refused(segment):
+    os.chmod(f"/dev/shm/{segment.name}", 0o644)
+    slots, w = Slots(True), WorkerState(b"w", "m", PID, 2, 0.0)
+    slots.attach(w, _offer(segment))
+    assert w.arena is None and slots.refused == 1
+    os.chmod(f"/dev/shm/{segment.name}", 0o600)
+    if os.geteuid() == 0:  # a segment another user made under a worker's name
+        os.chown(f"/dev/shm/{segment.name}", 65534, 65534)
+        slots.attach(w, _offer(segment))
+        assert w.arena is None and slots.refused == 2
+        os.chown(f"/dev/shm/{segment.name}", 0, 0)
+    slots.attach(w, _offer(segment))
+    assert w.arena is not None
+    w.arena.close()

@@ -16,6 +16,7 @@ import zmq
 from ns_bluesky.stream.client import ControlClient, IngestClient
 from ns_bluesky.stream.config import PipelineConfig, free_loopback_ports
 from ns_bluesky.stream.protocol import Message, decode
+from ns_bluesky.stream.security import secure_client
 
 
 def write_config(path, modules: str, **extra) -> PipelineConfig:
@@ -35,6 +36,7 @@ class Results:
     def __init__(self, cfg: PipelineConfig):
         self.sock = zmq.Context.instance().socket(zmq.SUB)
         self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+        secure_client(self.sock, cfg.curve_keys)
         self.sock.connect(cfg.address(cfg.results_port, connect=True))
         self.messages: list[Message] = []
 

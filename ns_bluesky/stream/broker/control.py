@@ -102,10 +102,10 @@ class Control:
             "launcher": h.pool.describe() if hasattr(h.pool, "describe") else {"kind": "none"},  # none: workers started elsewhere
             "malformed": dict(h.malformed),
             "client_lag": dict(h.intake.client_lag),
-            "counts": dict(h.counts),
+            "counts": {**h.counts, **({"shm_refused": h.scheduler.slots.refused} if h.scheduler.slots.refused else {})},
             "modules": modules,
             "runs": {
-                r.run: {"frames": r.frames, "pending": r.pending, "stopping": r.stopping, "ended": r.ended, "aborted": r.aborted}
+                r.run: {"frames": r.frames, "pending": r.pending, "stopping": r.stopping, "ended": r.ended, "aborted": r.aborted, **({"expired": r.expired} if r.expired else {})}
                 for r in list(h.book.runs.values())[-20:]
             },
         }

@@ -17,10 +17,11 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..protocol import Message, start_document
+from ..protocol import Message, ProtocolError, start_document
 
 log = logging.getLogger(__name__)
 
+MAX_FRAMES = 1_000_000_000  # frames a run may announce in its stop
 MAX_RUNS = 200  # runs whose state is kept; older ended runs are forgotten (their ids still refuse late frames)
 
 
@@ -41,6 +42,9 @@ class RunState:
     doc: dict = field(default_factory=dict)  # the start document, read once from the start message
     started_at: float = 0.0  # monotonic time its start arrived: waits for shared state count from here
     duplicates: int = 0  # repeated sequence numbers dropped
+    first_seen: float = 0.0  # monotonic time of its first message (a run that never starts expires from here)
+    last_seen: float = 0.0  # monotonic time of its latest message (a run that never ends expires from here)
+    expired: str = ""  # why it expired, if it did
 
 
 class RunBook:
@@ -52,9 +56,11 @@ class RunBook:
     """
 
     def __init__(self, scheduler, shared, *, levels: list, wait_timeout_s: float, publish: Callable,
-                 counts: Counter, clock: Callable[[], float] = time.monotonic):
+                 counts: Counter, clock: Callable[[], float] = time.monotonic, max_open_runs: int = 64,
+                 start_timeout_s: float = 60.0, idle_timeout_s: float = 6 * 3600.0):
         self.scheduler, self.shared, self.levels = scheduler, shared, levels
         self.wait_timeout_s, self.publish, self.counts, self.clock = wait_timeout_s, publish, counts, clock
+        self.max_open_runs, self.start_timeout_s, self.idle_timeout_s = max_open_runs, start_timeout_s, idle_timeout_s
         self.runs: dict[str, RunState] = {}
         self._ended_ids: deque[str] = deque(maxlen=100_000)
         self._ended_set: set[str] = set()
@@ -66,11 +72,32 @@ class RunBook:
 
     # ---------------------------------------------------------------- ingest
     def accept(self, msg: Message) -> RunState | None:
-        """An ingested message; returns its run when it is new data for the modules to work on."""
+        """An ingested message; returns its run when it is new data for the modules to work on.
+
+        Raises :class:`ProtocolError` (answered with a nack) for a number out of range, one run
+        more than ``max_open_runs``, or data of a run that expired."""
         if msg.run in self._ended_set:  # ended long ago and forgotten: still refused
             self.counts["after_end"] += 1
             return None
-        run = self._run(msg.run)
+        if msg.kind == "stop":
+            expected = msg.meta.get("num_frames")
+            if expected is not None and (isinstance(expected, bool) or not isinstance(expected, int) or not 0 <= expected <= MAX_FRAMES):
+                raise ProtocolError("out-of-range", f"num_frames must be an integer 0..{MAX_FRAMES}, got {expected!r}"[:120])
+        now = self.clock()
+        run = self.runs.get(msg.run)
+        if run is None:
+            open_runs = [r for r in self.runs.values() if not r.ended]
+            if len(open_runs) >= self.max_open_runs:
+                self.counts["runs_refused"] += 1
+                oldest = min(open_runs, key=lambda r: r.last_seen)
+                raise ProtocolError("too-many-runs", f"{len(open_runs)} runs are open (max_open_runs); the most silent, {oldest.run[:8]}, "
+                                    f"for {now - oldest.last_seen:.0f} s: 'ns-bluesky pipeline abort --run' it or raise max_open_runs")
+            run = self._run(msg.run)
+            run.first_seen = now
+        if run.expired:
+            self.counts["after_expiry"] += 1
+            raise ProtocolError("run-expired", f"run {msg.run[:8]} expired: {run.expired}")
+        run.last_seen = now
         if msg.kind == "start":
             if run.start is not None:  # a client resending after a silence: already known
                 self.counts["duplicate_ingest"] += 1
@@ -81,8 +108,7 @@ class RunBook:
             return None
         if msg.kind == "stop":
             run.stopping = True
-            expected = msg.meta.get("num_frames")
-            run.expected = expected if isinstance(expected, int) and not isinstance(expected, bool) else None
+            run.expected = msg.meta.get("num_frames")  # checked above
             self.check_end(run)
             return None
         if run.ended:  # the run already ended: a late frame is refused, not half-processed
@@ -172,6 +198,8 @@ class RunBook:
     def _end_of_run(self, run: RunState) -> None:
         run.ended, run.stop_pending = True, 0
         meta = {"frames": run.frames, "results": len(run.published), "aborted": run.aborted, "duplicates": run.duplicates}
+        if run.expired:
+            meta["expired"] = run.expired
         planned = run.doc.get("num_points")
         if isinstance(planned, int) and not isinstance(planned, bool) and 0 < planned <= 10_000_000:
             seqs = {seq for _, seq in run.seen}
@@ -190,6 +218,25 @@ class RunBook:
             run.pending = self.scheduler.pending(run.run)
             self._end_of_run(run)
         return dropped
+
+    def expired(self) -> list[RunState]:
+        """Runs to expire now: no start this long after their first data, or silent this long without an end.
+
+        Each is marked (``expired`` says why) and counted; the caller aborts it, which ends it."""
+        now, out = self.clock(), []
+        for run in self.runs.values():
+            if run.ended:
+                continue
+            if run.start is None and now - run.first_seen > self.start_timeout_s:
+                run.expired = f"no start within {self.start_timeout_s:g} s of its first data"
+            elif now - run.last_seen > self.idle_timeout_s:
+                run.expired = f"silent for {self.idle_timeout_s:g} s without {'its end' if run.stopping else 'a stop'}"
+            else:
+                continue
+            self.counts["expired_runs"] += 1
+            log.warning("run %s expired (%s): %d frames, its queued items dropped", run.run[:8], run.expired, run.frames)
+            out.append(run)
+        return out
 
     def prune(self) -> None:
         """Forget the oldest ended runs beyond ``MAX_RUNS``: a beamtime has thousands of runs."""

@@ -69,6 +69,7 @@ class ModuleState:
         self.spec, self.inputs = spec, inputs
         cls = module_class(spec)
         self.purposes, self.waits_for, self.shared_outputs = cls.purposes, cls.waits_for, cls.shared_outputs
+        self.outputs = tuple(cls.outputs)  # the only stages its workers' results may carry
         self.queue: deque[int] = deque()
         self.held: dict[str, list[int]] = {}  # run -> items waiting for the shared state the run needs
         self.workers: dict[bytes, WorkerState] = {}
