@@ -20,14 +20,18 @@ For each: s/iteration (median), NRMSE at 45 s of iterate() time, NRMSE at the en
 the best NRMSE and whether the run diverged (a non-finite residual, a residual that ends over 10 times its best, or
 an NRMSE that ends over 1.5 times its best). Targets (issue 20) for 1024 x 128² at 1e6 photons: <= 0.35 s/iteration,
 NRMSE <= 0.025 within 45 s and <= 0.020 converged, no divergence on any set. --quick: base, 1e4, size1.5, fermat
-and the star, with shorter caps. Prints a table, writes JSON and a PNG (paths printed); passes or fails nothing.
+and the star, with shorter caps. --peers PYTHON: pty-chi's LSQ-ML beside it (benchmarks/peer_ptychi.py, run by a
+Python that has pty-chi; PtyPy is not on the package index here). Prints a table, writes JSON and a PNG (paths printed); passes or fails nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -64,6 +68,7 @@ class Set:
     obj: np.ndarray
     mask: np.ndarray
     what: str
+    path: Path | None = None  # the cached .npz (what a peer in another environment reads)
 
 
 def make_set(name: str, cache: Path) -> Set:
@@ -74,13 +79,15 @@ def make_set(name: str, cache: Path) -> Set:
          "probe_diameter_px": c["probe_diameter"], "pixel_m": 40e-9, "energy_eV": 800.0, "jitter_px": c["jitter"],
          "defocus_error": c["defocus_error"], "seed": 0}
     s, how = bench.load_set(p, cache)
+    path = cache / f"ptycho-set-{hashlib.sha1(json.dumps(p, sort_keys=True).encode()).hexdigest()[:12]}.npz"  # load_set's
     start = s.probe_start
     if "start_size" in c:
         start = magnified(start, c["start_size"])
     what = (f"{len(s.origins)} frames {c['frame']}², {c['photons']:.0e} photons, jitter {c['jitter']} px, "
             f"start defocus +{c['defocus_error']:.0%}" + (f", start {c['start_size']}x too wide" if "start_size" in c else ""))
     print(f"{name}: {how}", flush=True)
-    return Set(PtychoData(s.patterns, s.origins), start, s.obj, s.mask, what)
+    # the peer starts from the start probe in the file: only the sets whose start is the file's
+    return Set(PtychoData(s.patterns, s.origins), start, s.obj, s.mask, what, None if "start_size" in c else path)
 
 
 def magnified(probe: np.ndarray, factor: float) -> np.ndarray:
@@ -99,7 +106,7 @@ def fermat_set(c: dict, cache: Path) -> Set:
     if path.exists():
         with np.load(path) as z:
             print(f"fermat: loaded {path}", flush=True)
-            return Set(PtychoData(z["patterns"], z["origins"]), z["start"], z["obj"], z["mask"], str(z["what"]))
+            return Set(PtychoData(z["patterns"], z["origins"]), z["start"], z["obj"], z["mask"], str(z["what"]), path)
     t0 = time.perf_counter()
     n, count = c["frame"], c["grid"] ** 2
     beam = farfield_set(grid=2, frame=n, photons=c["photons"], probe_diameter_px=c["probe_diameter"], jitter_px=0.0,
@@ -132,7 +139,7 @@ def fermat_set(c: dict, cache: Path) -> Set:
     cache.mkdir(parents=True, exist_ok=True)
     np.savez(path, patterns=patterns, origins=origins, obj=obj, mask=mask, start=start.astype(np.complex64), what=what)
     print(f"fermat: built in {time.perf_counter() - t0:.1f} s, cached as {path}", flush=True)
-    return Set(PtychoData(patterns, origins), start.astype(np.complex64), obj, mask, what)
+    return Set(PtychoData(patterns, origins), start.astype(np.complex64), obj, mask, what, path)
 
 
 def run_set(name: str, s: Set, args, params: dict) -> dict:
@@ -157,6 +164,37 @@ def run_set(name: str, s: Set, args, params: dict) -> dict:
     return dict(row, s_it=run.s_per_it, iterations=len(run.times), seconds=run.times[-1],
                 at45=bench.value_at(run.metric, 45.0), end=float(vals[-1]), best=float(np.nanmin(vals)),
                 curve=[(w, v) for _, w, v in run.metric], diverged=bool(reasons), why=", ".join(reasons))
+
+
+def run_peer(name: str, s: Set, args) -> dict:
+    """pty-chi's LSQ-ML on the same set in its own environment (benchmarks/peer_ptychi.py), with a deadline;
+    its snapshots scored here like the engine's."""
+    row = {"set": f"{name} (pty-chi LSQML)", "what": "peer, default LSQML options, batch 96", "load": os.getloadavg()[0]}
+    out = args.cache / f"peer-ptychi-{name}.npz"
+    cmd = [args.peers, str(Path(__file__).parent / "peer_ptychi.py"), str(s.path), str(out),
+           "--seconds", str(args.cap_seconds), "--epochs", str(args.cap_iterations), "--threads", str(args.threads)]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        log, _ = proc.communicate(timeout=args.cap_seconds + 600)  # set-up and snapshots come on top of the run
+    except subprocess.TimeoutExpired:
+        log = "timed out"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    if proc.returncode != 0 or not out.exists():
+        return dict(row, error=f"pty-chi run failed: {log.strip().splitlines()[-1][:200] if log.strip() else proc.returncode}",
+                    diverged=False)
+    with np.load(out) as z:
+        times, objs, s_epoch, epochs = z["times"], z["objects"], float(z["s_epoch"]), z["epochs"]
+    curve = []
+    for t, o in zip(times, objs, strict=True):
+        est, ref = bench._common(o, s.obj)
+        curve.append((float(t), float(nrmse(est, ref, s.mask[: ref.shape[0], : ref.shape[1]]))))
+    vals = np.array([v for _, v in curve])
+    return dict(row, s_it=s_epoch, iterations=int(epochs[-1]), seconds=float(times[-1]), at45=bench.value_at([(0, t, v) for t, v in curve], 45.0),
+                end=float(vals[-1]), best=float(np.nanmin(vals)), curve=curve, diverged=not np.isfinite(vals).all(),
+                why="" if np.isfinite(vals).all() else "non-finite")
 
 
 def run_star(args, params: dict) -> dict:
@@ -241,6 +279,9 @@ def main() -> None:
     ap.add_argument("--star-seconds", type=float, default=None, help="per half (default 60, --quick 30)")
     ap.add_argument("--every", type=int, default=5, help="NRMSE every k iterations (off the clock)")
     ap.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="engine parameter")
+    ap.add_argument("--peers", metavar="PYTHON", default=None,
+                    help="a Python with pty-chi (not the project's): pty-chi's LSQML beside the engine on --peer-sets")
+    ap.add_argument("--peer-sets", nargs="+", default=["base"], help="sets pty-chi runs on (default: base)")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "ns-bluesky-bench")
     ap.add_argument("--out", type=Path, default=None, help="JSON path (the PNG beside it); default in --cache")
     args = ap.parse_args()
@@ -254,10 +295,16 @@ def main() -> None:
     rows = []
     with sfft.set_workers(args.threads):
         for name in names:
-            rows.append(run_star(args, params) if name == "star" else run_set(name, make_set(name, args.cache), args, params))
-            r = rows[-1]
-            print(f"  -> {name}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()
-                                                if k not in ("curve", "what")), flush=True)
+            if name == "star":
+                rows.append(run_star(args, params))
+            else:
+                s = make_set(name, args.cache)
+                rows.append(run_set(name, s, args, params))
+                if args.peers and name in args.peer_sets and s.path is not None:
+                    rows.append(run_peer(name, s, args))
+            for r in rows[-2:] if rows[-1]["set"].endswith("(pty-chi LSQML)") else rows[-1:]:
+                print(f"  -> {r['set']}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                                      for k, v in r.items() if k not in ("curve", "what", "set")), flush=True)
     print(f"\n{args.engine}, {args.threads} threads, started {started}, caps {args.cap_seconds:g} s / {args.cap_iterations} "
           f"iterations per set; load average at the end {os.getloadavg()}")
     print(table(rows))
