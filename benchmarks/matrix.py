@@ -94,8 +94,11 @@ def magnified(probe: np.ndarray, factor: float) -> np.ndarray:
     """The probe magnified ``factor`` times about the window's centre, on the same window and with the same power."""
     n = probe.shape[-1]
     zoom = [ndimage.zoom(part, factor, order=1) for part in (probe.real, probe.imag)]
-    lo = (zoom[0].shape[0] - n) // 2
-    out = (zoom[0] + 1j * zoom[1])[lo : lo + n, lo : lo + n]
+    big = zoom[0] + 1j * zoom[1]
+    if big.shape[0] < n:  # made smaller: padded back onto the window
+        big = np.pad(big, [((n - big.shape[0]) // 2, n - big.shape[0] - (n - big.shape[0]) // 2)] * 2)
+    lo = (big.shape[0] - n) // 2
+    out = big[lo : lo + n, lo : lo + n]
     out *= np.sqrt((np.abs(probe) ** 2).sum() / (np.abs(out) ** 2).sum())
     return out.astype(np.complex64)
 
