@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/engines.py [--seconds 60] [--engines epie rpie] [--threads 2] [--iterations N]
     .venv/bin/python benchmarks/engines.py --star [--seconds 60] [--engines epie]
+    .venv/bin/python benchmarks/engines.py --compare main [--engines lsqml] [--iterations 40]
 
 Simulated set (seeded, cached as .npz, keyed by its parameters): 32 x 32 raster at 70 % overlap with
 sub-pixel jitter, 128² frames, 10⁶ photons/frame with Poisson noise; the object has phase (a Siemens star)
@@ -501,6 +502,81 @@ def plot_star(curves: dict, mask: np.ndarray, out: Path) -> Path:
     return out
 
 
+# ---------------------------------------------------------------------------------------- old against new
+def load_ref(ref: str, into: Path):
+    """The engines of git ref ``ref`` as the package ``ns_bluesky_ref`` (its ptycho numerics, whose imports are
+    all relative), importable next to this tree's: old and new code timed in one process."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).parents[1]
+    dest = into / f"ref-{ref.replace('/', '_')}"
+    if dest.exists():
+        import shutil
+
+        shutil.rmtree(dest)
+    (dest / "ns_bluesky_ref").mkdir(parents=True)
+    paths = ["ns_bluesky/__init__.py", "ns_bluesky/errors.py", "ns_bluesky/ptycho"]
+    tar = subprocess.run(["git", "-C", str(root), "archive", ref, *paths], capture_output=True, check=True, timeout=60).stdout
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+        for m in t.getmembers():
+            m.name = m.name.replace("ns_bluesky/", "ns_bluesky_ref/", 1)
+            t.extract(m, dest, filter="data")
+    sys.path.insert(0, str(dest))
+    import importlib
+
+    return importlib.import_module("ns_bluesky_ref.ptycho.engines")
+
+
+def compare(args, names, params) -> None:
+    """Each engine of this tree and of ``--compare REF`` on the same set, prepared one after the other and then
+    iterated in turns (one iteration of the old, one of the new), so both see the same load; per-iteration
+    wall times, their ratio and the NRMSE each reaches."""
+    ref = load_ref(args.compare, args.cache)
+    p = set_params(args)
+    s, how = load_set(p, args.cache)
+    print(f"data set: {how}; {len(s.origins)} frames {p['frame']}x{p['frame']}; old: {args.compare}, new: this tree")
+    data = PtychoData(s.patterns, s.origins)
+
+    def score(obj):
+        est, ref_obj = _common(obj, s.obj)
+        return nrmse(est, ref_obj, s.mask[: ref_obj.shape[0], : ref_obj.shape[1]])
+
+    its = args.iterations or 40
+    for name in names:
+        engines, prep = {}, {}
+        for side, make in (("old", ref.engine), ("new", engine)):
+            t0 = time.perf_counter()
+            e = make(name, **params.get(name, {}))
+            e.prepare(ref.PtychoData(s.patterns, s.origins) if side == "old" else data, s.probe_start.copy())
+            prep[side] = time.perf_counter() - t0
+            engines[side] = e
+        dt = {"old": [], "new": []}
+        for it in range(its):
+            for side in (("old", "new") if it % 2 == 0 else ("new", "old")):  # who goes first alternates
+                t0 = time.perf_counter()
+                engines[side].iterate(1)
+                dt[side].append(time.perf_counter() - t0)
+            if (it + 1) % 10 == 0 or it + 1 == its:
+                print(f"  {name} it {it + 1:4d}: old {dt['old'][-1]:.3f} s, new {dt['new'][-1]:.3f} s "
+                      f"(load {os.getloadavg()[0]:.1f})", flush=True)
+        old, new = (np.array(dt[k]) for k in ("old", "new"))
+        ratio = new / old
+        print(f"\n{name}: {its} iterations each, in turns; prepare old {prep['old']:.2f} s, new {prep['new']:.2f} s")
+        print(f"  {'iterations':<12}{'old s/it':>10}{'new s/it':>10}{'new/old':>9}   (medians)")
+        for lo, hi in ((0, its), (0, min(12, its)), (min(12, its), its)):
+            if hi > lo:
+                print(f"  {f'{lo + 1}-{hi}':<12}{np.median(old[lo:hi]):10.3f}{np.median(new[lo:hi]):10.3f}"
+                      f"{np.median(ratio[lo:hi]):9.2f}")
+        print(f"  total (prepare + {its} iterations): old {prep['old'] + old.sum():.1f} s, new {prep['new'] + new.sum():.1f} s, "
+              f"ratio {(prep['new'] + new.sum()) / (prep['old'] + old.sum()):.2f}")
+        print(f"  NRMSE after {its}: old {score(np.asarray(engines['old'].finalize()[0])):.5f}, "
+              f"new {score(np.asarray(engines['new'].finalize()[0])):.5f}; residual old {engines['old'].residuals[-1]:.6f}, "
+              f"new {engines['new'].residuals[-1]:.6f}; load average {os.getloadavg()}")
+
+
 # ------------------------------------------------------------------------------------------------ main
 def _engine_params(items: list[str], names: list[str], common: dict) -> dict:
     """``common`` (threads, backend) for every engine whose parameters have them, then
@@ -531,6 +607,8 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=1, help="NRMSE every k iterations (off the clock)")
     ap.add_argument("--param", action="append", default=[], metavar="ENGINE.NAME=VALUE", help="engine parameter")
     ap.add_argument("--star", action="store_true", help="measured Siemens star, half-scan FRC")
+    ap.add_argument("--compare", metavar="GIT_REF", default=None,
+                    help="time this tree's engines against GIT_REF's, iterating in turns in one process (default 40 iterations)")
     ap.add_argument("--checkpoint", type=float, default=10.0, help="--star: FRC every this many seconds")
     ap.add_argument("--grid", type=int, default=32)
     ap.add_argument("--photons", type=float, default=1e6)
@@ -545,7 +623,7 @@ def main() -> None:
     params = _engine_params(args.param, names, {"threads": args.threads, "backend": args.backend})
     print(f"engines: {', '.join(names)}  threads: {limit_threads(args.threads)}")
     with sfft.set_workers(args.threads):
-        (star if args.star else simulated)(args, names, params)
+        (compare if args.compare else star if args.star else simulated)(args, names, params)
 
 
 if __name__ == "__main__":

@@ -127,6 +127,12 @@ class NumpyArrays(Arrays):
     def _address(a) -> int:
         return a.__array_interface__["data"][0]
 
+    def fft2_inplace(self, a, inverse: bool, kw: dict) -> None:
+        fn = self.fft.ifft2 if inverse else self.fft.fft2
+        r = fn(a, axes=(-2, -1), norm="ortho", overwrite_x=True, **kw)
+        if not np.may_share_memory(r, a):  # a bounds check, not a dict per call as _address builds
+            a[...] = r
+
     def windows(self, corners: np.ndarray, n: int) -> Windows:
         return NumpyWindows(self.xp, corners, n)
 
@@ -192,8 +198,8 @@ class Windows:
         as a host array."""
         raise NotImplementedError
 
-    def gather(self, grid, idx_h, idx, out) -> None:
-        """out[k] = window of frame k on the grid."""
+    def gather(self, grid, idx_h, idx, out, scales=None) -> None:
+        """out[k] = window of frame k on the grid, times ``scales[k]`` where given."""
         raise NotImplementedError
 
 
@@ -230,11 +236,14 @@ class NumpyWindows(Windows):
             out[k] = np.einsum("ij,ij->", gv[y : y + n, w * x : w * (x + n)], av[0 if one else k])
         return out
 
-    def gather(self, grid, idx_h, idx, out) -> None:
+    def gather(self, grid, idx_h, idx, out, scales=None) -> None:
         n = self.n
         for k, j in enumerate(idx_h):
             y, x = self.y[j], self.x[j]
-            out[k] = grid[y : y + n, x : x + n]
+            if scales is None:
+                out[k] = grid[y : y + n, x : x + n]
+            else:
+                np.multiply(grid[y : y + n, x : x + n], scales[k], out=out[k])
 
 
 class CupyWindows(Windows):
@@ -275,6 +284,9 @@ class CupyWindows(Windows):
         rows, cols = self._index(idx)
         return asnumpy((self.xp.conj(grid[rows, cols]) * a).real.sum(axis=(-2, -1)))
 
-    def gather(self, grid, idx_h, idx, out) -> None:
+    def gather(self, grid, idx_h, idx, out, scales=None) -> None:
         rows, cols = self._index(idx)
-        out[...] = grid[rows, cols]
+        if scales is None:
+            out[...] = grid[rows, cols]
+        else:
+            self.xp.multiply(grid[rows, cols], scales[:, None, None], out=out)

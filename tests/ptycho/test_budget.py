@@ -27,10 +27,11 @@ def test_a_budget_in_seconds_stops_and_reports_its_iterations_and_best_residual(
 
 
 def test_the_state_returned_is_the_best_one_seen_not_the_last():
-    # measured: RAAR wanders on this set, 0.0046 at iteration 6, 0.43 at iteration 16
-    result = iterate_within(_prepared("raar"), iterations=16)
-    assert result.best_iteration < 16 and result.best_residual < result.residuals[-1] / 10
-    again = _prepared("raar")
+    # measured: RAAR at beta 1 (the difference map in Luke's form) wanders on this set, 0.0145 at iteration 6,
+    # 0.13 at iteration 30 (the default beta 0.6 settles since the probe update's denominator is unshifted)
+    result = iterate_within(_prepared("raar", beta=1.0), iterations=30)
+    assert result.best_iteration < 30 and result.best_residual < result.residuals[-1] / 5
+    again = _prepared("raar", beta=1.0)
     again.iterate(result.best_iteration)
     np.testing.assert_allclose(result.obj, again.obj, atol=1e-5)
     np.testing.assert_allclose(result.probe, again.probe, atol=1e-5)
@@ -54,9 +55,10 @@ def test_an_absurd_starting_probe_fails_clearly_instead_of_returning_garbage(nam
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_a_runaway_residual_is_a_divergence():
-    # measured: DM on this noise-free set reaches 0.0041 at iteration 4, then 0.046, 1.7, 14, ... 1e6 by iteration 24
-    with pytest.raises(ReconstructionError, match="diverged at iteration 11: residual 1.7.* over 10 times the best 0.004"):
-        iterate_within(_prepared("dm"), iterations=30)
+    # measured: DM with almost no inertia in its overlap projection (reg 1e-6, the default 0.01) reaches 0.0040 at
+    # iteration 4, then 1.9e4 at iteration 6 (with the default it settles at 0.002: tests/ptycho/test_projection.py)
+    with pytest.raises(ReconstructionError, match="diverged at iteration 6: residual 1.9.* over 10 times the best 0.004"):
+        iterate_within(_prepared("dm", reg=1e-6), iterations=30)
     # from a probe 1000 times too bright: 1.9e3 at iteration 3, 7.6e4 at iteration 5
     with pytest.raises(ReconstructionError, match="over 10 times the best"):
         iterate_within(_prepared("dm", scale=1e3), iterations=30)

@@ -71,6 +71,20 @@ def _centre_of_mass(power, xp) -> np.ndarray:
     return np.array([float((power.sum(axis=1) * k).sum()), float((power.sum(axis=0) * k).sum())]) / max(total, 1e-30)
 
 
+def _amplitudes(patterns: np.ndarray) -> np.ndarray:
+    """sqrt(max(I, 0)) of zero-frequency-centred patterns (B, n, n), in FFT order, float32: the ifftshift as
+    four block copies into one new array, then the clip and root in place (np.fft.ifftshift rolls twice)."""
+    n0, n1 = patterns.shape[-2:]
+    k0, k1 = n0 // 2, n1 // 2  # ifftshift: out[i] = in[(i + n // 2) % n]
+    out = np.empty(patterns.shape, np.float32)
+    out[..., : n0 - k0, : n1 - k1] = patterns[..., k0:, k1:]
+    out[..., : n0 - k0, n1 - k1 :] = patterns[..., k0:, :k1]
+    out[..., n0 - k0 :, : n1 - k1] = patterns[..., :k0, k1:]
+    out[..., n0 - k0 :, n1 - k1 :] = patterns[..., :k0, :k1]
+    np.maximum(out, 0, out=out)
+    return np.sqrt(out, out=out)
+
+
 def _floats(a: np.ndarray) -> np.ndarray:
     """A flat float view (or copy) of ``a``: complex64 as pairs of float32."""
     a = np.ascontiguousarray(a)
@@ -138,14 +152,16 @@ class Engine:
         whole = np.floor(origins)
         self.win = self.arrays.windows(whole, n)
         self.ry, self.rx = _shift_ramps(xp, origins - whole, n)
-        self.amp = xp.asarray(np.fft.ifftshift(np.sqrt(np.maximum(patterns, 0)), axes=(-2, -1)))
+        self.amp = xp.asarray(_amplitudes(patterns))
         self.origins = origins
         self.weights = xp.asarray(np.asarray(data.weights, np.float32).copy())
         self.arrived = np.where(np.asarray(data.weights) > 0, 0, np.iinfo(np.int64).max // 2)  # iteration each frame joined
-        self.energy = np.maximum(patterns, 0).sum(axis=(-2, -1), dtype=np.float64)  # sum I per frame, for the residual
+        clipped = np.maximum(patterns, 0)
+        self.energy = clipped.sum(axis=(-2, -1), dtype=np.float64)  # sum I per frame, for the residual
         self.obj = xp.asarray(obj.astype(np.complex64))
         self.probe = xp.asarray(probe.astype(np.complex64))
-        self._pattern_sum = np.maximum(patterns, 0).sum(axis=0, dtype=np.float64)
+        self._pattern_sum = clipped.sum(axis=0, dtype=np.float64)
+        del clipped
         self._reduce(self._pattern_sum)  # every rank's frames: the probe is centred on all the data
         self.data_centre = _centre_of_mass(np.fft.ifftshift(self._pattern_sum), np)  # FFT order, like the probe's far field
         self._prepare()
@@ -157,7 +173,7 @@ class Engine:
         host = np.atleast_1d(np.asarray(indices, dtype=np.int64))
         idx = xp.asarray(host)
         if patterns is not None:
-            amp = np.fft.ifftshift(np.sqrt(np.maximum(np.asarray(patterns, np.float32), 0)), axes=(-2, -1))
+            amp = _amplitudes(np.asarray(patterns, np.float32))
             self.amp[idx] = xp.asarray(amp)
             self.energy[host] = (amp**2).sum(axis=(-2, -1))
             # the probe is held to the centre of the data that has arrived, not of the zeros before it
@@ -397,7 +413,8 @@ class Engine:
     def _rdot(self, x, y):
         """Per frame, Re sum conj(x) y: one pass over the float views, no temporaries."""
         b = x.shape[0]
-        return self.xp.einsum("ij,ij->i", x.view(np.float32).reshape(b, -1), y.view(np.float32).reshape(b, -1))
+        # a batched matrix product of (1, L) and (L, 1) float views: BLAS dots, 3x faster than einsum here
+        return (x.view(np.float32).reshape(b, 1, -1) @ y.view(np.float32).reshape(b, -1, 1)).reshape(b)
 
     def _magnitudes(self, f, idx):
         """|F psi|, the measured amplitudes and the squared misfit between them."""

@@ -57,6 +57,17 @@ class LSQMLParams(EngineParams):
     )
 
 
+def _locality_order(origins: np.ndarray, n: int) -> np.ndarray:
+    """(N,) each frame's rank along a serpentine path through bands of the object a quarter window high:
+    frames next on the path have windows that mostly overlap."""
+    band = np.floor(origins[:, 0] / max(n // 4, 1)).astype(np.int64)
+    x = np.where(band % 2 == 0, origins[:, 1], -origins[:, 1])
+    key = np.lexsort((x, band))
+    rank = np.empty(len(origins), np.int64)
+    rank[key] = np.arange(len(origins))
+    return rank
+
+
 @register
 class LSQML(Engine):
     """LSQ-ML with mini-batches and per-frame optimal steps (Odstrčil et al. 2018, eqs. 20-25).
@@ -86,6 +97,7 @@ class LSQML(Engine):
         self._pos_dots: np.ndarray | None = None  # (N, 2) per frame <P dO/dy, chi>, <P dO/dx, chi>
         self._pos_norms: np.ndarray | None = None  # (N, 2) per frame |P dO/dy|^2, |P dO/dx|^2
         self._momentum: Momentum | None = None  # since the data last changed
+        self._place: np.ndarray | None = None  # (N,) each frame's rank along a path through the object (bands, serpentine)
 
     def _prepare(self) -> None:
         xp = self.xp
@@ -98,6 +110,8 @@ class LSQML(Engine):
             self.probe, self.modes = xp.asarray(probe), xp.asarray(modes)
             self._orthogonalise_modes()
         self._pos_dots = np.zeros((len(self.origins), 2))
+        self._place = _locality_order(self.origins, self.n)
+
 
     def _iterate(self, active: np.ndarray) -> float:
         p = self.params
@@ -121,7 +135,10 @@ class LSQML(Engine):
         with self._serial_ffts():  # the probe's single FFTs
             err = 0.0
             for b in np.array_split(order, max(1, round(total / size))):
-                err += self._batch(b, update_probe, weights)
+                # the batch's frames in the order of their places on the object (a batch is a sum over its
+                # frames, so the order changes nothing but the rounding): each window then overlaps the last,
+                # and the object's grids stay in the cache, not fetched from memory at random places
+                err += self._batch(b[np.argsort(self._place[b], kind="stable")], update_probe, weights)
                 if self.on_batch is not None:
                     self.on_batch()
         if self._grads is not None:
@@ -173,19 +190,27 @@ class LSQML(Engine):
         parts = self.arrays.thread_parts(size, self.threads)
         # a rank whose part of the batch is empty still takes part in every reduction, with zeros
         slots = [(s[0], s[-1] + 1) for s in np.array_split(np.arange(size), parts)] if size else []
-        self._num.fill(0)
-        self._ill.fill(0)
+        num, ill = self._num, self._ill
+        self._on_rows(lambda r: (num[r].fill(0), ill[r].fill(0)))
         fprobes = self._fft2(self._all_modes())
         out = self._map(lambda s: self._forward(batch, s, fprobes, update_probe, weights), slots)
         gsum = sum((o[1] for o in out), xp.zeros((k, self.n, self.n), np.complex64)) if update_probe else None
         o2 = sum((o[2] for o in out), xp.zeros((self.n, self.n), np.float32)) if update_probe else None
         # over the ranks: the batch is every rank's part of it, and the object's overlaps see all their frames
-        ill_max = self._reduce(self._num, self._ill, *((gsum, o2) if update_probe else ()))[1]
+        if self.comm.size > 1:
+            ill_max = self._reduce(num, ill, *((gsum, o2) if update_probe else ()))[1]
+        else:
+            ill_max = max(self._on_rows(lambda r: float(ill[r].max())))
         # object direction: sum_j P_j* chi_j over the illumination sum_j |P_j|^2 (floored); _ill becomes its inverse
-        xp.conjugate(self._num, out=self._num)
-        self._ill += p.object_reg * ill_max
-        xp.reciprocal(self._ill, out=self._ill)
-        self._num *= self._ill
+        floor = np.float32(p.object_reg * ill_max)
+
+        def direction(r):
+            xp.add(ill[r], floor, out=ill[r])
+            xp.reciprocal(ill[r], out=ill[r])
+            xp.conjugate(num[r], out=num[r])
+            num[r] *= ill[r]
+
+        self._on_rows(direction)
         d_probe = None
         if update_probe:  # probe direction (each mode): sum_j O_j* chi_j (unshifted) over sum_j |O_j|^2
             d_probe = self._ifft2(gsum.conj())
@@ -210,6 +235,13 @@ class LSQML(Engine):
             if self.modes is not None:
                 self.modes += step * d_probe[1:]
         return float(sum(o[0] for o in out))
+
+    def _on_rows(self, fn) -> list:
+        """``fn(rows)`` on the threads' bands of rows of the object grid (numpy: each band a thread's, cache-sized;
+        cupy: the whole grid at once): the batch's passes over the grid run on every core, not on one."""
+        rows = self.obj.shape[0]
+        parts = self.arrays.thread_parts(rows, self.threads) if rows >= 64 else 1
+        return self._map(fn, [slice(b[0], b[-1] + 1) for b in np.array_split(np.arange(rows), parts)])
 
     def _n_modes(self) -> int:
         return 1 if self.modes is None else 1 + len(self.modes)
@@ -273,11 +305,11 @@ class LSQML(Engine):
             if self.params.likelihood == "poisson":
                 xp.subtract(mag, amp, out=real)
                 err += self._rdot(real, real).sum(dtype=np.float64)
-                # half a gradient step of the Poisson likelihood: F psi (I / |F psi|^2 - 1) / 2, bounded
-                xp.square(mag, out=mag)
-                xp.maximum(mag, 1e-12, out=mag)
-                xp.square(amp, out=amp)
+                # half a gradient step of the Poisson likelihood: F psi (I / |F psi|^2 - 1) / 2, bounded; as
+                # (amp / max(|F psi|, 1e-6))^2, the same as I / max(|F psi|^2, 1e-12) in a pass fewer
+                xp.maximum(mag, 1e-6, out=mag)
                 xp.divide(amp, mag, out=mag)
+                xp.square(mag, out=mag)
                 mag -= 1
                 mag *= 0.5
                 xp.minimum(mag, self.params.poisson_cap, out=mag)
@@ -363,8 +395,7 @@ class LSQML(Engine):
         pchi = self._store[0]
         for sl, idx_h, idx in self._chunks(batch, slot):
             real = self._work(len(idx_h))["real"]
-            self.win.gather(self._ill, idx_h, idx, real)
-            real *= alpha_o[sl][:, None, None]
+            self.win.gather(self._ill, idx_h, idx, real, scales=alpha_o[sl])  # each frame's step with its window
             u = pchi[0, sl]
             for k in range(1, self._n_modes()):
                 u += pchi[k, sl]

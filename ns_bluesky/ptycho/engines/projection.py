@@ -76,9 +76,16 @@ class _Projection(Engine):
             return num, illum
 
         def probe_terms(idx):
+            # numerator and denominator both in the probe's frame: each frame's sum is unshifted by its sub-pixel
+            # position. (The denominator was summed in the windows' frame, up to a pixel off the numerator: the
+            # difference map's reflection amplified that misfit into a probe that grew without bound on
+            # noise-free data with sub-pixel positions, residual 0.004 -> 1e6 in 20 iterations.)
             patches = self.win.patches(self.obj, idx)
             w = self.weights[idx][:, None, None]
-            return self._unshift_sum(w * patches.conj() * target(idx), idx), (w * (patches.real**2 + patches.imag**2)).sum(axis=0)
+            ramps = self._ramps(idx)
+            o2 = (w * (patches.real**2 + patches.imag**2)).astype(np.complex64)
+            den = xp.maximum(self._unshift_sum(o2, idx, ramps).real, 0)  # the shift rings a little below 0
+            return self._unshift_sum(w * patches.conj() * target(idx), idx, ramps), den
 
         for _ in range(p.overlap_loops if update_probe else 1):
             # a rank without frames adds zeros: the sums are reduced over the ranks, overlaps seeing every frame
