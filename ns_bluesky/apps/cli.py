@@ -60,44 +60,47 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_row(uid: str, md, kind: str) -> dict:
+    start, stop = md["start"], md.get("stop") or {}
+    derived = kind == "derived"
+    return {
+        "kind": kind,
+        "scan_id": start.get("parent_scan_id" if derived else "scan_id"),  # a derived run: its raw run's scan
+        "uid": uid,
+        "time": datetime.fromtimestamp(start["time"]).isoformat(sep=" ", timespec="seconds"),
+        "plan": start.get("plan_name", ""),
+        "sample": start.get("parent_sample_name" if derived else "sample_name", ""),
+        "points": start.get("num_points", ""),
+        "status": stop.get("exit_status", "running"),
+        **({"parent_uid": start.get("parent_uid")} if derived else {}),
+        "_t": start["time"],
+    }
+
+
 def _cmd_runs(args: argparse.Namespace) -> int:
     from ..io.catalog import open_catalog, search_runs
+    from ..io.catalog_layout import processed_of
 
-    cat = open_catalog(args.catalog, create=False)
-    results = search_runs(
-        cat,
-        scan_id=args.scan_id,
-        uid=args.uid,
-        sample=args.sample,
-        plan_name=args.plan,
-        since=args.since,
-        until=args.until,
-        text=args.text,
-    )
-    rows = []
     if args.limit < 1:
         raise NSBlueskyError(f"--limit must be >= 1, got {args.limit}")
-    for uid in list(results)[-args.limit :]:
-        md = results[uid].metadata
-        start, stop = md["start"], md.get("stop") or {}
-        rows.append(
-            {
-                "scan_id": start.get("scan_id"),
-                "uid": uid,
-                "time": datetime.fromtimestamp(start["time"]).isoformat(sep=" ", timespec="seconds"),
-                "plan": start.get("plan_name", ""),
-                "sample": start.get("sample_name", ""),
-                "points": start.get("num_points", ""),
-                "status": stop.get("exit_status", "running"),
-            }
-        )
+    cat = open_catalog(args.catalog, create=False)
+    query = dict(scan_id=args.scan_id, uid=args.uid, sample=args.sample, plan_name=args.plan, since=args.since,
+                 until=args.until, text=args.text)
+    rows = []
+    for kind in ("raw", "derived"):
+        if args.kind in ("all", kind):
+            results = search_runs(cat if kind == "raw" else processed_of(cat), derived=kind == "derived", **query)
+            newest = results.items()[-1 : -args.limit - 1 : -1]  # tiled slices from the end only backwards
+            rows += [_run_row(uid, run.metadata, kind) for uid, run in newest]
+    rows.sort(key=lambda r: r["_t"])  # both kinds, newest last
+    rows = [{k: v for k, v in r.items() if k != "_t"} for r in rows[-args.limit:]]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:
         print("no runs match")
         return 0
-    header = ("scan_id", "uid", "time", "plan", "sample", "points", "status")
+    header = ("kind", "scan_id", "uid", "time", "plan", "sample", "points", "status")
     table = [header] + [tuple(str(r[k])[:8] if k == "uid" else str(r[k]) for k in header) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
@@ -261,7 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     _catalog_arg(demo)
     demo.set_defaults(func=_cmd_demo)
 
-    runs = sub.add_parser("runs", help="list runs in the catalog", description="List runs, newest last, as a table.")
+    runs = sub.add_parser("runs", help="list raw and derived runs in the catalog",
+                          description="List runs, newest last, as a table: the raw runs (scans, darks) and the pipeline's "
+                          "derived runs, marked in the kind column (a derived run shows its raw run's scan id and sample).")
     _catalog_arg(runs)
     runs.add_argument("--sample", help="sample name")
     runs.add_argument("--since", help="start time, ISO 8601 (2026-11-25 or 2026-11-25T14:00)")
@@ -270,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--scan-id", type=count(0), help="scan id")
     runs.add_argument("--uid", help="uid or uid prefix")
     runs.add_argument("--text", help="full-text search over the metadata")
+    runs.add_argument("--kind", choices=("all", "raw", "derived"), default="all", help="which runs (default all)")
     runs.add_argument("--limit", type=count(1), default=50, help="show at most this many (default 50)")
     runs.add_argument("--json", action="store_true", help="machine-readable output")
     runs.set_defaults(func=_cmd_runs)

@@ -22,10 +22,10 @@ def _wait(predicate, timeout_s=30.0):
     return predicate()
 
 
-def test_each_runs_results_become_a_derived_run(make_pipeline, cat, catalog_dir, recorded):
+def test_each_runs_results_become_a_derived_run(make_pipeline, cat, processed, catalog_dir, recorded):
     pipe = make_pipeline(CHAIN)
     raw_uid = recorded["scan"]  # the bridge names pipeline runs by the raw run's uid
-    recorder = ResultsRecorder(pipe.cfg, make_tiled_writer(cat), detector_dir(catalog_dir),
+    recorder = ResultsRecorder(pipe.cfg, make_tiled_writer(processed), detector_dir(catalog_dir),
                                dark_uid_of=lambda uid: cat[uid].metadata["start"].get("dark_uid"), md={"pipeline": "echo+tally"})
     try:
         client = pipe.ingest()
@@ -38,7 +38,7 @@ def test_each_runs_results_become_a_derived_run(make_pipeline, cat, catalog_dir,
     finally:
         recorder.close()
     derived_uid = recorder.finished[raw_uid]
-    found = cat.search(Key("parent_uid") == raw_uid).search(Key("pipeline") == "echo+tally")
+    found = processed.search(Key("parent_uid") == raw_uid).search(Key("pipeline") == "echo+tally")
     assert derived_uid in list(found)
     run = found[derived_uid]
     start, stop = run.metadata["start"], run.metadata["stop"]
@@ -52,12 +52,12 @@ def test_each_runs_results_become_a_derived_run(make_pipeline, cat, catalog_dir,
     assert list(tally["count"].read()) == [20] and float(tally["checksum"].read()[0]) == sum(s * 40 * 48 for s in range(1, 21))
 
 
-def test_an_aborted_run_is_recorded_as_aborted(make_pipeline, cat, catalog_dir, recorded):
+def test_an_aborted_run_is_recorded_as_aborted(make_pipeline, processed, catalog_dir, recorded):
     from tests.support.pipeline import ECHO
 
     pipe = make_pipeline(ECHO.format(workers=1, delay=0.2))
     raw_uid = recorded["other"]
-    recorder = ResultsRecorder(pipe.cfg, make_tiled_writer(cat), detector_dir(catalog_dir))
+    recorder = ResultsRecorder(pipe.cfg, make_tiled_writer(processed), detector_dir(catalog_dir))
     try:
         client = pipe.ingest()
         client.send(Message("start", run=raw_uid))
@@ -69,6 +69,6 @@ def test_an_aborted_run_is_recorded_as_aborted(make_pipeline, cat, catalog_dir, 
         assert _wait(lambda: raw_uid in recorder.finished)
     finally:
         recorder.close()
-    run = cat[recorder.finished[raw_uid]]
+    run = processed[recorder.finished[raw_uid]]
     assert run.metadata["stop"]["exit_status"] == "abort"
     assert run.metadata["start"]["parent_uid"] == raw_uid

@@ -14,9 +14,10 @@ _HELP = """\
   (uid,) = RE(adaptive_ptycho(fccd, stage, shutter, feedback=feedback, shape=(20, 20), overlap=0.7,
                               optics=optics, dark_uid=dark))   # coarse pass, region of interest, bad frames, drift
   catalog_writer.flush(); cat[uid]["adaptive"].read()   # what it decided: adaptive_action, _reason, _positions
-  pipeline.finish(uid, 120)                 # the live reconstruction's end; its derived run is then in cat
+  pipeline.finish(uid, 120)                 # the live reconstruction's end; its derived run is then in processed
+  cat[-1], cat[scan_id], cat[uid]           # raw runs only (scans, darks)
   cat[uid]["primary"]["fccd_image"]         # the raw frames, lazily
-  from tiled.queries import Key; cat.search(Key("parent_uid") == uid)   # the derived run(s)
+  derived(uid)[-1]["reconstruction"]        # its latest derived run (in processed); parent(run) goes back
 """
 
 
