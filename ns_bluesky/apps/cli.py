@@ -26,8 +26,10 @@ ENGINES = ("lsqml", "raar", "dm", "epie", "rpie")
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    if args.adaptive:
+        return _cmd_demo_adaptive(args)
     result = run_demo(
-        scan=args.scan,
+        scan=args.scan or (40, 40),
         rate_hz=args.rate,
         darks=args.darks,
         pattern=args.pattern,
@@ -54,6 +56,31 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"  derived run  {result.derived_uid}\n"
         f"  catalog      {result.catalog}\n"
         f"  CXI          {result.cxi}\n"
+        f"  picture      {result.png}\n"
+        f"  summary      {args.summary_json or os.path.join(os.path.dirname(result.png), 'summary.json')}"
+    )
+    return 0
+
+
+def _cmd_demo_adaptive(args: argparse.Namespace) -> int:
+    from .demo_adaptive import run_adaptive_demo
+
+    for flag, given in (("--epics", args.epics), ("--pattern fermat", args.pattern != "raster")):
+        if given:
+            raise NSBlueskyError(f"--adaptive runs a raster on the in-process beamline; drop {flag}")
+    result = run_adaptive_demo(
+        scan=args.scan or (20, 20), rate_hz=args.rate, darks=args.darks, out=args.out, catalog=args.catalog,
+        sample_image=args.sample_image, sample_name=args.sample_name, exposure_s=args.exposure, seed=args.seed,
+        workers=args.workers, engine=args.engine, backend=args.backend, summary_json=args.summary_json,
+        refine_s=args.refine, progress=not args.quiet,
+    )
+    print(
+        f"scan {result.scan_id}: adaptive_ptycho, {result.frames} frames for {result.grid_points} points, "
+        f"exit status {result.exit_status}\n"
+        f"  raw run      {result.raw_uid}\n"
+        f"  dark run     {result.dark_uid}\n"
+        f"  derived run  {result.derived_uid}\n"
+        f"  catalog      {result.catalog}\n"
         f"  picture      {result.png}\n"
         f"  summary      {args.summary_json or os.path.join(os.path.dirname(result.png), 'summary.json')}"
     )
@@ -242,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Take dark frames and a ptychographic scan on the simulated beamline with a real "
         "RunEngine, store both runs in the catalog, export the scan as CXI and a quick-look PNG.",
     )
-    demo.add_argument("--scan", default="40x40", type=scan_shape, help="raster points, rows x columns (default 40x40)")
+    demo.add_argument("--scan", type=scan_shape, help="raster points, rows x columns (default 40x40; 20x20 with --adaptive)")
     demo.add_argument("--rate", type=number(0, 1000, what=" frames/s"), default=10.0, help="frames per second; 0 = as fast as possible (default 10)")
     demo.add_argument("--darks", type=count(2, 10_000), default=20, help="dark frames before the scan (default 20)")
     demo.add_argument("--pattern", choices=("raster", "fermat"), default="raster")
@@ -258,6 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="seconds the reconstruction refines after its final image (default 60; 0: none)")
     demo.add_argument("--summary-json", metavar="F", type=output_file, help="summary file (default OUT/summary.json)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("--adaptive", action="store_true",
+                      help="run adaptive_ptycho instead, on the sample with its right half empty and with injected "
+                      "faults (a dropped packet, saturation, beam loss, the sample slipping); the PNG and summary "
+                      "show what it decided: the region chosen, frames saved, taken again, drift corrected")
     demo.add_argument("--epics", action="store_true",
                       help="run through EPICS Channel Access: the demo starts the simulated IOC on a free loopback "
                       "port, drives it with the EPICS devices and stops it at the end")
