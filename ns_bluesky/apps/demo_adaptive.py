@@ -16,6 +16,7 @@ injected, detected and corrected) and every decision with its reason.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -231,8 +232,8 @@ def run_adaptive_demo(
     from ..sim import sample as sim_sample
     from .demo_epics import default_exposure_s
 
-    if rate_hz < 0:
-        raise ParameterError(f"--rate must be >= 0 frames/s (0 = as fast as possible), got {rate_hz}")
+    if not (rate_hz >= 0 and math.isfinite(rate_hz)):
+        raise ParameterError(f"--rate must be a finite number >= 0 frames/s (0 = as fast as possible), got {rate_hz}")
     if darks < 2:
         raise ParameterError(f"--darks must be >= 2 (the read noise needs two), got {darks}")
     if workers < 1:
@@ -242,7 +243,7 @@ def run_adaptive_demo(
                              f"(a coarse pass every {COARSE_EVERY}. point and a 5 x 5 drift reference), got "
                              f"{scan[0]}x{scan[1]}")
     exposure_s = default_exposure_s(rate_hz, False) if exposure_s is None else exposure_s
-    if not exposure_s > 0:
+    if not (exposure_s > 0 and math.isfinite(exposure_s)):
         raise ParameterError(f"--exposure must be > 0 s, got {exposure_s}")
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -282,10 +283,12 @@ def _run(bl, cat, target, detectors: Path, cfg: SimConfig, out: Path, faults: Fa
     from ..plans import dark_frames
     from ..plans.adaptive import adaptive_ptycho
     from ..stages.pipeline import ptycho_pipeline
+    from .ctrl_c import StopOnCtrlC
     from .session import PipelineSession
 
     pipe_cfg = ptycho_pipeline(frame_workers=workers, engine=engine, backend=backend, out_dir=out, refine_s=refine_s)
-    RE = RunEngine({"scan_id": last_scan_id(cat)}, call_returns_result=False)
+    ctrl_c = StopOnCtrlC()  # a command: Ctrl-C stops now, in whichever run (as the demo's)
+    RE = RunEngine({"scan_id": last_scan_id(cat)}, call_returns_result=False, context_managers=[ctrl_c.for_engine])
     batch = writer_batch(rate_hz)
     raw_writer = ThreadedCallback(make_tiled_writer(cat, batch_size=batch), name="catalog")
     docs: list[tuple[str, dict]] = []
@@ -303,6 +306,7 @@ def _run(bl, cat, target, detectors: Path, cfg: SimConfig, out: Path, faults: Fa
             if progress:
                 print(f"watch it live: ns-bluesky gui live --config {out / 'pipeline' / 'pipeline.json'}", flush=True)
             (dark_uid,) = RE(dark_frames(bl.fccd, bl.shutter, darks, md={"sample_name": cfg.sample.name}))
+            ctrl_c.raise_if_pressed()
             bl.fccd.source.faults, bl.fccd.source.light_frames = faults, 0  # the schedule counts this scan's light frames
             t0 = time.monotonic()
             (raw_uid,) = RE(adaptive_ptycho(
@@ -310,8 +314,9 @@ def _run(bl, cat, target, detectors: Path, cfg: SimConfig, out: Path, faults: Fa
                 coarse_every=COARSE_EVERY, drift_every=schedule["drift_every"], sample=cfg.sample.name, dark_uid=dark_uid,
                 md={"simulation": {"seed": cfg.seed, "config": cfg.model_dump(mode="json"), "faults": schedule}},
             ))
+            ctrl_c.raise_if_pressed()
             acquisition_s = time.monotonic() - t0
-            bridge.flush(timeout_s=end_timeout_s)
+            session.flush(bridge, raw_uid, end_timeout_s)  # a dead handler ends the wait at once
             view = session.finish(raw_uid, end_timeout_s)
             derived_uid = session.recorder.finished.get(raw_uid)
             qc = feedback.qc(raw_uid)
