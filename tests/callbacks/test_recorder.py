@@ -72,3 +72,26 @@ def test_an_aborted_run_is_recorded_as_aborted(make_pipeline, processed, catalog
     run = processed[recorder.finished[raw_uid]]
     assert run.metadata["stop"]["exit_status"] == "abort"
     assert run.metadata["start"]["parent_uid"] == raw_uid
+
+
+def test_the_refined_reconstruction_is_recorded_though_it_carries_more_scalars(tmp_path):
+    """The reconstruction's refined result adds refine_* scalars its earlier results lack: the stream keeps
+    them as NaN until known, instead of refusing the refined (best) reconstruction."""
+    from ns_bluesky.stages.pipeline import ptycho_pipeline
+
+    docs = []
+    recorder = ResultsRecorder(ptycho_pipeline(out_dir=tmp_path), lambda name, doc: docs.append((name, doc)), tmp_path)
+    try:
+        arrays = {"object_phase": np.zeros((8, 8), np.float32)}
+        recorder._on_message(Message("result", run="raw", seq=1, stage="recon", arrays=arrays,
+                                     meta={"scalars": {"iteration": 10, "residual": 0.5, "refined": 0}}))
+        recorder._on_message(Message("result", run="raw", seq=2, stage="recon", arrays=arrays,
+                                     meta={"scalars": {"iteration": 90, "residual": 0.1, "refined": 1, "refine_iterations": 80,
+                                                       "refine_best_iteration": 75, "refine_seconds": 2.5}}))
+        recorder._on_message(Message("end_of_run", run="raw", meta={}))
+    finally:
+        recorder.close()
+    events = [d["data"] for n, d in docs if n == "event"]
+    assert [e["iteration"] for e in events] == [10, 90] and np.isnan(events[0]["refine_iterations"])
+    assert events[1]["refine_iterations"] == 80.0 and events[1]["refine_seconds"] == 2.5
+    assert [d["exit_status"] for n, d in docs if n == "stop"] == ["success"]
