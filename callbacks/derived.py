@@ -2,8 +2,9 @@
 
 One derived run per processed raw run, composed with event-model's ``compose_run`` (so
 every document is validated) and handed to whatever writes runs (``TiledWriter`` into
-the same catalog). Its start document names the raw run (``parent_uid``) and the dark
-run, so ``cat.search(Key("parent_uid") == raw_uid)`` finds it years later. Scalars go
+the catalog's ``processed`` node, beside the raw runs). Its start document names the raw
+run (``parent_uid``) and the dark run, so ``derived_runs(cat, raw_uid)``
+(:mod:`ns_bluesky.io.catalog_layout`) finds it years later. Scalars go
 in events; arrays (object, probe, STXM images) go to one HDF5 file per data key,
 announced by ``stream_resource``/``stream_datum`` like the detector's frames, so the
 catalog stays light and the arrays stay lazily readable. A run that stops early (an

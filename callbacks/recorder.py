@@ -32,6 +32,10 @@ STREAMS = {
     "dark": ("dark", True),
     "cxi": ("cxi", False),
 }
+#: scalars a stage's results carry only sometimes (the reconstruction's refinement says how it went, its
+#: earlier results do not): recorded as NaN until known, so a stream keeps the keys of its first event and
+#: the refined reconstruction, the best one, is not refused as a result of another shape
+OPTIONAL_SCALARS = {"recon": ("refine_iterations", "refine_best_iteration", "refine_seconds")}
 
 
 class ResultsRecorder(ResultsSubscriber):
@@ -70,6 +74,9 @@ class ResultsRecorder(ResultsSubscriber):
                 del self.starts[next(iter(self.starts))]
         elif msg.kind == "result":
             scalars = msg.meta.get("scalars") or {}
+            optional = OPTIONAL_SCALARS.get(msg.stage, ())
+            if optional:  # floats throughout: a table column keeps the type of its first value
+                scalars = {**scalars, **{k: float("nan") if scalars.get(k) is None else float(scalars[k]) for k in optional}}
             stream, with_arrays = STREAMS.get(msg.stage, (msg.stage, True))
             self._derived(msg.run).add(stream, scalars, msg.arrays if with_arrays else None)
         elif msg.kind == "error":

@@ -121,9 +121,18 @@ def from_run(run) -> ViewData:
 
 
 def open_source(source: str, catalog: str | os.PathLike | None = None) -> ViewData:
-    """``source``: a CXI file, or a run (scan id, uid or uid prefix) of ``catalog``."""
+    """``source``: a CXI file, or a run of ``catalog``: a scan id (a raw run), or the uid or uid prefix of a
+    raw or a derived run. A raw run's view names its derived runs, to open them by uid."""
     if source.endswith((".cxi", ".h5")) or Path(source).is_file():
         return from_cxi(source)
     from ns_bluesky.io.catalog import get_run, open_catalog
+    from ns_bluesky.io.catalog_layout import derived_runs
 
-    return from_run(get_run(open_catalog(catalog, create=False), source))
+    cat = open_catalog(catalog, create=False)
+    run = get_run(cat, source)
+    view = from_run(run)
+    if "parent_uid" not in run.metadata["start"]:
+        derived = [r.metadata["start"]["uid"][:8] for r in derived_runs(cat, run)]
+        if derived:
+            view.notes.append(f"derived runs (open by uid): {', '.join(derived)}")
+    return view

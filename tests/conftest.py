@@ -44,6 +44,14 @@ def cat(catalog_dir):
 
 
 @pytest.fixture(scope="session")
+def processed(cat):
+    """The derived runs' node beside ``cat`` (the raw runs)."""
+    from ns_bluesky.io.catalog_layout import processed_of
+
+    return processed_of(cat)
+
+
+@pytest.fixture(scope="session")
 def small_config():
     return SimConfig(scan=ScanPattern(shape=(4, 5), overlap=0.7))
 

@@ -26,8 +26,10 @@ ENGINES = ("lsqml", "raar", "dm", "epie", "rpie")
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    if args.adaptive:
+        return _cmd_demo_adaptive(args)
     result = run_demo(
-        scan=args.scan,
+        scan=args.scan or (40, 40),
         rate_hz=args.rate,
         darks=args.darks,
         pattern=args.pattern,
@@ -60,44 +62,72 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo_adaptive(args: argparse.Namespace) -> int:
+    from .demo_adaptive import run_adaptive_demo
+
+    for flag, given in (("--epics", args.epics), ("--pattern fermat", args.pattern != "raster")):
+        if given:
+            raise NSBlueskyError(f"--adaptive runs a raster on the in-process beamline; drop {flag}")
+    result = run_adaptive_demo(
+        scan=args.scan or (20, 20), rate_hz=args.rate, darks=args.darks, out=args.out, catalog=args.catalog,
+        sample_image=args.sample_image, sample_name=args.sample_name, exposure_s=args.exposure, seed=args.seed,
+        workers=args.workers, engine=args.engine, backend=args.backend, summary_json=args.summary_json,
+        refine_s=args.refine, progress=not args.quiet,
+    )
+    print(
+        f"scan {result.scan_id}: adaptive_ptycho, {result.frames} frames for {result.grid_points} points, "
+        f"exit status {result.exit_status}\n"
+        f"  raw run      {result.raw_uid}\n"
+        f"  dark run     {result.dark_uid}\n"
+        f"  derived run  {result.derived_uid}\n"
+        f"  catalog      {result.catalog}\n"
+        f"  picture      {result.png}\n"
+        f"  summary      {args.summary_json or os.path.join(os.path.dirname(result.png), 'summary.json')}"
+    )
+    return 0
+
+
+def _run_row(uid: str, md, kind: str) -> dict:
+    start, stop = md["start"], md.get("stop") or {}
+    derived = kind == "derived"
+    return {
+        "kind": kind,
+        "scan_id": start.get("parent_scan_id" if derived else "scan_id"),  # a derived run: its raw run's scan
+        "uid": uid,
+        "time": datetime.fromtimestamp(start["time"]).isoformat(sep=" ", timespec="seconds"),
+        "plan": start.get("plan_name", ""),
+        "sample": start.get("parent_sample_name" if derived else "sample_name", ""),
+        "points": start.get("num_points", ""),
+        "status": stop.get("exit_status", "running"),
+        **({"parent_uid": start.get("parent_uid")} if derived else {}),
+        "_t": start["time"],
+    }
+
+
 def _cmd_runs(args: argparse.Namespace) -> int:
     from ..io.catalog import open_catalog, search_runs
+    from ..io.catalog_layout import processed_of
 
-    cat = open_catalog(args.catalog, create=False)
-    results = search_runs(
-        cat,
-        scan_id=args.scan_id,
-        uid=args.uid,
-        sample=args.sample,
-        plan_name=args.plan,
-        since=args.since,
-        until=args.until,
-        text=args.text,
-    )
-    rows = []
     if args.limit < 1:
         raise NSBlueskyError(f"--limit must be >= 1, got {args.limit}")
-    for uid in list(results)[-args.limit :]:
-        md = results[uid].metadata
-        start, stop = md["start"], md.get("stop") or {}
-        rows.append(
-            {
-                "scan_id": start.get("scan_id"),
-                "uid": uid,
-                "time": datetime.fromtimestamp(start["time"]).isoformat(sep=" ", timespec="seconds"),
-                "plan": start.get("plan_name", ""),
-                "sample": start.get("sample_name", ""),
-                "points": start.get("num_points", ""),
-                "status": stop.get("exit_status", "running"),
-            }
-        )
+    cat = open_catalog(args.catalog, create=False)
+    query = dict(scan_id=args.scan_id, uid=args.uid, sample=args.sample, plan_name=args.plan, since=args.since,
+                 until=args.until, text=args.text)
+    rows = []
+    for kind in ("raw", "derived"):
+        if args.kind in ("all", kind):
+            results = search_runs(cat if kind == "raw" else processed_of(cat), derived=kind == "derived", **query)
+            newest = results.items()[-1 : -args.limit - 1 : -1]  # tiled slices from the end only backwards
+            rows += [_run_row(uid, run.metadata, kind) for uid, run in newest]
+    rows.sort(key=lambda r: r["_t"])  # both kinds, newest last
+    rows = [{k: v for k, v in r.items() if k != "_t"} for r in rows[-args.limit:]]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:
         print("no runs match")
         return 0
-    header = ("scan_id", "uid", "time", "plan", "sample", "points", "status")
+    header = ("kind", "scan_id", "uid", "time", "plan", "sample", "points", "status")
     table = [header] + [tuple(str(r[k])[:8] if k == "uid" else str(r[k]) for k in header) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
@@ -239,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Take dark frames and a ptychographic scan on the simulated beamline with a real "
         "RunEngine, store both runs in the catalog, export the scan as CXI and a quick-look PNG.",
     )
-    demo.add_argument("--scan", default="40x40", type=scan_shape, help="raster points, rows x columns (default 40x40)")
+    demo.add_argument("--scan", type=scan_shape, help="raster points, rows x columns (default 40x40; 20x20 with --adaptive)")
     demo.add_argument("--rate", type=number(0, 1000, what=" frames/s"), default=10.0, help="frames per second; 0 = as fast as possible (default 10)")
     demo.add_argument("--darks", type=count(2, 10_000), default=20, help="dark frames before the scan (default 20)")
     demo.add_argument("--pattern", choices=("raster", "fermat"), default="raster")
@@ -255,13 +285,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="seconds the reconstruction refines after its final image (default 60; 0: none)")
     demo.add_argument("--summary-json", metavar="F", type=output_file, help="summary file (default OUT/summary.json)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("--adaptive", action="store_true",
+                      help="run adaptive_ptycho instead, on the sample with its right half empty and with injected "
+                      "faults (a dropped packet, saturation, beam loss, the sample slipping); the PNG and summary "
+                      "show what it decided: the region chosen, frames saved, taken again, drift corrected")
     demo.add_argument("--epics", action="store_true",
                       help="run through EPICS Channel Access: the demo starts the simulated IOC on a free loopback "
                       "port, drives it with the EPICS devices and stops it at the end")
     _catalog_arg(demo)
     demo.set_defaults(func=_cmd_demo)
 
-    runs = sub.add_parser("runs", help="list runs in the catalog", description="List runs, newest last, as a table.")
+    runs = sub.add_parser("runs", help="list raw and derived runs in the catalog",
+                          description="List runs, newest last, as a table: the raw runs (scans, darks) and the pipeline's "
+                          "derived runs, marked in the kind column (a derived run shows its raw run's scan id and sample).")
     _catalog_arg(runs)
     runs.add_argument("--sample", help="sample name")
     runs.add_argument("--since", help="start time, ISO 8601 (2026-11-25 or 2026-11-25T14:00)")
@@ -270,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--scan-id", type=count(0), help="scan id")
     runs.add_argument("--uid", help="uid or uid prefix")
     runs.add_argument("--text", help="full-text search over the metadata")
+    runs.add_argument("--kind", choices=("all", "raw", "derived"), default="all", help="which runs (default all)")
     runs.add_argument("--limit", type=count(1), default=50, help="show at most this many (default 50)")
     runs.add_argument("--json", action="store_true", help="machine-readable output")
     runs.set_defaults(func=_cmd_runs)

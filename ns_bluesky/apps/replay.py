@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..errors import ParameterError
+from ..errors import CatalogError, ParameterError
 from ..stream.client import IngestClient
 from ..stream.protocol import Message, start_message
 
@@ -64,7 +64,7 @@ def replay(
     refine_s: float = 60.0,
 ) -> dict:
     """Replay ``run_id`` (uid, uid prefix or scan id) through a private pipeline; returns uids and paths."""
-    from ..io.catalog import data_dir, default_catalog, open_catalog
+    from ..io.catalog import data_dir, default_catalog, get_run, open_catalog
     from ..stages.pipeline import ptycho_pipeline
     from .session import PipelineSession
 
@@ -72,12 +72,14 @@ def replay(
     if not str(cat_dir).startswith(("http://", "https://")):
         cat_dir = Path(cat_dir).expanduser().resolve()
     cat = open_catalog(cat_dir, create=False)
-    key = int(run_id) if str(run_id).lstrip("-").isdigit() else run_id
     try:
-        run = cat[key]
-    except KeyError:
+        run = get_run(cat, run_id)
+    except CatalogError:
         raise ParameterError(f"no run {run_id!r} in the catalog at {cat_dir}") from None
     start = run.metadata["start"]
+    if start.get("parent_uid"):
+        raise ParameterError(f"run {start['uid'][:8]} is a derived run; replay its raw run: "
+                             f"ns-bluesky replay {start['parent_uid'][:8]}")
     if start.get("purpose") != "ptychography":
         raise ParameterError(f"run {start['uid'][:8]} is a {start.get('purpose') or 'plain'} run, not a ptychography scan")
     dark = None

@@ -1,7 +1,7 @@
 """A private pipeline for one program (the demo, ``replay``): started, watched, recorded, stopped.
 
 Starts the handler and its local workers on free loopback ports, records the results
-as derived runs in the catalog, shows live progress, and on leaving (also after an
+as derived runs in the catalog's ``processed`` node (beside the raw runs of ``cat``), shows live progress, and on leaving (also after an
 error or Ctrl-C) stops all of it; a derived run still open gets a stop document
 saying why.
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..errors import PipelineError
 from ..io.catalog import detector_dir, make_tiled_writer
+from ..io.catalog_layout import PROCESSED_CONTAINER, processed_of
 from ..stream.config import PipelineConfig
 
 #: how often the session looks at its handler process: the user hears of its death within this (and a print)
@@ -23,7 +24,10 @@ WATCH_S = 0.25
 
 
 class PipelineSession:
-    """``with PipelineSession(cat, cat_dir, cfg, workdir) as s:`` then ``s.monitor``, ``s.recorder``, ``s.finish(uid)``."""
+    """``with PipelineSession(cat, cat_dir, cfg, workdir) as s:`` then ``s.monitor``, ``s.recorder``, ``s.finish(uid)``.
+
+    ``cat``: the raw runs' node (:func:`~ns_bluesky.io.catalog.open_catalog`); the derived runs go beside it.
+    """
 
     def __init__(self, cat, cat_dir, cfg: PipelineConfig, workdir, *, progress: bool = True, total: int | None = None,
                  own_pipeline: bool = True, batch_size: int = 25, detectors=None, catalog_target=None,
@@ -51,11 +55,12 @@ class PipelineSession:
         try:
             if self.own_pipeline:
                 self.pipe = PipelineProcess(self.cfg, self.workdir).start()
-            if self.catalog_target is not None:
+            if self.catalog_target is not None:  # derived runs beside the raw ones, never among them
                 self._writer = catalog_writer(self.catalog_target, batch_size=self.batch_size, name="derived-catalog",
-                                              say=self.say)
+                                              container=PROCESSED_CONTAINER, say=self.say)
             else:
-                self._writer = ThreadedCallback(make_tiled_writer(self.cat, batch_size=self.batch_size),
+                processed = processed_of(self.cat)
+                self._writer = ThreadedCallback(make_tiled_writer(processed, batch_size=self.batch_size),
                                                 name="derived-catalog")
             self.recorder = ResultsRecorder(self.cfg, self._writer, self.detectors / "derived")
             self.monitor = LiveMonitor(self.cfg, progress=self.progress, total=self.total)

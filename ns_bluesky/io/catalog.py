@@ -1,13 +1,13 @@
 """The run catalog: an embedded tiled server (SQLite + files) by default, any tiled server by URI.
 
 ``open_catalog(directory)`` starts tiled's ``SimpleTiledServer`` on 127.0.0.1 in a
-process of its own (:mod:`ns_bluesky.io.catalog_server`) and returns the ``CatalogOfBlueskyRuns`` node that
-runs are written to, so ``cat[scan_id]``, ``cat[uid]``, ``cat[uid[:8]]``, ``cat[-1]``
-and ``cat.search(...)`` work; ``open_catalog("http://host:8000")`` gives the same node
-of a standalone server (``ns-bluesky catalog serve``, on PostgreSQL) with the same code,
-its api key read from ``$NS_BLUESKY_API_KEY`` or a 0600 file (never from the URL). The node needs the spec
-``CatalogOfBlueskyRuns`` version 3.0, or scan_id and partial-uid lookups fail (see
-``shared/reference/stack.md``).
+process of its own (:mod:`ns_bluesky.io.catalog_server`) and returns the ``CatalogOfBlueskyRuns`` node of
+the raw runs, so ``cat[scan_id]``, ``cat[uid]``, ``cat[uid[:8]]``, ``cat[-1]``
+and ``cat.search(...)`` find scans; the pipeline's derived runs live beside them in
+``processed`` (``open_catalog(..., container="processed")`` or ``processed_of(cat)``; see
+:mod:`ns_bluesky.io.catalog_layout`). ``open_catalog("http://host:8000")`` gives the same
+nodes of a standalone server (``ns-bluesky catalog serve``, on PostgreSQL) with the same code,
+its api key read from ``$NS_BLUESKY_API_KEY`` or a 0600 file (never from the URL).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from pathlib import Path
 import platformdirs
 
 from ..errors import CatalogError
+from .catalog_layout import CONTAINERS, RAW_CONTAINER, node_of, processed_of
 
-RUNS_CONTAINER = "runs"
 DETECTOR_SUBDIR = "detector"
 CATALOG_ENV = "NS_BLUESKY_CATALOG"
 DETECTOR_DIR_ENV = "NS_BLUESKY_DETECTOR_DIR"
@@ -99,17 +99,6 @@ def data_dir(path_or_uri: str | os.PathLike | None, cat) -> Path:
         raise CatalogError(f"the catalog at {target} names no detector directory; set ${DETECTOR_DIR_ENV} "
                            "to a directory its server reads")
     return Path(published)
-
-
-def _runs_node(client, container: str):
-    from tiled.structures.core import Spec
-
-    if container not in client:
-        client.create_container(container, specs=[Spec("CatalogOfBlueskyRuns", version="3.0")])
-    node = client[container]
-    if not any(s.name == "CatalogOfBlueskyRuns" for s in node.specs):
-        raise CatalogError(f"node {container!r} exists but is not a CatalogOfBlueskyRuns; choose another name")
-    return node
 
 
 def _start_server(directory: Path, timeout_s: float = 120.0) -> tuple[subprocess.Popen, str] | None:
@@ -211,12 +200,16 @@ def spool_dir(path_or_uri: str | os.PathLike | None) -> Path:
     return Path(target).expanduser().resolve() / "spool"
 
 
-def open_catalog(path_or_uri: str | os.PathLike | None = None, *, container: str = RUNS_CONTAINER, create: bool = True):
-    """The catalog of runs at a directory (embedded server) or an http(s) URI (``ns-bluesky catalog serve``).
+def open_catalog(path_or_uri: str | os.PathLike | None = None, *, container: str = RAW_CONTAINER, create: bool = True):
+    """The raw runs (``container="processed"``: the derived runs) of the catalog at a directory (embedded
+    server) or an http(s) URI (``ns-bluesky catalog serve``).
 
     ``create=False`` (for read-only commands) refuses a directory that holds no catalog
-    instead of making an empty one.
+    instead of making an empty one. A catalog of the old one-node layout is read and
+    written in place (:mod:`.catalog_layout`).
     """
+    if container not in CONTAINERS:
+        raise CatalogError(f"no container {container!r}: a catalog holds {' and '.join(map(repr, CONTAINERS))}")
     target = default_catalog() if path_or_uri is None else path_or_uri
     if _is_uri(target):
         client = _client_for_uri(str(target))
@@ -228,7 +221,7 @@ def open_catalog(path_or_uri: str | os.PathLike | None = None, *, container: str
         from tiled.client import from_uri
 
         client = from_uri(uri)
-    return _runs_node(client, container)
+    return node_of(client, container)
 
 
 def close_catalogs() -> None:
@@ -307,18 +300,23 @@ def search_runs(
     since: str | float | datetime | None = None,
     until: str | float | datetime | None = None,
     text: str | None = None,
+    derived: bool = False,
 ):
-    """The queries users ask for, combined with AND; returns a catalog node of the matching runs."""
+    """The queries users ask for, combined with AND; returns a catalog node of the matching runs.
+
+    ``derived``: ``cat`` holds derived runs, whose scan id and sample are their raw run's
+    (``parent_scan_id``, ``parent_sample_name``): ``scan_id=5`` finds the processing of scan 5.
+    """
     from bluesky_tiled_plugins.queries import FullText, PartialUID, ScanID, TimeRange
     from tiled.queries import Key
 
     results = cat
     if scan_id is not None:
-        results = results.search(ScanID(int(scan_id)))
+        results = results.search(Key("parent_scan_id") == int(scan_id) if derived else ScanID(int(scan_id)))
     if uid is not None:
         results = results.search(PartialUID(uid))
     if sample is not None:
-        results = results.search(Key("sample_name") == sample)
+        results = results.search(Key("parent_sample_name" if derived else "sample_name") == sample)
     if plan_name is not None:
         results = results.search(Key("plan_name") == plan_name)
     if since is not None or until is not None:
@@ -334,13 +332,20 @@ def search_runs(
 
 
 def get_run(cat, key: str | int):
-    """A run by scan_id (an integer or digits), uid or uid prefix, with an error that says which."""
+    """A run by scan_id (an integer or digits: a raw run), uid or uid prefix (of ``cat``, else of the
+    derived runs beside it), with an error that says which."""
     try:
         if isinstance(key, int) or (isinstance(key, str) and key.lstrip("-").isdigit()):
             return cat[int(key)]
         return cat[key]
     except (KeyError, IndexError, ValueError):
-        raise CatalogError(f"no run {key!r} in the catalog (give a scan_id, a uid or a uid prefix)") from None
+        pass
+    if isinstance(key, str) and not key.lstrip("-").isdigit():
+        try:
+            return processed_of(cat)[key]
+        except (KeyError, IndexError, ValueError):
+            pass
+    raise CatalogError(f"no run {key!r} in the catalog (give a scan_id, a uid or a uid prefix)") from None
 
 
 def last_scan_id(cat) -> int:

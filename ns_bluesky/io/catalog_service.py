@@ -3,8 +3,9 @@
 Reads a :class:`~ns_bluesky.io.catalog_config.CatalogServerConfig`, builds tiled's
 catalog (the metadata in one PostgreSQL database, the event tables in another, array
 files in ``data_dir``, detector files readable from ``detector_dir``), and serves it
-with uvicorn until SIGTERM or Ctrl-C. Once ready it makes sure the ``runs`` node exists
-as a ``CatalogOfBlueskyRuns`` and records ``detector_dir`` in its metadata, so a
+with uvicorn until SIGTERM or Ctrl-C. Once ready it makes sure the ``raw`` and ``processed``
+nodes exist as ``CatalogOfBlueskyRuns`` (a database of the old one-node layout keeps its
+``runs``) and records ``detector_dir`` in the raw runs' metadata, so a
 client that writes a scan (``ns-bluesky demo --catalog URL``) learns where its
 detector files must go for the server to read them.
 
@@ -78,12 +79,12 @@ def build_app(cfg: CatalogServerConfig, api_key: str):
 
 
 def _publish(cfg: CatalogServerConfig, uri: str, api_key: str) -> None:
-    """Create the runs node if needed and record the detector directory in its metadata."""
+    """Create the raw and processed nodes if needed and record the detector directory in the raw one's metadata."""
     from tiled.client import from_uri
 
-    from .catalog import RUNS_CONTAINER, _runs_node
+    from .catalog_layout import publish_node
 
-    runs = _runs_node(from_uri(uri, api_key=api_key), RUNS_CONTAINER)
+    runs = publish_node(from_uri(uri, api_key=api_key))
     info = {"detector_dir": str(cfg.detector_dir)}
     if runs.metadata.get(SERVER_METADATA_KEY) != info:
         runs.update_metadata({**runs.metadata, SERVER_METADATA_KEY: info})

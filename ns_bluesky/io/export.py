@@ -43,6 +43,9 @@ def export_run(cat, run_key: str | int, out: str | os.PathLike, *, raw: bool = F
     """Write one ptycho run (scan_id, uid or uid prefix) as CXI; returns the path written."""
     run = get_run(cat, run_key)
     start = run.metadata["start"]
+    if start.get("parent_uid"):
+        raise CatalogError(f"run {start['uid'][:8]} is a derived run (processed from raw run {start['parent_uid'][:8]}); "
+                           f"export the raw run: nsraw2cxi {start['parent_uid'][:8]}")
     if "detector_geometry" not in start or "energy_J" not in start:
         raise CatalogError(
             f"run {start['uid'][:8]} ({start.get('plan_name', '?')}) lacks detector geometry or energy; "

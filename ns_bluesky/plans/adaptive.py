@@ -28,6 +28,7 @@ from ..ptycho.adaptive import (
 )
 from ..ptycho.layout import grid_origins
 from .decision_log import DecisionLog, record_decision
+from .defaults import resolve_dark, resolve_optics
 from .feedback import Feedback
 from .stubs import merge_caller_md, ptycho_step, scan_layout, scan_metadata
 
@@ -342,6 +343,8 @@ def adaptive_ptycho(
         raise ParameterError(f"drift_every must be a whole number of frames >= 1 or None, got {drift_every!r}")
     if remeasure_rounds < 0:
         raise ParameterError(f"remeasure_rounds must be >= 0, got {remeasure_rounds!r}")
+    used: dict[str, str] = {}
+    optics, dark_uid = resolve_optics(optics, used), resolve_dark(det, dark_uid, used)
     zp, spec, grid, scan_md = scan_layout(det, stage, optics, "raster", shape=shape, step=step, overlap=overlap, center=center)
     step_m = scan_md["step_m"]
     ny, nx = spec.shape
@@ -365,6 +368,8 @@ def adaptive_ptycho(
         "adaptive": {**settings, "planned_positions_note": "coarse points, the rest of the grid, then the grid again as "
                      "slots for frames measured twice; the adaptive stream says what was measured and why"},
     }
+    if used:
+        _md["session_defaults"] = used
     _md = merge_caller_md(_md, md)
     runner = _AdaptiveRun(det, stage, shutter, feedback, grid, (ny, nx), step_m, optics.energy.get(), zp, settings)
 

@@ -13,6 +13,7 @@ import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 from bluesky.utils import MsgGenerator
 
+from .defaults import remember_dark, resolve_dark, resolve_optics
 from .stubs import (
     check_count,
     check_detector,
@@ -28,6 +29,10 @@ __all__ = ["dark_frames", "ptycho_scan"]
 
 def dark_frames(det, shutter, num: int, *, md: dict | None = None) -> MsgGenerator[str]:
     """Take ``num`` frames with the shutter closed: the dark run a ptycho scan refers to.
+
+    In a session with defaults (:func:`~ns_bluesky.plans.defaults.use_session_defaults`,
+    as the IPython profile has), the run becomes the dark of later scans of ``det`` at the
+    same exposure once it has closed.
 
     See Also
     --------
@@ -55,7 +60,9 @@ def dark_frames(det, shutter, num: int, *, md: dict | None = None) -> MsgGenerat
             yield from bps.checkpoint()
             yield from bps.trigger_and_read([det])
 
-    return (yield from inner())
+    uid = yield from inner()  # raises, and nothing is remembered, when the run failed or was aborted
+    remember_dark(det, uid)
+    return uid
 
 
 def ptycho_scan(
@@ -70,7 +77,7 @@ def ptycho_scan(
     overlap: float | None = None,
     jitter: float = 0.0,
     center: Sequence[float] = (0.0, 0.0),
-    optics=None,  # required; keyword for symmetry with the other settings
+    optics=None,  # required, unless the session lends its own (use_session_defaults)
     sample: str | None = None,
     dark_uid: str | None = None,
     md: dict | None = None,
@@ -80,12 +87,17 @@ def ptycho_scan(
     Lengths are metres. ``step`` or ``overlap`` (fraction of the beam footprint, needs
     ``optics``) sets the spacing. The start document records the planned positions,
     the detector geometry, energy and probe optics, the sample name and ``dark_uid``
-    (the dark run to subtract), so a reconstruction needs nothing else.
+    (the dark run to subtract), so a reconstruction needs nothing else. In a session with
+    defaults (the IPython profile), ``optics`` and ``dark_uid`` left out are the session's
+    optics and its latest dark of ``det`` at this exposure; ``session_defaults`` in the
+    start document says which.
 
     See Also
     --------
     dark_frames
     """
+    used: dict[str, str] = {}
+    optics, dark_uid = resolve_optics(optics, used), resolve_dark(det, dark_uid, used)
     _, spec, planned, scan_md = scan_layout(
         det, stage, optics, pattern, shape=shape, num_points=num_points, step=step, overlap=overlap, jitter=jitter, center=center
     )
@@ -109,6 +121,8 @@ def ptycho_scan(
     }
     if spec.kind == "raster":
         _md["shape"] = list(spec.shape)
+    if used:
+        _md["session_defaults"] = used
     _md = merge_caller_md(_md, md)
 
     @bpp.stage_decorator([det, stage])

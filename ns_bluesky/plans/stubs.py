@@ -141,7 +141,8 @@ def scan_layout(det, stage, optics, pattern: str, **scan) -> tuple[ZonePlateOpti
     if optics is None:
         raise ParameterError(
             "optics is required: the start document must record the energy and probe optics a reconstruction "
-            "needs (pass the beamline's ZonePlateOptics device, e.g. optics=bl.optics)"
+            "needs (pass the beamline's ZonePlateOptics device, e.g. optics=bl.optics, or lend it to every plan of "
+            "the session once: ns_bluesky.plans.use_session_defaults(optics=bl.optics))"
         )
     zp = ZonePlateOptics(
         diameter_m=optics.diameter.get(),

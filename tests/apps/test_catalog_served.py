@@ -38,7 +38,8 @@ def test_demo_writes_raw_dark_and_derived_runs_into_the_served_catalog(pg_catalo
 
     rows = json.loads(_run([*CLI, "runs", "--catalog", pg_catalog.url, "--scan-id", str(summary["scan_id"]), "--json"],
                            pg_catalog))
-    assert [r["uid"] for r in rows] == [summary["raw_uid"]] and rows[0]["status"] == "success"
+    assert [(r["kind"], r["uid"]) for r in rows] == [("raw", summary["raw_uid"]), ("derived", summary["derived_uid"])]
+    assert rows[0]["status"] == "success" and rows[1]["parent_uid"] == summary["raw_uid"]
     by_sample = json.loads(_run([*CLI, "runs", "--sample", "pg-demo", "--json"], pg_catalog,  # the URL from the environment
                                 NS_BLUESKY_CATALOG=pg_catalog.url))
     assert {summary["raw_uid"], summary["dark_uid"]} <= {r["uid"] for r in by_sample}

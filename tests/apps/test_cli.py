@@ -11,7 +11,7 @@ from pathlib import Path
 import h5py
 import pytest
 
-from ns_bluesky.apps.cli import build_parser, build_raw2cxi_parser
+from ns_bluesky.apps.cli import build_parser, build_raw2cxi_parser, nsraw2cxi_main
 
 BIN = Path(sys.executable).parent
 
@@ -51,6 +51,7 @@ def test_nsraw2cxi_help_and_top_level_help():
         (["demo", "--scan", "2x2", "--sample-image", "/no/such.png"], 2, "no such file: /no/such.png"),
         (["demo", "--scan", "2x2", "--exposure", "-1"], 2, "argument --exposure: must be > 0 s"),
         (["runs", "--since", "yesterday-ish"], 1, "no catalog at"),
+        (["demo", "--adaptive", "--pattern", "fermat"], 1, "--adaptive runs a raster on the in-process beamline; drop --pattern"),
     ],
 )
 def test_errors_are_one_clear_line(args, code, message, tmp_path):
@@ -60,6 +61,41 @@ def test_errors_are_one_clear_line(args, code, message, tmp_path):
     assert len(lines) == 1, out.stderr
     assert lines[0].startswith("ns-bluesky") and ": error:" in lines[0] and message in lines[0], lines[0]
     assert "Traceback" not in out.stderr
+
+
+def test_runs_lists_raw_and_derived_runs_marked_and_nsraw2cxi_names_the_raw_run_of_a_derived_one(tmp_path, capsys):
+    import bluesky.plans as bp
+    from bluesky import RunEngine
+    from ophyd.sim import det
+
+    from ns_bluesky.callbacks.derived import DerivedRun
+    from ns_bluesky.io.catalog import make_tiled_writer, open_catalog
+    from ns_bluesky.io.catalog_layout import processed_of
+
+    cat = open_catalog(tmp_path / "cat")  # served by this process; the commands connect to it
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(make_tiled_writer(cat, batch_size=1))
+    (raw,) = RE(bp.count([det], 2), sample_name="star")
+    derived = DerivedRun(make_tiled_writer(processed_of(cat), batch_size=1), tmp_path, parent_uid=raw,
+                         md={"parent_scan_id": 1, "parent_sample_name": "star"})
+    derived.add("stxm", {"frames": 2})
+    derived.close()
+
+    def cli(*args, main=None):  # in this process: the catalog's server is this process's own
+        from ns_bluesky.apps.cli import main as ns_bluesky
+
+        code = (main or ns_bluesky)([*args, "--catalog", str(tmp_path / "cat")])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    rows = json.loads(cli("runs", "--json")[1])
+    assert [(r["kind"], r["uid"], r["scan_id"]) for r in rows] == [("raw", raw, 1), ("derived", derived.uid, 1)]
+    assert rows[1]["parent_uid"] == raw and rows[1]["plan"] == "ns_bluesky_pipeline" and rows[1]["sample"] == "star"
+    assert [r["uid"] for r in json.loads(cli("runs", "--kind", "raw", "--json")[1])] == [raw]
+    table = cli("runs")[1].splitlines()
+    assert table[0].split()[:2] == ["kind", "scan_id"] and table[2].startswith("derived  1") and derived.uid[:8] in table[2]
+    code, _, err = cli(derived.uid[:8], "-o", str(tmp_path / "x.cxi"), main=nsraw2cxi_main)
+    assert code == 1 and f"export the raw run: nsraw2cxi {raw[:8]}" in err.strip().splitlines()[-1]
 
 
 def test_nsraw2cxi_on_a_mistyped_catalog_is_one_line_and_creates_nothing(tmp_path):
@@ -94,7 +130,9 @@ def test_demo_end_to_end_then_runs_and_nsraw2cxi(tmp_path):
     assert again.returncode == 0, again.stderr  # 20 Hz shortens the default exposure instead of failing
     assert json.loads((out_dir / "summary.json").read_text())["scan_id"] == summary["scan_id"] + 2
     listed = json.loads(_run("ns-bluesky", "runs", "--catalog", str(cat), "--sample", "gold", "--json").stdout)
-    assert len(listed) == 2  # darks and scan carry the sample name
+    raw = [r["uid"] for r in listed if r["kind"] == "raw"]
+    assert len(raw) == 2  # darks and scan carry the sample name, and their derived runs (the dark's too) their raw run's
+    assert sorted(r["parent_uid"] for r in listed if r["kind"] == "derived") == sorted(raw)
 
 
 @pytest.mark.slow

@@ -9,11 +9,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from tiled.queries import Key
 
 from ns_bluesky.apps.replay import replay
 from ns_bluesky.callbacks.bridge import PipelineBridge
 from ns_bluesky.io.catalog import make_tiled_writer
+from ns_bluesky.io.catalog_layout import derived_runs
 from ns_bluesky.plans import dark_frames, ptycho_scan
 from ns_bluesky.stages.pipeline import ptycho_pipeline
 from tests.support.processes import process_running
@@ -22,9 +22,10 @@ pytestmark = pytest.mark.slow
 
 
 def _derived(cat, raw_uid):
-    found = cat.search(Key("parent_uid") == raw_uid)
+    found = derived_runs(cat, raw_uid)  # in the processed node beside the raw runs
     assert len(found) >= 1, f"no derived run of {raw_uid}"
-    return found.values().last()
+    assert cat[-1].metadata["start"].get("parent_uid") is None  # the raw runs hold no derived run
+    return found[-1]
 
 
 def test_demo_streams_the_scan_through_the_pipeline_into_a_derived_run(tmp_path, cat, catalog_dir):

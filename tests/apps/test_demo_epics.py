@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from tiled.queries import Key
 
+from ns_bluesky.io.catalog_layout import processed_of
 from tests.support.processes import process_running
 
 pytestmark = pytest.mark.slow
@@ -83,9 +84,9 @@ def test_demo_over_epics_files_every_frame_through_the_ioc_and_stops_it(tmp_path
     assert raw.metadata["start"]["exposure_s"] == pytest.approx(0.025)  # 20 Hz: half the period left for moves
     assert "acquisition failed" not in ioc_log  # (caproto logs beacon tracebacks: no repeater on loopback)
 
-    derived = cat.search(Key("parent_uid") == summary["raw_uid"])
+    derived = processed_of(cat).search(Key("parent_uid") == summary["raw_uid"])
     assert summary["derived_uid"] in list(derived)
-    assert cat[summary["derived_uid"]].metadata["stop"]["exit_status"] == "success"
+    assert derived[summary["derived_uid"]].metadata["stop"]["exit_status"] == "success"
     assert Path(summary["png"]).stat().st_size > 10_000
     assert math.isfinite(summary["nrmse"]) and 0 < summary["nrmse"] < 0.6
 

@@ -19,9 +19,9 @@ def _emit_to(cat, docs):
     return emit
 
 
-def test_results_become_a_run_linked_to_its_raw_run(cat, catalog_dir, recorded):
+def test_results_become_a_run_linked_to_its_raw_run(processed, catalog_dir, recorded):
     docs = []
-    run = DerivedRun(_emit_to(cat, docs), detector_dir(catalog_dir), parent_uid=recorded["scan"], dark_uid=recorded["dark"],
+    run = DerivedRun(_emit_to(processed, docs), detector_dir(catalog_dir), parent_uid=recorded["scan"], dark_uid=recorded["dark"],
                      md={"engine": "lsqml"})
     rng = np.random.default_rng(0)
     phases = [rng.normal(size=(48, 40)).astype(np.float32) for _ in range(3)]
@@ -35,7 +35,7 @@ def test_results_become_a_run_linked_to_its_raw_run(cat, catalog_dir, recorded):
     assert stop["exit_status"] == "success" and stop["num_events"]["frames_qc"] == 20
     assert [n for n, _ in docs].count("stream_resource") == 4  # one HDF5 file per array key
 
-    found = cat.search(Key("parent_uid") == recorded["scan"])
+    found = processed.search(Key("parent_uid") == recorded["scan"])
     assert list(found) == [run.uid]
     derived = found[run.uid]
     assert derived.metadata["start"]["dark_uid"] == recorded["dark"] and derived.metadata["start"]["engine"] == "lsqml"
@@ -47,11 +47,11 @@ def test_results_become_a_run_linked_to_its_raw_run(cat, catalog_dir, recorded):
     assert list(qc["flags"].read())[6] == "nan" and len(qc["photons"].read()) == 20
 
 
-def test_a_run_cut_short_still_ends_saying_why(cat, catalog_dir, recorded):
-    run = DerivedRun(make_tiled_writer(cat), detector_dir(catalog_dir), parent_uid=recorded["other"])
+def test_a_run_cut_short_still_ends_saying_why(processed, catalog_dir, recorded):
+    run = DerivedRun(make_tiled_writer(processed), detector_dir(catalog_dir), parent_uid=recorded["other"])
     run.add("reconstruction", {"iteration": 1, "residual": 0.5}, {"object_phase": np.zeros((8, 8), np.float32)})
     run.close(exit_status="abort", reason="pipeline aborted by the user")
-    derived = cat.search(Key("parent_uid") == recorded["other"])[run.uid]
+    derived = processed.search(Key("parent_uid") == recorded["other"])[run.uid]
     stop = derived.metadata["stop"]
     assert stop["exit_status"] == "abort" and stop["reason"] == "pipeline aborted by the user"
 

@@ -22,10 +22,10 @@ def _wait(predicate, timeout_s=30.0):
     return predicate()
 
 
-def test_each_runs_results_become_a_derived_run(make_pipeline, cat, catalog_dir, recorded):
+def test_each_runs_results_become_a_derived_run(make_pipeline, cat, processed, catalog_dir, recorded):
     pipe = make_pipeline(CHAIN)
     raw_uid = recorded["scan"]  # the bridge names pipeline runs by the raw run's uid
-    recorder = ResultsRecorder(pipe.cfg, make_tiled_writer(cat), detector_dir(catalog_dir),
+    recorder = ResultsRecorder(pipe.cfg, make_tiled_writer(processed), detector_dir(catalog_dir),
                                dark_uid_of=lambda uid: cat[uid].metadata["start"].get("dark_uid"), md={"pipeline": "echo+tally"})
     try:
         client = pipe.ingest()
@@ -38,7 +38,7 @@ def test_each_runs_results_become_a_derived_run(make_pipeline, cat, catalog_dir,
     finally:
         recorder.close()
     derived_uid = recorder.finished[raw_uid]
-    found = cat.search(Key("parent_uid") == raw_uid).search(Key("pipeline") == "echo+tally")
+    found = processed.search(Key("parent_uid") == raw_uid).search(Key("pipeline") == "echo+tally")
     assert derived_uid in list(found)
     run = found[derived_uid]
     start, stop = run.metadata["start"], run.metadata["stop"]
@@ -52,12 +52,12 @@ def test_each_runs_results_become_a_derived_run(make_pipeline, cat, catalog_dir,
     assert list(tally["count"].read()) == [20] and float(tally["checksum"].read()[0]) == sum(s * 40 * 48 for s in range(1, 21))
 
 
-def test_an_aborted_run_is_recorded_as_aborted(make_pipeline, cat, catalog_dir, recorded):
+def test_an_aborted_run_is_recorded_as_aborted(make_pipeline, processed, catalog_dir, recorded):
     from tests.support.pipeline import ECHO
 
     pipe = make_pipeline(ECHO.format(workers=1, delay=0.2))
     raw_uid = recorded["other"]
-    recorder = ResultsRecorder(pipe.cfg, make_tiled_writer(cat), detector_dir(catalog_dir))
+    recorder = ResultsRecorder(pipe.cfg, make_tiled_writer(processed), detector_dir(catalog_dir))
     try:
         client = pipe.ingest()
         client.send(Message("start", run=raw_uid))
@@ -69,6 +69,29 @@ def test_an_aborted_run_is_recorded_as_aborted(make_pipeline, cat, catalog_dir, 
         assert _wait(lambda: raw_uid in recorder.finished)
     finally:
         recorder.close()
-    run = cat[recorder.finished[raw_uid]]
+    run = processed[recorder.finished[raw_uid]]
     assert run.metadata["stop"]["exit_status"] == "abort"
     assert run.metadata["start"]["parent_uid"] == raw_uid
+
+
+def test_the_refined_reconstruction_is_recorded_though_it_carries_more_scalars(tmp_path):
+    """The reconstruction's refined result adds refine_* scalars its earlier results lack: the stream keeps
+    them as NaN until known, instead of refusing the refined (best) reconstruction."""
+    from ns_bluesky.stages.pipeline import ptycho_pipeline
+
+    docs = []
+    recorder = ResultsRecorder(ptycho_pipeline(out_dir=tmp_path), lambda name, doc: docs.append((name, doc)), tmp_path)
+    try:
+        arrays = {"object_phase": np.zeros((8, 8), np.float32)}
+        recorder._on_message(Message("result", run="raw", seq=1, stage="recon", arrays=arrays,
+                                     meta={"scalars": {"iteration": 10, "residual": 0.5, "refined": 0}}))
+        recorder._on_message(Message("result", run="raw", seq=2, stage="recon", arrays=arrays,
+                                     meta={"scalars": {"iteration": 90, "residual": 0.1, "refined": 1, "refine_iterations": 80,
+                                                       "refine_best_iteration": 75, "refine_seconds": 2.5}}))
+        recorder._on_message(Message("end_of_run", run="raw", meta={}))
+    finally:
+        recorder.close()
+    events = [d["data"] for n, d in docs if n == "event"]
+    assert [e["iteration"] for e in events] == [10, 90] and np.isnan(events[0]["refine_iterations"])
+    assert events[1]["refine_iterations"] == 80.0 and events[1]["refine_seconds"] == 2.5
+    assert [d["exit_status"] for n, d in docs if n == "stop"] == ["success"]

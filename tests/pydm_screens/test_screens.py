@@ -16,9 +16,9 @@ pytest.importorskip("pydm", reason="the screens need the gui extra (pip install 
 from ns_bluesky.pydm_screens import hub as hubmod
 from ns_bluesky.pydm_screens.plugin import NSStreamPlugin
 from pydm.data_plugins import plugin_for_address
-from tiled.queries import Key
 
 from ns_bluesky.apps.session import PipelineSession
+from ns_bluesky.io.catalog_layout import derived_runs
 from ns_bluesky.stages.pipeline import ptycho_pipeline
 from ns_bluesky.stream.client import ControlClient, IngestClient, PipelineUnavailable
 from ns_bluesky.stream.protocol import Message
@@ -121,9 +121,9 @@ def test_live_and_status_screens_show_a_real_scan_and_the_viewer_opens_its_resul
         _shot(status, "pipeline_status.png")
         raw = scan.uid
 
-    found = cat.search(Key("parent_uid") == raw)
+    found = derived_runs(cat, raw)  # beside the raw runs, in the processed node
     assert len(found) == 1
-    derived_uid = next(iter(found))
+    derived_uid = found[0].metadata["start"]["uid"]
     viewer = Viewer(args=[derived_uid, "--catalog", str(catalog_dir)])
     qtbot.addWidget(viewer)
     viewer.resize(1400, 900)

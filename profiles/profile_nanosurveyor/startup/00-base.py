@@ -2,6 +2,8 @@
 
 The catalog is ``$NS_BLUESKY_CATALOG`` (else ``~/.local/share/ns-bluesky/catalog``): an
 embedded tiled server on SQLite + files, or ``http(s)://...`` for a tiled server.
+``cat`` holds the raw runs (``cat[-1]`` is the last scan or dark); ``processed`` the
+pipeline's derived runs beside them: ``derived(uid)`` lists those of one scan.
 """
 
 import time as _time
@@ -13,12 +15,26 @@ from bluesky.callbacks import LiveTable
 from ns_bluesky.callbacks import ProgressBar, ThreadedCallback
 
 from ns_bluesky.io.catalog import default_catalog_dir, last_scan_id, make_tiled_writer, open_catalog
+from ns_bluesky.io.catalog_layout import derived_runs, parent_run, processed_of
 
 CATALOG_DIR = default_catalog_dir()
-cat = open_catalog(CATALOG_DIR)
+cat = open_catalog(CATALOG_DIR)  # the raw runs
+processed = processed_of(cat)  # the derived runs
+
+
+def derived(raw) -> list:
+    """The derived runs of a raw run (or its uid), oldest first: ``derived(uid)[-1]`` is the latest."""
+    return derived_runs(cat, raw)
+
+
+def parent(run):
+    """The raw run a derived run (or its uid) was processed from."""
+    return parent_run(cat, run)
+
 RE = RunEngine({"scan_id": last_scan_id(cat)}, call_returns_result=False)
 catalog_writer = ThreadedCallback(make_tiled_writer(cat), name="catalog")
 RE.subscribe(catalog_writer)
 RE.subscribe(ProgressBar())
 RE.subscribe(LiveTable(["stage_y", "stage_x", "fccd_frame_counter"], default_prec=9))
-print(f"[00-base] RE, cat ({CATALOG_DIR}, last scan id {RE.md['scan_id']})")
+print(f"[00-base] RE, cat (raw runs), processed (derived runs), derived(uid), parent(run) ({CATALOG_DIR}, "
+      f"last scan id {RE.md['scan_id']})")

@@ -1,4 +1,4 @@
-"""Pipeline: every scan streams into the processing pipeline, its results become derived runs in ``cat``.
+"""Pipeline: every scan streams into the processing pipeline, its results become derived runs in ``processed``.
 
 ``$NS_BLUESKY_PIPELINE`` names the configuration of a pipeline that already runs
 (``ns-bluesky pipeline start --config F``); without it a private one is started on free
