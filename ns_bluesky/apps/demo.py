@@ -57,6 +57,8 @@ class DemoResult:
     exposure_s: float | None = None
     live_updates: int | None = None  # live reconstruction updates received while the frames came
     max_update_gap_at_s: float | None = None  # when the largest gap ended, seconds after the first frame
+    first_update_s: float | None = None  # the first live image, seconds after the first frame
+    max_gap_between_updates_s: float | None = None  # the largest gap after the first image, up to the last frame
     stage_overruns: int | None = None  # live updates the reconstruction stage itself published late (its own count)
 
 
@@ -303,6 +305,7 @@ def _run(beamline, sim, remote, cat, target, detectors: Path, cfg: SimConfig, ou
     during = [t for t in times if last_event is None or t <= last_event]  # live updates while frames came
     gaps = np.diff([first, *during, last_event]) if first and last_event and times else []
     gap_at = float(([*during, last_event][int(np.argmax(gaps))] - first)) if len(gaps) else None
+    between = np.diff([*during, last_event]) if during and last_event else []
     ioc = None
     if remote is not None:
         scan_cpu = ioc_cpu1 - ioc_cpu0 if ioc_cpu0 is not None and ioc_cpu1 is not None else None
@@ -357,6 +360,8 @@ def _run(beamline, sim, remote, cat, target, detectors: Path, cfg: SimConfig, ou
         exposure_s=cfg.exposure_s,
         live_updates=len(during),
         max_update_gap_at_s=None if gap_at is None else round(gap_at, 2),
+        first_update_s=round(float(during[0] - first), 2) if during and first else None,
+        max_gap_between_updates_s=round(float(max(between)), 2) if len(between) else None,
         stage_overruns=(view.first_final or {}).get("scalars", {}).get("overruns"),
     )
     summary = Path(summary_json) if summary_json else out / "summary.json"

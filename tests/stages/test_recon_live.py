@@ -78,3 +78,15 @@ def test_on_an_unhindered_machine_the_live_loop_iterates_whole_passes(scan6):
     assert [s["overruns"] for s in live] == [0] * len(live), live
     assert sum(s["update_iterations"] for s in live) >= len(live)  # a 36-frame pass is quick: several per update
     assert 0 < final["residual"] < 1
+
+
+def test_a_scan_at_a_set_rate_runs_the_reconstruction_at_normal_priority():
+    """SCHED_IDLE (and nice 10) starved the live reconstruction's set-up on a loaded machine (first image 6-9 s after
+    the first frame); frames as fast as possible keep it, so that they lose nothing to the reconstruction."""
+    from ns_bluesky.stages.pipeline import ptycho_pipeline
+
+    def recon(**kw):
+        return next(m for m in ptycho_pipeline(free_ports=False, **kw).modules if m.name == "recon")
+
+    assert (recon().idle, recon().nice) == (True, 10)
+    assert (recon(recon_idle=False).idle, recon(recon_idle=False).nice) == (False, 0)
