@@ -9,8 +9,8 @@ plate's beam, 70 % overlap, Poisson noise) is reconstructed twice from the same 
 without position refinement, and the table gives the rms position error (nm, after removing the
 common shift, which the data cannot see) before and after, and each run's object NRMSE.
 
-    .venv/bin/python benchmarks/positions.py                     # 16 x 16 raster, 100 iterations, ~2-4 min on 2 cores
-    .venv/bin/python benchmarks/positions.py --grid 24 --noise-nm 2,5,10 --out positions-output
+    .venv/bin/python benchmarks/positions.py        # 16 x 16 raster, 100 iterations, 3 levels: ~5-10 min on 2 loaded cores
+    .venv/bin/python benchmarks/positions.py --grid 12 --iterations 80 --out test-output/positions
 
 Prints a table; writes positions.json and positions.png (true, recorded and refined positions around
 their lattice points, and the errors' rms per level) in --out.
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ns_bluesky.instrument.scan import raster
 from ns_bluesky.ophyd_devices import SampleStage
 from ns_bluesky.ptycho.engines import PtychoData, engine
 from ns_bluesky.ptycho.metrics import nrmse
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--noise-nm", default="default,5,10", help="encoder noise levels, rms nm ('default': the stage's)")
     ap.add_argument("--threads", type=int, default=0, help="engine threads (0: every core)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="positions-output", help="folder for positions.json and positions.png")
+    ap.add_argument("--out", default="test-output/positions", help="folder for positions.json and positions.png")
     args = ap.parse_args(argv)
 
     cfg = SimConfig()
@@ -80,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     s = farfield_set(grid=args.grid, frame=args.frame, overlap=0.7, photons=args.photons, probe_diameter_px=beam_px,
                      jitter_px=settle_m / dx, pixel_m=dx, energy_eV=cfg.energy_eV, seed=args.seed)
     true = s.origins  # where the stage settled: the frames were simulated there
+    step = s.info["step_px"]  # farfield_set's raster, drawn again: the settling error of each point
+    settled = raster((args.grid, args.grid), step, jitter_m=settle_m / dx, seed=args.seed) - raster((args.grid, args.grid), step)
     print(f"{args.grid} x {args.grid} raster, {args.frame}² frames, pixel {dx * 1e9:.2f} nm, beam {beam_px:.0f} px, "
           f"{args.photons:.0e} photons/frame, settling jitter {settle_m * 1e9:.1f} nm rms, {args.iterations} LSQ-ML "
           f"iterations; load average {os.getloadavg()[0]:.1f}", flush=True)
@@ -105,27 +108,26 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     result = {"grid": args.grid, "frame": args.frame, "pixel_nm": dx * 1e9, "beam_px": beam_px, "photons": args.photons,
               "iterations": args.iterations, "settling_jitter_nm": settle_m * 1e9, "load_average": os.getloadavg()[0],
-              "true_px": true.tolist(), "levels": rows}
+              "true_px": true.tolist(), "settling_error_px": settled.tolist(), "levels": rows}
     (out / "positions.json").write_text(json.dumps(result, indent=1))
-    figure(out / "positions.png", true, rows, dx, args.grid)
+    figure(out / "positions.png", true, settled, rows, dx)
     print(f"wrote {out / 'positions.json'} and {out / 'positions.png'}")
     return 0
 
 
-def figure(path: Path, true: np.ndarray, rows: list[dict], dx: float, grid: int) -> None:
-    """Per level: the errors of the recorded and refined positions against the true ones (nm, common shift
-    removed), one arrow pair per frame; and where each frame really was against its lattice point."""
+def figure(path: Path, true: np.ndarray, settled: np.ndarray, rows: list[dict], dx: float) -> None:
+    """Where each frame really was against its lattice point (``settled``, px); per level, the errors of the
+    recorded and refined positions against the true ones (nm, common shift removed), one dot each per frame."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(1, len(rows) + 1, figsize=(5 * (len(rows) + 1), 5), constrained_layout=True)
-    step = np.median(np.abs(np.diff(true[:grid, 1])))
-    lattice = np.round((true - true.min(axis=0)) / step) * step + true.min(axis=0)
-    off = (true - lattice) * dx * 1e9
+    off = settled * dx * 1e9
     ax[0].scatter(off[:, 1], off[:, 0], s=6)
-    ax[0].set_title("true positions off their lattice point (nm)\nsettling jitter: the scan is no lattice")
+    ax[0].set_title(f"true positions off their lattice point (nm)\nsettling jitter {np.sqrt((off**2).mean()):.2f} nm rms "
+                    "per axis: no lattice")
     ax[0].set_aspect("equal")
     for a, row in zip(ax[1:], rows, strict=True):
         for key, colour in (("recorded_px", "tab:red"), ("refined_px", "tab:green")):
