@@ -374,21 +374,22 @@ class ReconStage(Stage):
             "seconds_after_last_frame": float(now - session.last_frame_at) if session.last_frame_at else 0.0,
             "overruns": overruns, "largest_gap_s": round(largest, 3),
         }
-        if "batches" in snap:  # what this update got: fewer iterations on a slow machine, never a later update
-            last_iteration, last_batches = self.progress[run]
-            scalars["update_iterations"] = int(snap["iteration"]) - last_iteration
-            scalars["update_batches"] = int(snap["batches"]) - last_batches
-            self.progress[run] = (int(snap["iteration"]), int(snap["batches"]))
+        # every result has the same keys (the derived run's stream holds one set): what does not apply is 0 or NaN
+        last_iteration, last_batches = self.progress[run]
+        batches = int(snap.get("batches", last_batches))  # what this update got: fewer iterations on a slow machine
+        scalars["update_iterations"] = int(snap["iteration"]) - last_iteration
+        scalars["update_batches"] = batches - last_batches
+        self.progress[run] = (int(snap["iteration"]), batches)
         arrays = {
             "object_amplitude": np.abs(obj).astype(np.float32), "object_phase": np.angle(obj).astype(np.float32),
             "probe_amplitude": np.abs(probe).astype(np.float32), "probe_phase": np.angle(probe).astype(np.float32),
         }
-        if final and not refined and session.ended_at is not None:  # the final image's own budget
-            scalars["final_s"] = round(now - session.ended_at, 3)
-            scalars["final_overrun"] = int(now - session.ended_at > self.params.final_seconds + self.params.overrun_margin_s)
-        for key in ("refine_iterations", "refine_best_iteration", "refine_seconds"):
-            if key in snap:
-                scalars[key] = snap[key]
+        on_budget = final and not refined and session.ended_at is not None  # the final image's own budget
+        scalars["final_s"] = round(now - session.ended_at, 3) if on_budget else float("nan")
+        scalars["final_overrun"] = int(on_budget and now - session.ended_at > self.params.final_seconds + self.params.overrun_margin_s)
+        scalars["refine_iterations"] = int(snap.get("refine_iterations", 0))
+        scalars["refine_best_iteration"] = int(snap.get("refine_best_iteration", 0))
+        scalars["refine_seconds"] = float(snap.get("refine_seconds", float("nan")))
         meta = {"scalars": scalars, "object_pixel_size_m": session.dx, "engine": self.params.engine, "margin_px": MARGIN_PX}
         if final:
             meta["positions"] = session.positions
