@@ -45,8 +45,8 @@ class SimulationSource:
 
     ``faults`` (:class:`ns_bluesky.sim.faults.Faults`) spoils scheduled light frames
     (dropped packets, beam loss, saturation) and lets the sample drift on the stage: the
-    frame is rendered where the sample really is, the stage's dial position plus the
-    drift, while the stage reports its own readback.
+    frame is rendered where the sample really is, the stage's true dial position (not its
+    encoder's reading) plus the drift, while the stage reports its own readback.
     """
 
     def __init__(self, sim: PtychoSimulation, stage, faults: Faults | None = None):
@@ -58,7 +58,7 @@ class SimulationSource:
         if not light:
             return self.sim.raw_frame(None, frame_index, exposure_s)
         axes = (self.stage.y, self.stage.x)
-        translation = np.array([getattr(a, "dial_position", a.position) for a in axes])
+        translation = np.array([getattr(a, "true_dial_position", getattr(a, "dial_position", a.position)) for a in axes])
         faults, k = self.faults, self.light_frames
         self.light_frames += 1
         if faults is None:

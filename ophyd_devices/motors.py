@@ -1,8 +1,12 @@
-"""Simulated piezo sample stage: two axes with limits, velocity, settle time and readback jitter.
+"""Simulated piezo sample stage: two axes with limits, velocity, settle time, settling jitter and encoder noise.
 
-A real stage never lands exactly on its setpoint; ptychography needs the readback,
-so every move draws a seeded jitter and the readback is what gets recorded (and what
-the simulated detector uses to place the probe).
+A real stage never lands exactly on its setpoint, and its encoder never reads exactly
+where it landed. Every move draws (seeded) a settling error, so the axis comes to rest a
+few nm off the setpoint (a raster is no perfect lattice), and an encoder error, so the
+readback, which is what gets recorded, is a few nm off where the axis really is. The
+simulated detector renders the frame where the axis really is (``true_dial_position``):
+what the reconstruction is given differs from the truth by the encoder noise, which
+position refinement has to find.
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ class SimMotor(Device):
     setpoint = Cpt(Signal, value=0.0, kind="normal")
     velocity = Cpt(Signal, value=1e-3, kind="config", doc="m/s")
     settle_time = Cpt(Signal, value=1e-3, kind="config", doc="s after arrival")
-    jitter = Cpt(Signal, value=2e-9, kind="config", doc="rms readback error, m")
+    jitter = Cpt(Signal, value=2e-9, kind="config", doc="rms settling error: where the axis comes to rest is off the setpoint by this, m")
+    encoder_noise = Cpt(Signal, value=2e-9, kind="config", doc="rms encoder error: the readback is off where the axis is by this, m")
     low_limit = Cpt(Signal, value=-50e-6, kind="config")
     high_limit = Cpt(Signal, value=50e-6, kind="config")
     user_offset = Cpt(_UserOffset, value=0.0, kind="config", doc="user = dial + offset, m")
@@ -56,6 +61,7 @@ class SimMotor(Device):
         self.readback.name = self.name
         self._rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
         self._lock = threading.Lock()
+        self._true_dial = 0.0  # where the axis really is (dial coordinates); the readback adds the encoder's error
 
     @property
     def position(self) -> float:
@@ -63,8 +69,19 @@ class SimMotor(Device):
 
     @property
     def dial_position(self) -> float:
-        """Where the axis itself is (its encoder), whatever the user offset says."""
+        """Where the encoder says the axis itself is, whatever the user offset says."""
         return self.readback.get() - self.user_offset.get()
+
+    @property
+    def true_dial_position(self) -> float:
+        """Where the axis really is, in dial coordinates: the readback's dial position less the encoder's error.
+        Only a simulation knows it; the simulated detector renders the frame there."""
+        return self._true_dial
+
+    @property
+    def true_position(self) -> float:
+        """Where the axis really is, in user coordinates (what a perfect encoder would read)."""
+        return self._true_dial + self.user_offset.get()
 
     @property
     def limits(self) -> tuple[float, float]:
@@ -84,10 +101,13 @@ class SimMotor(Device):
             start = self.readback.get()
             self.setpoint.put(value)
             landed = value + self._rng.normal(0.0, self.jitter.get()) if self.jitter.get() > 0 else value
+            read = landed + self._rng.normal(0.0, self.encoder_noise.get()) if self.encoder_noise.get() > 0 else landed
+            offset = self.user_offset.get()
         duration = abs(value - start) / self.velocity.get() + self.settle_time.get()
 
         def arrive() -> None:
-            self.readback.put(landed)
+            self._true_dial = landed - offset
+            self.readback.put(read)
             status.set_finished()
 
         if duration < _SYNC_MOVE_S:

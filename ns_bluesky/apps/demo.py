@@ -57,6 +57,11 @@ class DemoResult:
     path: str = "in-process"  # the devices: "in-process" (simulated Ophyd devices) or "epics" (Channel Access)
     ioc: dict | None = None  # the EPICS path's IOC: prefix, port, pid, CPU seconds (scan, total)
     exposure_s: float | None = None
+    live_updates: int | None = None  # live reconstruction updates received while the frames came
+    max_update_gap_at_s: float | None = None  # when the largest gap ended, seconds after the first frame
+    first_update_s: float | None = None  # the first live image, seconds after the first frame
+    max_gap_between_updates_s: float | None = None  # the largest gap after the first image, up to the last frame
+    stage_overruns: int | None = None  # live updates the reconstruction stage itself published late (its own count)
 
 
 def parse_scan(text: str) -> tuple[int, int]:
@@ -240,7 +245,9 @@ def _run(beamline, sim, remote, cat, target, detectors: Path, cfg: SimConfig, ou
 
         bank = np.stack([sim.raw_frame(sim.planned[i % len(sim.planned)], i) for i in range(prerendered)])
         beamline.fccd.source = ReplaySource(bank, np.stack([sim.raw_frame(None, i) for i in range(4)]), sim.geom)
-    pipe_cfg = ptycho_pipeline(frame_workers=workers, engine=engine, backend=backend, out_dir=out, refine_s=refine_s)
+    # at a set rate the live updates must keep coming on a busy machine: the reconstruction is not SCHED_IDLE then
+    pipe_cfg = ptycho_pipeline(frame_workers=workers, engine=engine, backend=backend, out_dir=out, refine_s=refine_s,
+                               recon_idle=rate_hz == 0)
 
     ctrl_c = StopOnCtrlC()  # a command: Ctrl-C stops now, in whichever run (bluesky's would pause at a checkpoint)
     RE = RunEngine({"scan_id": last_scan_id(cat)}, call_returns_result=False, context_managers=[ctrl_c.for_engine])
@@ -309,6 +316,8 @@ def _run(beamline, sim, remote, cat, target, detectors: Path, cfg: SimConfig, ou
     times = [t for t, *_ in view.recon_updates]
     during = [t for t in times if last_event is None or t <= last_event]  # live updates while frames came
     gaps = np.diff([first, *during, last_event]) if first and last_event and times else []
+    gap_at = float(([*during, last_event][int(np.argmax(gaps))] - first)) if len(gaps) else None
+    between = np.diff([*during, last_event]) if during and last_event else []
     ioc = None
     if remote is not None:
         scan_cpu = ioc_cpu1 - ioc_cpu0 if ioc_cpu0 is not None and ioc_cpu1 is not None else None
@@ -361,6 +370,11 @@ def _run(beamline, sim, remote, cat, target, detectors: Path, cfg: SimConfig, ou
         path=path,
         ioc=ioc,
         exposure_s=cfg.exposure_s,
+        live_updates=len(during),
+        max_update_gap_at_s=None if gap_at is None else round(gap_at, 2),
+        first_update_s=round(float(during[0] - first), 2) if during and first else None,
+        max_gap_between_updates_s=round(float(max(between)), 2) if len(between) else None,
+        stage_overruns=(view.first_final or {}).get("scalars", {}).get("overruns"),
     )
     summary = Path(summary_json) if summary_json else out / "summary.json"
     summary.write_text(json.dumps(asdict(result), indent=2))

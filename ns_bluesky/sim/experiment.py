@@ -179,18 +179,26 @@ class SimulatedScan:
 
     raw: np.ndarray  # (N, 1040, 1152) uint16, light frames in scan order
     dark: np.ndarray  # (D, 1040, 1152) uint16
-    translations_m: np.ndarray  # (N, 2) y, x where the stage really was
+    translations_m: np.ndarray  # (N, 2) y, x where the stage really was: the frames are rendered there
     truth: Truth
+    recorded_m: np.ndarray | None = None  # (N, 2) what its encoder read (the translations plus the encoder noise)
 
 
-def simulate_scan(config: SimConfig | None = None, *, dark_frames: int = 0, jitter_m: float = 0.0) -> SimulatedScan:
+def simulate_scan(
+    config: SimConfig | None = None, *, dark_frames: int = 0, jitter_m: float = 0.0, encoder_noise_m: float = 0.0
+) -> SimulatedScan:
     """Every frame of ``config.scan`` without devices or files, for tests and offline benchmarks.
 
-    ``jitter_m`` adds the stage's readback error to the planned positions (seeded).
+    ``jitter_m``: the stage's settling error, rms: where it really was is off the planned positions by this (seeded),
+    and the frames are rendered there. ``encoder_noise_m``: the encoder's error, rms: ``recorded_m`` (what a run
+    would record) is off where the stage really was by this, as :class:`~ns_bluesky.ophyd_devices.motors.SimMotor`'s
+    readback is.
     """
     sim = PtychoSimulation(config)
     rng = np.random.default_rng([sim.config.seed, 0x5CA7])
     translations = sim.planned + (rng.normal(0.0, jitter_m, sim.planned.shape) if jitter_m > 0 else 0.0)
+    noise = np.random.default_rng([sim.config.seed, 0xE1C0])
+    recorded = translations + (noise.normal(0.0, encoder_noise_m, translations.shape) if encoder_noise_m > 0 else 0.0)
     dark = np.stack([sim.raw_frame(None, i) for i in range(dark_frames)]) if dark_frames else np.empty((0, *sim.geom.raw_shape), np.uint16)
     raw = np.stack([sim.raw_frame(t, dark_frames + i) for i, t in enumerate(translations)])
-    return SimulatedScan(raw=raw, dark=dark, translations_m=translations, truth=sim.truth)
+    return SimulatedScan(raw=raw, dark=dark, translations_m=translations, truth=sim.truth, recorded_m=recorded)

@@ -23,20 +23,25 @@ def ptycho_pipeline(
     refine_s: float = 60.0,
     ranks: int = 1,
     positions: str = "auto",
+    recon_idle: bool = True,
     free_ports: bool = True,
     **settings,
 ) -> PipelineConfig:
     """The pipeline for a ptychography scan; ``free_ports`` picks loopback ports nobody uses (a private pipeline).
     ``refine_s``: the reconstruction's refinement budget in seconds (the best state it sees ends the run);
     ``ranks`` > 1 refines each scan's reconstruction over that many MPI ranks (the mpi extra);
-    ``positions``: auto, sample or probe (what the stage's positions are; :class:`.recon.ReconParams`)."""
+    ``positions``: auto, sample or probe (what the stage's positions are; :class:`.recon.ReconParams`);
+    ``recon_idle``: the reconstruction iterates only on CPU time nothing else wants (nice 10 and SCHED_IDLE: frames
+    as fast as possible lose nothing to it); False for a scan at a set rate, whose live updates must keep coming on
+    a busy machine: it then runs at the normal priority (measured on 2 loaded cores, load 10-16: under SCHED_IDLE
+    and under nice 10 alike its first image came 6-9 s after the first frame, the engine's set-up starved)."""
     modules = [
         {"name": "dark", "module": "dark", "workers": 1},
         # several frame workers share the cores: one FFT thread each
         {"name": "frame", "module": "frame", "workers": frame_workers, "params": {"crop": crop, "out_size": out_size, "fft_threads": 1}},
         {"name": "image", "module": "image", "workers": 1},
         # the reconstruction iterates on whatever CPU the frames leave: cleaning them comes first
-        {"name": "recon", "module": "recon", "workers": 1, "credits": 8, "nice": 10, "idle": True, "params": {"engine": engine, "backend": backend, "refine_seconds": refine_s, "positions": positions, **({"ranks": ranks} if ranks > 1 else {})}},
+        {"name": "recon", "module": "recon", "workers": 1, "credits": 8, "nice": 10 if recon_idle else 0, "idle": recon_idle, "params": {"engine": engine, "backend": backend, "refine_seconds": refine_s, "positions": positions, **({"ranks": ranks} if ranks > 1 else {})}},
         {"name": "cxiwrite", "module": "cxiwrite", "workers": 1, "credits": 8, "params": {"out_dir": str(out_dir), "raw": raw_cxi}},
     ]
     if free_ports:

@@ -9,6 +9,15 @@ goes on for at most ``final_seconds`` (or ``final_iterations``) and the final im
 out at once; then the whole scan is solved again from the live probe for
 ``refine_seconds``, and that image ends the run (and goes into the CXI file).
 
+Time budgets, not iteration counts, pace the live loop: ``publish_every_s`` is the refine
+budget of each live update (the thread takes a snapshot between mini-batches once it is
+spent, so a slow machine gets fewer iterations per update, never a longer silence), and
+``final_seconds`` counts from the moment the run's end arrives, checked between mini-batches
+too (an iteration in progress is cut, the state after its last finished batch is the final
+image). Each update reports the iterations and mini-batches it got and the stage's own count
+of late updates (``overruns``: later than the budget plus ``overrun_margin_s`` after the one
+before, or after the first frame for the first).
+
 Positions: the stage reads the sample's translation, so by default (``positions="auto"``
 and ``"sample"``) the probe is at minus it (``"probe"``: at it). With ``auto`` the
 refinement first lets the whole scan decide (:mod:`..ptycho.conventions`, from the
@@ -21,6 +30,7 @@ with its iterations; if it diverges, the live final image stands and the error i
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -30,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ParameterError, ReconstructionError
 from ..instrument.probe import zone_plate_probe
-from ..ptycho.backend import asnumpy
+from ..ptycho.backend import arrays, asnumpy
 from ..ptycho.budget import iterate_within
 from ..ptycho.conventions import Orientation, choose_orientation, orientation
 from ..ptycho.engines import PtychoData, engine
@@ -51,8 +61,18 @@ class ReconParams(BaseModel):
     engine: str = Field("lsqml", description="reconstruction engine (ns-bluesky reconstruct --help lists them)")
     backend: str = Field("numpy", description="numpy or cupy")
     threads: int = Field(0, ge=0, description="threads for the engine on numpy (0: every core)")
-    min_frames: int = Field(8, ge=1, description="frames to wait for before the first iteration")
-    publish_every_s: float = Field(1.0, gt=0, description="publish the growing estimate at most this often")
+    min_frames: int = Field(
+        8, ge=1, description="frames to wait for before the first iteration when the start document has no optics "
+        "(the probe is then guessed from them); with optics the reconstruction starts at the first frame"
+    )
+    publish_every_s: float = Field(
+        1.0, gt=0, description="the refine budget of each live update, seconds: the growing estimate is published this "
+        "often, however few mini-batches a slow machine got through meanwhile"
+    )
+    overrun_margin_s: float = Field(
+        1.0, ge=0, description="a live update later than publish_every_s plus this after the one before counts as an "
+        "overrun (reported with every update as 'overruns')"
+    )
     final_seconds: float = Field(3.5, ge=0, description="iterate at most this long after the last frame")
     final_iterations: int = Field(200, ge=0, description="... or at most this many iterations")
     refine_seconds: float = Field(
@@ -70,6 +90,10 @@ class ReconParams(BaseModel):
     )
 
 
+class _Cut(Exception):
+    """Raised between mini-batches to end an iteration early: the run's end came, or the final budget is spent."""
+
+
 class _Session:
     """One run's reconstruction: frames in through ``inbox``, iterations on a thread, snapshots out."""
 
@@ -83,10 +107,12 @@ class _Session:
         self.snapshot: dict | None = None
         self.snapshot_id = 0
         self.finishing = threading.Event()
-        self.last_frame_at = None
-        self.final_started = None
-        self.iteration_s = 0.0
+        self.first_frame_at = self.last_frame_at = None
+        self.ended_at: float | None = None  # when the run's end arrived: the final image's budget runs from then
+        self.final_deadline = math.inf
+        self.final_from: int | None = None
         self.snapped_at = 0.0
+        self.batches = 0  # mini-batches run
         self.lock = threading.Lock()
         self.error: Exception | None = None
         # probe (y, x) = sign * stage reading: the stage reads the sample's translation unless told otherwise
@@ -110,18 +136,18 @@ class _Session:
                     time.sleep(0.02)
                     continue
                 if self.finishing.is_set() and self.inbox.empty():
-                    if self.final_started is None:
-                        self.final_started = time.monotonic()
+                    if self.final_from is None:
                         self.final_from = self.eng.iteration
-                    p = self.params
-                    # stop before an iteration that would end past the budget (the last one's length)
-                    if (time.monotonic() - self.final_started + self.iteration_s > p.final_seconds
-                            or self.eng.iteration - self.final_from >= p.final_iterations):
+                    if (time.monotonic() >= self.final_deadline
+                            or self.eng.iteration - self.final_from >= self.params.final_iterations):
                         break
-                t0 = time.monotonic()
-                self.eng.iterate(1)
-                self.iteration_s = time.monotonic() - t0
+                try:
+                    self.eng.iterate(1)
+                except _Cut:  # the run ended meanwhile: absorb its last frames, or stop on the deadline
+                    continue
                 self._snap()
+            if self.eng is not None:
+                self._snap()  # the state after the last finished mini-batch: the final image
         except Exception as exc:  # kept, and reported by end_run: the worker must not die with it
             log.exception("reconstruction of run %s failed", self.info.uid[:8])
             self.error = exc
@@ -139,7 +165,9 @@ class _Session:
             else:
                 self.patterns[index] = pattern
                 self.eng.add_frames([index], pattern[None], self._origins(position[None]))
-        if self.eng is None and (len(self.pending) >= self.params.min_frames or (self.finishing.is_set() and self.pending)):
+        # with the optics known the probe needs no frames: start at the first, the first update comes sooner
+        needed = 1 if self.info.optics is not None else self.params.min_frames
+        if self.eng is None and (len(self.pending) >= needed or (self.finishing.is_set() and self.pending)):
             self._prepare()
 
     def _prepare(self) -> None:
@@ -158,7 +186,7 @@ class _Session:
         p = self.params
         self.eng = engine(p.engine, backend=p.backend, threads=p.threads)
         self.eng.prepare(data, probe.astype(np.complex64))
-        self.eng.on_batch = self._on_time  # a pass over a large scan may take longer than publish_every_s
+        self.eng.on_batch = self._on_batch  # a pass over a large scan may take longer than publish_every_s
         positions = np.stack([position for _, position in self.pending.values()])
         self.eng.add_frames(list(self.pending), first, self._origins(positions))  # each where it was measured
         self.patterns = np.zeros((len(origins), n, n), np.float32)  # kept for the refinement
@@ -170,8 +198,14 @@ class _Session:
         opposite to the sample (unless the positions are the probe's)."""
         return grid_origins(self.sign * np.asarray(positions_m, float), self.dx, self.lowest)
 
-    def _on_time(self) -> None:
-        if time.monotonic() - self.snapped_at >= self.params.publish_every_s:
+    def _on_batch(self) -> None:
+        """Between mini-batches: the update's budget spent, a snapshot; the run ended, the pass is cut short
+        to take the last frames in, or because the final image's budget is spent."""
+        self.batches += 1
+        now = time.monotonic()
+        if self.finishing.is_set() and (not self.inbox.empty() or now >= self.final_deadline):
+            raise _Cut
+        if now - self.snapped_at >= self.params.publish_every_s:
             self._snap()
 
     def _snap(self, best=None) -> None:
@@ -180,6 +214,7 @@ class _Session:
         snap = {
             "object": np.array(obj), "probe": np.array(probe), "iteration": self.eng.iteration,
             "residual": float(residuals[-1]) if residuals else float("nan"), "frames": self.frames,
+            "batches": self.batches,
         }
         if best is not None:  # a refinement's best state, not its last
             snap.update(object=best.obj, probe=best.probe, residual=best.best_residual,
@@ -191,6 +226,7 @@ class _Session:
     # ---------------------------------------------------------------- worker side
     def add(self, index: int, pattern: np.ndarray, dx: float, position_m: np.ndarray) -> None:
         self.last_frame_at = time.monotonic()
+        self.first_frame_at = self.first_frame_at or self.last_frame_at
         self.inbox.put((index, pattern, dx, position_m))
 
     def latest(self) -> tuple[int, dict | None]:
@@ -198,6 +234,8 @@ class _Session:
             return self.snapshot_id, self.snapshot
 
     def finish(self, timeout_s: float) -> None:
+        self.ended_at = time.monotonic()
+        self.final_deadline = self.ended_at + self.params.final_seconds
         self.finishing.set()
         self.thread.join(timeout_s)
 
@@ -284,6 +322,12 @@ class ReconStage(Stage):
         super().__init__(params, **worker)
         self.sessions: dict[str, _Session] = {}
         self.published: dict[str, tuple[int, float, int]] = {}  # run -> (snapshot id, time, updates)
+        self.lateness: dict[str, tuple[int, float]] = {}  # run -> (overruns, largest gap between live updates, s)
+        self.progress: dict[str, tuple[int, int]] = {}  # run -> (iteration, mini-batches) at the last published update
+        try:  # the FFT modules' imports (~1 s) now, not while the first frames wait for the first image
+            arrays(self.params.backend)
+        except Exception as exc:  # e.g. no cupy here: the run that needs it reports it
+            log.warning("the %s backend is not ready: %s", self.params.backend, exc)
 
     def start_run(self, msg: Message) -> None:
         info = scan_info(msg)
@@ -291,6 +335,8 @@ class ReconStage(Stage):
             run = msg.run
             self.sessions[run] = _Session(info, self.params, lambda: self.should_stop(run))
             self.published[run] = (0, 0.0, 0)
+            self.lateness[run] = (0, 0.0)
+            self.progress[run] = (0, 0)
 
     def process(self, msg: Message) -> Message | None:
         session = self.sessions.get(msg.run)
@@ -311,21 +357,39 @@ class ReconStage(Stage):
 
     def _result(self, run: str, snap_id: int, snap: dict, final: bool, refined: bool = False) -> Message:
         session = self.sessions[run]
-        updates = self.published[run][2] + 1
-        self.published[run] = (snap_id, time.monotonic(), updates)
+        _, last_t, updates = self.published[run]
+        now = time.monotonic()
+        overruns, largest = self.lateness[run]
+        if not final:  # live updates: each within the budget (plus the margin) of the one before, the first of the first frame
+            gap = now - (last_t or session.first_frame_at or now)
+            overruns += int(gap > self.params.publish_every_s + self.params.overrun_margin_s)
+            largest = max(largest, gap)
+            self.lateness[run] = (overruns, largest)
+        updates += 1
+        self.published[run] = (snap_id, now, updates)
         obj, probe = snap["object"], snap["probe"]
         scalars = {
             "iteration": int(snap["iteration"]), "residual": snap["residual"], "frames": int(snap["frames"]),
             "update": updates, "final": int(final), "refined": int(refined),
-            "seconds_after_last_frame": float(time.monotonic() - session.last_frame_at) if session.last_frame_at else 0.0,
+            "seconds_after_last_frame": float(now - session.last_frame_at) if session.last_frame_at else 0.0,
+            "overruns": overruns, "largest_gap_s": round(largest, 3),
         }
+        # every result has the same keys (the derived run's stream holds one set): what does not apply is 0 or NaN
+        last_iteration, last_batches = self.progress[run]
+        batches = int(snap.get("batches", last_batches))  # what this update got: fewer iterations on a slow machine
+        scalars["update_iterations"] = int(snap["iteration"]) - last_iteration
+        scalars["update_batches"] = batches - last_batches
+        self.progress[run] = (int(snap["iteration"]), batches)
         arrays = {
             "object_amplitude": np.abs(obj).astype(np.float32), "object_phase": np.angle(obj).astype(np.float32),
             "probe_amplitude": np.abs(probe).astype(np.float32), "probe_phase": np.angle(probe).astype(np.float32),
         }
-        for key in ("refine_iterations", "refine_best_iteration", "refine_seconds"):
-            if key in snap:
-                scalars[key] = snap[key]
+        on_budget = final and not refined and session.ended_at is not None  # the final image's own budget
+        scalars["final_s"] = round(now - session.ended_at, 3) if on_budget else float("nan")
+        scalars["final_overrun"] = int(on_budget and now - session.ended_at > self.params.final_seconds + self.params.overrun_margin_s)
+        scalars["refine_iterations"] = int(snap.get("refine_iterations", 0))
+        scalars["refine_best_iteration"] = int(snap.get("refine_best_iteration", 0))
+        scalars["refine_seconds"] = float(snap.get("refine_seconds", float("nan")))
         meta = {"scalars": scalars, "object_pixel_size_m": session.dx, "engine": self.params.engine, "margin_px": MARGIN_PX}
         if final:
             meta["positions"] = session.positions
@@ -353,9 +417,13 @@ class ReconStage(Stage):
         finally:
             self.sessions.pop(run, None)
             self.published.pop(run, None)
+            self.lateness.pop(run, None)
+            self.progress.pop(run, None)
 
     def abort_run(self, run: str) -> None:
         session = self.sessions.pop(run, None)
         self.published.pop(run, None)
+        self.lateness.pop(run, None)
+        self.progress.pop(run, None)
         if session is not None:
             session.finish(timeout_s=5)

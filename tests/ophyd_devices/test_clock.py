@@ -9,6 +9,7 @@ from ns_bluesky.ophyd_devices import SampleStage, clock
 def test_moves_finish_on_time_in_order_without_a_thread_each(monkeypatch):
     stage = SampleStage(name="stage", seed=1)
     stage.x.jitter.put(0.0)
+    stage.x.encoder_noise.put(0.0)
     stage.x.settle_time.put(0.002)
     stage.x.set(0.0).wait(1)  # the clock thread exists from here on
     started = []

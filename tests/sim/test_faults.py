@@ -49,6 +49,8 @@ def test_drift_renders_the_sample_where_it_slipped_while_the_stage_reads_the_set
     stage = SampleStage(name="stage")
     stage.x.jitter.put(0.0)
     stage.y.jitter.put(0.0)
+    stage.x.encoder_noise.put(0.0)
+    stage.y.encoder_noise.put(0.0)
     drift = StageDrift(start=1, jump_m=(20e-9, -10e-9), rate_m_per_frame=(1e-9, 0.0))
     source = SimulationSource(sim, stage, Faults.make(drift=drift))
     stage.x.set(30e-9).wait()
@@ -63,6 +65,7 @@ def test_drift_renders_the_sample_where_it_slipped_while_the_stage_reads_the_set
 def test_a_user_offset_moves_the_readback_not_the_axis():
     stage = SampleStage(name="stage")
     stage.x.jitter.put(0.0)
+    stage.x.encoder_noise.put(0.0)
     stage.x.set(100e-9).wait()
     stage.x.user_offset.put(15e-9)  # what a drift correction does
     assert stage.x.position == pytest.approx(115e-9) and stage.x.dial_position == pytest.approx(100e-9)
