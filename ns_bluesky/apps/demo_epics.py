@@ -25,8 +25,9 @@ from .ioc_process import IOCProcess
 #: the demo IOC's PV prefix (one IOC on a port of its own: no other IOC is searched for)
 DEMO_PREFIX = "NSDEMO:"
 #: per scan point the EPICS path spends this long outside the exposure (stage move to DMOV=1 seen, trigger,
-#: the frame's read-back; about 20-30 ms on 2 shared cores): the default exposure leaves it free in each period
-POINT_OVERHEAD_S = 0.035
+#: the frame's read-back): about 35 ms on 2 idle cores without the pipeline (10.0 frames/s at 10 Hz with 65 ms
+#: exposures), more with it (40 x 40 at 10 Hz: 7.9 frames/s with 35 ms left free, 9.6 with 50 ms)
+POINT_OVERHEAD_S = 0.05
 
 
 def default_exposure_s(rate_hz: float, epics: bool) -> float:
