@@ -156,6 +156,9 @@ class SpooledWriter:
                 if item is _RECOVER:
                     if not self._answers():
                         self._recover(None, None, None)
+                    elif self.down_since is not None:  # it was only slow to answer
+                        self.say(f"{self.name}: answering again after {time.monotonic() - self.down_since:.1f} s")
+                        self.down_since, self._told_down = None, False
                 elif item is not None:
                     self._deliver(*item)
             except Exception as exc:  # a bug here must not kill the thread silently
@@ -165,18 +168,32 @@ class SpooledWriter:
                 if item is not None:
                     self._queue.task_done()
 
+    #: a server error (5xx) on a document is met by writing the open runs again this many times, then counted
+    SERVER_ERROR_RETRIES = 3
+
     def _deliver(self, run: str, index: int, name: str, doc: dict) -> None:
+        server_errors = 0
         while True:
             try:
                 self._writer(name, doc)
                 break
             except Exception as exc:
-                if self._answers():
-                    log.exception("%s refused a %s document of run %s", self.name, name, run[:8])
-                    self._errors.append(exc)  # the catalog answers but refuses it: not an outage
-                    break
-                self._recover(exc, run, index)
-                # the runs were written again up to this document; now this one
+                if not self._answers():
+                    self._recover(exc, run, index)
+                    continue  # the runs were written again up to this document; now this one
+                status = getattr(getattr(exc, "response", None), "status_code", None)
+                if status is not None and status >= 500 and server_errors < self.SERVER_ERROR_RETRIES:
+                    # it answers, but failed on its side (seen: 500 on a frame-reference append under load):
+                    # what it holds of the open runs is no longer sure, so they are written again
+                    server_errors += 1
+                    log.warning("%s: server error %s on a %s document of run %s; writing the open runs again "
+                                "(%d of %d)", self.name, status, name, run[:8], server_errors, self.SERVER_ERROR_RETRIES)
+                    time.sleep(1.0)
+                    self._rewrite_open(run, index)
+                    continue
+                log.exception("%s refused a %s document of run %s", self.name, name, run[:8])
+                self._errors.append(exc)  # the catalog answers but refuses it: not an outage
+                break
         self._written[run] = index + 1
         self.delivered += 1
         if name == "stop":
@@ -219,24 +236,36 @@ class SpooledWriter:
         else:
             raise RuntimeError(f"{self.name}: closed while the catalog was down")
         self.catalog = catalog
-        self._writer = self.make_writer(catalog)
-        again = {r: self._written.get(r, 0) for r in self._runs}
-        if run is not None:
-            again[run] = index
-        for uid, upto in again.items():
-            rewrite_run(catalog, self._writer, self._runs[uid].path, upto)
-            self._written[uid] = upto
+        again = self._rewrite_open(run, index)
         down = time.monotonic() - self.down_since
         self.down_since, self._told_down = None, False
         self.say(f"{self.name}: back after {down:.1f} s; {sum(again.values())} documents of {len(again)} open "
                  f"run(s) written again from the spool")
 
+    def _rewrite_open(self, run: str | None, index: int | None) -> dict[str, int]:
+        """A new writer, and the open runs written again from their spool (``run`` up to its document
+        ``index``, the others up to what was delivered); returns how many documents each."""
+        self._writer = self.make_writer(self.catalog)
+        again = {r: self._written.get(r, 0) for r in self._runs}
+        if run is not None:
+            again[run] = index
+        for uid, upto in again.items():
+            rewrite_run(self.catalog, self._writer, self._runs[uid].path, upto)
+            self._written[uid] = upto
+        return again
+
     def _watch_health(self) -> None:
         """Tell the user within about a second when the catalog stops answering and when it is back,
         whatever the writer is doing (it may be deep in the client's retries)."""
+        failed = 0
         while not self._closed.wait(HEALTH_S):
-            if self.down_since is None and not self._answers():
-                self._tell_down("its health check failed")
+            if self.down_since is not None or self._answers():
+                failed = 0
+                continue
+            failed += 1
+            if failed >= 2:  # twice in a row: one slow answer on a loaded host is not an outage
+                failed = 0
+                self._tell_down("its health check failed twice")
                 self._queue.put(_RECOVER)  # the writer reopens it even if no document is waiting
 
     # caller side -----------------------------------------------------------------------------------------

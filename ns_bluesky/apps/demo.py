@@ -134,6 +134,18 @@ def figure(path: Path, *, view, raw: np.ndarray, title: str, rates: str, dx: flo
     return path
 
 
+def check_settings(rate_hz: float, darks: int, workers: int, exposure_s: float | None = None) -> None:
+    """The demos' settings, for callers from Python (the command line checks its own as it reads them)."""
+    if not (rate_hz >= 0 and math.isfinite(rate_hz)):
+        raise ParameterError(f"--rate must be a finite number >= 0 frames/s (0 = as fast as possible), got {rate_hz}")
+    if darks < 2:
+        raise ParameterError(f"--darks must be >= 2 (the read noise needs two), got {darks}")
+    if workers < 1:
+        raise ParameterError(f"--workers must be >= 1, got {workers}")
+    if exposure_s is not None and not (exposure_s > 0 and math.isfinite(exposure_s)):
+        raise ParameterError(f"--exposure must be > 0 s, got {exposure_s}")
+
+
 def run_demo(
     *,
     scan: tuple[int, int] = (40, 40),
@@ -165,12 +177,7 @@ def run_demo(
     IOC that the demo starts for the run on a free loopback port and stops on every exit path
     (:mod:`.demo_epics`); run it in a process whose Channel Access has not started yet.
     """
-    if not (rate_hz >= 0 and math.isfinite(rate_hz)):
-        raise ParameterError(f"--rate must be a finite number >= 0 frames/s (0 = as fast as possible), got {rate_hz}")
-    if darks < 2:
-        raise ParameterError(f"--darks must be >= 2 (the read noise needs two), got {darks}")
-    if workers < 1:
-        raise ParameterError(f"--workers must be >= 1, got {workers}")
+    check_settings(rate_hz, darks, workers)
     if epics and prerendered:
         raise ParameterError("prerendered frames are an in-process benchmark option: over EPICS the IOC "
                              "renders every frame itself (drop --epics or prerendered)")
@@ -185,8 +192,7 @@ def run_demo(
         from .demo_epics import default_exposure_s
 
         exposure_s = default_exposure_s(rate_hz, epics)
-    if not (exposure_s > 0 and math.isfinite(exposure_s)):
-        raise ParameterError(f"--exposure must be > 0 s, got {exposure_s}")
+    check_settings(rate_hz, darks, workers, exposure_s)
     image = None
     sample = SampleModel(name=sample_name or "siemens-star")
     if sample_image:

@@ -16,7 +16,6 @@ injected, detected and corrected) and every decision with its reason.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -230,21 +229,16 @@ def run_adaptive_demo(
     """Run ``adaptive_ptycho`` with faults on a half-empty sample; returns what it decided (and writes
     the summary JSON, by default next to the PNG)."""
     from ..sim import sample as sim_sample
+    from .demo import check_settings
     from .demo_epics import default_exposure_s
 
-    if not (rate_hz >= 0 and math.isfinite(rate_hz)):
-        raise ParameterError(f"--rate must be a finite number >= 0 frames/s (0 = as fast as possible), got {rate_hz}")
-    if darks < 2:
-        raise ParameterError(f"--darks must be >= 2 (the read noise needs two), got {darks}")
-    if workers < 1:
-        raise ParameterError(f"--workers must be >= 1, got {workers}")
+    check_settings(rate_hz, darks, workers)
     if min(scan) < 2 * COARSE_EVERY + 1:
         raise ParameterError(f"--adaptive needs at least {2 * COARSE_EVERY + 1}x{2 * COARSE_EVERY + 1} points "
                              f"(a coarse pass every {COARSE_EVERY}. point and a 5 x 5 drift reference), got "
                              f"{scan[0]}x{scan[1]}")
     exposure_s = default_exposure_s(rate_hz, False) if exposure_s is None else exposure_s
-    if not (exposure_s > 0 and math.isfinite(exposure_s)):
-        raise ParameterError(f"--exposure must be > 0 s, got {exposure_s}")
+    check_settings(rate_hz, darks, workers, exposure_s)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if sample_image:

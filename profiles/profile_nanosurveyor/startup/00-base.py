@@ -12,9 +12,10 @@ _t0 = _time.monotonic()
 
 from bluesky import RunEngine
 from bluesky.callbacks import LiveTable
-from ns_bluesky.callbacks import ProgressBar, ThreadedCallback
+from ns_bluesky.callbacks import ProgressBar
+from ns_bluesky.callbacks.spool import catalog_writer as _spooled_writer
 
-from ns_bluesky.io.catalog import default_catalog_dir, last_scan_id, make_tiled_writer, open_catalog
+from ns_bluesky.io.catalog import default_catalog_dir, last_scan_id, open_catalog
 from ns_bluesky.io.catalog_layout import derived_runs, parent_run, processed_of
 
 CATALOG_DIR = default_catalog_dir()
@@ -32,7 +33,9 @@ def parent(run):
     return parent_run(cat, run)
 
 RE = RunEngine({"scan_id": last_scan_id(cat)}, call_returns_result=False)
-catalog_writer = ThreadedCallback(make_tiled_writer(cat), name="catalog")
+# every document on disk first (CATALOG_DIR/spool): a catalog server that dies mid-scan is started again and
+# loses nothing; one line says when it stops answering and one when it is back
+catalog_writer = _spooled_writer(CATALOG_DIR, say=print)
 RE.subscribe(catalog_writer)
 RE.subscribe(ProgressBar())
 RE.subscribe(LiveTable(["stage_y", "stage_x", "fccd_frame_counter"], default_prec=9))
