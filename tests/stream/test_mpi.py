@@ -186,8 +186,10 @@ def _cmd_has(pid: str, text: str) -> bool:
 
 
 def test_an_error_on_the_ranks_ends_the_job_in_one_line(tmp_path):
-    proc = subprocess.run(_cli(2, str(tmp_path / "missing.cxi"), "--quiet"), capture_output=True, text=True, timeout=60,
+    damaged = tmp_path / "damaged.cxi"  # exists, so the command line passes; the ranks fail reading it
+    damaged.write_bytes(b"not an HDF5 file" * 64)
+    proc = subprocess.run(_cli(2, str(damaged), "--quiet"), capture_output=True, text=True, timeout=60,
                           start_new_session=True)
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.startswith("ns-bluesky: error: rank")]
-    assert lines and "missing.cxi" in lines[0]
+    assert lines and "damaged.cxi" in lines[0]
