@@ -74,5 +74,7 @@ def test_a_scan_through_the_pipeline_is_refined_over_two_ranks(make_pipeline, si
     final, refined = recon[-2].meta["scalars"], recon[-1].meta["scalars"]
     assert (final["final"], final["refined"], refined["final"], refined["refined"]) == (1, 0, 1, 1)
     assert refined["frames"] == n and refined["iteration"] > final["iteration"]
-    assert refined["residual"] < recon[0].meta["scalars"]["residual"]
+    # the first live update may come before its first iteration has a residual (null: NaN in JSON)
+    first = next(m.meta["scalars"]["residual"] for m in recon if m.meta["scalars"].get("residual") is not None)
+    assert refined["residual"] < first
     assert recon[-1].arrays["object_phase"].shape == recon[-2].arrays["object_phase"].shape
