@@ -136,7 +136,9 @@ def test_a_frame_worker_killed_mid_scan_costs_the_reconstruction_no_frame(make_p
     first, refined = recon[-2].meta["scalars"], recon[-1].meta["scalars"]
     assert (first["final"], first["refined"], refined["final"], refined["refined"]) == (1, 0, 1, 1)
     assert refined["frames"] == n and refined["iteration"] > first["iteration"]
-    assert refined["residual"] < recon[0].meta["scalars"]["residual"]
+    # the first live update may come before its first iteration has a residual (null: NaN in JSON)
+    earliest = next(m.meta["scalars"]["residual"] for m in recon if m.meta["scalars"].get("residual") is not None)
+    assert refined["residual"] < earliest
     assert recon[-1].arrays["object_phase"].ndim == 2
 
 
