@@ -35,11 +35,33 @@ def test_the_channel_access_settings_load_before_ophyd():
     assert out.strip() == "[]"
 
 
+class Unchecked(EpicsMotor):
+    """A client that skips the checks: the IOC's refusal fails its move at once."""
+
+    user_setpoint = Cpt(EpicsSignal, ".VAL", limits=False, auto_monitor=True)
+
+    def check_value(self, pos):
+        pass
+
+
+def _connected(motor: EpicsMotor) -> EpicsMotor:
+    # Every signal connected and read before the tests move anything: a device first connected in the middle of
+    # a test reads its metadata (LLM, SET, ...) on Ophyd's callback thread, and on a loaded host those reads
+    # timed out (10 s each, seen in CI), holding up the DMOV callbacks of every motor and failing a 5 s move.
+    motor.wait_for_connection(all_signals=True, timeout=20)
+    motor.read_configuration()
+    motor.read()
+    return motor
+
+
 @pytest.fixture(scope="module")
 def motor(module_ioc):
-    m = EpicsMotor(module_ioc.pv("SS:X"), name="m")
-    m.wait_for_connection(timeout=10)
-    return m
+    return _connected(EpicsMotor(module_ioc.pv("SS:X"), name="m"))
+
+
+@pytest.fixture(scope="module")
+def unchecked(module_ioc, motor):
+    return _connected(Unchecked(module_ioc.pv("SS:X"), name="unchecked"))
 
 
 def _record(ioc, field: str) -> EpicsSignalRO:
@@ -101,7 +123,7 @@ def test_offset_set_and_freeze_keep_the_motor_record_meaning(module_ioc, motor):
     assert lvio.get() == 0
 
 
-def test_a_move_past_a_limit_is_refused_with_an_alarm(module_ioc, motor):
+def test_a_move_past_a_limit_is_refused_with_an_alarm(module_ioc, motor, unchecked):
     motor.set(1e-6).wait(5)
     with pytest.raises(LimitError, match="outside of range"):
         motor.set(60e-6)  # the stock client checks the IOC's control limits first
@@ -115,14 +137,6 @@ def test_a_move_past_a_limit_is_refused_with_an_alarm(module_ioc, motor):
     assert rbv.alarm_severity == 2 and rbv.alarm_status == 15  # MAJOR, SOFT: on the whole record
     assert motor.position == pytest.approx(1e-6) and val.get() == pytest.approx(1e-6)  # not moved, VAL restored
 
-    class Unchecked(EpicsMotor):  # a client that skips the checks: the IOC's refusal fails its move at once
-        user_setpoint = Cpt(EpicsSignal, ".VAL", limits=False, auto_monitor=True)
-
-        def check_value(self, pos):
-            pass
-
-    unchecked = Unchecked(module_ioc.pv("SS:X"), name="unchecked")
-    unchecked.wait_for_connection(timeout=10)
     # ``motor`` sees the refusal's DMOV pulse too, on Ophyd's callback thread; a set() issued while its
     # handler of that pulse still runs loses its done-subscription to the handler's reset (Ophyd's
     # PositionerBase race) and waits forever. A callback added after the handler runs after it: wait for it.
@@ -133,7 +147,7 @@ def test_a_move_past_a_limit_is_refused_with_an_alarm(module_ioc, motor):
         status.wait(5)
     assert status.done and not status.success
     assert handled.wait(10)
-    motor.set(2e-6).wait(5)  # a good move clears the violation
+    motor.set(2e-6).wait(15)  # a good move clears the violation
     time.sleep(0.1)
     rbv.get()
     assert _record(module_ioc, "LVIO").get() == 0 and rbv.alarm_severity == 0
