@@ -24,10 +24,12 @@ from .ioc_process import IOCProcess
 
 #: the demo IOC's PV prefix (one IOC on a port of its own: no other IOC is searched for)
 DEMO_PREFIX = "NSDEMO:"
-#: per scan point the EPICS path spends this long outside the exposure (stage move to DMOV=1 seen, trigger,
-#: the frame's read-back): about 35 ms on 2 idle cores without the pipeline (10.0 frames/s at 10 Hz with 65 ms
-#: exposures), more with it (40 x 40 at 10 Hz: 7.9 frames/s with 35 ms left free, 9.6 with 50 ms)
-POINT_OVERHEAD_S = 0.05
+#: per scan point the EPICS path spends this long outside the exposure: from a frame's end to the next trigger
+#: at the IOC (the frame seen, the event, the stage's move to DMOV=1, the trigger). The IOC logs it at its end;
+#: with the pipeline and catalog on the same 2 cores it came 35 ms after the frame's end at the median, 47-50 ms
+#: at the 90th percentile, 76-82 ms at the 99th (20 x 20 at 10 Hz, load 24, the demo's processes at priority):
+#: 50 ms left 46 of 419 triggers too late for the period (9.90 frames/s), 60 ms left 9 (9.95)
+POINT_OVERHEAD_S = 0.06
 
 
 def default_exposure_s(rate_hz: float, epics: bool) -> float:

@@ -136,6 +136,13 @@ def _start_server(directory: Path, timeout_s: float = 120.0) -> tuple[subprocess
     raise CatalogError(f"the catalog server for {directory} did not start; {log_path} ends:\n" + "\n".join(tail))
 
 
+def server_pids() -> list[int]:
+    """The embedded catalog servers this process started and that still run (the demo lowers their priority
+    when the acquisition shares the host: the spool lets the catalog lag, never the scan)."""
+    with _servers_lock:
+        return [proc.pid for proc, _ in _servers.values() if proc.poll() is None]
+
+
 def _embedded_server_uri(directory: Path, create: bool = True) -> str:
     """URI of the one server for ``directory``: ours, or the one another process runs.
 

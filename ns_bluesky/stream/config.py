@@ -63,6 +63,9 @@ class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     host: str = "127.0.0.1"
+    nice: int = Field(0, ge=0, le=19, description="lower the CPU priority of the handler and of the local workers it "
+                      "starts (they inherit it, below their own 'nice'): processing that may lag behind an acquisition "
+                      "sharing the host")
     control_port: int = Field(DEFAULT_PORTS["control"], ge=0, le=65535)
     ingest_port: int = Field(DEFAULT_PORTS["ingest"], ge=0, le=65535)
     worker_port: int = Field(DEFAULT_PORTS["workers"], ge=0, le=65535)

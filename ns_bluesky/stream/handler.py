@@ -397,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg.log_dir = args.log_dir
     apply_launcher_args(cfg, args.launcher, args.partition, args.account)
     setup_process_logging("handler", cfg.log_dir)
+    if cfg.nice > 0:
+        os.nice(cfg.nice)  # before the local workers start: they inherit it
     try:
         handler = Handler(cfg, spawn=not args.no_local_workers)
         # SIGTERM (kill, systemd, a test's terminate) closes like 'pipeline stop': workers told, segments removed

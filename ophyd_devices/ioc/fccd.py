@@ -253,6 +253,10 @@ class FCCDCam(pv_table("_CamPVs", cam_table((1040, 1152), 0.1, 0.1), ADGroup)): 
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fccd-readout")
         self._task: asyncio.Task | None = None
         self._last_end = -math.inf
+        #: seconds from each frame's end to the client's next trigger (within a second): the client's overhead per
+        #: point, which must stay within AcquirePeriod - AcquireTime for frames to keep the period
+        self.trigger_gaps: list[float] = []
+        self.late_triggers = 0  # of those, the ones that came too late to keep the period
         self.frames = 0  # rendered since the IOC started: the simulation's frame index
 
     @property
@@ -302,6 +306,9 @@ class FCCDCam(pv_table("_CamPVs", cam_table((1040, 1152), 0.1, 0.1), ADGroup)): 
                 exposure = self.get("AcquireTime")
                 period = max(self.get("AcquirePeriod"), exposure)
                 now = time.monotonic()
+                if 0 <= now - self._last_end < 1.0:
+                    self.trigger_gaps.append(now - self._last_end)
+                    self.late_triggers += now - self._last_end > period - exposure
                 start = self._last_end if 0 <= now - self._last_end < period else now
                 end = self._last_end = max(start + period, now + exposure)
                 filed = await asyncio.shield(loop.run_in_executor(self._pool, self._readout, exposure, self.light()))

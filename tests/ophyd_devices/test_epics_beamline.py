@@ -182,3 +182,24 @@ def test_a_frame_the_ioc_did_not_file_fails_the_read_naming_the_file(module_beam
         assert docs == ["stream_resource", "stream_datum", "stream_datum"]
     finally:
         fccd.unstage()
+
+
+def test_an_axis_at_rest_on_its_target_is_not_sent_there_again(module_beamline):
+    """A raster moves y once a row: the other points' y 'moves' cost no put, no record processing, no DMOV pulse."""
+    y = module_beamline.stage.y
+    y.set(2e-6).wait(10)
+    time.sleep(0.1)
+    pulses = []
+    cid = y.motor_done_move.subscribe(lambda value, **kw: pulses.append(value), run=False)
+    try:
+        status = y.set(2e-6)
+        assert status.done and status.success  # at once
+        time.sleep(0.3)
+        assert pulses == []  # the record never processed a move
+        y.set(3e-6).wait(10)  # elsewhere: a real move, DMOV falls and rises
+        time.sleep(0.1)
+        assert 0 in pulses and pulses[-1] == 1 and y.position == pytest.approx(3e-6)
+        with pytest.raises(LimitError):
+            y.set(1.0)  # refused as before, never 'already there'
+    finally:
+        y.motor_done_move.unsubscribe(cid)

@@ -46,3 +46,23 @@ def test_a_killed_program_leaves_no_pipeline_running(tmp_path):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_the_pipeline_gives_up_the_cpu_priority_it_is_told_to_and_its_workers_inherit_it(tmp_path):
+    """Over EPICS the demo's processing yields to the IOC and the RunEngine on a shared host (``nice``):
+    the handler lowers its own priority before it starts its workers, which add their own on top."""
+    from ns_bluesky.stages.pipeline import ptycho_pipeline
+    from ns_bluesky.stream.launcher import PipelineProcess
+
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    with PipelineProcess(ptycho_pipeline(free_ports=True, out_dir=str(tmp_path), recon_idle=False, nice=4),
+                         tmp_path) as pipe:
+        deadline = time.monotonic() + 60
+        while True:
+            modules = pipe.control.status()["modules"]
+            if all(m["workers"] for m in modules.values()) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert os.getpriority(os.PRIO_PROCESS, pipe.proc.pid) == min(base + 4, 19)
+        nice = {name: {os.getpriority(os.PRIO_PROCESS, w["pid"]) for w in m["workers"]} for name, m in modules.items()}
+        assert nice["frame"] == {min(base + 4, 19)} and nice["dark"] == {min(base + 4, 19)}, nice
