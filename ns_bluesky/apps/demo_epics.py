@@ -35,11 +35,11 @@ POINT_OVERHEAD_S = 0.06
 def default_exposure_s(rate_hz: float, epics: bool) -> float:
     """COSMIC's 100 ms, shortened when the rate asks for more frames per second. The IOC, like a camera,
     ends no frame sooner than its exposure after the trigger, so over EPICS the exposure also leaves the
-    per-point overhead free within the period (at least half the period stays exposure)."""
+    per-point overhead free within the period (at least 30 % of the period stays exposure)."""
     if rate_hz <= 0:
         return 0.1
     period = 1.0 / rate_hz
-    return min(0.1, max(period - POINT_OVERHEAD_S, period / 2) if epics else period)
+    return round(min(0.1, max(period - POINT_OVERHEAD_S, 0.3 * period) if epics else period), 6)
 
 
 def point_channel_access() -> int:

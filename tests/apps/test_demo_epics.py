@@ -81,7 +81,7 @@ def test_demo_over_epics_files_every_frame_through_the_ioc_and_stops_it(tmp_path
     ioc_log = Path(ioc["log"]).read_text()
     with h5py.File(files[0], "r") as f:  # the file the IOC wrote: the catalog serves exactly its frames
         np.testing.assert_array_equal(f["entry/data/data"][()], np.asarray(frames.read()))
-    assert raw.metadata["start"]["exposure_s"] == pytest.approx(0.025)  # 20 Hz: half the period left for moves
+    assert raw.metadata["start"]["exposure_s"] == pytest.approx(0.015)  # 20 Hz: 30 % of the period exposes
     assert "acquisition failed" not in ioc_log  # (caproto logs beacon tracebacks: no repeater on loopback)
 
     derived = processed_of(cat).search(Key("parent_uid") == summary["raw_uid"])
