@@ -14,9 +14,9 @@ import threading
 import time
 from pathlib import Path
 
-from ..errors import PipelineError
-from ..io.catalog import detector_dir, make_tiled_writer
-from ..io.catalog_layout import PROCESSED_CONTAINER, processed_of
+from ..errors import ParameterError, PipelineError
+from ..io.catalog import detector_dir
+from ..io.catalog_layout import PROCESSED_CONTAINER
 from ..stream.config import PipelineConfig
 
 #: how often the session looks at its handler process: the user hears of its death within this (and a print)
@@ -26,7 +26,9 @@ WATCH_S = 0.25
 class PipelineSession:
     """``with PipelineSession(cat, cat_dir, cfg, workdir) as s:`` then ``s.monitor``, ``s.recorder``, ``s.finish(uid)``.
 
-    ``cat``: the raw runs' node (:func:`~ns_bluesky.io.catalog.open_catalog`); the derived runs go beside it.
+    ``cat``: the raw runs' node (:func:`~ns_bluesky.io.catalog.open_catalog`); the derived runs go beside it,
+    through the catalog's spool (:func:`~ns_bluesky.callbacks.spool.catalog_writer` of ``catalog_target``, by
+    default ``cat_dir``): one writer for every run, so a catalog server that dies loses no derived document either.
     """
 
     def __init__(self, cat, cat_dir, cfg: PipelineConfig, workdir, *, progress: bool = True, total: int | None = None,
@@ -40,13 +42,16 @@ class PipelineSession:
         self.progress, self.total = progress, total
         self.batch_size = batch_size  # the derived run's events per catalog request (catalog.writer_batch)
         self.pipe = self.recorder = self.monitor = self._writer = None
-        # the catalog's directory or URI: derived runs are then spooled on disk first (callbacks/spool.py)
-        self.catalog_target, self.say = catalog_target, say
+        # the catalog's directory or URI: derived runs are spooled on disk first (callbacks/spool.py)
+        self.catalog_target = catalog_target if catalog_target is not None else cat_dir
+        if self.catalog_target is None:
+            raise ParameterError("PipelineSession needs the catalog's directory or URI (cat_dir or catalog_target) "
+                                 "to record derived runs through its spool")
+        self.say = say
         self.died: str | None = None  # how the handler ended, if it ended before the session
         self._closing = threading.Event()
 
     def __enter__(self) -> PipelineSession:
-        from ..callbacks import ThreadedCallback
         from ..callbacks.live import LiveMonitor
         from ..callbacks.recorder import ResultsRecorder
         from ..callbacks.spool import catalog_writer
@@ -55,13 +60,9 @@ class PipelineSession:
         try:
             if self.own_pipeline:
                 self.pipe = PipelineProcess(self.cfg, self.workdir).start()
-            if self.catalog_target is not None:  # derived runs beside the raw ones, never among them
-                self._writer = catalog_writer(self.catalog_target, batch_size=self.batch_size, name="derived-catalog",
-                                              container=PROCESSED_CONTAINER, say=self.say)
-            else:
-                processed = processed_of(self.cat)
-                self._writer = ThreadedCallback(make_tiled_writer(processed, batch_size=self.batch_size),
-                                                name="derived-catalog")
+            # derived runs beside the raw ones, never among them
+            self._writer = catalog_writer(self.catalog_target, batch_size=self.batch_size, name="derived-catalog",
+                                          container=PROCESSED_CONTAINER, say=self.say)
             self.recorder = ResultsRecorder(self.cfg, self._writer, self.detectors / "derived")
             self.monitor = LiveMonitor(self.cfg, progress=self.progress, total=self.total)
             if self.pipe is not None:
