@@ -92,6 +92,23 @@ class _LastEvent:
             self.last[run] = doc["time"]
 
 
+class _ToldStop:
+    """A run that ends other than 'success' is told the moment its stop document goes out, in one line: the
+    RunEngine's cleanup, the pipeline's and the catalog's closing take seconds more before the command ends."""
+
+    def __init__(self, say):
+        self.say, self.told = say, False
+
+    def __call__(self, name: str, doc: dict) -> None:
+        if name == "stop" and doc.get("exit_status") not in ("success", None):
+            self.told = True
+            reason = str(doc.get("reason") or "").splitlines()
+            if reason and reason[0].startswith("_ExplainedStatus("):  # the device's words, not the status's repr
+                reason[0] = reason[0].split("): ", 1)[-1]
+            self.say(f"demo: stopped: the run ended '{doc['exit_status']}'" + (f": {reason[0]}" if reason else "")
+                     + "; closing the pipeline and the catalog")
+
+
 def figure(path: Path, *, view, raw: np.ndarray, title: str, rates: str, dx: float | None) -> Path:
     """The paper's Fig. 3: reconstruction phase and amplitude, STXM, probe, a raw and a cleaned frame, error curve, rates."""
     import matplotlib
@@ -266,7 +283,9 @@ def _run(beamline, sim, remote, cat, target, detectors: Path, cfg: SimConfig, ou
 
     raw_writer = catalog_writer(target, batch_size=batch, say=say)
     events = _LastEvent()
+    stopped = _ToldStop(say)
     RE.subscribe(raw_writer)
+    RE.subscribe(stopped)
     RE.subscribe(events)
     RE.subscribe(ProgressBar(disable=not progress))
     total = scan[0] * scan[1] if pattern == "raster" else None
@@ -299,6 +318,12 @@ def _run(beamline, sim, remote, cat, target, detectors: Path, cfg: SimConfig, ou
         if RE.state != "idle":
             RE.abort("interrupted by the user (Ctrl-C)")
         raise KeyboardInterrupt from None
+    except Exception as exc:  # told now (unless the run's stop document was): closing things takes seconds more
+        if not stopped.told:
+            why = exc.__cause__ if type(exc).__name__ == "FailedStatus" and exc.__cause__ is not None else exc
+            say(f"demo: stopped: {str(why).splitlines()[0] if str(why) else type(why).__name__}; closing the "
+                f"pipeline and the catalog")
+        raise
     finally:
         if bridge is not None:
             bridge.close()

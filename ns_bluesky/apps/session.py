@@ -21,6 +21,8 @@ from ..stream.config import PipelineConfig
 
 #: how often the session looks at its handler process: the user hears of its death within this (and a print)
 WATCH_S = 0.25
+#: while the session waits on the pipeline and nothing moves, a line this often says what for: never silent
+TELL_S = 1.5
 
 
 class PipelineSession:
@@ -94,27 +96,48 @@ class PipelineSession:
                  f"'ns-bluesky replay {raw_uid[:8]}'") if raw_uid else ""
         raise PipelineError(self.died + again)
 
+    def _tell(self, line: str) -> None:
+        (self.say or (lambda text: print(text, file=sys.stderr, flush=True)))(line)
+
     def flush(self, bridge, raw_uid: str, timeout_s: float) -> None:
         """The bridge's documents all acknowledged by the pipeline, in slices, so that a dead handler ends the
-        wait at once instead of at the timeout."""
-        deadline = time.monotonic() + timeout_s
+        wait at once instead of at the timeout; a line every ``TELL_S`` while it stands still."""
+        t0 = time.monotonic()
+        deadline = t0 + timeout_s
+        lag, told = None, t0
         while True:
             self.check(raw_uid)
             try:
-                bridge.flush(timeout_s=min(1.0, max(deadline - time.monotonic(), 0.0)))
+                bridge.flush(timeout_s=min(TELL_S / 2, max(deadline - time.monotonic(), 0.0)))
                 return
             except TimeoutError:
-                if time.monotonic() >= deadline:
+                now = time.monotonic()
+                if now >= deadline:
                     raise
+                if bridge.lag != lag:
+                    lag, told = bridge.lag, now
+                elif now - told >= TELL_S:
+                    told = now
+                    self._tell(f"pipeline: waiting for it to take {lag} message(s) of run {raw_uid[:8]} "
+                               f"({now - t0:.0f} s); the catalog has the run")
 
     def finish(self, raw_uid: str, timeout_s: float):
         """Wait for the pipeline's end of ``raw_uid`` and for its derived run to be in the catalog; returns
         the monitor's view. ``PipelineError`` as soon as the handler is found dead."""
-        deadline = time.monotonic() + timeout_s
+        t0 = time.monotonic()
+        deadline = t0 + timeout_s
         view = self.monitor.view(raw_uid)
+        seen, told = None, t0
         while view.ended is None and time.monotonic() < deadline:
             self.check(raw_uid)
-            view = self.monitor.wait_end(raw_uid, min(1.0, max(deadline - time.monotonic(), 0.0)))
+            view = self.monitor.wait_end(raw_uid, min(TELL_S / 2, max(deadline - time.monotonic(), 0.0)))
+            now, iteration = time.monotonic(), (view.recon or {}).get("scalars", {}).get("iteration")
+            if view.processed != seen:  # the progress bar moved: the user saw something
+                seen, told = view.processed, now
+            elif view.ended is None and now - told >= TELL_S:
+                told = now
+                self._tell(f"pipeline: waiting for the end of run {raw_uid[:8]} ({now - t0:.0f} s): {view.processed} "
+                           f"frames processed" + (f", reconstruction at iteration {iteration}" if iteration else ""))
         deadline = time.monotonic() + 30
         while view.ended is not None and raw_uid not in self.recorder.finished and time.monotonic() < deadline:
             time.sleep(0.05)
