@@ -39,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 NS_BLUESKY = str(Path(sys.executable).with_name("ns-bluesky"))
 CASES = ["worker-kill", "worker-stop", "handler-kill", "handler-stop", "catalog-kill", "catalog-stop"]
-TOLD = re.compile(r"pipeline's handler|not answering|pipeline: waiting|worker .* (died|lost|gone)", re.I)
+TOLD = re.compile(rb"pipeline's handler|not answering|pipeline: waiting|worker .* (died|lost|gone)", re.I)
 PIPELINE_BAR = re.compile(rb"pipeline:[^\r\n]*?(\d+)(?:/\d+)? *\[")  # tqdm: "pipeline: 45%|...| 16/36 [..."
 BACK = re.compile(rb"catalog: back after")
 
