@@ -4,8 +4,9 @@
                                           [--cases worker-kill worker-stop handler-kill handler-stop catalog-kill
                                            catalog-stop]
 
-Each scan is ``ns-bluesky demo`` in a process of its own, on a catalog of the benchmark's own, its output read
-as it comes. Once the scan's plan runs, after a random delay within the scan's expected length (seeded: the
+Each scan is ``ns-bluesky demo`` in a process of its own, its output read as it comes, on one catalog of the
+benchmark's own whose embedded server this process runs (so checking a scan costs no server start; the catalog
+cases kill or stop that server, and the demo starts one of its own to go on). Once the scan's plan runs, after a random delay within the scan's expected length (seeded: the
 seed is printed, and a run with it repeats the same moments), one part gets SIGKILL, or SIGSTOP and SIGCONT
 ``--stopped`` seconds later: a frame worker, the pipeline's handler, or the embedded catalog server. The cases
 take turns, so 24 scans give each of the six cases 4 times.
@@ -118,15 +119,22 @@ def _target_pid(part: str, out: Path, catalog: Path, rng: random.Random) -> int 
     return rng.choice(pids) if pids else None
 
 
-def check_catalog(catalog: Path, expected: int) -> dict:
-    """What the catalog holds of the last scan: events, stop, frames readable, derived runs and their QC rows."""
-    from ns_bluesky.io.catalog import close_catalogs, open_catalog
+def check_catalog(catalog: Path, expected: int, since: float) -> dict:
+    """What the catalog holds of the scan that started after wall time ``since``: events, stop, frames
+    readable, derived runs and their QC rows. The benchmark's own server of the shared catalog answers (one
+    started again if the scan's fault killed it)."""
+    from tiled.queries import Key
+
+    from ns_bluesky.io.catalog import open_catalog
     from ns_bluesky.io.catalog_layout import derived_runs
 
     row: dict = {}
     try:
-        cat = open_catalog(catalog, create=False)
-        raws = [uid for uid in cat if cat[uid].metadata["start"].get("plan_name") == "ptycho_scan"]
+        cat = open_catalog(catalog)
+        raws = [uid for uid, run in cat.search(Key("plan_name") == "ptycho_scan").items()
+                if run.metadata["start"]["time"] >= since]
+        if not raws:
+            raise LookupError("no scan of this round in the catalog")
         raw = cat[raws[-1]]
         stop = raw.metadata.get("stop") or {}
         row["raw_uid"] = raws[-1]
@@ -143,8 +151,6 @@ def check_catalog(catalog: Path, expected: int) -> dict:
             row["derived_frames"] = int((dstop.get("num_events") or {}).get("frames_qc", 0))
     except Exception as exc:  # the figure is what was lost: report it
         row["catalog_error"] = f"{type(exc).__name__}: {exc}"[:200]
-    finally:
-        close_catalogs()
     return row
 
 
@@ -159,14 +165,15 @@ def lost(row: dict) -> int:
 def one_scan(i: int, case: str, args, root: Path, rng: random.Random) -> dict:
     part, how = case.split("-")
     work = root / f"scan-{i:02d}-{case}"
-    catalog, out, log = work / "catalog", work / "out", work / "demo.log"
+    catalog, out, log = root / "catalog", work / "out", work / "demo.log"
+    since = time.time()
     work.mkdir(parents=True)
     ny, nx = (int(v) for v in args.scan.split("x"))
     expected_s = ny * nx / args.rate
     delay = rng.uniform(0.1, 0.9) * expected_s
     t0 = time.monotonic()
     proc = subprocess.Popen([NS_BLUESKY, "demo", "--scan", args.scan, "--rate", str(args.rate), "--darks", "2",
-                             "--workers", "2", "--refine", "1", "--catalog", str(catalog), "--out", str(out)],
+                             "--workers", "2", "--refine", str(args.refine), "--catalog", str(catalog), "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
                             env={**os.environ, "NS_BLUESKY_LOG": str(log), "COLUMNS": "100"})
     output = Output(proc.stdout, work / "demo.out")
@@ -211,7 +218,7 @@ def one_scan(i: int, case: str, args, root: Path, rng: random.Random) -> dict:
         row.update(largest_silence_s=round(gap, 2), silence_at_s=round(at, 1))
         gap0, _ = output.largest_silence(output.chunks[0][0], end)
         row["largest_silence_from_first_output_s"] = round(gap0, 2)
-    row.update(check_catalog(catalog, ny * nx))
+    row.update(check_catalog(catalog, ny * nx, since))
     if row["faulted"]:
         if case == "catalog-kill" or case == "catalog-stop":
             back = output.first_after(fault, BACK)
@@ -222,14 +229,14 @@ def one_scan(i: int, case: str, args, root: Path, rng: random.Random) -> dict:
                                    "--out", str(work / "replay"), "--quiet"], capture_output=True, text=True,
                                   timeout=600, env={**os.environ, "NS_BLUESKY_LOG": str(work / "replay.log")})
             row["replay_exit_code"] = done.returncode
-            row.update({k: v for k, v in check_catalog(catalog, ny * nx).items() if k.startswith("derived")})
+            row.update({k: v for k, v in check_catalog(catalog, ny * nx, since).items() if k.startswith("derived")})
             row["recovered_after_s"] = round(time.monotonic() - r0, 2)  # the replay, until its derived run is in
         else:
             moved = output.pipeline_moved_after(resumed)
             row["recovered_after_s"] = None if moved is None else round(moved - resumed, 2)
     row["lost"] = lost(row)
     if not args.keep_data:  # 24 scans of frames would fill a small disk: the figures are in the row
-        for bulky in ("catalog", "out", "replay"):
+        for bulky in ("out", "replay"):
             shutil.rmtree(work / bulky, ignore_errors=True)
     return row
 
@@ -289,21 +296,34 @@ def figure(rows: list[dict], path: Path, title: str) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scans", type=int, default=24)
-    ap.add_argument("--scan", default="6x6")
+    ap.add_argument("--scan", default="4x4")
     ap.add_argument("--rate", type=float, default=10.0)
     ap.add_argument("--cases", nargs="+", default=CASES, choices=CASES)
     ap.add_argument("--stopped", type=float, default=5.0, help="seconds between SIGSTOP and SIGCONT")
     ap.add_argument("--seed", type=int, default=None, help="default: a fresh one, printed")
+    ap.add_argument("--refine", type=float, default=0.0, help="the demo's --refine (s)")
+    ap.add_argument("--report", default=None, metavar="JSON", help="print the table and draw the picture of a "
+                    "faults.json from an earlier run (one cut short too), and run nothing")
     ap.add_argument("--out", default="benchmark-faults")
     ap.add_argument("--keep-data", action="store_true", help="keep each scan's catalog and outputs (default: "
                     "deleted once checked; the command's output and log stay)")
     args = ap.parse_args()
+    if args.report:
+        saved = json.loads(Path(args.report).read_text())
+        rows = saved["rows"]
+        print(f"{len(rows)} scans, seed {saved['seed']}\n" + "\n".join(summary(rows)))
+        figure(rows, Path(args.report).with_suffix(".png"), f"{len(rows)} scans, one part killed or stopped at a "
+                                                             f"random moment each (seed {saved['seed']})")
+        return 0
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     rng = random.Random(seed)
     root = Path(args.out).resolve()
     root.mkdir(parents=True, exist_ok=True)
     print(f"benchmarks/faults.py --seed {seed}: {args.scans} scans of {args.scan} at {args.rate:g} Hz, cases "
           f"{', '.join(args.cases)}; load {os.getloadavg()}", flush=True)
+    from ns_bluesky.io.catalog import close_catalogs, open_catalog
+
+    open_catalog(root / "catalog")  # one catalog for every scan, its server this process's (and the catalog cases' target)
     rows = []
     t_start = time.monotonic()
     for i in range(args.scans):
@@ -315,6 +335,7 @@ def main() -> int:
               f"raw {row.get('raw_exit_status')}, derived {row.get('derived_exit_status', 'none')}, told after "
               f"{row.get('told_after_s')} s, recovered after {row.get('recovered_after_s')} s, largest silence "
               f"{row.get('largest_silence_s')} s, exit {row['exit_code']}, load {os.getloadavg()[0]:.1f}", flush=True)
+    close_catalogs()
     lines = summary(rows)
     print("\n" + "\n".join(lines))
     print(f"seed {seed}; load at the end {os.getloadavg()}; rows in {root / 'faults.json'}")

@@ -261,7 +261,7 @@ def _run(beamline, sim, remote, cat, target, detectors: Path, cfg: SimConfig, ou
     from ..plans import dark_frames, ptycho_scan
     from ..stages.pipeline import ptycho_pipeline
     from .ctrl_c import StopOnCtrlC
-    from .session import PipelineSession
+    from .session import PipelineSession, Ticker
 
     if prerendered:
         from ..ophyd_devices import ReplaySource
@@ -289,7 +289,7 @@ def _run(beamline, sim, remote, cat, target, detectors: Path, cfg: SimConfig, ou
     RE.subscribe(events)
     RE.subscribe(ProgressBar(disable=not progress))
     total = scan[0] * scan[1] if pattern == "raster" else None
-    bridge = None
+    bridge = closing = None
     try:
         with PipelineSession(cat, None, pipe_cfg, out / "pipeline", detectors=detectors, progress=progress, total=total,
                              batch_size=batch, catalog_target=target, say=say) as session:
@@ -314,6 +314,7 @@ def _run(beamline, sim, remote, cat, target, detectors: Path, cfg: SimConfig, ou
             session.flush(bridge, raw_uid, end_timeout_s)
             view = session.finish(raw_uid, end_timeout_s)
             derived_uid = session.recorder.finished.get(raw_uid)
+            closing = Ticker(say, "demo: closing the pipeline and the catalog's writers").start()
     except (RunEngineInterrupted, KeyboardInterrupt):
         if RE.state != "idle":
             RE.abort("interrupted by the user (Ctrl-C)")
@@ -328,7 +329,10 @@ def _run(beamline, sim, remote, cat, target, detectors: Path, cfg: SimConfig, ou
         if bridge is not None:
             bridge.close()
         raw_writer.close()
+        if closing is not None:
+            closing.stop()
 
+    ticker = Ticker(say, "demo: reading the scan back, scoring it and drawing its picture").start()  # never silent
     cat = raw_writer.catalog  # the server that answers now (restarted, if the first one died)
     run = cat[raw_uid]
     start = run.metadata["start"]
@@ -411,5 +415,6 @@ def _run(beamline, sim, remote, cat, target, detectors: Path, cfg: SimConfig, ou
     )
     summary = Path(summary_json) if summary_json else out / "summary.json"
     summary.write_text(json.dumps(asdict(result), indent=2))
+    ticker.stop()
     print(rates)
     return result

@@ -25,6 +25,29 @@ WATCH_S = 0.25
 TELL_S = 1.5
 
 
+class Ticker:
+    """``t = Ticker(say, "making the picture").start()`` ... ``t.stop()``: a line every ``TELL_S`` while a
+    long step of a command runs (reading a run back, drawing on a loaded host), so the command is never silent."""
+
+    def __init__(self, say, what: str):
+        self.say, self.what = say, what
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ticker", daemon=True)
+
+    def start(self) -> Ticker:
+        self.t0 = time.monotonic()
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._done.wait(TELL_S):
+            self.say(f"{self.what} ({time.monotonic() - self.t0:.0f} s)")
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=1)
+
+
 class PipelineSession:
     """``with PipelineSession(cat, cat_dir, cfg, workdir) as s:`` then ``s.monitor``, ``s.recorder``, ``s.finish(uid)``.
 
