@@ -260,22 +260,26 @@ class SpooledWriter:
         return self._queue.qsize()
 
     def flush(self, timeout: float = 120.0) -> None:
-        """Wait until every document is in the catalog; raise the first refusal, if any."""
-        deadline = time.monotonic() + timeout
-        last, quiet_since = self.delivered, time.monotonic()
+        """Wait until every document is in the catalog; raise the first refusal, if any. ``TimeoutError`` when
+        nothing moved for ``timeout`` s (no document delivered, the catalog not back): a catalog server that
+        takes minutes to start again on a loaded host is waited for, one that never answers is not."""
+        last, quiet_since = None, time.monotonic()
+        told = quiet_since
         while self._queue.unfinished_tasks:
             now = time.monotonic()
-            if self.delivered != last:
-                last, quiet_since = self.delivered, now
-            elif now - quiet_since >= TELL_S:
-                quiet_since = now
+            moved = (self.delivered, self.down_since is None)
+            if moved != last:
+                last, quiet_since, told = moved, now, now
+            elif now - told >= TELL_S:
+                told = now
                 down = "" if self.down_since is None else f", the catalog not answering for {now - self.down_since:.0f} s"
                 self.say(f"{self.name}: waiting for {self._queue.unfinished_tasks} document(s) to reach the catalog"
                          f"{down}; they are kept in {self.spool_dir}")
-            if now > deadline:
+            if now - quiet_since > timeout:
                 where = ", ".join(str(s.path) for s in self._runs.values()) or str(self.spool_dir)
-                raise TimeoutError(f"{self.name}: {self.pending} documents not yet in the catalog after {timeout:g} s; "
-                                   f"they are kept in {where}: 'ns-bluesky catalog flush' writes them")
+                raise TimeoutError(f"{self.name}: {self._queue.unfinished_tasks} document(s) not yet in the catalog, "
+                                   f"nothing moved for {timeout:g} s; they are kept in {where}: 'ns-bluesky catalog "
+                                   f"flush' writes them")
             time.sleep(0.01)
         if self._errors:
             errors, self._errors = self._errors, []
