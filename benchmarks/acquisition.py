@@ -17,12 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from bluesky import RunEngine
-from ns_bluesky.callbacks import ThreadedCallback
-from ns_bluesky.ophyd_devices import ReplaySource, make_sim_beamline
 
 from ns_bluesky.apps.demo import parse_scan
+from ns_bluesky.callbacks.spool import catalog_writer
 from ns_bluesky.instrument.scan import ScanPattern
-from ns_bluesky.io.catalog import close_catalogs, detector_dir, make_tiled_writer, open_catalog
+from ns_bluesky.io.catalog import close_catalogs, detector_dir, open_catalog
+from ns_bluesky.ophyd_devices import ReplaySource, make_sim_beamline
 from ns_bluesky.plans import ptycho_scan
 from ns_bluesky.sim import PtychoSimulation
 from ns_bluesky.sim.settings import SimConfig
@@ -53,7 +53,7 @@ def catalog_frames_per_s(scan: tuple[int, int], replay: bool, batch_size: int) -
             dark = np.stack([bl.sim.raw_frame(None, i) for i in range(4)])
             bl.fccd.source = ReplaySource(bank, dark, bl.sim.geom)
         RE = RunEngine({}, call_returns_result=False)
-        writer = ThreadedCallback(make_tiled_writer(cat, batch_size=batch_size), name="catalog")
+        writer = catalog_writer(d, batch_size=batch_size)
         RE.subscribe(writer)
         n = scan[0] * scan[1]
         t0 = time.perf_counter()

@@ -109,10 +109,10 @@ class DerivedRun:
                 "shape": list(arr.shape), "external": "STREAM:",
             }
             writers[key] = HDF5FrameWriter(self.write_dir, key, arr.shape, arr.dtype.str)
+        for writer in writers.values():  # first: a disk with no room for them leaves no descriptor behind
+            writer.open()
         bundle = self.run.compose_descriptor(name=stream, data_keys=data_keys)
         self.emit("descriptor", bundle.descriptor_doc)
-        for writer in writers.values():
-            writer.open()
         s = self.streams[stream] = _Stream(bundle, writers)
         return s
 

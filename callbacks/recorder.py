@@ -9,22 +9,29 @@ values and its arrays go to HDF5. The handler announces each run's start documen
 the derived run names the dark run and its parent's scan id and sample name. The
 handler's end of run closes the derived run (``abort`` when the run was aborted);
 module errors are kept in an ``errors`` stream. A result that does not fit its stream
-is logged and counted (``rejected``), never fatal.
+is logged and counted (``rejected``), never fatal. A result whose arrays find the disk full is not
+lost silently: it gets a row in the ``errors`` stream saying so (the catalog needs no disk of this
+host for it), the first one is told on stderr in one line, and ``disk_full`` counts them.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from ns_bluesky.stream.config import PipelineConfig
 from ns_bluesky.stream.protocol import start_document
 
+from ..errors import DiskFullError
 from ..stream.subscriber import ResultsSubscriber
 from .derived import DerivedRun, Emit
 
 #: stage -> (stream of the derived run, whether its arrays are recorded too)
+log = logging.getLogger(__name__)
+
 STREAMS = {
     "clean": ("frames_qc", False),
     "stxm": ("stxm", True),
@@ -56,6 +63,7 @@ class ResultsRecorder(ResultsSubscriber):
         self.runs: dict[str, DerivedRun] = {}
         self.starts: dict[str, dict] = {}  # start documents the handler announced, until their first result
         self.finished: dict[str, str] = {}  # raw uid -> derived uid
+        self.disk_full = 0  # results whose arrays the disk had no room for
         super().__init__(cfg, name="results-recorder")
 
     def _derived(self, raw_uid: str) -> DerivedRun:
@@ -78,7 +86,16 @@ class ResultsRecorder(ResultsSubscriber):
             if optional:  # floats throughout: a table column keeps the type of its first value
                 scalars = {**scalars, **{k: float("nan") if scalars.get(k) is None else float(scalars[k]) for k in optional}}
             stream, with_arrays = STREAMS.get(msg.stage, (msg.stage, True))
-            self._derived(msg.run).add(stream, scalars, msg.arrays if with_arrays else None)
+            try:
+                self._derived(msg.run).add(stream, scalars, msg.arrays if with_arrays else None)
+            except DiskFullError as exc:
+                self.disk_full += 1
+                if self.disk_full == 1:
+                    print(f"results-recorder: {exc}; results with arrays are not stored until there is room, "
+                          f"each one noted in its derived run's errors stream", file=sys.stderr, flush=True)
+                log.error("result of %s (seq %s) of run %s not stored: %s", msg.stage, msg.seq, msg.run[:8], exc)
+                self._derived(msg.run).add("errors", {"seq": msg.seq, "module": msg.stage,
+                                                      "error": f"not stored, disk full: {exc}"[:500]})
         elif msg.kind == "error":
             run = self._derived(msg.run)
             run.add("errors", {"seq": msg.seq, "module": msg.stage, "error": str(msg.meta.get("error", ""))[:500]})

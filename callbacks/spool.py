@@ -9,12 +9,16 @@ When the writer finds the catalog gone, it reopens it (for an embedded catalog t
 removes what it had written of the runs not yet complete, and writes those runs again from their spool, in
 order: each document lands exactly once. A run's spool file is removed once its stop document is in the
 catalog; files left by a session that crashed are written by ``ns-bluesky catalog flush``.
+
+A full disk under the spool costs nothing either: the run's later documents are held in memory and written
+to the catalog as before (:mod:`.spool_files`), and the user is told in one line. A document the catalog
+refuses (it answers, but says no) stops the scan at the RunEngine's next document, as a run the catalog
+cannot hold should not scan on; the document itself stays in the spool. While :meth:`SpooledWriter.flush`
+waits, a line every ``TELL_S`` says what for, so a command never sits silent.
 """
 
 from __future__ import annotations
 
-import fcntl
-import json
 import logging
 import os
 import queue
@@ -23,6 +27,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .spool_files import RunSpool, flush_spool, read_spool, rewrite_run
+
+__all__ = ["SpooledWriter", "catalog_writer", "flush_spool", "read_spool", "rewrite_run"]
+
 log = logging.getLogger(__name__)
 
 _STOP = object()
@@ -30,80 +38,41 @@ _RECOVER = object()  # from the health check: the catalog is down while the writ
 #: how often the spool is fsynced, and how often the catalog's health is checked
 SYNC_S = 0.5
 HEALTH_S = 0.5
-
-
-def _plain(value):
-    """numpy scalars and arrays as JSON (documents from devices may carry them)."""
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-class _RunSpool:
-    """One run's spool file: every document of the run, one JSON line each, locked while it is written."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed at the run's end
-        fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)  # 'catalog flush' leaves a live run alone
-        self.count = 0
-        self.complete = False
-
-    def append(self, name: str, doc: dict) -> int:
-        self.file.write(json.dumps([name, doc], default=_plain) + "\n")
-        self.file.flush()  # to the OS now; to the disk at the next sync
-        self.count += 1
-        return self.count - 1
-
-    def sync(self) -> None:
-        if not self.file.closed:
-            os.fsync(self.file.fileno())
-
-    def close(self, remove: bool) -> None:
-        if not self.file.closed:
-            self.sync()
-            self.file.close()
-        if remove:
-            self.path.unlink(missing_ok=True)
-
-
-def read_spool(path: Path) -> list[tuple[str, dict]]:
-    """The documents of a spool file, in order; a last line cut short by a crash is left out."""
-    docs = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                name, doc = json.loads(line)
-            except ValueError:
-                break
-            docs.append((name, doc))
-    return docs
+#: while flush waits and nothing moves, a line this often says what it waits for
+TELL_S = 1.5
 
 
 class SpooledWriter:
     """``RE.subscribe(SpooledWriter(open_catalog, make_writer, spool_dir))``: ``open_catalog()`` returns the
     catalog node (and restarts an embedded server that died), ``make_writer(node)`` a document callback
-    into it (bluesky's TiledWriter). Same interface as ``ThreadedCallback``: ``flush``, ``close``, ``pending``."""
+    into it (bluesky's TiledWriter); then ``flush``, ``close``, ``pending``. The one way documents reach the
+    catalog: raw runs from the RunEngine, derived runs from the results recorder."""
 
     def __init__(self, open_catalog: Callable[[], object], make_writer: Callable[[object], Callable],
                  spool_dir: str | os.PathLike, *, name: str = "catalog", say: Callable[[str], None] | None = None,
                  health: Callable[[object], None] | None = None, reopen_every_s: float = 1.0):
         self.open_catalog, self.make_writer, self.name = open_catalog, make_writer, name
         self.spool_dir = Path(spool_dir)
-        self.spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            self.spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError:  # a full disk: the first run's spool says so, and its documents are held in memory
+            log.warning("%s: cannot make the spool directory %s", name, self.spool_dir)
         self.say = say or (lambda line: log.warning(line))
         self.health, self.reopen_every_s = health, reopen_every_s
         self.catalog = open_catalog()
         self._writer = make_writer(self.catalog)
         self._queue: queue.Queue = queue.Queue()
-        self._runs: dict[str, _RunSpool] = {}  # open runs, by start uid (RunEngine thread)
+        self._runs: dict[str, RunSpool] = {}  # open runs, by start uid (RunEngine thread)
         self._run_of: dict[str, str] = {}  # descriptor / resource uid -> run uid
         self._written: dict[str, int] = {}  # documents of each open run in the catalog (writer thread)
         self._errors: list[BaseException] = []
+        self._refused: set[str] = set()  # runs with a document the catalog refused
         self.delivered = 0
         self.outages = 0  # times the catalog stopped answering
         self.down_since: float | None = None
         self._told_down = False
+        self.disk_full = 0  # runs whose spool file the disk refused; their documents were held in memory
+        self._told_full = False
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"spooled-{name}", daemon=True)
         self._thread.start()
@@ -118,11 +87,27 @@ class SpooledWriter:
         if spool is None:
             if name != "start":
                 raise RuntimeError(f"{self.name}: a {name} document of a run this writer never saw start")
-            spool = self._runs[run] = _RunSpool(self.spool_dir / f"{run}.jsonl")
+            spool = self._runs[run] = RunSpool(self.spool_dir / f"{run}.jsonl", self._full)
+            if spool.memory is None and self._told_full:
+                self._told_full = False
+                self.say(f"{self.name}: the spool writes to {self.spool_dir} again")
         index = spool.append(name, doc)
         if name == "stop":
             spool.sync()  # the run is on disk whole before anyone is told it ended
         self._queue.put((run, index, name, doc))
+        if name == "stop":  # its descriptors and resources are done with: a long session does not grow
+            for key in [k for k, r in self._run_of.items() if r == run]:
+                del self._run_of[key]
+        if self._errors and name != "stop":  # the catalog refuses this run: stop the scan now, not at its end
+            raise RuntimeError(f"{self.name}: {len(self._errors)} document(s) refused; first: {self._errors[0]!r}")
+
+    def _full(self, exc: OSError) -> None:
+        """The spool's disk refused a document: told once, in one line; nothing is dropped."""
+        self.disk_full += 1
+        if not self._told_full:
+            self._told_full = True
+            self.say(f"{self.name}: cannot write the spool in {self.spool_dir} ({exc.strerror or exc}); the documents "
+                     f"are held in memory and still go to the catalog, none is dropped; free space there")
 
     def _run_uid(self, name: str, doc: dict) -> str:
         if name == "start":
@@ -193,6 +178,7 @@ class SpooledWriter:
                     continue
                 log.exception("%s refused a %s document of run %s", self.name, name, run[:8])
                 self._errors.append(exc)  # the catalog answers but refuses it: not an outage
+                self._refused.add(run)  # its spool file stays, whole, for whoever looks into it
                 break
         self._written[run] = index + 1
         self.delivered += 1
@@ -200,7 +186,7 @@ class SpooledWriter:
             spool = self._runs.pop(run, None)
             self._written.pop(run, None)
             if spool is not None:
-                spool.close(remove=True)
+                spool.close(remove=run not in self._refused)
 
     def _answers(self) -> bool:
         if self.health is None:
@@ -250,7 +236,7 @@ class SpooledWriter:
         if run is not None:
             again[run] = index
         for uid, upto in again.items():
-            rewrite_run(self.catalog, self._writer, self._runs[uid].path, upto)
+            rewrite_run(self.catalog, self._writer, uid, self._runs[uid].documents()[:upto])
             self._written[uid] = upto
         return again
 
@@ -274,13 +260,26 @@ class SpooledWriter:
         return self._queue.qsize()
 
     def flush(self, timeout: float = 120.0) -> None:
-        """Wait until every document is in the catalog; raise the first refusal, if any."""
-        deadline = time.monotonic() + timeout
+        """Wait until every document is in the catalog; raise the first refusal, if any. ``TimeoutError`` when
+        nothing moved for ``timeout`` s (no document delivered, the catalog not back): a catalog server that
+        takes minutes to start again on a loaded host is waited for, one that never answers is not."""
+        last, quiet_since = None, time.monotonic()
+        told = quiet_since
         while self._queue.unfinished_tasks:
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            moved = (self.delivered, self.down_since is None)
+            if moved != last:
+                last, quiet_since, told = moved, now, now
+            elif now - told >= TELL_S:
+                told = now
+                down = "" if self.down_since is None else f", the catalog not answering for {now - self.down_since:.0f} s"
+                self.say(f"{self.name}: waiting for {self._queue.unfinished_tasks} document(s) to reach the catalog"
+                         f"{down}; they are kept in {self.spool_dir}")
+            if now - quiet_since > timeout:
                 where = ", ".join(str(s.path) for s in self._runs.values()) or str(self.spool_dir)
-                raise TimeoutError(f"{self.name}: {self.pending} documents not yet in the catalog after {timeout:g} s; "
-                                   f"they are kept in {where}: 'ns-bluesky catalog flush' writes them")
+                raise TimeoutError(f"{self.name}: {self._queue.unfinished_tasks} document(s) not yet in the catalog, "
+                                   f"nothing moved for {timeout:g} s; they are kept in {where}: 'ns-bluesky catalog "
+                                   f"flush' writes them")
             time.sleep(0.01)
         if self._errors:
             errors, self._errors = self._errors, []
@@ -296,54 +295,6 @@ class SpooledWriter:
             self._thread.join(timeout=5)
             for spool in self._runs.values():
                 spool.close(remove=False)
-
-
-def rewrite_run(catalog, writer: Callable, path: Path, upto: int | None = None, *, close: bool = False) -> int:
-    """Remove what the catalog holds of the run spooled at ``path`` and write its first ``upto`` documents
-    (all: None) again through ``writer``; returns how many were written. ``close``: a run whose session
-    ended before its stop document gets one (exit status 'abort', saying so), so it does not read 'running'."""
-    run = path.name.split(".")[0]
-    if run in catalog:
-        catalog.delete_contents(run, recursive=True, external_only=False)
-    docs = read_spool(path)[:upto]
-    if close and docs and docs[-1][0] != "stop":
-        docs.append(("stop", closing_stop(docs)))
-    for name, doc in docs:
-        writer(name, doc)
-    return len(docs)
-
-
-def closing_stop(docs: list[tuple[str, dict]]) -> dict:
-    """The stop document a run cut short by its session's end never got."""
-    import uuid
-
-    start = docs[0][1]
-    streams = {d["uid"]: d.get("name", "primary") for name, d in docs if name == "descriptor"}
-    counts: dict[str, int] = {}
-    for name, d in docs:
-        if name == "event":
-            counts[streams[d["descriptor"]]] = counts.get(streams[d["descriptor"]], 0) + 1
-        elif name == "event_page":
-            counts[streams[d["descriptor"]]] = counts.get(streams[d["descriptor"]], 0) + len(d["seq_num"])
-    last = max(float(d.get("time", start["time"])) for _, d in docs)
-    return {"uid": str(uuid.uuid4()), "time": last, "run_start": start["uid"], "exit_status": "abort",
-            "reason": "the session that took this run ended before the run did; written by 'ns-bluesky catalog flush'",
-            "num_events": {**{n: 0 for n in streams.values()}, **counts}}
-
-
-def flush_spool(catalog, make_writer: Callable[[object], Callable], spool_dir: str | os.PathLike) -> list[tuple[str, int]]:
-    """Write every run spooled in ``spool_dir`` that no live session holds: (run uid, documents) each."""
-    done = []
-    for path in sorted(Path(spool_dir).glob("*.jsonl"), key=lambda p: p.stat().st_mtime):
-        with open(path, encoding="utf-8") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # a session is writing it now
-            n = rewrite_run(catalog, make_writer(catalog), path, close=True)
-        path.unlink()
-        done.append((path.name.split(".")[0], n))
-    return done
 
 
 def catalog_writer(target, *, batch_size: int = 25, name: str = "catalog", container: str | None = None,

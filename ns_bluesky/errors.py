@@ -30,3 +30,7 @@ class ReconstructionError(NSBlueskyError, RuntimeError):
 
 class PipelineError(NSBlueskyError, RuntimeError):
     """The processing pipeline stopped answering or died; the raw data are safe, the processing is not done."""
+
+
+class DiskFullError(NSBlueskyError, OSError):
+    """A disk has no room for what a run must write: refused before the run opens, or the run stopped."""

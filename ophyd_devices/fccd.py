@@ -23,7 +23,7 @@ from ophyd import Component as Cpt
 from ophyd import Device, Signal
 from ophyd.status import DeviceStatus
 
-from ns_bluesky.errors import DeviceError
+from ns_bluesky.errors import DeviceError, DiskFullError
 from ns_bluesky.instrument.detector import DetectorGeometry
 from ns_bluesky.sim import PtychoSimulation
 from ns_bluesky.sim.faults import Faults
@@ -117,6 +117,10 @@ class SimFCCD(Device):
         """Exposure and period must make sense before any run opens."""
         check_exposure_and_period(self.name, self.acquire_time.get(), self.acquire_period.get())
 
+    def check_room(self, frames: int) -> None:
+        """``DiskFullError`` before a run opens when its ``frames`` do not fit on the frames' disk."""
+        self.writer.check_room(frames)
+
     def stage(self):
         self.validate_settings()
         self.writer.open()
@@ -148,6 +152,8 @@ class SimFCCD(Device):
                     time.sleep(remaining)
                 self.mode.put("light" if light else "dark")
                 self.frame_counter.put(index + 1)
+            except DiskFullError as exc:  # its own words: which disk, what was kept
+                status.set_exception(exc)
             except Exception as exc:  # reported through the status: the RunEngine fails the run, never hangs
                 status.set_exception(DeviceError(f"{self.name}: frame {index} failed: {exc!r}"))
             else:

@@ -100,6 +100,23 @@ class _LastEvent:
             self.last[run] = doc["time"]
 
 
+class _ToldStop:
+    """A run that ends other than 'success' is told the moment its stop document goes out, in one line: the
+    RunEngine's cleanup, the pipeline's and the catalog's closing take seconds more before the command ends."""
+
+    def __init__(self, say):
+        self.say, self.told = say, False
+
+    def __call__(self, name: str, doc: dict) -> None:
+        if name == "stop" and doc.get("exit_status") not in ("success", None):
+            self.told = True
+            reason = str(doc.get("reason") or "").splitlines()
+            if reason and reason[0].startswith("_ExplainedStatus("):  # the device's words, not the status's repr
+                reason[0] = reason[0].split("): ", 1)[-1]
+            self.say(f"demo: stopped: the run ended '{doc['exit_status']}'" + (f": {reason[0]}" if reason else "")
+                     + "; closing the pipeline and the catalog")
+
+
 def figure(path: Path, *, view, raw: np.ndarray, title: str, rates: str, dx: float | None) -> Path:
     """The paper's Fig. 3: reconstruction phase and amplitude, STXM, probe, a raw and a cleaned frame, error curve, rates."""
     import matplotlib
@@ -252,7 +269,7 @@ def _run(beamline, sim, remote, cat, target, detectors: Path, cfg: SimConfig, ou
     from ..plans import dark_frames, ptycho_scan
     from ..stages.pipeline import ptycho_pipeline
     from .ctrl_c import StopOnCtrlC
-    from .session import PipelineSession
+    from .session import PipelineSession, Ticker
 
     if prerendered:
         from ..ophyd_devices import ReplaySource
@@ -277,11 +294,13 @@ def _run(beamline, sim, remote, cat, target, detectors: Path, cfg: SimConfig, ou
 
     raw_writer = catalog_writer(target, batch_size=batch, say=say)
     events = _LastEvent()
+    stopped = _ToldStop(say)
     RE.subscribe(raw_writer)
+    RE.subscribe(stopped)
     RE.subscribe(events)
     RE.subscribe(ProgressBar(disable=not progress))
     total = scan[0] * scan[1] if pattern == "raster" else None
-    bridge = None
+    bridge = closing = None
     try:
         with PipelineSession(cat, None, pipe_cfg, out / "pipeline", detectors=detectors, progress=progress, total=total,
                              batch_size=batch, catalog_target=target, say=say) as session:
@@ -309,15 +328,25 @@ def _run(beamline, sim, remote, cat, target, detectors: Path, cfg: SimConfig, ou
             session.flush(bridge, raw_uid, end_timeout_s)
             view = session.finish(raw_uid, end_timeout_s)
             derived_uid = session.recorder.finished.get(raw_uid)
+            closing = Ticker(say, "demo: closing the pipeline and the catalog's writers").start()
     except (RunEngineInterrupted, KeyboardInterrupt):
         if RE.state != "idle":
             RE.abort("interrupted by the user (Ctrl-C)")
         raise KeyboardInterrupt from None
+    except Exception as exc:  # told now (unless the run's stop document was): closing things takes seconds more
+        if not stopped.told:
+            why = exc.__cause__ if type(exc).__name__ == "FailedStatus" and exc.__cause__ is not None else exc
+            say(f"demo: stopped: {str(why).splitlines()[0] if str(why) else type(why).__name__}; closing the "
+                f"pipeline and the catalog")
+        raise
     finally:
         if bridge is not None:
             bridge.close()
         raw_writer.close()
+        if closing is not None:
+            closing.stop()
 
+    ticker = Ticker(say, "demo: reading the scan back, scoring it and drawing its picture").start()  # never silent
     cat = raw_writer.catalog  # the server that answers now (restarted, if the first one died)
     run = cat[raw_uid]
     start = run.metadata["start"]
@@ -403,5 +432,6 @@ def _run(beamline, sim, remote, cat, target, detectors: Path, cfg: SimConfig, ou
     )
     summary = Path(summary_json) if summary_json else out / "summary.json"
     summary.write_text(json.dumps(asdict(result), indent=2))
+    ticker.stop()
     print(rates)
     return result

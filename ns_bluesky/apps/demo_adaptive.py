@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ import numpy as np
 
 from ..errors import ParameterError
 from ..instrument.scan import ScanPattern
-from ..io.catalog import data_dir, default_catalog, last_scan_id, make_tiled_writer, open_catalog, writer_batch
+from ..io.catalog import data_dir, default_catalog, last_scan_id, open_catalog, writer_batch
 from ..ptycho.adaptive import coarse_points
 from ..sim.faults import Faults, StageDrift
 from ..sim.settings import SampleModel, SimConfig
@@ -271,9 +272,10 @@ def _run(bl, cat, target, detectors: Path, cfg: SimConfig, out: Path, faults: Fa
     from bluesky import RunEngine
     from bluesky.utils import RunEngineInterrupted
 
-    from ..callbacks import ProgressBar, ThreadedCallback
+    from ..callbacks import ProgressBar
     from ..callbacks.bridge import PipelineBridge
     from ..callbacks.feedback import AdaptiveFeedback
+    from ..callbacks.spool import catalog_writer
     from ..plans import dark_frames
     from ..plans.adaptive import adaptive_ptycho
     from ..stages.pipeline import ptycho_pipeline
@@ -284,7 +286,11 @@ def _run(bl, cat, target, detectors: Path, cfg: SimConfig, out: Path, faults: Fa
     ctrl_c = StopOnCtrlC()  # a command: Ctrl-C stops now, in whichever run (as the demo's)
     RE = RunEngine({"scan_id": last_scan_id(cat)}, call_returns_result=False, context_managers=[ctrl_c.for_engine])
     batch = writer_batch(rate_hz)
-    raw_writer = ThreadedCallback(make_tiled_writer(cat, batch_size=batch), name="catalog")
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    # spooled on disk first, as the demo's: a catalog server that dies mid-scan loses nothing (callbacks/spool.py)
+    raw_writer = catalog_writer(target, batch_size=batch, say=say)
     docs: list[tuple[str, dict]] = []
     RE.subscribe(raw_writer)
     RE.subscribe(lambda name, doc: docs.append((name, doc)) if name in ("descriptor", "event") else None)  # decisions
@@ -293,7 +299,7 @@ def _run(bl, cat, target, detectors: Path, cfg: SimConfig, out: Path, faults: Fa
     ny, nx = cfg.scan.shape
     try:
         with PipelineSession(cat, None, pipe_cfg, out / "pipeline", detectors=detectors, progress=progress,
-                             batch_size=batch) as session:
+                             batch_size=batch, catalog_target=target, say=say) as session:
             feedback = AdaptiveFeedback(pipe_cfg, keep_patterns=True)  # the drift check registers kept patterns
             bridge = PipelineBridge(pipe_cfg)
             RE.subscribe(bridge)
@@ -323,6 +329,7 @@ def _run(bl, cat, target, detectors: Path, cfg: SimConfig, out: Path, faults: Fa
             if part is not None:
                 part.close()
 
+    cat = raw_writer.catalog  # the server that answers now (restarted, if the first one died)
     run = cat[raw_uid]
     start = run.metadata["start"]
     grid = np.asarray(start["grid_positions_m"], float)

@@ -65,6 +65,9 @@ def guarded(prog: str, func: Callable[[argparse.Namespace], int], args: argparse
     except (NSBlueskyError, OSError) as exc:
         return fail(prog, str(exc))
     except Exception as exc:  # a bug: still one line, the traceback on request
+        cause = exc.__cause__ if type(exc).__name__ == "FailedStatus" else None
+        if isinstance(cause, NSBlueskyError):  # a device said why in its own words (a full disk, a timeout)
+            return fail(prog, str(cause))
         if os.environ.get("NS_BLUESKY_DEBUG"):
             raise
         return fail(prog, f"unexpected {type(exc).__name__}: {exc} (set NS_BLUESKY_DEBUG=1 for the traceback)")

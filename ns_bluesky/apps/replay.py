@@ -92,7 +92,7 @@ def replay(
     cfg = ptycho_pipeline(frame_workers=workers, engine=engine, backend=backend, out_dir=out, refine_s=refine_s)
     n = int(start.get("num_points") or 0)
     with PipelineSession(cat, None, cfg, out / "pipeline", progress=progress, total=n or None,
-                         detectors=data_dir(cat_dir, cat)) as session:
+                         detectors=data_dir(cat_dir, cat), catalog_target=cat_dir) as session:
         client = IngestClient(cfg)
         try:
             if dark is not None:

@@ -14,19 +14,46 @@ import threading
 import time
 from pathlib import Path
 
-from ..errors import PipelineError
-from ..io.catalog import detector_dir, make_tiled_writer
-from ..io.catalog_layout import PROCESSED_CONTAINER, processed_of
+from ..errors import ParameterError, PipelineError
+from ..io.catalog import detector_dir
+from ..io.catalog_layout import PROCESSED_CONTAINER
 from ..stream.config import PipelineConfig
 
 #: how often the session looks at its handler process: the user hears of its death within this (and a print)
 WATCH_S = 0.25
+#: while the session waits on the pipeline and nothing moves, a line this often says what for: never silent
+TELL_S = 1.5
+
+
+class Ticker:
+    """``t = Ticker(say, "making the picture").start()`` ... ``t.stop()``: a line every ``TELL_S`` while a
+    long step of a command runs (reading a run back, drawing on a loaded host), so the command is never silent."""
+
+    def __init__(self, say, what: str):
+        self.say, self.what = say, what
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ticker", daemon=True)
+
+    def start(self) -> Ticker:
+        self.t0 = time.monotonic()
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._done.wait(TELL_S):
+            self.say(f"{self.what} ({time.monotonic() - self.t0:.0f} s)")
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=1)
 
 
 class PipelineSession:
     """``with PipelineSession(cat, cat_dir, cfg, workdir) as s:`` then ``s.monitor``, ``s.recorder``, ``s.finish(uid)``.
 
-    ``cat``: the raw runs' node (:func:`~ns_bluesky.io.catalog.open_catalog`); the derived runs go beside it.
+    ``cat``: the raw runs' node (:func:`~ns_bluesky.io.catalog.open_catalog`); the derived runs go beside it,
+    through the catalog's spool (:func:`~ns_bluesky.callbacks.spool.catalog_writer` of ``catalog_target``, by
+    default ``cat_dir``): one writer for every run, so a catalog server that dies loses no derived document either.
     """
 
     def __init__(self, cat, cat_dir, cfg: PipelineConfig, workdir, *, progress: bool = True, total: int | None = None,
@@ -40,13 +67,16 @@ class PipelineSession:
         self.progress, self.total = progress, total
         self.batch_size = batch_size  # the derived run's events per catalog request (catalog.writer_batch)
         self.pipe = self.recorder = self.monitor = self._writer = None
-        # the catalog's directory or URI: derived runs are then spooled on disk first (callbacks/spool.py)
-        self.catalog_target, self.say = catalog_target, say
+        # the catalog's directory or URI: derived runs are spooled on disk first (callbacks/spool.py)
+        self.catalog_target = catalog_target if catalog_target is not None else cat_dir
+        if self.catalog_target is None:
+            raise ParameterError("PipelineSession needs the catalog's directory or URI (cat_dir or catalog_target) "
+                                 "to record derived runs through its spool")
+        self.say = say
         self.died: str | None = None  # how the handler ended, if it ended before the session
         self._closing = threading.Event()
 
     def __enter__(self) -> PipelineSession:
-        from ..callbacks import ThreadedCallback
         from ..callbacks.live import LiveMonitor
         from ..callbacks.recorder import ResultsRecorder
         from ..callbacks.spool import catalog_writer
@@ -55,13 +85,9 @@ class PipelineSession:
         try:
             if self.own_pipeline:
                 self.pipe = PipelineProcess(self.cfg, self.workdir).start()
-            if self.catalog_target is not None:  # derived runs beside the raw ones, never among them
-                self._writer = catalog_writer(self.catalog_target, batch_size=self.batch_size, name="derived-catalog",
-                                              container=PROCESSED_CONTAINER, say=self.say)
-            else:
-                processed = processed_of(self.cat)
-                self._writer = ThreadedCallback(make_tiled_writer(processed, batch_size=self.batch_size),
-                                                name="derived-catalog")
+            # derived runs beside the raw ones, never among them
+            self._writer = catalog_writer(self.catalog_target, batch_size=self.batch_size, name="derived-catalog",
+                                          container=PROCESSED_CONTAINER, say=self.say)
             self.recorder = ResultsRecorder(self.cfg, self._writer, self.detectors / "derived")
             self.monitor = LiveMonitor(self.cfg, progress=self.progress, total=self.total)
             if self.pipe is not None:
@@ -93,27 +119,48 @@ class PipelineSession:
                  f"'ns-bluesky replay {raw_uid[:8]}'") if raw_uid else ""
         raise PipelineError(self.died + again)
 
+    def _tell(self, line: str) -> None:
+        (self.say or (lambda text: print(text, file=sys.stderr, flush=True)))(line)
+
     def flush(self, bridge, raw_uid: str, timeout_s: float) -> None:
         """The bridge's documents all acknowledged by the pipeline, in slices, so that a dead handler ends the
-        wait at once instead of at the timeout."""
-        deadline = time.monotonic() + timeout_s
+        wait at once instead of at the timeout; a line every ``TELL_S`` while it stands still."""
+        t0 = time.monotonic()
+        deadline = t0 + timeout_s
+        lag, told = None, t0
         while True:
             self.check(raw_uid)
             try:
-                bridge.flush(timeout_s=min(1.0, max(deadline - time.monotonic(), 0.0)))
+                bridge.flush(timeout_s=min(TELL_S / 2, max(deadline - time.monotonic(), 0.0)))
                 return
             except TimeoutError:
-                if time.monotonic() >= deadline:
+                now = time.monotonic()
+                if now >= deadline:
                     raise
+                if bridge.lag != lag:
+                    lag, told = bridge.lag, now
+                elif now - told >= TELL_S:
+                    told = now
+                    self._tell(f"pipeline: waiting for it to take {lag} message(s) of run {raw_uid[:8]} "
+                               f"({now - t0:.0f} s); the catalog has the run")
 
     def finish(self, raw_uid: str, timeout_s: float):
         """Wait for the pipeline's end of ``raw_uid`` and for its derived run to be in the catalog; returns
         the monitor's view. ``PipelineError`` as soon as the handler is found dead."""
-        deadline = time.monotonic() + timeout_s
+        t0 = time.monotonic()
+        deadline = t0 + timeout_s
         view = self.monitor.view(raw_uid)
+        seen, told = None, t0
         while view.ended is None and time.monotonic() < deadline:
             self.check(raw_uid)
-            view = self.monitor.wait_end(raw_uid, min(1.0, max(deadline - time.monotonic(), 0.0)))
+            view = self.monitor.wait_end(raw_uid, min(TELL_S / 2, max(deadline - time.monotonic(), 0.0)))
+            now, iteration = time.monotonic(), (view.recon or {}).get("scalars", {}).get("iteration")
+            if view.processed != seen:  # the progress bar moved: the user saw something
+                seen, told = view.processed, now
+            elif view.ended is None and now - told >= TELL_S:
+                told = now
+                self._tell(f"pipeline: waiting for the end of run {raw_uid[:8]} ({now - t0:.0f} s): {view.processed} "
+                           f"frames processed" + (f", reconstruction at iteration {iteration}" if iteration else ""))
         deadline = time.monotonic() + 30
         while view.ended is not None and raw_uid not in self.recorder.finished and time.monotonic() < deadline:
             time.sleep(0.05)

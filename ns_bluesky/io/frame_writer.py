@@ -13,12 +13,18 @@ pages: on the development machine 5.6-5.7 ms of CPU per 2.4 MB frame against 0.6
 with the early writeback and drop (900 frames a round, rounds alternated), and each
 scan of a session started slower than the last (101, 81, 66 frames/s for three 30 x 30
 rate-0 demos in one process). Reading a frame back later costs a disk read.
+
+A full disk: :meth:`HDF5FrameWriter.check_room` refuses a run before it opens when the frames it
+will write do not fit (the plans call it), and a write that finds the disk full after all (someone
+else filled it) raises :class:`~ns_bluesky.errors.DiskFullError` naming the directory, at once: the
+frames already written stay in the file, readable, and the run closes with its exit status.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 import uuid
 from collections.abc import Callable
@@ -28,9 +34,37 @@ import h5py
 import numpy as np
 from event_model import compose_stream_resource
 
+from ..errors import DiskFullError
+
 DATASET = "/entry/data/data"
 WRITEBACK_BYTES = 32 << 20
 KEEP_CACHED_BYTES = 64 << 20
+#: room a run leaves free beyond its frames: HDF5's own structures, the spool, the system
+MARGIN_BYTES = 1 << 20
+#: what a write that finds no room fails with (no space, a quota)
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def free_bytes(path: str | os.PathLike) -> int:
+    """Bytes an unprivileged writer may still use on the disk under ``path`` (its nearest existing parent)."""
+    path = Path(path).resolve()
+    while not path.exists():
+        path = path.parent
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def check_room(write_dir: str | os.PathLike, frames: int, frame_bytes: int, *, what: str = "the detector") -> None:
+    """``DiskFullError`` unless ``frames`` frames of ``frame_bytes`` (and a margin) fit under ``write_dir``."""
+    need = frames * frame_bytes + MARGIN_BYTES
+    free = free_bytes(write_dir)
+    if free < need:
+        raise DiskFullError(f"{what}: {frames} frames need {_size(need)} in {write_dir}, {_size(free)} is free; "
+                            f"the run was not started: free space there or write the frames to another disk")
 
 
 def _writeback_starter() -> Callable[[int], None] | None:
@@ -67,7 +101,13 @@ class HDF5FrameWriter:
             self.write_dir.mkdir(parents=True, exist_ok=True)
             path = self.write_dir / f"{uuid.uuid4()}.h5"
         self.path = Path(path).resolve()
-        self._file = h5py.File(self.path, "w", libver="latest")
+        try:
+            self._file = h5py.File(self.path, "w", libver="latest")
+        except OSError as exc:
+            if exc.errno in FULL_ERRNOS:
+                raise DiskFullError(f"{self.data_key}: no room for a new frame file in {self.path.parent} "
+                                    f"({_size(free_bytes(self.path.parent))} free); the run was not started") from None
+            raise
         self._ds = self._file.create_dataset(
             DATASET,
             shape=(0, *self.frame_shape),
@@ -98,10 +138,18 @@ class HDF5FrameWriter:
                 f"{self.frame_shape} {self.dtype}"
             )
         i = self.frames_written
-        self._ds.resize(i + 1, axis=0)
-        # one uncompressed chunk per frame: hand HDF5 the bytes, skip its selection machinery
-        self._ds.id.write_direct_chunk((i, *(0,) * len(self.frame_shape)), np.ascontiguousarray(frame).data)
-        self._file.flush()  # SWMR readers (tiled, live viewers) see the frame before its datum goes out
+        try:
+            self._ds.resize(i + 1, axis=0)
+            # one uncompressed chunk per frame: hand HDF5 the bytes, skip its selection machinery
+            self._ds.id.write_direct_chunk((i, *(0,) * len(self.frame_shape)), np.ascontiguousarray(frame).data)
+            self._file.flush()  # SWMR readers (tiled, live viewers) see the frame before its datum goes out
+        except OSError as exc:
+            if exc.errno not in FULL_ERRNOS:
+                raise
+            self._cut_back(i)
+            raise DiskFullError(f"{self.data_key}: the disk under {self.write_dir} is full "
+                                f"({_size(free_bytes(self.path.parent))} free) at frame {i + 1} of the run; the run "
+                                f"stops, its {i} frames written are kept in {self.path}") from None
         self._unsynced += frame.nbytes
         if self._unsynced >= WRITEBACK_BYTES:
             self._unsynced = 0
@@ -113,6 +161,18 @@ class HDF5FrameWriter:
         self._docs.append(("stream_datum", datum))
         self.frames_written = i + 1
         return i
+
+    def _cut_back(self, frames: int) -> None:
+        """The dataset back to the frames that are whole, so a reader never meets the one that failed."""
+        try:
+            self._ds.resize(frames, axis=0)
+            self._file.flush()
+        except OSError:
+            pass  # the datums name only the whole frames either way
+
+    def check_room(self, frames: int) -> None:
+        """``DiskFullError`` now, before a run opens, unless ``frames`` frames fit in ``write_dir``."""
+        check_room(self.write_dir, frames, int(np.prod(self.frame_shape)) * self.dtype.itemsize, what=self.data_key)
 
     def _writeback(self) -> None:
         fd = self._file.id.get_vfd_handle()

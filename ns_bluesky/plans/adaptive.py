@@ -30,7 +30,7 @@ from ..ptycho.layout import grid_origins
 from .decision_log import DecisionLog, record_decision
 from .defaults import resolve_dark, resolve_optics
 from .feedback import Feedback
-from .stubs import merge_caller_md, ptycho_step, scan_layout, scan_metadata
+from .stubs import check_room, merge_caller_md, ptycho_step, scan_layout, scan_metadata
 
 
 def _await_qc(feedback, run: str, seqs: Sequence[int], timeout_s: float, poll_s: float = 0.05) -> MsgGenerator[dict[int, dict]]:
@@ -351,6 +351,7 @@ def adaptive_ptycho(
     coarse = coarse_points((ny, nx), int(coarse_every))
     rest = np.setdiff1d(np.arange(ny * nx), coarse)
     planned = np.concatenate([grid[coarse], grid[rest], grid])
+    check_room(det, ny * nx)  # every grid point once; frames taken again are few
 
     settings = {
         "coarse_every": int(coarse_every), "tolerance": tolerance, "dpc_tolerance": dpc_tolerance,

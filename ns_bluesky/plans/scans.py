@@ -17,6 +17,7 @@ from .defaults import remember_dark, resolve_dark, resolve_optics
 from .stubs import (
     check_count,
     check_detector,
+    check_room,
     detector_metadata,
     merge_caller_md,
     ptycho_step,
@@ -40,6 +41,7 @@ def dark_frames(det, shutter, num: int, *, md: dict | None = None) -> MsgGenerat
     """
     num = check_count(num)
     check_detector(det)
+    check_room(det, num)
     _md = {
         "plan_name": "dark_frames",
         "plan_args": {"det": repr(det), "shutter": repr(shutter), "num": num},
@@ -119,6 +121,7 @@ def ptycho_scan(
         "num_intervals": len(planned) - 1,
         **scan_metadata(det, stage, optics, scan_md, planned, sample, dark_uid),
     }
+    check_room(det, len(planned))
     if spec.kind == "raster":
         _md["shape"] = list(spec.shape)
     if used:

@@ -76,6 +76,14 @@ def check_detector(det) -> None:
         validate()
 
 
+def check_room(det, frames: int) -> None:
+    """Before a run opens: a detector that writes files (``det.check_room``) refuses a run whose ``frames``
+    do not fit on its disk (``DiskFullError``), instead of failing in the middle of it."""
+    room = getattr(det, "check_room", None)
+    if callable(room):
+        room(int(frames))
+
+
 def scan_positions(
     pattern: str = "raster",
     *,

@@ -1,9 +1,9 @@
 """Results from a real pipeline recorded as derived runs in the real catalog, found by their raw run."""
 
 import numpy as np
-from ns_bluesky.callbacks.recorder import ResultsRecorder
 from tiled.queries import Key
 
+from ns_bluesky.callbacks.recorder import ResultsRecorder
 from ns_bluesky.io.catalog import detector_dir, make_tiled_writer
 from ns_bluesky.stream.protocol import Message
 
@@ -95,3 +95,30 @@ def test_the_refined_reconstruction_is_recorded_though_it_carries_more_scalars(t
     assert [e["iteration"] for e in events] == [10, 90] and np.isnan(events[0]["refine_iterations"])
     assert events[1]["refine_iterations"] == 80.0 and events[1]["refine_seconds"] == 2.5
     assert [d["exit_status"] for n, d in docs if n == "stop"] == ["success"]
+
+
+def test_a_result_whose_arrays_find_the_disk_full_is_noted_not_lost_silently(tmp_path, capfd):
+    """The derived arrays' disk (a real tmpfs, filled) refuses a reconstruction: its derived run gets an
+    ``errors`` row naming it, the user one line, and the run still closes."""
+    from ns_bluesky.stages.pipeline import ptycho_pipeline
+    from tests.support.tmpfs import fill, small_disk
+
+    with small_disk(tmp_path / "derived", "1m") as disk:
+        fill(disk)
+        docs = []
+        recorder = ResultsRecorder(ptycho_pipeline(out_dir=tmp_path), lambda name, doc: docs.append((name, doc)), disk)
+        try:
+            for seq in (1, 2):
+                recorder._on_message(Message("result", run="raw", seq=seq, stage="recon",
+                                             arrays={"object_phase": np.zeros((64, 64), np.float32)},
+                                             meta={"scalars": {"iteration": 10 * seq, "residual": 0.5}}))
+            recorder._on_message(Message("end_of_run", run="raw", meta={}))
+        finally:
+            recorder.close()
+    assert recorder.disk_full == 2
+    errors = [d["data"] for n, d in docs if n == "event"]
+    assert [e["seq"] for e in errors] == [1, 2] and all("disk full" in e["error"] for e in errors)
+    assert [d["name"] for n, d in docs if n == "descriptor"] == ["errors"]  # no half-made reconstruction stream
+    assert [d["exit_status"] for n, d in docs if n == "stop"] == ["success"]
+    said = capfd.readouterr().err
+    assert said.count("results-recorder:") == 1 and "not stored" in said

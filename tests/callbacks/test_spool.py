@@ -109,3 +109,39 @@ def test_catalog_flush_writes_what_a_crashed_session_left(tmp_path, small_config
                            timeout=180)
     assert again.returncode == 0 and "nothing to write" in again.stdout
     _stop_server(where)
+
+
+def test_a_full_spool_disk_and_a_killed_server_still_lose_no_document(tmp_path, small_config):
+    """The spool's disk (a real 1 MB tmpfs, filled) refuses every line, and the server dies mid-scan: the
+    documents held in memory are written again to the restarted server, each once."""
+    from tests.support.tmpfs import fill, small_disk
+
+    where = tmp_path / "cat"
+    with small_disk(where / "spool", "1m") as disk:
+        fill(disk)
+        told: list[tuple[float, str]] = []
+        writer = catalog_writer(where, batch_size=5, say=lambda line: told.append((time.monotonic(), line)))
+        bl = make_sim_beamline(detector_dir(where), small_config, rate_hz=10.0)
+        RE = RunEngine({}, call_returns_result=False)
+        RE.subscribe(writer)
+        events: list = []
+        RE.subscribe(lambda name, doc: events.append(time.monotonic()) if name == "event" else None)
+
+        def kill_when_scanning():
+            while len(events) < 8:
+                time.sleep(0.02)
+            os.kill(_server_pid(where), signal.SIGKILL)
+
+        threading.Thread(target=kill_when_scanning, daemon=True).start()
+        t0 = time.monotonic()
+        (uid,) = RE(ptycho_scan(bl.fccd, bl.stage, bl.shutter, shape=(5, 5), overlap=0.7, optics=bl.optics))
+        writer.flush(180)
+        writer.close()
+        full = [t - t0 for t, line in told if "cannot write the spool" in line]
+        assert len(full) == 1 and full[0] < 2.0, told  # one line, at the run's first document
+        assert writer.disk_full == 1 and writer.outages == 1
+        run = open_catalog(where)[uid]
+        assert run.metadata["stop"]["exit_status"] == "success"
+        assert sorted(np.asarray(run["primary"]["seq_num"].read()).tolist()) == list(range(1, 26))
+        assert np.asarray(run["primary"]["fccd_image"].read()).shape[0] == 25
+        _stop_server(where)

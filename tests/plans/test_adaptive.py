@@ -13,13 +13,13 @@ import json
 import numpy as np
 import pytest
 from bluesky import RunEngine
-from ns_bluesky.callbacks import ThreadedCallback
+
 from ns_bluesky.callbacks.bridge import PipelineBridge
 from ns_bluesky.callbacks.feedback import AdaptiveFeedback
-from ns_bluesky.ophyd_devices import make_sim_beamline
-
+from ns_bluesky.callbacks.spool import catalog_writer
 from ns_bluesky.instrument.scan import ScanPattern
-from ns_bluesky.io.catalog import detector_dir, last_scan_id, make_tiled_writer
+from ns_bluesky.io.catalog import detector_dir, last_scan_id
+from ns_bluesky.ophyd_devices import make_sim_beamline
 from ns_bluesky.plans import dark_frames, ptycho_scan
 from ns_bluesky.plans.adaptive import adaptive_ptycho
 from ns_bluesky.plans.feedback import Feedback
@@ -61,7 +61,7 @@ def rig(cat, catalog_dir, tmp_path_factory):
         feedback = AdaptiveFeedback(cfg, keep_patterns=True)
         assert isinstance(feedback, Feedback)  # the plan's protocol: what it asks of the pipeline
         bridge = PipelineBridge(cfg)
-        writer = ThreadedCallback(make_tiled_writer(cat), name="catalog")
+        writer = catalog_writer(catalog_dir)
         RE = RunEngine({"scan_id": last_scan_id(cat)}, call_returns_result=False)
         RE.subscribe(bridge)
         RE.subscribe(writer)

@@ -16,11 +16,11 @@ import pytest
 from bluesky import RunEngine
 from ophyd import EpicsSignal
 
-from ns_bluesky.callbacks import ThreadedCallback
 from ns_bluesky.callbacks.bridge import PipelineBridge
 from ns_bluesky.callbacks.feedback import AdaptiveFeedback
+from ns_bluesky.callbacks.spool import catalog_writer
 from ns_bluesky.instrument.beamline import BeamlineDescription
-from ns_bluesky.io.catalog import detector_dir, last_scan_id, make_tiled_writer
+from ns_bluesky.io.catalog import detector_dir, last_scan_id
 from ns_bluesky.ophyd_devices import make_beamline
 from ns_bluesky.plans import dark_frames
 from ns_bluesky.plans.adaptive import adaptive_ptycho
@@ -68,7 +68,7 @@ def epics_rig(cat, catalog_dir, tmp_path_factory):
         with PipelineProcess(cfg, tmp / "pipeline"):
             feedback = AdaptiveFeedback(cfg, keep_patterns=True)
             bridge = PipelineBridge(cfg)
-            writer = ThreadedCallback(make_tiled_writer(cat), name="catalog")
+            writer = catalog_writer(catalog_dir)
             RE = RunEngine({"scan_id": last_scan_id(cat)}, call_returns_result=False)
             RE.subscribe(bridge)
             RE.subscribe(writer)
