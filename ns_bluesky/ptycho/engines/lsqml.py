@@ -105,6 +105,7 @@ class LSQML(Engine):
         self._pos_norms: np.ndarray | None = None  # (N, 2) per frame |P dO/dy|^2, |P dO/dx|^2
         self._momentum: Momentum | None = None  # since the data last changed
         self._place: np.ndarray | None = None  # (N,) each frame's rank along a path through the object (bands, serpentine)
+        self.start_choice = None  # with probe_start="search": the defocus chosen and how (probe_start.DefocusChoice)
 
     def prepare(self, data, probe: np.ndarray, obj: np.ndarray | None = None) -> None:
         self.start_choice = None
