@@ -73,6 +73,11 @@ class ReconParams(BaseModel):
         1.0, ge=0, description="a live update later than publish_every_s plus this after the one before counts as an "
         "overrun (reported with every update as 'overruns')"
     )
+    live_batch_max: int = Field(
+        0, ge=0, description="while frames arrive, at most this many frames per mini-batch (engines that batch: lsqml; "
+        "0: the engine's schedule): snapshots are taken between mini-batches, so this bounds the gap a long one makes "
+        "(at load 28 the demo's grew to 2.4 s); not yet measured in the demo, so off by default"
+    )
     final_seconds: float = Field(3.5, ge=0, description="iterate at most this long after the last frame")
     final_iterations: int = Field(200, ge=0, description="... or at most this many iterations")
     refine_seconds: float = Field(
@@ -189,7 +194,8 @@ class _Session:
         self.start_probe = probe.astype(np.complex64)  # what auto's trial starts from: the optics, not a fit
         data = PtychoData(empty_slots(len(origins), n), origins, np.zeros(len(origins), np.float32))
         p = self.params
-        self.eng = engine(p.engine, backend=p.backend, threads=p.threads)
+        live = {"batch_max": p.live_batch_max} if p.live_batch_max and p.engine == "lsqml" else {}
+        self.eng = engine(p.engine, backend=p.backend, threads=p.threads, **live)
         self.eng.prepare(data, probe.astype(np.complex64))
         self.eng.on_batch = self._on_batch  # a pass over a large scan may take longer than publish_every_s
         positions = np.stack([position for _, position in self.pending.values()])

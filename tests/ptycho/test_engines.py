@@ -313,3 +313,18 @@ def test_empty_slots_prepare_like_zeros_without_a_pass_over_them(sim):
     assert empty_slots(n, 8).strides[0] == 0 and empty_slots(n, 8).nbytes // n == 8 * 8 * 4
     np.testing.assert_allclose(fits[1][0], fits[0][0], rtol=1e-5)
     np.testing.assert_allclose(fits[1][1], fits[0][1], rtol=1e-4, atol=1e-5)
+
+
+def test_lsqml_batch_max_bounds_the_mini_batches(sim):
+    """The schedule doubles the batch every batch_doubling iterations; batch_max caps it (a streaming caller
+    snapshots between mini-batches): 144 frames at batch 8 doubling every iteration would be 1 batch by iteration 5."""
+    counts = {}
+    for cap in (0, 16):
+        eng = engine("lsqml", threads=1, batch_doubling=1, batch_max=cap)
+        eng.prepare(PtychoData(sim.patterns, sim.origins), sim.probe_start)
+        batches = []
+        eng.on_batch = lambda: batches.append(eng.iteration)
+        eng.iterate(6)
+        counts[cap] = [batches.count(i) for i in range(6)]
+    assert counts[0][5] == 1 and counts[16][5] == 144 // 16, counts
+    assert counts[0][0] == counts[16][0] == 144 // 8

@@ -111,3 +111,13 @@ def test_the_frame_workers_import_their_fft_module_before_the_first_frame():
             "FrameStage(); assert 'scipy.fft' in sys.modules; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_live_batch_max_reaches_the_live_engine(scan6):
+    """live_batch_max bounds the live mini-batches (the refinement keeps the engine's schedule): more per iteration."""
+    ratios = []
+    for cap in (0, 2):
+        live, final = _stream(*scan6, rate_hz=20, final_seconds=0.3, live_batch_max=cap)
+        updates = [*live, final]
+        ratios.append(sum(s["update_batches"] for s in updates) / max(sum(s["update_iterations"] for s in updates), 1))
+    assert ratios[1] > 1.5 * ratios[0], ratios
