@@ -16,7 +16,7 @@ absorbing particles, Poisson noise; the start: a flat object and a probe 20 % of
     star        tike's measured Siemens star (tests/data): even and odd frames apart, half-scan FRC (0.5 crossing,
                 fraction of Nyquist) instead of NRMSE
 
-For each: s/iteration (median), NRMSE at 45 s of iterate() time, NRMSE at the end (converged, or at the caps; against
+For each: s/iteration (median), NRMSE at 45 s of prepare() and iterate() time, NRMSE at the end (converged, or at the caps; against
 the truth or its twin conj(O(-r)), whichever is lower, after removing a linear phase ramp: the data cannot tell
 these apart; the table says when the twin was closer),
 the best NRMSE and whether the run diverged (a non-finite residual, a residual that ends over 10 times its best, or
@@ -276,7 +276,7 @@ def plot(rows: list[dict], out: Path) -> Path:
     ax.plot([45], [TARGETS["at45"]], "rv", ms=9, label="target at 45 s (base)")
     ax.axhline(TARGETS["end"], color="r", ls="--", lw=0.8, label="target converged (base)")
     ax.set_yscale("log")
-    ax.set_xlabel("wall time of iterate() (s)")
+    ax.set_xlabel("wall time of prepare() and iterate() (s)")
     ax.set_ylabel("NRMSE over the scanned region")
     star = next((r for r in rows if r["set"] == "star" and "frc" in r), None)
     ax.set_title("engine matrix" + (f"; measured star: half-scan FRC 0.5 at {star['frc']:.3f} of Nyquist" if star else ""),
@@ -296,7 +296,7 @@ def main() -> None:
     ap.add_argument("--sets", nargs="+", choices=[*SETS, "star"], default=None, help="these sets (default: all)")
     ap.add_argument("--engine", default="lsqml")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--cap-seconds", type=float, default=None, help="iterate() time per set (default 300, --quick 120)")
+    ap.add_argument("--cap-seconds", type=float, default=None, help="prepare() + iterate() time per set (default 300, --quick 120)")
     ap.add_argument("--cap-iterations", type=int, default=200)
     ap.add_argument("--star-seconds", type=float, default=None, help="per half (default 60, --quick 30)")
     ap.add_argument("--every", type=int, default=5, help="NRMSE every k iterations (off the clock)")

@@ -30,6 +30,8 @@ from ..sim.settings import SampleModel, SimConfig
 
 log = logging.getLogger(__name__)
 
+DARK_WAIT_S = 30.0  # the longest the scan waits for the pipeline to end the dark run
+
 
 #: over EPICS, the CPU priority the pipeline's handler and workers and the embedded catalog server give up to
 #: the IOC and the RunEngine sharing the host (both are buffered: they catch up, a late trigger never does)
@@ -312,6 +314,18 @@ def _run(beamline, sim, remote, cat, target, detectors: Path, cfg: SimConfig, ou
             if progress:
                 print(f"watch it live: ns-bluesky gui live --config {out / 'pipeline' / 'pipeline.json'}", flush=True)
             (dark_uid,) = RE(dark_frames(beamline.fccd, beamline.shutter, darks, md={"sample_name": cfg.sample.name}))
+            ctrl_c.raise_if_pressed()
+            # the scan's frames wait in the pipeline until the dark is handed out (``dark_uid``): start the scan once
+            # the pipeline has ended the dark run, not 1-1.5 s before (on a loaded machine), so that its first frames
+            # are cleaned at once and the first live image follows them; a pipeline that does not end it within
+            # DARK_WAIT_S is not waited for (its frames are then cleaned without it after wait_timeout_s, flagged)
+            try:
+                session.flush(bridge, dark_uid, DARK_WAIT_S)
+            except TimeoutError:
+                log.warning("the pipeline did not take the dark run within %g s; the scan starts anyway", DARK_WAIT_S)
+            else:
+                if session.monitor.wait_end(dark_uid, DARK_WAIT_S).ended is None:
+                    log.warning("the pipeline did not end the dark run within %g s; the scan starts anyway", DARK_WAIT_S)
             ctrl_c.raise_if_pressed()
             t0 = time.monotonic()
             ioc_cpu0 = remote.ioc.cpu_s() if remote else None

@@ -17,7 +17,7 @@ from pydantic import Field
 
 from ..instrument.detector import beamstop_transmission
 from ..ptycho import preprocess as pp
-from ..ptycho.backend import set_fft_threads
+from ..ptycho.backend import fft_module, set_fft_threads
 from ..ptycho.stxm import bright_field_mask, stxm_signals
 from ..stream.protocol import Message
 from ..stream.stage import Stage
@@ -101,6 +101,9 @@ class FrameStage(Stage):
     def __init__(self, params=None, **worker):
         super().__init__(params, **worker)
         set_fft_threads(self.params.fft_threads)  # one process per worker: the setting is this stage's
+        # scipy.fft's import (1.2-1.7 s on a loaded machine, most of it its docstrings) now, before the worker says
+        # it is ready, not in the scan's first frame: it held the first live image back by that much
+        fft_module(np)
         self.darks: dict[str, dict[str, np.ndarray]] = {}
         self.runs: dict[str, _Run] = {}
 

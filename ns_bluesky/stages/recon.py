@@ -43,7 +43,7 @@ from ..instrument.probe import zone_plate_probe
 from ..ptycho.backend import arrays, asnumpy
 from ..ptycho.budget import iterate_within
 from ..ptycho.conventions import Orientation, choose_orientation, orientation
-from ..ptycho.engines import PtychoData, engine
+from ..ptycho.engines import PtychoData, empty_slots, engine
 from ..ptycho.layout import MARGIN_PX, grid_origins, with_counts
 from ..ptycho.stxm import probe_from_patterns
 from ..stream.mpi import MPIJobError
@@ -72,6 +72,11 @@ class ReconParams(BaseModel):
     overrun_margin_s: float = Field(
         1.0, ge=0, description="a live update later than publish_every_s plus this after the one before counts as an "
         "overrun (reported with every update as 'overruns')"
+    )
+    live_batch_max: int = Field(
+        64, ge=0, description="while frames arrive, at most this many frames per mini-batch (engines that batch: lsqml; "
+        "0: the engine's schedule): snapshots are taken between mini-batches, so this bounds the gap a long one makes "
+        "(at load 28-40 the demo's grew to 256 frames, 2.1-2.4 s, and gaps to 3.9-4.5 s)"
     )
     final_seconds: float = Field(3.5, ge=0, description="iterate at most this long after the last frame")
     final_iterations: int = Field(200, ge=0, description="... or at most this many iterations")
@@ -113,6 +118,9 @@ class _Session:
         self.final_from: int | None = None
         self.snapped_at = 0.0
         self.batches = 0  # mini-batches run
+        self.batch_at = 0.0  # when the last mini-batch (or iteration) ended
+        self.batch_s = 0.0  # how long the last one took: a snapshot is taken one batch before an update is due
+        self.longest_batch_s = 0.0
         self.lock = threading.Lock()
         self.error: Exception | None = None
         # probe (y, x) = sign * stage reading: the stage reads the sample's translation unless told otherwise
@@ -141,6 +149,7 @@ class _Session:
                     if (time.monotonic() >= self.final_deadline
                             or self.eng.iteration - self.final_from >= self.params.final_iterations):
                         break
+                self.batch_at = time.monotonic()
                 try:
                     self.eng.iterate(1)
                 except _Cut:  # the run ended meanwhile: absorb its last frames, or stop on the deadline
@@ -171,6 +180,7 @@ class _Session:
             self._prepare()
 
     def _prepare(self) -> None:
+        t0 = time.monotonic()
         info = self.info
         self.lowest = (self.sign * info.planned_m).min(axis=0)  # the grid is laid out for the plan
         origins = self._origins(info.planned_m)
@@ -182,15 +192,18 @@ class _Session:
             probe = probe_from_patterns(first.mean(axis=0))
         probe = with_counts(probe, first)
         self.start_probe = probe.astype(np.complex64)  # what auto's trial starts from: the optics, not a fit
-        data = PtychoData(np.zeros((len(origins), n, n), np.float32), origins, np.zeros(len(origins), np.float32))
+        data = PtychoData(empty_slots(len(origins), n), origins, np.zeros(len(origins), np.float32))
         p = self.params
-        self.eng = engine(p.engine, backend=p.backend, threads=p.threads)
+        live = {"batch_max": p.live_batch_max} if p.live_batch_max and p.engine == "lsqml" else {}
+        self.eng = engine(p.engine, backend=p.backend, threads=p.threads, **live)
         self.eng.prepare(data, probe.astype(np.complex64))
         self.eng.on_batch = self._on_batch  # a pass over a large scan may take longer than publish_every_s
         positions = np.stack([position for _, position in self.pending.values()])
         self.eng.add_frames(list(self.pending), first, self._origins(positions))  # each where it was measured
         self.patterns = np.zeros((len(origins), n, n), np.float32)  # kept for the refinement
         self.patterns[list(self.pending)] = first
+        log.info("run %s: reconstruction prepared from %d frames in %.3f s, %.3f s after the first frame",
+                 info.uid[:8], len(self.pending), time.monotonic() - t0, time.monotonic() - self.first_frame_at)
         self.pending.clear()
 
     def _origins(self, positions_m: np.ndarray) -> np.ndarray:
@@ -203,9 +216,13 @@ class _Session:
         to take the last frames in, or because the final image's budget is spent."""
         self.batches += 1
         now = time.monotonic()
+        self.batch_s, self.batch_at = now - self.batch_at, now
+        self.longest_batch_s = max(self.longest_batch_s, self.batch_s)
         if self.finishing.is_set() and (not self.inbox.empty() or now >= self.final_deadline):
             raise _Cut
-        if now - self.snapped_at >= self.params.publish_every_s:
+        # the snapshot at the last batch's end before the update is due (another batch would end after it): the
+        # update then goes out on time, not up to a batch later
+        if now + self.batch_s >= self.snapped_at + self.params.publish_every_s:
             self._snap()
 
     def _snap(self, best=None) -> None:
@@ -235,6 +252,7 @@ class _Session:
 
     def finish(self, timeout_s: float) -> None:
         self.ended_at = time.monotonic()
+        log.info("run %s: frames in; longest mini-batch %.3f s of %d", self.info.uid[:8], self.longest_batch_s, self.batches)
         self.final_deadline = self.ended_at + self.params.final_seconds
         self.finishing.set()
         self.thread.join(timeout_s)
@@ -360,6 +378,8 @@ class ReconStage(Stage):
         _, last_t, updates = self.published[run]
         now = time.monotonic()
         overruns, largest = self.lateness[run]
+        if updates == 0:
+            log.info("run %s: first live image %.3f s after the stage's first frame", run[:8], now - session.first_frame_at)
         if not final:  # live updates: each within the budget (plus the margin) of the one before, the first of the first frame
             gap = now - (last_t or session.first_frame_at or now)
             overruns += int(gap > self.params.publish_every_s + self.params.overrun_margin_s)

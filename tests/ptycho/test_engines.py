@@ -294,3 +294,37 @@ def test_lsqml_lets_a_streaming_caller_in_between_mini_batches(sim):
     eng.iterate(1)
     assert len(seen) == round(len(sim.origins) / 16)  # 144 frames in 9 batches
     assert len(set(seen)) == len(seen)  # the object moves on between the calls: each one sees the latest
+
+
+def test_empty_slots_prepare_like_zeros_without_a_pass_over_them(sim):
+    """A streaming reconstruction prepares every slot of the scan before its frames arrive: the broadcast empty
+    slots give the same fit as a stack of zeros (and take no frame-stack-sized memory until frames arrive)."""
+    from ns_bluesky.ptycho.engines import empty_slots
+
+    n = len(sim.origins)
+    fits = []
+    for slots in (np.zeros_like(sim.patterns), empty_slots(n, sim.patterns.shape[-1])):
+        eng = engine("lsqml", threads=1)
+        eng.prepare(PtychoData(slots, sim.origins, weights=np.zeros(n, np.float32)), sim.probe_start)
+        for part in np.array_split(np.arange(n), 3):
+            eng.add_frames(part, sim.patterns[part])
+            eng.iterate(2)
+        fits.append((eng.residuals, eng.finalize()[0]))
+    assert empty_slots(n, 8).strides[0] == 0 and empty_slots(n, 8).nbytes // n == 8 * 8 * 4
+    np.testing.assert_allclose(fits[1][0], fits[0][0], rtol=1e-5)
+    np.testing.assert_allclose(fits[1][1], fits[0][1], rtol=1e-4, atol=1e-5)
+
+
+def test_lsqml_batch_max_bounds_the_mini_batches(sim):
+    """The schedule doubles the batch every batch_doubling iterations; batch_max caps it (a streaming caller
+    snapshots between mini-batches): 144 frames at batch 8 doubling every iteration would be 1 batch by iteration 5."""
+    counts = {}
+    for cap in (0, 16):
+        eng = engine("lsqml", threads=1, batch_doubling=1, batch_max=cap)
+        eng.prepare(PtychoData(sim.patterns, sim.origins), sim.probe_start)
+        batches = []
+        eng.on_batch = lambda: batches.append(eng.iteration)
+        eng.iterate(6)
+        counts[cap] = [batches.count(i) for i in range(6)]
+    assert counts[0][5] == 1 and counts[16][5] == 144 // 16, counts
+    assert counts[0][0] == counts[16][0] == 144 // 8

@@ -27,7 +27,7 @@ registry), one module an engine family with its options next to it: :mod:`.lsqml
 engine asks of the other ranks).
 """
 
-from .base import _ENGINES, Engine, EngineParams, engine, engine_names, register  # noqa: F401  (_ENGINES: benchmarks)
+from .base import _ENGINES, Engine, EngineParams, empty_slots, engine, engine_names, register  # noqa: F401  (_ENGINES: benchmarks)
 from .comm import Communicator, SerialComm
 from .data import PtychoData
 from .lsqml import LSQML, LSQMLParams
@@ -35,6 +35,6 @@ from .projection import DM, RAAR, DMParams, ProjectionParams, RAARParams
 from .rpie import EPIE, RPIE, EPIEParams, RPIEParams
 from .split import Share, gather_object, gather_origins, partition, prepare_split
 
-__all__ = ["DM", "EPIE", "LSQML", "RAAR", "RPIE", "Communicator", "DMParams", "SerialComm", "Share", "gather_object",
+__all__ = ["empty_slots", "DM", "EPIE", "LSQML", "RAAR", "RPIE", "Communicator", "DMParams", "SerialComm", "Share", "gather_object",
            "gather_origins", "partition", "prepare_split", "EPIEParams", "Engine", "EngineParams", "LSQMLParams",
            "ProjectionParams", "PtychoData", "RAARParams", "RPIEParams", "engine", "engine_names", "register"]

@@ -9,12 +9,18 @@ from pydantic import Field
 
 from ...errors import ParameterError
 from ..backend import asnumpy
+from ..probe_start import far_field_from_data, search_defocus
 from .base import Engine, EngineParams, register
+from .data import PtychoData
 from .lsqml_refine import Momentum, drop_weak_modes, gradient_norms, orthogonal_modes, position_steps, start_modes
 
 
 class LSQMLParams(EngineParams):
     batch_size: int = Field(8, ge=1, description="frames per update (mini-batch) at the start")
+    batch_max: int = Field(
+        0, ge=0, description="at most this many frames per mini-batch (0: no bound): a streaming caller that snapshots "
+        "between mini-batches bounds how long one takes (a 1600-frame scan's batches grew to 256 frames, 2.4 s at load 28)"
+    )
     batch_doubling: int = Field(
         8, ge=0, description="the batch doubles every this many iterations (0: never): small batches move fast "
         "early, large ones average the noise out late, as growing batches do for stochastic gradients"
@@ -51,6 +57,11 @@ class LSQMLParams(EngineParams):
     position_start: int = Field(10, ge=0, description="iterations before the positions are refined (the object must have formed)")
     position_every: int = Field(10, ge=1, description="refine the positions every this many iterations (each such iteration costs ~10 % more)")
     position_max_step: float = Field(0.5, gt=0, description="largest move of a frame in one refinement, pixels")
+    probe_start: str = Field(
+        "given", pattern="^(given|far_field|search)$", description="the start probe as given; far_field: with the far "
+        "field the data measured (the root of the mean pattern) and the given one's far-field phase; search: that, and "
+        "the defocus whose few trial iterations fit the scan's middle best (:mod:`ns_bluesky.ptycho.probe_start`)"
+    )
     momentum: float = Field(
         0.0, ge=0, description="gain of the object's momentum (0: none): the iterations' updates, while they keep "
         "pointing the same way, add up in a velocity that is applied as well (PtychoShelves' LSQ-ML acceleration)"
@@ -98,6 +109,43 @@ class LSQML(Engine):
         self._pos_norms: np.ndarray | None = None  # (N, 2) per frame |P dO/dy|^2, |P dO/dx|^2
         self._momentum: Momentum | None = None  # since the data last changed
         self._place: np.ndarray | None = None  # (N,) each frame's rank along a path through the object (bands, serpentine)
+        self.start_choice = None  # with probe_start="search": the defocus chosen and how (probe_start.DefocusChoice)
+
+    def prepare(self, data, probe: np.ndarray, obj: np.ndarray | None = None) -> None:
+        self.start_choice = None
+        if self.params.probe_start != "given":
+            active = np.flatnonzero(np.asarray(data.weights) > 0)
+            n = np.asarray(data.patterns).shape[-1]
+            total = np.asarray(data.patterns)[active].sum(axis=0, dtype=np.float64) if len(active) else np.zeros((n, n))
+            count = np.array([len(active)], np.float64)
+            if self.comm.size > 1:  # every rank's frames (each rank takes part, frames or not): one probe for all
+                self.comm.allreduce(total)
+                self.comm.allreduce(count)
+            if count[0] and total.max() > 0:  # no frames yet (a stream's empty slots): the probe as given
+                mean = total / count[0]
+                probe = far_field_from_data(np.asarray(probe), mean)
+                if self.params.probe_start == "search" and self.comm.size == 1 and len(active) >= 9:
+                    trial = self._trial(np.asarray(data.patterns)[active], np.asarray(data.origins_px)[active])
+                    self.start_choice = search_defocus(probe, mean, trial)
+                    probe = self.start_choice.probe
+        super().prepare(data, probe, obj)
+
+    def _trial(self, patterns: np.ndarray, origins: np.ndarray, frames: int = 48, iterations: int = 6):
+        """The data residual a start probe leaves after ``iterations`` of object-only, one-mode LSQ-ML on the
+        ``frames`` positions nearest the scan's middle (the mean of the last two)."""
+        centre = np.median(origins, axis=0)
+        idx = np.argsort(np.hypot(*(origins - centre).T), kind="stable")[:frames]
+        sub, pos = patterns[idx], origins[idx] - np.floor(origins[idx].min(axis=0)) + 2.0
+        params = self.params.model_copy(update={"probe_modes": 1, "position_correction": False, "threads": 1,
+                                                "probe_start": "given", "probe_update_start": iterations + 1,
+                                                "momentum": 0.0})
+
+        def trial(start: np.ndarray) -> float:
+            eng = LSQML(params)
+            eng.prepare(PtychoData(sub, pos), start)
+            return float(np.mean(eng.iterate(iterations)[-2:]))
+
+        return trial
 
     def _prepare(self) -> None:
         xp = self.xp
@@ -120,6 +168,8 @@ class LSQML(Engine):
         update_probe = self.iteration >= p.probe_update_start
         age = self.iteration - self.data_changed_at  # new frames restart the schedule: they need the fast updates
         size = p.batch_size * 2 ** (age // p.batch_doubling) if p.batch_doubling else p.batch_size
+        if p.batch_max:
+            size = min(size, p.batch_max)
         weights = asnumpy(self.weights)
         start = self.obj.copy() if p.momentum else None
         self._grads = movable = None
