@@ -30,3 +30,7 @@ class ReconstructionError(NSBlueskyError, RuntimeError):
 
 class PipelineError(NSBlueskyError, RuntimeError):
     """The processing pipeline stopped answering or died; the raw data are safe, the processing is not done."""
+
+
+class QueueError(NSBlueskyError, RuntimeError):
+    """The queue server (RE Manager) is not running, did not answer, or refused a request; the message says why."""
