@@ -16,7 +16,15 @@ from datetime import datetime
 from pathlib import Path
 
 from ..errors import QueueError
-from ..io.queue_client import PLAN_DEVICES, QUEUE_DIR_ENV, QueueClient, default_queue_dir, item_summary, parse_params
+from ..io.queue_client import (
+    PLAN_DEVICES,
+    QUEUE_DIR_ENV,
+    QueueClient,
+    default_queue_dir,
+    history_rows,
+    item_summary,
+    parse_params,
+)
 from .options import count, number
 
 
@@ -105,34 +113,6 @@ def _simple(method: str, done: str):
         return 0
 
     return run
-
-
-def derived_of(catalog: str, raw_uids: list[str]) -> dict[str, list[str]]:
-    """The derived runs of each raw run (uids, oldest first); {} when the catalog cannot be read."""
-    if not raw_uids:
-        return {}
-    from ..io.catalog import open_catalog
-    from ..io.catalog_layout import derived_runs
-
-    cat = open_catalog(catalog, create=False)
-    return {uid: [r.metadata["start"]["uid"] for r in derived_runs(cat, uid)] for uid in raw_uids}
-
-
-def history_rows(items: list[dict], catalog: str | None) -> list[dict]:
-    """One row per finished item: plan, result, raw run uids and the derived runs found for them."""
-    raw = [uid for item in items for uid in item.get("result", {}).get("run_uids", [])]
-    derived = derived_of(catalog, raw) if catalog else {}
-    rows = []
-    for item in items:
-        result = item.get("result", {})
-        uids = result.get("run_uids", [])
-        rows.append({
-            "plan": item_summary(item), "item_uid": item.get("item_uid"), "exit_status": result.get("exit_status"),
-            "msg": ((result.get("msg") or "").strip().splitlines() or [""])[-1],
-            "time_stop": result.get("time_stop"), "scan_ids": result.get("scan_ids", []), "raw_uids": uids,
-            "derived_uids": [d for u in uids for d in derived.get(u, [])],
-        })
-    return rows
 
 
 def _cmd_history(args: argparse.Namespace) -> int:

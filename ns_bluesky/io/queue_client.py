@@ -266,3 +266,31 @@ def item_summary(item: dict) -> str:
     args = [a for i, a in enumerate(item.get("args", [])) if not (i < len(names) and a == DEVICE_NAMES[names[i]])]
     parts = [json.dumps(a) for a in args] + [f"{k}={json.dumps(v)}" for k, v in item.get("kwargs", {}).items()]
     return " ".join([item.get("name", "?"), *parts])
+
+
+def derived_of(catalog: str, raw_uids: list[str]) -> dict[str, list[str]]:
+    """The derived runs of each raw run (uids, oldest first), found through their parent_uid in ``processed``."""
+    if not raw_uids:
+        return {}
+    from .catalog import open_catalog
+    from .catalog_layout import derived_runs
+
+    cat = open_catalog(catalog, create=False)
+    return {uid: [r.metadata["start"]["uid"] for r in derived_runs(cat, uid)] for uid in raw_uids}
+
+
+def history_rows(items: list[dict], catalog: str | None) -> list[dict]:
+    """One row per finished item: plan, result, raw run uids and the derived runs found for them."""
+    raw = [uid for item in items for uid in item.get("result", {}).get("run_uids", [])]
+    derived = derived_of(catalog, raw) if catalog else {}
+    rows = []
+    for item in items:
+        result = item.get("result", {})
+        uids = result.get("run_uids", [])
+        rows.append({
+            "plan": item_summary(item), "item_uid": item.get("item_uid"), "exit_status": result.get("exit_status"),
+            "msg": ((result.get("msg") or "").strip().splitlines() or [""])[-1],
+            "time_stop": result.get("time_stop"), "scan_ids": result.get("scan_ids", []), "raw_uids": uids,
+            "derived_uids": [d for u in uids for d in derived.get(u, [])],
+        })
+    return rows
