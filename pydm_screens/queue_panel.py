@@ -283,7 +283,7 @@ class QueuePanel(QGroupBox):
                     client.close()
                 client, history_key = None, None
                 if job[0] == "refresh":
-                    self._emit(self._bridge.refreshed, {"error": f"queue server not reachable: {exc}"})
+                    self._emit(self._bridge.refreshed, {"error": str(exc)})
                 else:
                     self._emit(self._bridge.replied, f"{job[0]} failed: {exc}")
             except Exception as exc:  # noqa: BLE001 (one line on the panel, the worker lives on)
@@ -303,10 +303,8 @@ class QueuePanel(QGroupBox):
     def _poll(self, client: QueueClient) -> dict:
         status = client.status()
         answer = {"status": status, "addr": client.state.control_addr, "queue": [], "running": None, "plans": None}
-        if status.get("items_in_queue"):
-            answer["queue"] = client.queue()
-        if status.get("running_item_uid"):
-            answer["running"] = client.call("the running item", "item_get", uid=status["running_item_uid"])["item"]
+        if status.get("items_in_queue") or status.get("running_item_uid"):
+            answer["queue"], answer["running"] = client.queue()
         if not self.plans:
             answer["plans"] = client.call("the plans request", "plans_allowed", reload=True)["plans_allowed"]
         return answer

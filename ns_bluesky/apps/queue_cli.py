@@ -71,9 +71,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     client = _client(args)
     try:
         status = client.status()
-        queue = client.queue() if status.get("items_in_queue") else []
-        running = status.get("running_item_uid")
-        running_item = client.call("the running item", "item_get", uid=running)["item"] if running else None
+        queue, running_item = client.queue()
     finally:
         client.close()
     if args.json:

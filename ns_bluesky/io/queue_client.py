@@ -218,8 +218,10 @@ class QueueClient:
         reply = self.call(name, "item_add", BPlan(item["name"], *item["args"], **item["kwargs"]))
         return reply["item"]
 
-    def queue(self) -> list[dict]:
-        return self.call("the queue request", "queue_get", reload=True)["items"]
+    def queue(self) -> tuple[list[dict], dict | None]:
+        """The queued items and the running one (None when none runs; it is no longer in the queue)."""
+        reply = self.call("the queue request", "queue_get", reload=True)
+        return reply["items"], reply.get("running_item") or None
 
     def history(self) -> list[dict]:
         return self.call("the history request", "history_get", reload=True)["items"]

@@ -92,3 +92,38 @@ def test_the_lists_are_generated_and_the_keys_stay_private(queue_server):
 def test_a_second_start_is_refused_while_one_runs(queue_server):
     again = queue_server.cli("start", "--catalog", str(queue_server.catalog), "--ipython-dir", str(queue_server.ipython_dir))
     assert "a queue server already runs" in _one_line_error(again)
+
+
+def test_a_running_scan_pauses_resumes_and_aborts_from_the_shell(queue_server):
+    added = queue_server.cli("add", "ptycho_scan", "shape=12,12", "sample=to-abort", "--run")
+    assert added.returncode == 0, added.stderr
+
+    def state() -> str:
+        status = queue_server.cli("status", "--json")
+        assert status.returncode == 0, status.stderr
+        answer = json.loads(status.stdout)
+        if answer["status"]["manager_state"] != "idle":  # the running plan is shown, no longer in the queue
+            assert "to-abort" in json.dumps(answer["running"]) and not answer["queue"], answer
+        return answer["status"]["manager_state"]
+
+    deadline = time.monotonic() + 60
+    while state() != "executing_queue":
+        assert time.monotonic() < deadline, "the queued scan did not start"
+        time.sleep(0.2)
+    assert queue_server.cli("pause", "--now").returncode == 0
+    deadline = time.monotonic() + 30
+    while state() != "paused":
+        assert time.monotonic() < deadline, "the scan did not pause"
+        time.sleep(0.2)
+    assert queue_server.cli("resume").returncode == 0
+    aborted = queue_server.cli("abort", timeout=90)  # pauses the running plan first, then aborts it
+    assert aborted.returncode == 0 and aborted.stdout.strip() == "aborted", aborted.stderr
+    assert queue_server.cli("wait", "60", timeout=90).returncode == 0
+    rows = json.loads(queue_server.cli("history", "--json").stdout)
+    row = next(r for r in reversed(rows) if "to-abort" in r["plan"])
+    assert row["exit_status"] == "aborted" and len(row["raw_uids"]) == 1, row
+    cat = open_catalog(queue_server.catalog, create=False)
+    assert cat[row["raw_uids"][0]].metadata["stop"]["exit_status"] == "abort"
+    assert cat[row["raw_uids"][0]]["primary"]["fccd_image"].shape[0] < 144  # 10 Hz: 14 s for all of them
+    nothing = queue_server.cli("resume")  # nothing is paused now: the manager's reason, one line
+    assert "the queue server refused to resume" in _one_line_error(nothing)
