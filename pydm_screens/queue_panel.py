@@ -317,6 +317,6 @@ class QueuePanel(QGroupBox):
             return f"queued {item_summary(item)} ({item['item_uid'][:8]})"
         method, done = {"start": ("start_queue", "the queue runs"), "pause": ("pause", "pause requested"),
                         "resume": ("resume", "resumed"), "stop": ("finish", "stop requested"),
-                        "abort": ("abort", "aborted")}[name]
+                        "abort": ("abort", "aborted; the plan is back at the front of the queue")}[name]
         getattr(client, method)()
         return done

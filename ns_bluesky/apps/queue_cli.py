@@ -3,7 +3,8 @@
 The manager: ``queue start`` / ``queue stop`` (:mod:`.queue_server`). The queue: ``queue add PLAN
 key=value ...`` (refused with the reason before it runs when the parameters do not fit the plan),
 ``queue run`` (start the queue), ``queue pause [--now]``, ``queue resume``, ``queue finish`` (a
-paused plan ends cleanly; a running queue stops after its plan), ``queue abort``, ``queue halt``;
+paused plan ends cleanly; a running queue stops after its plan), ``queue abort``, ``queue halt`` (an
+aborted or halted plan goes back to the front of the queue, as queueserver does), ``queue clear``;
 ``queue status``, ``queue history`` (each plan's result and its raw and derived runs).
 """
 
@@ -199,8 +200,12 @@ def add_parser(sub, catalog_arg, profile_startup) -> None:
     action("resume", _simple("resume", "resumed"), "resume the paused plan")
     action("finish", _simple("finish", "stop requested"),
            "stop: a paused plan ends cleanly (success); a running queue stops after its running plan")
-    action("abort", _simple("abort", "aborted"), "end the running or paused plan now, marked aborted (cleanup runs)")
-    action("halt", _simple("halt", "halted"), "end the plan now without its cleanup (emergencies)")
+    back = "; the plan is back at the front of the queue ('ns-bluesky queue clear' empties the queue)"
+    action("abort", _simple("abort", "aborted" + back),
+           "end the running or paused plan now, marked aborted (cleanup runs); it goes back to the front of the queue")
+    action("halt", _simple("halt", "halted" + back),
+           "end the plan now without its cleanup (emergencies); it goes back to the front of the queue")
+    action("clear", _simple("clear", "the queue is empty"), "remove every plan from the queue (the history stays)")
     hist = action("history", _cmd_history, "finished plans: result, raw and derived runs")
     hist.add_argument("--limit", type=count(1), default=20, help="the last this many (default 20)")
     hist.add_argument("--json", action="store_true")

@@ -258,6 +258,10 @@ class QueueClient:
             self.call("to wait for the pause", "wait_for_idle_or_paused", timeout=30)
         self.call("to halt", "re_halt")
 
+    def clear(self) -> None:
+        """Remove every plan from the queue (the running plan and the history stay)."""
+        self.call("to clear the queue", "queue_clear")
+
     def close(self) -> None:
         self.api.close()
 

@@ -117,8 +117,12 @@ def test_a_running_scan_pauses_resumes_and_aborts_from_the_shell(queue_server):
         time.sleep(0.2)
     assert queue_server.cli("resume").returncode == 0
     aborted = queue_server.cli("abort", timeout=90)  # pauses the running plan first, then aborts it
-    assert aborted.returncode == 0 and aborted.stdout.strip() == "aborted", aborted.stderr
+    assert aborted.returncode == 0 and aborted.stdout.startswith("aborted; the plan is back at the front"), aborted.stderr
     assert queue_server.cli("wait", "60", timeout=90).returncode == 0
+    queued = json.loads(queue_server.cli("status", "--json").stdout)["queue"]
+    assert [i["kwargs"]["sample"] for i in queued] == ["to-abort"]  # queueserver puts it back to run again
+    assert queue_server.cli("clear").stdout.strip() == "the queue is empty"
+    assert json.loads(queue_server.cli("status", "--json").stdout)["queue"] == []
     rows = json.loads(queue_server.cli("history", "--json").stdout)
     row = next(r for r in reversed(rows) if "to-abort" in r["plan"])
     assert row["exit_status"] == "aborted" and len(row["raw_uids"]) == 1, row
