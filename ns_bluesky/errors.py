@@ -34,3 +34,7 @@ class PipelineError(NSBlueskyError, RuntimeError):
 
 class DiskFullError(NSBlueskyError, OSError):
     """A disk has no room for what a run must write: refused before the run opens, or the run stopped."""
+
+
+class QueueError(NSBlueskyError, RuntimeError):
+    """The queue server (RE Manager) is not running, did not answer, or refused a request; the message says why."""

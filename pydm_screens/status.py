@@ -3,15 +3,18 @@
 The buttons write ``nsstream://control/...`` channels; the plugin sends the command
 on the control port and ``control/reply`` says what it did, while the table shows the
 effect (workers drained or started, queues emptied, counters at zero). Stop, abort and
-reset ask before they act.
+reset ask before they act. Below them the queue panel (:mod:`.queue_panel`) queues and runs scans on
+the beamline's queue server.
 """
 
 from __future__ import annotations
 
-from ns_bluesky.pydm_screens.hub import hub
 from pydm import Display
 from pydm.widgets import PyDMLabel, PyDMSpinbox
 from qtpy.QtWidgets import QLabel
+
+from ns_bluesky.pydm_screens.hub import hub
+from ns_bluesky.pydm_screens.queue_panel import QueuePanel
 
 #: columns of the module table: caption, status field
 COLUMNS = (
@@ -41,3 +44,5 @@ class PipelineStatus(Display):
             spin.setToolTip(f"workers for {spec.name}: type a number and press Enter")
             grid.addWidget(spin, row, len(COLUMNS) + 1)
             self.scale[spec.name] = spin
+        self.queue_panel = QueuePanel(self)
+        self.layout().addWidget(self.queue_panel)

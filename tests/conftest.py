@@ -16,7 +16,7 @@ from ns_bluesky.sim.settings import SimConfig  # noqa: E402
 from tests.support.scan import SimScan  # noqa: E402
 
 #: the make_pipeline, slurm_cluster, postgres and pg_catalog fixtures for every test package
-pytest_plugins = ["tests.support.pipeline", "tests.support.slurm", "tests.support.postgres"]
+pytest_plugins = ["tests.support.pipeline", "tests.support.slurm", "tests.support.postgres", "tests.support.queue_server"]
 
 # The suite writes about 2.5 GB (raw FCCD frames in the session catalog, CXI files); on a
 # fuller disk SQLite fails mid-run with "database or disk is full", far from the cause.

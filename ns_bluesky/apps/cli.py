@@ -222,6 +222,14 @@ def _install_profile(ipython_dir) -> str:
     return str(target)
 
 
+def _profile_startup(ipython_dir: str | None):
+    """The installed profile's startup directory (for the queue server's worker), installed first when missing."""
+    ipython_dir = _ipython_dir(ipython_dir)
+    if not (ipython_dir / "profile_nanosurveyor" / "startup" / "00-base.py").exists():
+        print(f"installing the beamline profile: {_install_profile(ipython_dir)}")
+    return ipython_dir / "profile_nanosurveyor" / "startup"
+
+
 def _cmd_profile(args: argparse.Namespace) -> int:
     print(f"profile installed: {_install_profile(_ipython_dir(args.ipython_dir))}")
     return 0
@@ -375,10 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .catalog_cli import add_parser as add_catalog_parser
     from .ioc import add_parser as add_ioc_parser
     from .pipeline_cli import add_parsers
+    from .queue_cli import add_parser as add_queue_parser
 
     add_catalog_parser(sub)
     add_ioc_parser(sub)
     add_parsers(sub, _catalog_arg)
+    add_queue_parser(sub, _catalog_arg, _profile_startup)
     return parser
 
 

@@ -248,11 +248,27 @@ def close_catalogs() -> None:
 
 def at_exit(fn) -> None:
     """Run ``fn`` at exit while the embedded catalog servers still answer (they stop right after,
-    before the interpreter joins non-daemon threads: plain atexit runs too late for them)."""
+    before the interpreter joins non-daemon threads: plain atexit runs too late for them).
+
+    Also in a ``multiprocessing`` child, such as the queue server's worker that runs the beamline
+    profile: it ends through ``os._exit``, which runs neither atexit nor threading's exit hooks,
+    only multiprocessing's finalizers (in the same last-registered-first order). ``fn`` runs once."""
+    import multiprocessing
+    from multiprocessing import util
+
+    done = threading.Event()
+
+    def once() -> None:
+        if not done.is_set():
+            done.set()
+            fn()
+
     try:
-        threading._register_atexit(fn)  # called last-registered first
+        threading._register_atexit(once)  # called last-registered first
     except (AttributeError, RuntimeError):  # pragma: no cover - other interpreters
-        atexit.register(fn)
+        atexit.register(once)
+    if multiprocessing.parent_process() is not None:
+        util.Finalize(None, once, exitpriority=100)
 
 
 at_exit(close_catalogs)

@@ -3,9 +3,9 @@
 Coarse pass -> region of interest -> fine scan of it -> bad frames measured again ->
 drift check against a reference patch, with correction through the stage's user
 offsets. Without feedback (no pipeline) it measures the whole raster and says so.
+The annotations are real types (no ``from __future__ import annotations``): the queue server
+checks a queued plan's parameters against them before it runs.
 """
-
-from __future__ import annotations
 
 import time
 from collections.abc import Sequence
@@ -28,7 +28,7 @@ from ..ptycho.adaptive import (
 )
 from ..ptycho.layout import grid_origins
 from .decision_log import DecisionLog, record_decision
-from .defaults import resolve_dark, resolve_optics
+from .defaults import resolve_dark, resolve_feedback, resolve_optics
 from .feedback import Feedback
 from .stubs import check_room, merge_caller_md, ptycho_step, scan_layout, scan_metadata
 
@@ -285,7 +285,7 @@ def adaptive_ptycho(
     stage,
     shutter,
     *,
-    feedback: Feedback | None,
+    feedback: Feedback | None = None,
     optics=None,
     shape: Sequence[int] = (40, 40),
     step: float | None = None,
@@ -327,7 +327,8 @@ def adaptive_ptycho(
        (``drift_rounds``), and the frames taken since the last clean check are measured
        again (the stale events are named ``superseded``).
 
-    Without ``feedback``, or when no QC comes within ``feedback_timeout_s``, the plan
+    ``feedback`` left out is the session's (the profile lends its pipeline's, so a queued
+    ``adaptive_ptycho`` needs none). Without any, or when no QC comes within ``feedback_timeout_s``, the plan
     measures the whole raster (the plain scan) and records why. The start document is a
     ``ptycho_scan``'s, with ``planned_positions_m`` the coarse points, the rest of the
     grid, then the grid again as slots for frames taken twice (the pipeline keeps a slot
@@ -345,6 +346,7 @@ def adaptive_ptycho(
         raise ParameterError(f"remeasure_rounds must be >= 0, got {remeasure_rounds!r}")
     used: dict[str, str] = {}
     optics, dark_uid = resolve_optics(optics, used), resolve_dark(det, dark_uid, used)
+    feedback = resolve_feedback(feedback, used)
     zp, spec, grid, scan_md = scan_layout(det, stage, optics, "raster", shape=shape, step=step, overlap=overlap, center=center)
     step_m = scan_md["step_m"]
     ny, nx = spec.shape

@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DarkRecord", "SessionDefaults", "clear_session_defaults", "remember_dark", "resolve_dark", "resolve_optics",
+__all__ = ["DarkRecord", "SessionDefaults", "clear_session_defaults", "remember_dark", "resolve_dark", "resolve_feedback", "resolve_optics",
            "session_defaults", "use_session_defaults"]
 
 
@@ -36,6 +36,7 @@ class SessionDefaults:
     """The session's optics device (None: none lent) and its latest dark run per detector name."""
 
     optics: Any = None
+    feedback: Any = None
     remember_darks: bool = False
     darks: dict[str, DarkRecord] = field(default_factory=dict)
 
@@ -43,11 +44,12 @@ class SessionDefaults:
 _session = SessionDefaults()
 
 
-def use_session_defaults(*, optics=None, remember_darks: bool = True) -> SessionDefaults:
-    """Lend ``optics`` to every plan of this process that is not given its own, and (``remember_darks``)
-    let each successful ``dark_frames`` run become the dark of later scans; returns the defaults."""
+def use_session_defaults(*, optics=None, feedback=None, remember_darks: bool = True) -> SessionDefaults:
+    """Lend ``optics`` (and the pipeline's ``feedback``, for ``adaptive_ptycho``) to every plan of this process
+    that is not given its own, and (``remember_darks``) let each successful ``dark_frames`` run become the dark
+    of later scans; returns the defaults."""
     global _session
-    _session = SessionDefaults(optics=optics, remember_darks=remember_darks)
+    _session = SessionDefaults(optics=optics, feedback=feedback, remember_darks=remember_darks)
     return _session
 
 
@@ -81,6 +83,14 @@ def resolve_optics(optics, used: dict[str, str]):
         used["optics"] = f"session: {getattr(_session.optics, 'name', type(_session.optics).__name__)}"
         return _session.optics
     return optics
+
+
+def resolve_feedback(feedback, used: dict[str, str]):
+    """``feedback`` when given, else the session's (noted in ``used``); None when neither."""
+    if feedback is None and _session.feedback is not None:
+        used["feedback"] = f"session: {type(_session.feedback).__name__}"
+        return _session.feedback
+    return feedback
 
 
 def resolve_dark(det, dark_uid: str | None, used: dict[str, str]) -> str | None:

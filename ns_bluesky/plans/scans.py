@@ -3,11 +3,12 @@
 Small generators in the style of ``bluesky.plans``: parameters are checked before a run
 opens, metadata is merged into ``_md`` with the caller's ``md`` winning, and the start
 document carries everything a reconstruction needs, in SI units with the unit in each name.
+The annotations are real types (no ``from __future__ import annotations``): the queue server
+checks a queued plan's parameters against them before it runs (``ns-bluesky queue add``).
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
+from typing import Literal
 
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
@@ -72,7 +73,7 @@ def ptycho_scan(
     stage,
     shutter,
     *,
-    pattern: str = "raster",
+    pattern: Literal["raster", "fermat"] = "raster",
     shape: Sequence[int] = (40, 40),
     num_points: int | None = None,
     step: float | None = None,

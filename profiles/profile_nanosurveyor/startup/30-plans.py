@@ -3,7 +3,8 @@
 The session lends the plans its ``optics`` and remembers its dark runs
 (:func:`ns_bluesky.plans.use_session_defaults`): a scan that leaves ``optics`` and
 ``dark_uid`` out takes the beamline's optics and the latest dark at the detector's
-exposure, recorded in its start document as if passed.
+exposure, recorded in its start document as if passed; ``adaptive_ptycho`` without
+``feedback`` takes the pipeline's (so the queue server can run it too).
 """
 
 from ns_bluesky.callbacks.feedback import AdaptiveFeedback
@@ -11,9 +12,9 @@ from ns_bluesky.callbacks.feedback import AdaptiveFeedback
 from ns_bluesky.plans import dark_frames, ptycho_scan, scan_positions, session_defaults, use_session_defaults  # noqa: F401
 from ns_bluesky.plans.adaptive import adaptive_ptycho  # noqa: F401
 
-use_session_defaults(optics=optics)  # noqa: F821  (10-devices)
 feedback = AdaptiveFeedback(pipeline_cfg)  # noqa: F821  what adaptive_ptycho reads from the pipeline
 at_exit(feedback.close)  # noqa: F821
+use_session_defaults(optics=optics, feedback=feedback)  # noqa: F821  (10-devices)
 
 _HELP = """\
   (dark,) = RE(dark_frames(fccd, shutter, 20))            # later scans at this exposure use it
