@@ -38,6 +38,19 @@ DARK_WAIT_S = 30.0  # the longest the scan waits for the pipeline to end the dar
 PROCESSING_NICE = 5
 
 
+def yield_cpu(pid: int, nice: int) -> None:
+    """Lower a process's CPU priority to ``nice``, also across sessions. The embedded catalog server runs in a
+    session of its own (Ctrl-C must not reach it), and where the kernel groups each session for scheduling
+    (autogroup, the default of most distributions) a process's nice value weighs only within its group: the
+    group's own nice value is what other sessions see (40 x 40 at 10 Hz over EPICS on 2 idle cores: 9.69
+    frames/s with the server's process niced, 9.98 with autogroup off)."""
+    os.setpriority(os.PRIO_PROCESS, pid, max(os.getpriority(os.PRIO_PROCESS, pid), nice))
+    try:
+        Path(f"/proc/{pid}/autogroup").write_text(str(nice))
+    except OSError:  # no autogroup here (or not Linux): the nice value alone is what counts
+        pass
+
+
 @dataclass
 class DemoResult:
     frames: int
@@ -310,7 +323,7 @@ def _run(beamline, sim, remote, cat, target, detectors: Path, cfg: SimConfig, ou
             RE.subscribe(bridge)
             if remote is not None:  # the catalog may lag behind the scan (it is spooled), the scan not behind it
                 for pid in server_pids():
-                    os.setpriority(os.PRIO_PROCESS, pid, max(os.getpriority(os.PRIO_PROCESS, pid), PROCESSING_NICE))
+                    yield_cpu(pid, PROCESSING_NICE)
             if progress:
                 print(f"watch it live: ns-bluesky gui live --config {out / 'pipeline' / 'pipeline.json'}", flush=True)
             (dark_uid,) = RE(dark_frames(beamline.fccd, beamline.shutter, darks, md={"sample_name": cfg.sample.name}))

@@ -399,6 +399,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_process_logging("handler", cfg.log_dir)
     if cfg.nice > 0:
         os.nice(cfg.nice)  # before the local workers start: they inherit it
+        try:  # and its session's scheduling group (Linux autogroup), which is what other sessions weigh it by
+            with open("/proc/self/autogroup", "w") as group:
+                group.write(str(cfg.nice))
+        except OSError:
+            pass
     try:
         handler = Handler(cfg, spawn=not args.no_local_workers)
         # SIGTERM (kill, systemd, a test's terminate) closes like 'pipeline stop': workers told, segments removed

@@ -150,8 +150,11 @@ class PipelineProcess:
         path.write_text(self.cfg.model_dump_json(indent=2))
         log_dir(self.cfg.log_dir).mkdir(parents=True, exist_ok=True)
         with open(log_dir(self.cfg.log_dir) / "handler.stderr", "ab") as err:
+            # a lowered priority ('nice') must reach across sessions: in a session of its own the handler and its
+            # workers form one scheduling group (Linux autogroup), whose nice value the handler sets
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ns_bluesky.stream.handler", "--config", str(path), "--exit-with-parent"], stdin=subprocess.DEVNULL, stderr=err
+                [sys.executable, "-m", "ns_bluesky.stream.handler", "--config", str(path), "--exit-with-parent"],
+                stdin=subprocess.DEVNULL, stderr=err, start_new_session=self.cfg.nice > 0,
             )
         self.control = ControlClient(self.cfg, timeout_s=5)
         try:

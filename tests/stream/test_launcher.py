@@ -64,5 +64,9 @@ def test_the_pipeline_gives_up_the_cpu_priority_it_is_told_to_and_its_workers_in
                 break
             time.sleep(0.2)
         assert os.getpriority(os.PRIO_PROCESS, pipe.proc.pid) == min(base + 4, 19)
+        group = f"/proc/{pipe.proc.pid}/autogroup"  # Linux with autogroup: its session's group is niced as well
+        if os.path.exists(group):
+            with open(group) as f:
+                assert f.read().split()[-1] == "4"
         nice = {name: {os.getpriority(os.PRIO_PROCESS, w["pid"]) for w in m["workers"]} for name, m in modules.items()}
         assert nice["frame"] == {min(base + 4, 19)} and nice["dark"] == {min(base + 4, 19)}, nice
