@@ -50,8 +50,8 @@ def _kill_group(pid: int) -> None:
             pass
 
 
-@pytest.fixture(scope="session")
-def queue_server(tmp_path_factory):
+@pytest.fixture(scope="module")  # not the session: an idle manager's environment (its pipeline, catalog and Redis)
+def queue_server(tmp_path_factory):  # took CPU from the timing-sensitive EPICS tests that run after it
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (Debian: apt-get install redis-server): the queue server keeps "
                     "its queue in Redis")
