@@ -27,6 +27,7 @@ from ..instrument.scan import ScanPattern
 from ..io.catalog import data_dir, default_catalog, last_scan_id, open_catalog, server_pids, writer_batch
 from ..sim.scoring import score_recon
 from ..sim.settings import SampleModel, SimConfig
+from ..stream.priority import lower_priority
 
 log = logging.getLogger(__name__)
 
@@ -36,19 +37,6 @@ DARK_WAIT_S = 30.0  # the longest the scan waits for the pipeline to end the dar
 #: over EPICS, the CPU priority the pipeline's handler and workers and the embedded catalog server give up to
 #: the IOC and the RunEngine sharing the host (both are buffered: they catch up, a late trigger never does)
 PROCESSING_NICE = 5
-
-
-def yield_cpu(pid: int, nice: int) -> None:
-    """Lower a process's CPU priority to ``nice``, also across sessions. The embedded catalog server runs in a
-    session of its own (Ctrl-C must not reach it), and where the kernel groups each session for scheduling
-    (autogroup, the default of most distributions) a process's nice value weighs only within its group: the
-    group's own nice value is what other sessions see (40 x 40 at 10 Hz over EPICS on 2 idle cores: 9.69
-    frames/s with the server's process niced, 9.98 with autogroup off)."""
-    os.setpriority(os.PRIO_PROCESS, pid, max(os.getpriority(os.PRIO_PROCESS, pid), nice))
-    try:
-        Path(f"/proc/{pid}/autogroup").write_text(str(nice))
-    except OSError:  # no autogroup here (or not Linux): the nice value alone is what counts
-        pass
 
 
 @dataclass
@@ -322,8 +310,8 @@ def _run(beamline, sim, remote, cat, target, detectors: Path, cfg: SimConfig, ou
             bridge = PipelineBridge(pipe_cfg)
             RE.subscribe(bridge)
             if remote is not None:  # the catalog may lag behind the scan (it is spooled), the scan not behind it
-                for pid in server_pids():
-                    yield_cpu(pid, PROCESSING_NICE)
+                for pid in server_pids():  # in a session of its own (Ctrl-C must not reach it): its group too
+                    lower_priority(pid, PROCESSING_NICE)
             if progress:
                 print(f"watch it live: ns-bluesky gui live --config {out / 'pipeline' / 'pipeline.json'}", flush=True)
             (dark_uid,) = RE(dark_frames(beamline.fccd, beamline.shutter, darks, md={"sample_name": cfg.sample.name}))

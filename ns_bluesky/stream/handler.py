@@ -48,6 +48,7 @@ from .broker.spill import Spill
 from .config import PipelineConfig, apply_launcher_args, load_config, parse_counts
 from .launcher import LocalPool, WorkerLauncher
 from .logs import setup_process_logging
+from .priority import lower_priority
 from .protocol import MAX_HEADER_BYTES, Message, ProtocolError, decode, encode
 from .security import claim, ipc_path, server_security
 
@@ -397,13 +398,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg.log_dir = args.log_dir
     apply_launcher_args(cfg, args.launcher, args.partition, args.account)
     setup_process_logging("handler", cfg.log_dir)
-    if cfg.nice > 0:
-        os.nice(cfg.nice)  # before the local workers start: they inherit it
-        try:  # and its session's scheduling group (Linux autogroup), which is what other sessions weigh it by
-            with open("/proc/self/autogroup", "w") as group:
-                group.write(str(cfg.nice))
-        except OSError:
-            pass
+    if cfg.nice > 0:  # before the local workers start: they inherit it (its session's group too)
+        lower_priority(os.getpid(), os.getpriority(os.PRIO_PROCESS, 0) + cfg.nice)
     try:
         handler = Handler(cfg, spawn=not args.no_local_workers)
         # SIGTERM (kill, systemd, a test's terminate) closes like 'pipeline stop': workers told, segments removed
