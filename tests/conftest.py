@@ -11,7 +11,13 @@ import pytest  # noqa: E402
 from bluesky import RunEngine  # noqa: E402
 
 from ns_bluesky.instrument.scan import ScanPattern  # noqa: E402
-from ns_bluesky.io.catalog import detector_dir, make_tiled_writer, open_catalog  # noqa: E402
+from ns_bluesky.io.catalog import (  # noqa: E402
+    close_catalogs,
+    detector_dir,
+    make_tiled_writer,
+    open_catalog,
+    started_catalogs,
+)
 from ns_bluesky.sim.settings import SimConfig  # noqa: E402
 from tests.support.scan import SimScan  # noqa: E402
 
@@ -36,6 +42,20 @@ def pytest_sessionstart(session):
 @pytest.fixture(scope="session")
 def catalog_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("catalog")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_catalogs_closed(catalog_dir):
+    """Stop, after each test module, the embedded catalog servers it started (not the session's own).
+
+    An embedded server otherwise runs until pytest exits: a suite's worth of idle servers took enough
+    CPU from the timing-sensitive tests that ran late (EPICS, the live screens) to fail them.
+    """
+    yield
+    shared = catalog_dir.resolve()
+    for directory in started_catalogs():
+        if directory != shared:
+            close_catalogs(directory)
 
 
 @pytest.fixture(scope="session")

@@ -231,19 +231,34 @@ def open_catalog(path_or_uri: str | os.PathLike | None = None, *, container: str
     return node_of(client, container)
 
 
-def close_catalogs() -> None:
-    """Stop every embedded server this process started (also done at exit)."""
+def close_catalogs(directory: str | os.PathLike | None = None) -> None:
+    """Stop the embedded server of ``directory``, or every one this process started (also done at exit).
+
+    One directory's, so that a caller done with its own catalog leaves the others (a session's shared
+    catalog, say) answering their clients.
+    """
     with _servers_lock:
-        for proc, _ in _servers.values():
-            try:
-                proc.stdin.close()  # the server's signal to stop
-                proc.wait(15)
-            except (OSError, ValueError):
-                pass
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        _servers.clear()
+        if directory is None:
+            stopping = list(_servers.values())
+            _servers.clear()
+        else:
+            found = _servers.pop(Path(directory).resolve(), None)
+            stopping = [found] if found else []
+    for proc, _ in stopping:
+        try:
+            proc.stdin.close()  # the server's signal to stop
+            proc.wait(15)
+        except (OSError, ValueError):
+            pass
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def started_catalogs() -> list[Path]:
+    """The directories whose embedded servers this process started and still runs."""
+    with _servers_lock:
+        return [directory for directory, (proc, _) in _servers.items() if proc.poll() is None]
 
 
 def at_exit(fn) -> None:

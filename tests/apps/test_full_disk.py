@@ -43,7 +43,7 @@ def test_a_scan_whose_frames_do_not_fit_is_refused_before_its_run_opens(tmp_path
 
 def test_a_disk_that_fills_mid_scan_stops_the_demo_in_one_line_and_keeps_the_frames(tmp_path):
     catalog, out, said = tmp_path / "catalog", tmp_path / "out", tmp_path / "demo.out"
-    with small_disk(detector_dir(catalog), "32m") as disk:
+    with small_disk(detector_dir(catalog), "64m") as disk:  # the darks and their statistics (18 MiB), the scan (22)
         with open(said, "w") as stdout:
             proc = subprocess.Popen([NS_BLUESKY, "demo", "--scan", "3x3", "--rate", "2", "--darks", "2", "--workers", "1",
                                      "--refine", "0", "--catalog", str(catalog), "--out", str(out)],
@@ -88,4 +88,4 @@ def test_a_disk_that_fills_mid_scan_stops_the_demo_in_one_line_and_keeps_the_fra
         assert 1 <= kept < 9
         frames = np.asarray(raw["primary"]["fccd_image"].read())
         assert frames.shape[0] == kept and frames.any(axis=(1, 2)).all()  # every frame written is kept, readable
-        close_catalogs()
+        close_catalogs(catalog)

@@ -21,7 +21,7 @@ from bluesky import RunEngine
 
 from ns_bluesky.callbacks.spool import catalog_writer, read_spool
 from ns_bluesky.io import catalog as catalog_module
-from ns_bluesky.io.catalog import detector_dir, open_catalog
+from ns_bluesky.io.catalog import close_catalogs, detector_dir, open_catalog
 from ns_bluesky.ophyd_devices import make_sim_beamline
 from ns_bluesky.plans import ptycho_scan
 
@@ -32,14 +32,6 @@ NS_BLUESKY = str(Path(sys.executable).with_name("ns-bluesky"))
 
 def _server_pid(directory: Path) -> int:
     return catalog_module._servers[directory.resolve()][0].pid
-
-
-def _stop_server(directory: Path) -> None:
-    """Stop this test's own embedded server (never the session's shared one)."""
-    with catalog_module._servers_lock:
-        proc, _ = catalog_module._servers.pop(directory.resolve())
-    proc.stdin.close()
-    proc.wait(30)
 
 
 def test_the_catalog_server_killed_mid_scan_loses_no_document(tmp_path, small_config):
@@ -78,7 +70,7 @@ def test_the_catalog_server_killed_mid_scan_loses_no_document(tmp_path, small_co
     frames = np.asarray(run["primary"]["fccd_image"].read())
     assert frames.shape[0] == 25 and frames.any(axis=(1, 2)).all()  # the frames still linked
     assert not list((where / "spool").glob("*.jsonl"))  # a run in the catalog leaves no spool behind
-    _stop_server(where)
+    close_catalogs(where)
 
 
 def test_catalog_flush_writes_what_a_crashed_session_left(tmp_path, small_config):
@@ -95,7 +87,7 @@ def test_catalog_flush_writes_what_a_crashed_session_left(tmp_path, small_config
     (spool / f"{uid}.jsonl").write_text("".join(json.dumps([n, d], default=lambda v: v.tolist()) + "\n" for n, d in cut)
                                         + '["event", {"trunc')  # and in the middle of a line
     assert len(read_spool(spool / f"{uid}.jsonl")) == len(cut)
-    _stop_server(where)  # the command below starts its own
+    close_catalogs(where)  # the command below starts its own
     out = subprocess.run([NS_BLUESKY, "catalog", "flush", "--catalog", str(where)], capture_output=True, text=True,
                          timeout=180)
     assert out.returncode == 0, out.stderr
@@ -108,7 +100,7 @@ def test_catalog_flush_writes_what_a_crashed_session_left(tmp_path, small_config
     again = subprocess.run([NS_BLUESKY, "catalog", "flush", "--catalog", str(where)], capture_output=True, text=True,
                            timeout=180)
     assert again.returncode == 0 and "nothing to write" in again.stdout
-    _stop_server(where)
+    close_catalogs(where)
 
 
 def test_a_full_spool_disk_and_a_killed_server_still_lose_no_document(tmp_path, small_config):
@@ -144,4 +136,4 @@ def test_a_full_spool_disk_and_a_killed_server_still_lose_no_document(tmp_path, 
         assert run.metadata["stop"]["exit_status"] == "success"
         assert sorted(np.asarray(run["primary"]["seq_num"].read()).tolist()) == list(range(1, 26))
         assert np.asarray(run["primary"]["fccd_image"].read()).shape[0] == 25
-        _stop_server(where)
+        close_catalogs(where)

@@ -221,7 +221,7 @@ def stop_catalog(served: ServedCatalog) -> None:
         served.proc.wait(10)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # not the session: an idle server takes CPU from the timing-sensitive tests after it
 def pg_catalog(postgres):
     """One ``ns-bluesky catalog serve`` on the session's PostgreSQL, with its api key in a 0600 file."""
     base = Path(tempfile.mkdtemp(prefix="ns-bluesky-served-"))
