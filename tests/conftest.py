@@ -31,6 +31,13 @@ NEEDED_FREE_BYTES = 4 * 2**30
 
 def pytest_sessionstart(session):
     import shutil
+    import signal
+
+    # A suite started in the background by a non-interactive shell (nohup, `make test &`, some CI runners) inherits
+    # SIGINT ignored, and so would every command it starts: the Ctrl-C tests would send SIGINT to processes that
+    # cannot hear it. Ctrl-C means what it means in a terminal, for this process and its children.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
     base = session.config._tmp_path_factory.getbasetemp()
     free = shutil.disk_usage(base).free

@@ -59,6 +59,7 @@ def test_ctrl_c_in_a_run_without_checkpoints_stops_the_next_plan():
 
 
 def test_ctrl_c_mid_scan_pauses_at_once_not_at_the_end():
+    before = signal.getsignal(signal.SIGINT)
     ctrl_c = StopOnCtrlC()
     RE = RunEngine({}, context_managers=[ctrl_c.for_engine])
     done: list = []
@@ -68,7 +69,7 @@ def test_ctrl_c_mid_scan_pauses_at_once_not_at_the_end():
     assert len(done) < 20, f"{len(done)} of 40 points ran after Ctrl-C"
     RE.abort("interrupted by the test")
     assert RE.state == "idle"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back after the plan
+    assert signal.getsignal(signal.SIGINT) is before  # put back after the plan
 
 
 def test_stock_handler_forgets_it_which_is_why_commands_use_this_one():

@@ -222,10 +222,10 @@ def stop_catalog(served: ServedCatalog) -> None:
 
 
 @pytest.fixture(scope="module")  # not the session: an idle server takes CPU from the timing-sensitive tests after it
-def pg_catalog(postgres):
+def pg_catalog(postgres, request):
     """One ``ns-bluesky catalog serve`` on the session's PostgreSQL, with its api key in a 0600 file."""
     base = Path(tempfile.mkdtemp(prefix="ns-bluesky-served-"))
-    served = serve_catalog(postgres, base)
+    served = serve_catalog(postgres, base, name=request.module.__name__.rsplit(".", 1)[-1].lower())  # databases of its own
     try:
         yield served
     finally:
