@@ -236,5 +236,5 @@ class BeamlineIOC:
                 logging.getLogger(__name__).info(
                     "the next trigger came %.1f ms (median), %.1f ms (90 %%), %.1f ms (99 %%) after a frame's end; "
                     "%d of %d too late to keep the period", 1e3 * gaps[len(gaps) // 2], 1e3 * gaps[int(len(gaps) * 0.9)],
-                    1e3 * gaps[int(len(gaps) * 0.99)], self.cam.late_triggers, len(gaps))
+                    1e3 * gaps[int(len(gaps) * 0.99)], self.cam.late_triggers, self.cam.triggers)
             sys.stdout.flush()

@@ -24,6 +24,7 @@ import asyncio
 import math
 import os
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -238,6 +239,8 @@ def cam_table(shape: tuple[int, int], exposure_s: float, period_s: float) -> dic
     }
 
 
+TRIGGER_GAPS_KEPT = 100_000  # the trigger gaps the IOC's log line sums up: its last this many
+
 class FCCDCam(pv_table("_CamPVs", cam_table((1040, 1152), 0.1, 0.1), ADGroup)):  # values: see __init__
     """``cam1:``: ``Acquire`` takes 1 (Single), ``NumImages`` (Multiple) or endless (Continuous) frames."""
 
@@ -254,8 +257,10 @@ class FCCDCam(pv_table("_CamPVs", cam_table((1040, 1152), 0.1, 0.1), ADGroup)): 
         self._task: asyncio.Task | None = None
         self._last_end = -math.inf
         #: seconds from each frame's end to the client's next trigger (within a second): the client's overhead per
-        #: point, which must stay within AcquirePeriod - AcquireTime for frames to keep the period
-        self.trigger_gaps: list[float] = []
+        #: point, which must stay within AcquirePeriod - AcquireTime for frames to keep the period (the last
+        #: TRIGGER_GAPS_KEPT: an IOC runs for days)
+        self.trigger_gaps: deque[float] = deque(maxlen=TRIGGER_GAPS_KEPT)
+        self.triggers = 0  # all of them since the IOC started
         self.late_triggers = 0  # of those, the ones that came too late to keep the period
         self.frames = 0  # rendered since the IOC started: the simulation's frame index
 
@@ -308,6 +313,7 @@ class FCCDCam(pv_table("_CamPVs", cam_table((1040, 1152), 0.1, 0.1), ADGroup)): 
                 now = time.monotonic()
                 if 0 <= now - self._last_end < 1.0:
                     self.trigger_gaps.append(now - self._last_end)
+                    self.triggers += 1
                     self.late_triggers += now - self._last_end > period - exposure
                 start = self._last_end if 0 <= now - self._last_end < period else now
                 end = self._last_end = max(start + period, now + exposure)

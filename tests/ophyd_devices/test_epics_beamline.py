@@ -79,6 +79,8 @@ def test_plans_run_unchanged_and_the_catalog_holds_the_iocs_frames(start_ioc, ca
     assert taken, ioc.log_path.read_text()[-1500:]
     # how many were drawn ahead depends on the CPU the renderer got (test_prerender.py checks the mechanism)
     print(f"{taken[1]} of the scan's 9 frames were drawn ahead while the stage moved")
+    gaps = re.search(r"the next trigger came [0-9.]+ ms \(median\).* (\d+) of (\d+) too late", ioc.log_path.read_text())
+    assert gaps and 8 <= int(gaps[2]) <= 10 and int(gaps[1]) <= int(gaps[2]), ioc.log_path.read_text()[-1500:]
 
 
 def test_a_scan_past_the_limits_is_refused_before_a_run_opens(module_beamline):
