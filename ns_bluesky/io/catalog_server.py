@@ -80,6 +80,27 @@ def _register_document_export() -> None:
         registry.register("BlueskyRun", "application/json-seq", json_seq_exporter)
 
 
+def _initialised_here(directory: Path) -> None:
+    """Create (or check) the catalog's SQLite tables in this process, and keep tiled from doing it in another.
+
+    ``SimpleTiledServer`` has tiled initialise its catalog in a fresh interpreter (``python -m tiled catalog
+    init --if-not-exists``: SQLite and threads do not mix), on every start, existing catalog or not: 1.5-3 s
+    of each server's start on 2 cores, which a scan waits out before its first document. Here the same
+    command's function runs in the main thread before the server's threads exist, which is what the
+    subprocess was for; the server's own call then skips it.
+    """
+    import tiled.catalog
+    from tiled.commandline._catalog import init
+
+    init(str(directory / "catalog.db"), if_not_exists=True)
+    from_uri = tiled.catalog.from_uri
+
+    def initialised_from_uri(*args, **kwargs):
+        return from_uri(*args, **{**kwargs, "init_if_not_exists": False})
+
+    tiled.catalog.from_uri = initialised_from_uri
+
+
 def serve(directory: Path) -> int:
     """Serve ``directory`` until standard input closes; 3 if another process serves it already."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -93,6 +114,7 @@ def serve(directory: Path) -> int:
     from tiled.server import SimpleTiledServer
 
     _register_document_export()
+    _initialised_here(directory)
     detectors = detector_dir(directory)
     detectors.mkdir(exist_ok=True)
     server = SimpleTiledServer(directory=directory, readable_storage=[detectors], api_key=secrets.token_hex(16))
