@@ -65,11 +65,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_demo_adaptive(args: argparse.Namespace) -> int:
     from .demo_adaptive import run_adaptive_demo
 
-    for flag, given in (("--epics", args.epics), ("--pattern fermat", args.pattern != "raster")):
-        if given:
-            raise NSBlueskyError(f"--adaptive runs a raster on the in-process beamline; drop {flag}")
+    if args.epics:
+        raise NSBlueskyError("--adaptive runs on the in-process beamline; drop --epics")
     result = run_adaptive_demo(
-        scan=args.scan or (20, 20), rate_hz=args.rate, darks=args.darks, out=args.out, catalog=args.catalog,
+        scan=args.scan or (20, 20), rate_hz=args.rate, darks=args.darks, pattern=args.pattern, out=args.out,
+        catalog=args.catalog,
         sample_image=args.sample_image, sample_name=args.sample_name, exposure_s=args.exposure, seed=args.seed,
         workers=args.workers, engine=args.engine, backend=args.backend, summary_json=args.summary_json,
         refine_s=args.refine, progress=not args.quiet,
@@ -280,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--scan", type=scan_shape, help="raster points, rows x columns (default 40x40; 20x20 with --adaptive)")
     demo.add_argument("--rate", type=number(0, 1000, what=" frames/s"), default=10.0, help="frames per second; 0 = as fast as possible (default 10)")
     demo.add_argument("--darks", type=count(2, 10_000), default=20, help="dark frames before the scan (default 20)")
-    demo.add_argument("--pattern", choices=("raster", "fermat"), default="raster")
+    demo.add_argument("--pattern", choices=("raster", "fermat"), default="raster",
+                      help="scan pattern (default raster); fermat: a Fermat spiral of rows x columns points, also with --adaptive")
     demo.add_argument("--sample-image", metavar="PNG|TIFF", type=input_file, help="grey-scale image for the sample (default: test pattern)")
     demo.add_argument("--sample-name", help="sample name for the metadata (default: the image's file name)")
     demo.add_argument("--exposure", type=number(0, 60, above=True, what=" s"), help="seconds per frame (default 0.1, or 1/rate when that is shorter)")

@@ -10,7 +10,8 @@ saturation burst and a beam loss in the fine scan, and the sample slipping on it
 part way through. The PNG draws what the plan decided over the STXM map (the region
 chosen, the points skipped, the frames taken again, the drift reference) next to the
 live reconstruction; ``summary.json`` has the counts (frames saved, re-measured, drift
-injected, detected and corrected) and every decision with its reason.
+injected, detected and corrected) and every decision with its reason. On a raster or, with
+``pattern="fermat"`` (``--pattern fermat``), a Fermat spiral of rows x columns points.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ParameterError
-from ..instrument.scan import ScanPattern
+from ..instrument.scan import ScanPattern, fermat_spiral
 from ..io.catalog import data_dir, default_catalog, last_scan_id, open_catalog, writer_batch
-from ..ptycho.adaptive import coarse_points
+from ..ptycho.adaptive import coarse_points, coarse_subset
 from ..sim.faults import Faults, StageDrift
 from ..sim.settings import SampleModel, SimConfig
 
@@ -38,7 +39,7 @@ DRIFT_CHECKS = ("drift_check", "drift_verified", "drift_detected", "drift_uncorr
 
 @dataclass
 class AdaptiveDemoResult:
-    grid_points: int  # points of the raster the plan could have measured
+    grid_points: int  # points of the raster (or spiral) the plan could have measured
     frames: int  # primary events taken: coarse pass, region, frames taken again, drift probes
     frames_saved: int  # raster points the region of interest left out (never measured)
     frames_remeasured: int  # frames taken again because the pipeline flagged them (faults)
@@ -59,14 +60,23 @@ class AdaptiveDemoResult:
     cxi: str | None
     png: str
     exit_status: str
+    pattern: str = "raster"  # or "fermat": a spiral of rows x columns points
 
 
-def fault_schedule(shape: tuple[int, int], step_m: float, coarse_every: int = COARSE_EVERY) -> tuple[Faults, dict]:
+def coarse_count(pattern: str, shape: tuple[int, int], coarse_every: int = COARSE_EVERY) -> int:
+    """How many points the plan's coarse pass takes (as ``adaptive_ptycho`` chooses them)."""
+    if pattern == "raster":
+        return len(coarse_points(shape, coarse_every))
+    return len(coarse_subset(fermat_spiral(shape[0] * shape[1], 1.0), float(coarse_every), outside_in=True))
+
+
+def fault_schedule(shape: tuple[int, int], step_m: float, coarse_every: int = COARSE_EVERY,
+                   pattern: str = "raster") -> tuple[Faults, dict]:
     """Faults at light frames placed from the scan's size, and the plan's ``drift_every``: a dropped packet in
-    the coarse pass, a saturation burst in the 5 x 5 drift reference, a beam loss early in the fine scan, and
-    the sample slipping half way to the first drift check."""
+    the coarse pass, a saturation burst in the 5 x 5 drift reference (25 points on a spiral), a beam loss early
+    in the fine scan, and the sample slipping half way to the first drift check."""
     ny, nx = shape
-    coarse = len(coarse_points(shape, coarse_every))
+    coarse = coarse_count(pattern, shape, coarse_every)
     fine = max(10, ny * nx // 2 - coarse - 25)  # the occupied half, less the reference patch
     every = max(8, fine // 4)
     start = coarse + 25 + every // 2 + 2
@@ -136,8 +146,9 @@ def _outline(p: np.ndarray, shape: tuple[int, int], chosen: np.ndarray, step: fl
 
 
 def figure(path: Path, *, grid: np.ndarray, shape: tuple[int, int], stxm: np.ndarray, decisions: list[dict], view,
-           text: str, title: str) -> Path:
-    """The STXM map with what the plan decided drawn over it, the live reconstruction, and the counts."""
+           text: str, title: str, pattern: str = "raster") -> Path:
+    """The STXM map with what the plan decided drawn over it, the live reconstruction, and the counts; on a
+    spiral the map is a disc per point and the region's outline a contour over the points' triangles."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -146,16 +157,29 @@ def figure(path: Path, *, grid: np.ndarray, shape: tuple[int, int], stxm: np.nda
 
     fig, ax = plt.subplots(1, 3, figsize=(22, 8), constrained_layout=True, gridspec_kw={"width_ratios": [1.15, 1, 1.1]})
     p = _on_sample(grid)
-    py, px = p[:, 0].reshape(shape), p[:, 1].reshape(shape)
-    step = float(np.median(np.abs(np.diff(px, axis=1)))) if shape[1] > 1 else 1.0
+    raster = pattern == "raster"
     a = ax[0]
     a.set_facecolor("lightsteelblue")  # never measured
-    mesh = a.pcolormesh(px, py, stxm.reshape(shape), shading="nearest", cmap="gray")
+    if raster:
+        py, px = p[:, 0].reshape(shape), p[:, 1].reshape(shape)
+        step = float(np.median(np.abs(np.diff(px, axis=1)))) if shape[1] > 1 else 1.0
+    else:
+        from scipy.spatial import cKDTree
+
+        px = p[:, 1]
+        step = float(np.median(cKDTree(p).query(p, k=2)[0][:, 1])) if len(p) > 1 else 1.0  # the spiral's step
+    width_pt = a.get_position().width * fig.get_figwidth() * 72
+    cell = width_pt * step / (np.ptp(px) + step)  # one scan step in points
+    if raster:
+        mesh = a.pcolormesh(px, py, stxm.reshape(shape), shading="nearest", cmap="gray")
+    else:
+        seen = ~np.isnan(stxm)
+        mesh = a.scatter(p[seen, 1], p[seen, 0], c=stxm[seen], cmap="gray", marker="o", s=cell**2, edgecolors="none")
+        a.set_xlim(p[:, 1].min() - step, p[:, 1].max() + step)  # markers do not widen the limits: a step of margin
+        a.set_ylim(p[:, 0].min() - step, p[:, 0].max() + step)
     fig.colorbar(mesh, ax=a, label="transmission (photons per frame)", shrink=0.8)
     a.set_aspect("equal")
     a.invert_yaxis()  # rows downwards, as the reconstruction is shown
-    width_pt = a.get_position().width * fig.get_figwidth() * 72
-    cell = width_pt * step / (np.ptp(px) + step)  # one raster step in points
     by: dict[str, list] = {}
     for d in decisions:
         by.setdefault(d["action"], []).append(d)
@@ -168,8 +192,13 @@ def figure(path: Path, *, grid: np.ndarray, shape: tuple[int, int], stxm: np.nda
     coarse = at("coarse_pass")
     a.scatter(coarse[:, 1], coarse[:, 0], marker=".", c="tab:blue", s=(0.25 * cell) ** 2, label="coarse pass")
     chosen = at("region_of_interest")
-    if len(chosen):
+    if len(chosen) and raster:
         a.add_collection(LineCollection(_outline(p, shape, chosen, step), colors="lime", linewidths=2.5))
+    elif len(chosen):  # contoured over the points' triangles: what was measured less the coarse points found empty
+        inside = ~skipped
+        inside[[g for d in by["region_of_interest"] for g in d["detail"].get("empty_coarse_points", [])]] = False
+        a.tricontour(p[:, 1], p[:, 0], inside.astype(float), levels=[0.5], colors="lime", linewidths=2.5)
+    if len(chosen):
         a.plot([], [], color="lime", lw=2.5, label="region of interest (chosen)")
     again = at("remeasure")
     a.scatter(again[:, 1], again[:, 0], facecolors="none", edgecolors="red", marker="o", s=(0.8 * cell) ** 2,
@@ -178,9 +207,14 @@ def figure(path: Path, *, grid: np.ndarray, shape: tuple[int, int], stxm: np.nda
     a.scatter(drifted[:, 1], drifted[:, 0], marker="+", c="orange", s=(0.6 * cell) ** 2, linewidths=2,
               label=f"taken again: the sample had moved ({len(drifted)})")
     ref = at("drift_reference")
-    if len(ref):
+    if len(ref) and raster:
         a.add_patch(plt.Rectangle((ref[:, 1].min() - step / 2, ref[:, 0].min() - step / 2), np.ptp(ref[:, 1]) + step,
                                   np.ptp(ref[:, 0]) + step, fill=False, ec="cyan", lw=2, ls="--"))
+    elif len(ref):  # the 25 points nearest a centre: the circle around them
+        middle = ref.mean(axis=0)
+        a.add_patch(plt.Circle((middle[1], middle[0]), float(np.hypot(*(ref - middle).T).max()) + step / 2, fill=False,
+                               ec="cyan", lw=2, ls="--"))
+    if len(ref):
         a.plot([], [], color="cyan", ls="--", lw=2, label="drift reference patch")
         centre = ref.mean(axis=0)
         for d in by.get("drift_detected", []):
@@ -213,6 +247,7 @@ def run_adaptive_demo(
     scan: tuple[int, int] = (20, 20),
     rate_hz: float = 10.0,
     darks: int = 20,
+    pattern: str = "raster",
     out: str | os.PathLike = "demo-output",
     catalog: str | os.PathLike | None = None,
     sample_image: str | None = None,
@@ -228,13 +263,20 @@ def run_adaptive_demo(
     refine_s: float = 30.0,
 ) -> AdaptiveDemoResult:
     """Run ``adaptive_ptycho`` with faults on a half-empty sample; returns what it decided (and writes
-    the summary JSON, by default next to the PNG)."""
+    the summary JSON, by default next to the PNG). ``pattern="fermat"``: a Fermat spiral of
+    ``scan[0] * scan[1]`` points instead of the raster."""
     from ..sim import sample as sim_sample
     from .demo import check_settings
     from .demo_epics import default_exposure_s
 
     check_settings(rate_hz, darks, workers)
-    if min(scan) < 2 * COARSE_EVERY + 1:
+    if pattern not in ("raster", "fermat"):
+        raise ParameterError(f"--pattern must be 'raster' or 'fermat', got {pattern!r}")
+    if pattern == "fermat" and scan[0] * scan[1] < (2 * COARSE_EVERY + 1) ** 2:
+        raise ParameterError(f"--adaptive --pattern fermat needs at least {(2 * COARSE_EVERY + 1) ** 2} points (a "
+                             f"coarse pass {COARSE_EVERY} steps apart and a 25-point drift reference), got "
+                             f"{scan[0]}x{scan[1]} = {scan[0] * scan[1]}")
+    if pattern == "raster" and min(scan) < 2 * COARSE_EVERY + 1:
         raise ParameterError(f"--adaptive needs at least {2 * COARSE_EVERY + 1}x{2 * COARSE_EVERY + 1} points "
                              f"(a coarse pass every {COARSE_EVERY}. point and a 5 x 5 drift reference), got "
                              f"{scan[0]}x{scan[1]}")
@@ -251,7 +293,7 @@ def run_adaptive_demo(
         image = sim_sample.test_pattern()
         sample = SampleModel(name=(sample_name or "siemens-star") + ", right half empty")
     image = sim_sample.with_empty_region(image, "right")
-    cfg = SimConfig(seed=seed, exposure_s=exposure_s, sample=sample, scan=ScanPattern(kind="raster", shape=scan, overlap=0.7))
+    cfg = SimConfig(seed=seed, exposure_s=exposure_s, sample=sample, scan=ScanPattern(kind=pattern, shape=scan, overlap=0.7))
     target = default_catalog() if catalog is None else catalog
     if not str(target).startswith(("http://", "https://")):
         target = Path(target).expanduser().resolve()
@@ -261,7 +303,7 @@ def run_adaptive_demo(
 
     beamline = make_sim_beamline(detectors, cfg, image=image, rate_hz=rate_hz)
     step_m = cfg.optics.beam_diameter_m(cfg.energy_eV) * (1 - 0.7)
-    faults, schedule = fault_schedule(scan, step_m)
+    faults, schedule = fault_schedule(scan, step_m, pattern=pattern)
     return _run(beamline, cat, target, detectors, cfg, out, faults, schedule, rate_hz=rate_hz, darks=darks, workers=workers,
                 engine=engine, backend=backend, summary_json=summary_json, progress=progress, end_timeout_s=end_timeout_s,
                 refine_s=refine_s)
@@ -310,7 +352,8 @@ def _run(bl, cat, target, detectors: Path, cfg: SimConfig, out: Path, faults: Fa
             bl.fccd.source.faults, bl.fccd.source.light_frames = faults, 0  # the schedule counts this scan's light frames
             t0 = time.monotonic()
             (raw_uid,) = RE(adaptive_ptycho(
-                bl.fccd, bl.stage, bl.shutter, feedback=feedback, optics=bl.optics, shape=(ny, nx), overlap=0.7,
+                bl.fccd, bl.stage, bl.shutter, feedback=feedback, optics=bl.optics, pattern=cfg.scan.kind, shape=(ny, nx),
+                num_points=cfg.scan.num_points if cfg.scan.kind == "fermat" else None, overlap=0.7,
                 coarse_every=COARSE_EVERY, drift_every=schedule["drift_every"], sample=cfg.sample.name, dark_uid=dark_uid,
                 md={"simulation": {"seed": cfg.seed, "config": cfg.model_dump(mode="json"), "faults": schedule}},
             ))
@@ -346,10 +389,13 @@ def _run(bl, cat, target, detectors: Path, cfg: SimConfig, out: Path, faults: Fa
     checks = sum(1 for a in actions if a in DRIFT_CHECKS)
     scan_id = int(start["scan_id"])
     jump = schedule["drift"]["jump_m"]
+    points = len(grid)
+    layout = f"raster            {ny} x {nx} = {ny * nx} points" if cfg.scan.kind == "raster" else \
+        f"Fermat spiral     {points} points"
     text = "\n".join([
-        f"raster            {ny} x {nx} = {ny * nx} points, right half of the sample empty",
+        f"{layout}, right half of the sample empty",
         f"frames taken      {frames} in {acquisition_s:.1f} s ({frames / max(acquisition_s, 1e-9):.1f} frames/s)",
-        f"frames saved      {saved} points skipped by the region of interest ({saved / (ny * nx):.0%})",
+        f"frames saved      {saved} points skipped by the region of interest ({saved / points:.0%})",
         f"taken again       {remeasured} flagged by the pipeline, {after_drift} after the drift",
         f"faults injected   packet drop {schedule['dropped_packets']}, saturation {schedule['saturation']}, "
         f"beam loss {schedule['beam_loss']} (light frames)",
@@ -362,16 +408,16 @@ def _run(bl, cat, target, detectors: Path, cfg: SimConfig, out: Path, faults: Fa
         *[f"  {d['action']:<20s} {len(d['seqs']):4d} frames" for d in decisions],
     ])
     png = figure(out / f"scan_{scan_id:05d}_adaptive.png", grid=grid, shape=(ny, nx), stxm=transmission_map(qc, grid),
-                 decisions=decisions, view=view, text=text,
+                 decisions=decisions, view=view, text=text, pattern=cfg.scan.kind,
                  title=f"scan {scan_id}: adaptive_ptycho on {cfg.sample.name}, {frames} frames, faults injected")
     result = AdaptiveDemoResult(
-        grid_points=ny * nx, frames=frames, frames_saved=saved, frames_remeasured=remeasured,
+        grid_points=points, frames=frames, frames_saved=saved, frames_remeasured=remeasured,
         frames_remeasured_after_drift=after_drift, drift_checks=checks, drift_injected_m=list(jump),
         drift_detected_m=detected, drift_corrected_m=offsets, faults=schedule, flags=dict(view.flags),
         decisions=[{"action": d["action"], "reason": d["reason"], "frames": len(d["seqs"])} for d in decisions],
         acquisition_s=round(acquisition_s, 3), raw_uid=raw_uid, dark_uid=dark_uid, derived_uid=derived_uid,
         scan_id=scan_id, catalog=str(target), cxi=next((p for p in view.cxi if p.endswith("_clean.cxi")), None),
-        png=str(png), exit_status=run.metadata["stop"]["exit_status"],
+        png=str(png), exit_status=run.metadata["stop"]["exit_status"], pattern=cfg.scan.kind,
     )
     summary = Path(summary_json) if summary_json else out / "summary.json"
     summary.write_text(json.dumps(asdict(result), indent=2))

@@ -2,7 +2,9 @@
 
 Coarse pass -> region of interest -> fine scan of it -> bad frames measured again ->
 drift check against a reference patch, with correction through the stage's user
-offsets. Without feedback (no pipeline) it measures the whole raster and says so.
+offsets. Without feedback (no pipeline) it measures the whole scan and says so. On a raster or a
+Fermat spiral: the decisions (:mod:`ns_bluesky.ptycho.adaptive`) take the grid's shape or the
+points' positions.
 The annotations are real types (no ``from __future__ import annotations``): the queue server
 checks a queued plan's parameters against them before it runs.
 """
@@ -11,6 +13,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Literal
 
 import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
@@ -21,10 +24,13 @@ from ..errors import ParameterError
 from ..ptycho.adaptive import (
     audit_reconstruction,
     coarse_points,
+    coarse_subset,
     estimate_drift,
     patch_around,
     reference_patch,
+    reference_patch_scattered,
     region_of_interest,
+    region_of_interest_scattered,
 )
 from ..ptycho.layout import grid_origins
 from .decision_log import DecisionLog, record_decision
@@ -62,21 +68,32 @@ def _background(fn, *args, **kwargs) -> MsgGenerator:
 
 @dataclass
 class _Reference:
-    """The drift reference: the patch, its reconstruction and the grid that reconstruction is on."""
+    """The drift reference: the patch, its reconstruction and the grid that reconstruction is on; ``inner``:
+    the points a drift check measures again (the patch's central 3 x 3, or its nine most central points)."""
 
     patch: np.ndarray
+    inner: np.ndarray
     obj: np.ndarray
     probe: np.ndarray
     lowest_m: np.ndarray
     dx: float
 
 
+def coarse_pass(pattern: str, shape: tuple[int, int], grid: np.ndarray, every: int, step_m: float) -> np.ndarray:
+    """The coarse pass's points: every ``every``-th row and column of a raster; on a Fermat spiral the points
+    at least ``every`` steps apart that cover it evenly, from its rim inwards
+    (:func:`~ns_bluesky.ptycho.adaptive.coarse_subset`)."""
+    if pattern == "raster":
+        return coarse_points(shape, every)
+    return coarse_subset(grid, every * step_m, outside_in=True)
+
+
 class _AdaptiveRun:
     """One adaptive scan's state and steps; each step a generator of RunEngine messages."""
 
-    def __init__(self, det, stage, shutter, feedback, grid, shape, step_m, energy_eV, optics_model, settings):
+    def __init__(self, det, stage, shutter, feedback, pattern, grid, shape, step_m, energy_eV, optics_model, settings):
         self.det, self.stage, self.shutter, self.feedback = det, stage, shutter, feedback
-        self.grid, self.shape, self.step_m = grid, shape, step_m
+        self.pattern, self.grid, self.shape, self.step_m = pattern, grid, shape, step_m
         self.energy_eV, self.optics_model = energy_eV, optics_model
         self.s = settings
         self.log = DecisionLog(name="adaptive")
@@ -113,6 +130,27 @@ class _AdaptiveRun:
         return {g: qc[seq] for seq, g in sorted(self.seq_point.items())
                 if seq in qc and qc[seq].get("usable", 0) and seq not in self.superseded}
 
+    # ------------------------------------------------------------------------------ the pattern's geometry
+    def region(self, coarse: np.ndarray, values: dict[int, dict]) -> tuple[np.ndarray, dict]:
+        opts = {"tolerance": self.s["tolerance"], "dpc_tolerance": self.s["dpc_tolerance"],
+                "free_transmission": self.s["free_transmission"]}
+        if self.pattern == "raster":
+            return region_of_interest(self.shape, self.s["coarse_every"], coarse, values, **opts)
+        return region_of_interest_scattered(self.grid, coarse, values, **opts)
+
+    def patch(self, keep: np.ndarray, values: dict[int, dict]) -> np.ndarray | None:
+        if self.pattern == "raster":
+            return reference_patch(self.shape, keep, values)
+        return reference_patch_scattered(self.grid, keep, values)
+
+    def inner(self, patch: np.ndarray) -> np.ndarray:
+        """The patch's points a drift check measures again: its central 3 x 3 (raster) or nine nearest the centre."""
+        if self.pattern == "raster":
+            c = int(patch[len(patch) // 2])
+            r = int(np.sqrt(len(patch))) // 2
+            return patch_around(self.shape, c // self.shape[1], c % self.shape[1], r - 1)
+        return np.asarray(patch[:9], int)  # reference_patch_scattered: the centre first, then by distance
+
     # ------------------------------------------------------------------------------ steps
     def remeasure_bad(self, seqs: Sequence[int], why: str) -> MsgGenerator:
         """Measure again the points of ``seqs`` whose frames the pipeline flagged and that have no good one."""
@@ -144,15 +182,12 @@ class _AdaptiveRun:
         obj, probe = yield from _background(
             audit_reconstruction, np.stack([patterns[s] for s in chosen]), positions, self.grid[patch], dx, self.energy_eV,
             self.optics_model, iterations=40, with_probe=True)
-        return _Reference(patch, obj, probe, (-self.grid[patch]).min(axis=0), dx)
+        return _Reference(patch, self.inner(patch), obj, probe, (-self.grid[patch]).min(axis=0), dx)
 
     def drift_probe(self, ref: _Reference) -> MsgGenerator[tuple[np.ndarray | None, list[int], float]]:
         """Measure the patch's inner points again: the drift (m, y x) since the reference (None without
         data), the events, and the fit's misfit."""
-        c = int(ref.patch[len(ref.patch) // 2])
-        r = int(np.sqrt(len(ref.patch))) // 2
-        inner = patch_around(self.shape, c // self.shape[1], c % self.shape[1], r - 1)
-        seqs = yield from self.measure(inner, keep_patterns=True)
+        seqs = yield from self.measure(ref.inner, keep_patterns=True)
         qc = yield from self.qc(seqs)
         patterns, _ = self.feedback.patterns(self.uid)
         if not all(s in qc and qc[s].get("usable", 0) and s in patterns for s in seqs):
@@ -216,34 +251,39 @@ class _AdaptiveRun:
     def body(self) -> MsgGenerator:
         ny, nx = self.shape
         every = self.s["coarse_every"]
-        coarse = coarse_points(self.shape, every)
-        rest = np.setdiff1d(np.arange(ny * nx), coarse)
+        coarse = coarse_pass(self.pattern, self.shape, self.grid, every, self.step_m)
+        rest = np.setdiff1d(np.arange(len(self.grid)), coarse)
         yield from bps.mv(self.shutter, "open")
         seqs = yield from self.measure(coarse)
-        yield from self.record("coarse_pass", f"every {every}. point of the {ny} x {nx} raster in both directions, to "
-                               "find the sample", coarse, seqs)
+        if self.pattern == "raster":
+            what = f"every {every}. point of the {ny} x {nx} raster in both directions"
+        else:
+            what = f"{len(coarse)} of the {len(self.grid)} points of the Fermat spiral, at least {every} steps apart"
+        yield from self.record("coarse_pass", f"{what}, to find the sample", coarse, seqs, pattern=self.pattern)
         qc = {} if self.feedback is None else (yield from self.qc(seqs))
         if not any(s in qc for s in seqs):
             why = "no feedback channel" if self.feedback is None else \
                 f"no QC from the pipeline within {self.s['feedback_timeout_s']:g} s"
             again = yield from self.measure(rest)
-            yield from self.record("fallback", f"{why}: the plain scan of the whole raster", rest, again)
+            whole = "raster" if self.pattern == "raster" else "Fermat spiral"
+            yield from self.record("fallback", f"{why}: the plain scan of the whole {whole}", rest, again)
             return
         yield from self.remeasure_bad(seqs, "coarse pass")
         qc = yield from self.qc(sorted(self.seq_point))
         values = self.usable(qc)
-        keep, info = region_of_interest(self.shape, every, coarse, values, tolerance=self.s["tolerance"],
-                                        dpc_tolerance=self.s["dpc_tolerance"], free_transmission=self.s["free_transmission"])
+        keep, info = self.region(coarse, values)
         todo = [int(g) for g in rest if keep[g]]
         skipped = [int(g) for g in rest if not keep[g]]
         yield from self.record("region_of_interest", f"{len(skipped)} of {len(rest)} fine points skipped: the coarse "
                                "pass saw no sample near them", todo, (), skipped_points=skipped,
-                               skipped_positions_m=self.grid[skipped], **info)
+                               skipped_positions_m=self.grid[skipped], pattern=self.pattern, **info)
         ref = None
         if self.s["drift_check"]:
-            patch = reference_patch(self.shape, keep, values)
+            patch = self.patch(keep, values)
             if patch is None:
-                yield from self.record("no_drift_reference", "no 5 x 5 patch fits inside the region of interest")
+                yield from self.record("no_drift_reference", "no 5 x 5 patch fits inside the region of interest" if
+                                       self.pattern == "raster" else "no compact patch of 25 points fits inside the "
+                                       "region of interest")
             else:
                 in_patch = set(patch.tolist())
                 first = [g for g in todo if g in in_patch]
@@ -287,7 +327,9 @@ def adaptive_ptycho(
     *,
     feedback: Feedback | None = None,
     optics=None,
+    pattern: Literal["raster", "fermat"] = "raster",
     shape: Sequence[int] = (40, 40),
+    num_points: int | None = None,
     step: float | None = None,
     overlap: float | None = None,
     center: Sequence[float] = (0.0, 0.0),
@@ -313,15 +355,19 @@ def adaptive_ptycho(
     that drifts on its stage is recorded at the wrong place. The pipeline already knows
     all three while the scan runs (``feedback``), so the plan asks it:
 
-    1. coarse pass: every ``coarse_every``-th point of the fine raster in both directions
-       (these frames are fine-grid frames too, and stay in the data);
+    1. coarse pass: every ``coarse_every``-th point of the fine raster in both directions;
+       on a Fermat spiral (``pattern="fermat"``, ``num_points`` of them, the step or overlap
+       as for ``ptycho_scan``) the points at least ``coarse_every`` steps apart that cover it
+       evenly (:func:`coarse_subset`). These frames are scan frames too, and stay in the data;
     2. region of interest: the fine points the sample's occupancy, interpolated from the
-       coarse pass, reaches (:func:`region_of_interest`; flagged coarse frames are taken
-       again first);
-    3. fine scan of it, a 5 x 5 reference patch first (:func:`reference_patch`), which is
+       coarse pass, reaches (:func:`region_of_interest`, bilinear on the raster's coarse grid;
+       :func:`region_of_interest_scattered`, linear over the coarse points' triangles on a
+       spiral; flagged coarse frames are taken again first);
+    3. fine scan of it, a 5 x 5 reference patch first (:func:`reference_patch`; on a spiral
+       the 25 points nearest a centre, :func:`reference_patch_scattered`), which is
        reconstructed at once; with ``drift_every``, a drift check after so many frames;
     4. frames the pipeline flagged unusable are measured again (``remeasure_rounds``);
-    5. drift check (``drift_check``): the patch's inner 3 x 3 points are measured again and
+    5. drift check (``drift_check``): the patch's inner 3 x 3 (nine) points are measured again and
        registered on the reference reconstruction (:func:`estimate_drift`); a drift above
        ``drift_tolerance_steps`` goes into the stage's user offsets and is checked again
        (``drift_rounds``), and the frames taken since the last clean check are measured
@@ -329,7 +375,7 @@ def adaptive_ptycho(
 
     ``feedback`` left out is the session's (the profile lends its pipeline's, so a queued
     ``adaptive_ptycho`` needs none). Without any, or when no QC comes within ``feedback_timeout_s``, the plan
-    measures the whole raster (the plain scan) and records why. The start document is a
+    measures the whole raster or spiral (the plain scan) and records why. The start document is a
     ``ptycho_scan``'s, with ``planned_positions_m`` the coarse points, the rest of the
     grid, then the grid again as slots for frames taken twice (the pipeline keeps a slot
     per event); ``num_points`` is left out because the plan decides it.
@@ -344,16 +390,24 @@ def adaptive_ptycho(
         raise ParameterError(f"drift_every must be a whole number of frames >= 1 or None, got {drift_every!r}")
     if remeasure_rounds < 0:
         raise ParameterError(f"remeasure_rounds must be >= 0, got {remeasure_rounds!r}")
+    if pattern == "raster" and num_points is not None:
+        raise ParameterError(f"num_points is the Fermat spiral's (pattern='fermat'); a raster has shape, got "
+                             f"num_points={num_points!r}")
     used: dict[str, str] = {}
     optics, dark_uid = resolve_optics(optics, used), resolve_dark(det, dark_uid, used)
     feedback = resolve_feedback(feedback, used)
-    zp, spec, grid, scan_md = scan_layout(det, stage, optics, "raster", shape=shape, step=step, overlap=overlap, center=center)
+    zp, spec, grid, scan_md = scan_layout(det, stage, optics, pattern, shape=shape, num_points=num_points, step=step,
+                                          overlap=overlap, center=center)
     step_m = scan_md["step_m"]
     ny, nx = spec.shape
-    coarse = coarse_points((ny, nx), int(coarse_every))
-    rest = np.setdiff1d(np.arange(ny * nx), coarse)
+    coarse = coarse_pass(pattern, (ny, nx), grid, int(coarse_every), step_m)
+    if pattern == "fermat" and not 4 <= len(coarse) < len(grid):
+        raise ParameterError(f"a Fermat spiral of {len(grid)} points with coarse_every={coarse_every} gives a coarse pass of "
+                             f"{len(coarse)} points: it needs at least 4 and fewer than the scan's (give more num_points "
+                             "or a smaller coarse_every)")
+    rest = np.setdiff1d(np.arange(len(grid)), coarse)
     planned = np.concatenate([grid[coarse], grid[rest], grid])
-    check_room(det, ny * nx)  # every grid point once; frames taken again are few
+    check_room(det, len(grid))  # every grid point once; frames taken again are few
 
     settings = {
         "coarse_every": int(coarse_every), "tolerance": tolerance, "dpc_tolerance": dpc_tolerance,
@@ -363,18 +417,21 @@ def adaptive_ptycho(
     }
     _md = {
         "plan_name": "adaptive_ptycho",
-        "plan_args": {"det": repr(det), "stage": repr(stage), "shutter": repr(shutter), "shape": list(shape), "step": step,
-                      "overlap": overlap, "center": list(center), **settings},
+        "plan_args": {"det": repr(det), "stage": repr(stage), "shutter": repr(shutter), "pattern": pattern,
+                      "shape": list(shape), "num_points": num_points, "step": step, "overlap": overlap,
+                      "center": list(center), **settings},
         **scan_metadata(det, stage, optics, scan_md, planned, sample, dark_uid),
-        "shape": [ny, nx],
         "grid_positions_m": grid.tolist(),
-        "adaptive": {**settings, "planned_positions_note": "coarse points, the rest of the grid, then the grid again as "
+        "adaptive": {**settings, "pattern": pattern, "coarse_points": len(coarse),
+                     "planned_positions_note": "coarse points, the rest of the grid, then the grid again as "
                      "slots for frames measured twice; the adaptive stream says what was measured and why"},
     }
+    if pattern == "raster":
+        _md["shape"] = [ny, nx]
     if used:
         _md["session_defaults"] = used
     _md = merge_caller_md(_md, md)
-    runner = _AdaptiveRun(det, stage, shutter, feedback, grid, (ny, nx), step_m, optics.energy.get(), zp, settings)
+    runner = _AdaptiveRun(det, stage, shutter, feedback, pattern, grid, (ny, nx), step_m, optics.energy.get(), zp, settings)
 
     def close_shutter():
         yield from bps.mv(shutter, "close")

@@ -21,6 +21,124 @@ def coarse_points(shape: tuple[int, int], every: int) -> np.ndarray:
     return (rows[:, None] * nx + cols[None, :]).ravel()
 
 
+def coarse_subset(positions_m: np.ndarray, spacing_m: float, *, outside_in: bool = False) -> np.ndarray:
+    """Indices (ascending) of the coarse pass over scattered points: a maximal subset whose points are at
+    least ``spacing_m`` apart, taken greedily in the order given, or from the rim inwards (``outside_in``:
+    farthest from the points' centroid first).
+
+    Why this and not every k-th point: a Fermat spiral's every k-th point (angle k times the
+    golden angle) lines up on spiral arms; for a Fibonacci k (8, 13, 21) they are few, with
+    empty wedges between them that a sample could hide in, and how even a given k is has to
+    be worked out for each. A maximal ``spacing_m``-separated set is even in area whatever the
+    pattern: no two coarse points closer than ``spacing_m`` (no wasted frames) and every point
+    of the scan within ``spacing_m`` of one (no hole wider than that). The raster's coarse grid
+    (:func:`coarse_points`) is exactly this set with ``spacing_m`` = every steps. From the rim
+    inwards (for a spiral) the coarse points reach the field's edge, so that few points lie
+    outside their triangles, where the region of interest can only extrapolate.
+    """
+    pos = np.asarray(positions_m, float).reshape(-1, 2)
+    order = np.argsort(-np.hypot(*(pos - pos.mean(axis=0)).T), kind="stable") if outside_in else np.arange(len(pos))
+    limit = (float(spacing_m) * (1 - 1e-9)) ** 2  # grid points exactly spacing_m apart both count
+    chosen: list[int] = []
+    for i in order:
+        if not chosen or (((pos[chosen] - pos[i]) ** 2).sum(axis=1) >= limit).all():
+            chosen.append(int(i))
+    return np.sort(np.array(chosen, int))
+
+
+def occupancy(coarse: np.ndarray, values: dict[int, dict], *, tolerance: float = 0.03, dpc_tolerance: float = 0.1,
+              free_transmission: float | None = None) -> tuple[np.ndarray, float]:
+    """Each coarse point's occupancy (how much of the beam the sample took; ``inf``: unknown) and free space.
+
+    ``max(1 - transmission / free, tolerance * |dpc| / dpc_tolerance)``: a pure phase object bends
+    the beam without absorbing it. Free space is ``free_transmission`` or the 90th percentile of
+    the usable coarse transmissions. A coarse point without a usable frame is unknown.
+    """
+    usable = [int(g) for g in coarse if int(g) in values and values[int(g)].get("usable", 0)]
+    trans = np.array([values[g]["transmission"] for g in usable], float)
+    free = float(free_transmission) if free_transmission is not None else (float(np.percentile(trans, 90)) if len(trans) else np.inf)
+    occ = np.full(len(coarse), np.inf)
+    for k, g in enumerate(int(g) for g in coarse):
+        if g in values and values[g].get("usable", 0):
+            v = values[g]
+            occ[k] = max(1 - v["transmission"] / free, tolerance * np.hypot(v["dpc_y"], v["dpc_x"]) / dpc_tolerance)
+    return occ, free
+
+
+def keep_reached(weights: np.ndarray, occ: np.ndarray, tolerance: float) -> np.ndarray:
+    """The rule of the region of interest, for any interpolation: a point is kept when the occupancy
+    interpolated to it (``weights``: points x coarse points) reaches ``tolerance``, or when an unknown
+    coarse point has a weight on it (unknown is kept)."""
+    known = np.isfinite(occ)
+    return (weights @ np.where(known, occ, 0.0) >= tolerance) | ((weights @ (~known).astype(float)) > 0)
+
+
+def scattered_weights(points_m: np.ndarray, nodes_m: np.ndarray) -> np.ndarray:
+    """(points, nodes) weights of piecewise-linear interpolation from scattered nodes: barycentric on their
+    Delaunay triangles (as ``scipy.interpolate.LinearNDInterpolator``); a point outside their hull takes the
+    value at the nearest point of the hull's rim (linear along that edge), as the raster's bilinear
+    interpolation takes its last coarse row or column beyond it. Fewer than three nodes, or nodes on a
+    line: the nearest node."""
+    from scipy.spatial import Delaunay, cKDTree
+
+    pts, nodes = np.asarray(points_m, float).reshape(-1, 2), np.asarray(nodes_m, float).reshape(-1, 2)
+    w = np.zeros((len(pts), len(nodes)))
+    inside = np.zeros(len(pts), bool)
+    if len(nodes) >= 3 and np.linalg.matrix_rank(nodes - nodes.mean(axis=0)) == 2:
+        tri = Delaunay(nodes)
+        simplex = tri.find_simplex(pts)
+        inside = simplex >= 0
+        t = tri.transform[simplex[inside]]
+        b = np.einsum("nij,nj->ni", t[:, :2], pts[inside] - t[:, 2])
+        bary = np.c_[b, 1 - b.sum(axis=1)]
+        rows = np.nonzero(inside)[0]
+        for k in range(3):
+            w[rows, tri.simplices[simplex[inside], k]] = np.clip(bary[:, k], 0.0, 1.0)
+        outside = np.nonzero(~inside)[0]
+        if len(outside):
+            a, b = nodes[tri.convex_hull[:, 0]], nodes[tri.convex_hull[:, 1]]  # the rim's edges
+            ab = b - a
+            rel = pts[outside, None, :] - a[None]
+            t = np.clip((rel * ab[None]).sum(-1) / (ab**2).sum(-1)[None], 0.0, 1.0)
+            edge = np.argmin(((rel - t[..., None] * ab[None]) ** 2).sum(-1), axis=1)
+            t = t[np.arange(len(outside)), edge]
+            w[outside, tri.convex_hull[edge, 0]] += 1 - t
+            w[outside, tri.convex_hull[edge, 1]] += t
+        return w
+    w[np.arange(len(pts)), cKDTree(nodes).query(pts)[1]] = 1.0
+    return w
+
+
+def region_of_interest_scattered(
+    positions_m: np.ndarray,
+    coarse: np.ndarray,
+    values: dict[int, dict],
+    *,
+    tolerance: float = 0.03,
+    dpc_tolerance: float = 0.1,
+    free_transmission: float | None = None,
+) -> tuple[np.ndarray, dict]:
+    """:func:`region_of_interest` for scattered points (a Fermat spiral): the same occupancy and rule, the
+    occupancy interpolated linearly over the Delaunay triangles of the coarse points
+    (:func:`scattered_weights`) instead of bilinearly on the coarse grid. ``values`` by point index.
+    Returns the boolean mask over ``positions_m`` and what it rested on."""
+    pos = np.asarray(positions_m, float).reshape(-1, 2)
+    coarse = np.asarray(coarse, int)
+    occ, free = occupancy(coarse, values, tolerance=tolerance, dpc_tolerance=dpc_tolerance,
+                          free_transmission=free_transmission)
+    keep = keep_reached(scattered_weights(pos, pos[coarse]), occ, tolerance)
+    keep[coarse] = True  # measured already: part of the data either way
+    info = {
+        "free_transmission": free,
+        "tolerance": tolerance,
+        "dpc_tolerance": dpc_tolerance,
+        "coarse_occupancy": np.where(np.isfinite(occ), occ, -1.0).round(4),
+        "empty_coarse_points": sorted(int(g) for g, o in zip(coarse, occ, strict=True) if o < tolerance),
+        "unknown_coarse_points": sorted(int(g) for g, o in zip(coarse, occ, strict=True) if not np.isfinite(o)),
+    }
+    return keep, info
+
+
 def region_of_interest(
     shape: tuple[int, int],
     every: int,
@@ -33,42 +151,37 @@ def region_of_interest(
 ) -> tuple[np.ndarray, dict]:
     """Fine-grid points worth measuring, from the coarse pass's QC (``values`` by grid index).
 
-    Each coarse point gets an *occupancy*: how much of the beam the sample took,
-    ``1 - transmission / free``, or the DPC's share, ``tolerance * |dpc| / dpc_tolerance``,
+    Each coarse point gets an *occupancy* (:func:`occupancy`): how much of the beam the sample
+    took, ``1 - transmission / free``, or the DPC's share, ``tolerance * |dpc| / dpc_tolerance``,
     whichever is larger (a pure phase object bends the beam without absorbing it). Free
     space is ``free_transmission`` or, by default, the 90th percentile of the coarse
     transmissions (a field with less than a tenth of it empty keeps nearly everything).
     A coarse point without a usable frame counts as fully occupied: unknown is kept. A
     fine point is measured when the occupancy interpolated to it (bilinear between its
-    coarse neighbours) reaches ``tolerance``: the beam's footprint reaches past a point,
-    so the empty side of an edge keeps the points whose footprint still sees sample.
+    coarse neighbours) reaches ``tolerance`` (:func:`keep_reached`): the beam's footprint
+    reaches past a point, so the empty side of an edge keeps the points whose footprint
+    still sees sample. Scattered points: :func:`region_of_interest_scattered`.
     Returns the boolean mask over the fine grid (row-major) and what it rested on.
     """
     ny, nx = shape
-    usable = [int(g) for g in coarse if g in values and values[g].get("usable", 0)]
-    trans = np.array([values[g]["transmission"] for g in usable], float)
-    free = float(free_transmission) if free_transmission is not None else (float(np.percentile(trans, 90)) if len(trans) else np.inf)
+    coarse = np.asarray(coarse, int)
+    found, free = occupancy(coarse, values, tolerance=tolerance, dpc_tolerance=dpc_tolerance,
+                            free_transmission=free_transmission)
     rows, cols = np.arange(0, ny, every), np.arange(0, nx, every)
     occ = np.full((len(rows), len(cols)), np.inf)
-    for g in usable:
-        v = values[g]
-        occ[g // nx // every, g % nx // every] = max(1 - v["transmission"] / free,
-                                                     tolerance * np.hypot(v["dpc_y"], v["dpc_x"]) / dpc_tolerance)
-    fy, fx = _weights(ny, rows), _weights(nx, cols)
-    with np.errstate(invalid="ignore"):  # 0 * inf: a zero weight on an unknown point says nothing
-        fine = np.einsum("ia,ab,jb->ij", fy, np.where(np.isfinite(occ), occ, 0), fx)
-        unknown = np.einsum("ia,ab,jb->ij", fy, ~np.isfinite(occ), fx) > 0
-    keep = (fine >= tolerance) | unknown
-    keep.ravel()[np.asarray(coarse)] = True  # measured already: part of the data either way
+    for g, o in zip(coarse, found, strict=True):
+        occ[g // nx // every, g % nx // every] = o
+    keep = keep_reached(np.kron(_weights(ny, rows), _weights(nx, cols)), occ.ravel(), tolerance)
+    keep[coarse] = True  # measured already: part of the data either way
     info = {
         "free_transmission": free,
         "tolerance": tolerance,
         "dpc_tolerance": dpc_tolerance,
         "coarse_occupancy": np.where(np.isfinite(occ), occ, -1.0).round(4),
-        "empty_coarse_points": sorted(g for g in usable if occ[g // nx // every, g % nx // every] < tolerance),
-        "unknown_coarse_points": sorted(int(g) for g in coarse if int(g) not in usable),
+        "empty_coarse_points": sorted(int(g) for g, o in zip(coarse, found, strict=True) if o < tolerance),
+        "unknown_coarse_points": sorted(int(g) for g, o in zip(coarse, found, strict=True) if not np.isfinite(o)),
     }
-    return keep.ravel(), info
+    return keep, info
 
 
 def _weights(n: int, nodes: np.ndarray) -> np.ndarray:
@@ -99,14 +212,46 @@ def reference_patch(shape: tuple[int, int], keep: np.ndarray, values: dict[int, 
         for j in range(radius, nx - radius):
             if not inside[i - radius : i + radius + 1, j - radius : j + radius + 1].all():
                 continue
-            rim = [g for g in patch_around(shape, i, j, radius + 1) if 0 <= g < ny * nx]
-            g_yx = np.array([(values[g]["dpc_y"], values[g]["dpc_x"]) for g in rim if g in values and values[g].get("usable", 0)])
-            if len(g_yx) < 2:
-                continue
-            score = float(np.linalg.eigvalsh(g_yx.T @ g_yx)[0])
-            if score > best_score:
+            score = _isotropy(values, [g for g in patch_around(shape, i, j, radius + 1) if 0 <= g < ny * nx])
+            if score is not None and score > best_score:
                 best, best_score = (i, j), score
     return None if best is None else patch_around(shape, *best, radius)
+
+
+def _isotropy(values: dict[int, dict], points) -> float | None:
+    """The smaller eigenvalue of the DPC structure tensor over the usable ``points`` (None: fewer than two):
+    large only where the sample's phase gradients point every way."""
+    g_yx = np.array([(values[g]["dpc_y"], values[g]["dpc_x"]) for g in points if g in values and values[g].get("usable", 0)])
+    return None if len(g_yx) < 2 else float(np.linalg.eigvalsh(g_yx.T @ g_yx)[0])
+
+
+def reference_patch_scattered(positions_m: np.ndarray, keep: np.ndarray, values: dict[int, dict],
+                              size: int = 25, rim: int = 49) -> np.ndarray | None:
+    """:func:`reference_patch` for scattered points: the ``size`` points nearest a centre (the centre first,
+    then by distance, so the first nine are the patch's inner points), or None when none fits.
+
+    The centre is a point of the region of interest whose ``size`` nearest neighbours are all
+    in it and lie within 1.2 times the median such radius over the scan (a compact patch, not
+    one spread along the field's edge); among those, the one whose ``rim`` nearest neighbours
+    carry the most isotropic DPC (:func:`_isotropy`), as on the raster.
+    """
+    from scipy.spatial import cKDTree
+
+    pos = np.asarray(positions_m, float).reshape(-1, 2)
+    if len(pos) < size:
+        return None
+    tree = cKDTree(pos)
+    dist, near = tree.query(pos, k=min(rim, len(pos)))
+    reach = dist[:, size - 1]
+    compact = reach <= 1.2 * np.median(reach)
+    best, best_score = None, -1.0
+    for c in np.nonzero(compact & np.asarray(keep, bool))[0]:
+        if not np.asarray(keep, bool)[near[c, :size]].all():
+            continue
+        score = _isotropy(values, near[c].tolist())
+        if score is not None and score > best_score:
+            best, best_score = c, score
+    return None if best is None else near[best, :size].astype(int)
 
 
 def patch_around(shape: tuple[int, int], i: int, j: int, radius: int) -> np.ndarray:

@@ -51,7 +51,8 @@ def test_nsraw2cxi_help_and_top_level_help():
         (["demo", "--scan", "2x2", "--sample-image", "/no/such.png"], 2, "no such file: /no/such.png"),
         (["demo", "--scan", "2x2", "--exposure", "-1"], 2, "argument --exposure: must be > 0 s"),
         (["runs", "--since", "yesterday-ish"], 1, "no catalog at"),
-        (["demo", "--adaptive", "--pattern", "fermat"], 1, "--adaptive runs a raster on the in-process beamline; drop --pattern"),
+        (["demo", "--adaptive", "--epics"], 1, "--adaptive runs on the in-process beamline; drop --epics"),
+        (["demo", "--adaptive", "--pattern", "fermat", "--scan", "6x6"], 1, "--adaptive --pattern fermat needs at least 49 points"),
     ],
 )
 def test_errors_are_one_clear_line(args, code, message, tmp_path):

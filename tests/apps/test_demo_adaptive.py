@@ -47,3 +47,39 @@ def test_the_fault_schedule_fits_the_scan():
     assert coarse + 25 <= schedule["beam_loss"][0] < schedule["drift"]["start"] < coarse + 25 + schedule["drift_every"]
     assert faults.bad_frames == {1, *schedule["saturation"], *schedule["beam_loss"]}
     assert faults.drift_m(schedule["drift"]["start"]) == pytest.approx([30e-9, -20e-9])
+
+
+def test_the_adaptive_demos_picture_draws_the_decisions_over_a_fermat_spirals_stxm_map(tmp_path):
+    from scipy.spatial import cKDTree
+
+    from ns_bluesky.apps.demo_adaptive import figure
+    from ns_bluesky.instrument.scan import fermat_spiral
+
+    grid = fermat_spiral(144, 60e-9)
+    empty = grid[:, 1] > 60e-9  # sample translations: the probe sits at minus these
+    stxm = np.where(empty, np.nan, 900.0 - 300.0 * (grid[:, 0] > 0))
+    stxm[[9, 18]] = 1000.0  # coarse points on the empty side
+    patch = cKDTree(grid).query(grid[np.argmin(np.hypot(*(grid - [0, -200e-9]).T))], k=25)[1]
+
+    def decision(action, points, **detail):
+        return {"action": action, "positions": grid[points], "seqs": list(range(len(points))), "detail": detail}
+
+    decisions = [decision("coarse_pass", np.arange(0, 144, 9)), decision("region_of_interest", np.nonzero(~empty)[0],
+                                                                       empty_coarse_points=[9, 18]),
+                 decision("remeasure", [3, 40]), decision("drift_reference", patch),
+                 decision("drift_detected", patch[:9], drift_m=[20e-9, -10e-9])]
+    png = figure(tmp_path / "fermat.png", grid=grid, shape=(12, 12), stxm=stxm, decisions=decisions, view=None,
+                 text="a spiral", title="adaptive on a Fermat spiral", pattern="fermat")
+    assert png.stat().st_size > 20_000
+
+
+def test_a_fermat_demo_too_small_for_the_plan_is_refused_before_anything_is_made(tmp_path):
+    from ns_bluesky.apps.demo_adaptive import coarse_count, run_adaptive_demo
+    from ns_bluesky.errors import ParameterError
+
+    for kwargs, message in (({"pattern": "fermat", "scan": (6, 6)}, "needs at least 49 points"),
+                            ({"pattern": "spiral"}, "--pattern must be 'raster' or 'fermat'")):
+        with pytest.raises(ParameterError, match=message):
+            run_adaptive_demo(out=tmp_path / "out", catalog=tmp_path / "cat", progress=False, **kwargs)
+    assert list(tmp_path.iterdir()) == []
+    assert coarse_count("fermat", (12, 12)) == 18 and coarse_count("raster", (20, 20)) == 49  # as the plan chooses

@@ -49,6 +49,8 @@ def test_the_plans_signatures_let_the_queue_server_check_their_parameters():
 
     assert check("ptycho_scan", shape=[3, 3], pattern="fermat", overlap=0.5) == (True, "")
     assert check("adaptive_ptycho", shape=[4, 4], drift_check=False) == (True, "")  # feedback: the session's
+    assert check("adaptive_ptycho", pattern="fermat", num_points=144) == (True, "")
+    assert not check("adaptive_ptycho", pattern="spiral")[0]
     assert check("dark_frames", num=3) == (True, "")
     assert not check("ptycho_scan", shape="abc")[0] and not check("ptycho_scan", pattern="spiral")[0]
     assert not check("dark_frames", num="many")[0] and not check("adaptive_ptycho", coarse_every=1.5)[0]

@@ -240,3 +240,97 @@ def test_the_region_of_interest_keeps_unknown_points_and_the_footprint_reach():
     assert not grid[1, 1] and not grid[1, 2]  # among empty coarse points only
     assert grid[5, 0] and grid[6, 1]  # next to the unknown one
     assert info["unknown_coarse_points"] == [42] and 27 not in info["empty_coarse_points"]
+
+
+# ---------------------------------------------------------------------------------------------- on a Fermat spiral
+FERMAT = 144  # points: a disc of 7.1 steps' radius, inside the rig's 16 x 16 field (7.5 steps each way)
+FERMAT_JUMP = np.array([40e-9, -30e-9])
+
+
+def _beam_taken(sim, grid: np.ndarray) -> np.ndarray:
+    """The simulator's truth at each point: the share of the beam the sample takes, ``1 - sum |P O|^2 / sum |P|^2``
+    over the probe's footprint (what the plan's occupancy estimates from a frame's transmission)."""
+    free = float((np.abs(sim.probe) ** 2).sum())
+    return np.array([1 - float((np.abs(sim.exit_wave(t)) ** 2).sum()) / free for t in grid])
+
+
+@pytest.fixture(scope="module")
+def fermat(rig, cat):
+    """One adaptive scan of a Fermat spiral over the half-empty sample, with the raster tests' faults (a dropped
+    packet in the coarse pass, saturation in the drift reference, a beam loss in the fine scan) and a drift."""
+    coarse = 18  # coarse_subset of 144 spiral points 3 steps apart (tests/ptycho/test_adaptive.py)
+    # light frames from 0: the coarse pass, its frame again, the reference patch (about 23 new points), its saturated
+    # frame again, then the fine scan, 20 frames between drift checks: the drift in the first 20 (all of which are
+    # taken again), the beam loss in the second 20
+    faults = Faults.make(dropped_packets=[3], saturation=[coarse + 6], beam_loss=[coarse + 87, coarse + 88],
+                         drift=StageDrift(start=coarse + 36, jump_m=tuple(FERMAT_JUMP)))
+    uid = _scan(rig, pattern="fermat", num_points=FERMAT, drift_every=20, faults=faults)
+    decisions = _decisions(cat, rig, uid)
+    start = cat[uid].metadata["start"]
+    grid = np.asarray(start["grid_positions_m"])
+    frames, _ = _frames(rig, uid, grid, decisions)
+    return {"uid": uid, "decisions": decisions, "actions": [d["action"] for d in decisions], "start": start,
+            "grid": grid, "frames": frames, "faults": faults}
+
+
+def test_a_fermat_scan_skips_the_empty_half_and_keeps_every_point_whose_footprint_sees_sample(rig, fermat, cat):
+    start, decisions, actions, grid = fermat["start"], fermat["decisions"], fermat["actions"], fermat["grid"]
+    assert start["scan"]["kind"] == "fermat" and start["adaptive"]["pattern"] == "fermat" and len(grid) == FERMAT
+    assert start["plan_args"]["pattern"] == "fermat" and "shape" not in start
+    assert actions[0] == "coarse_pass" and "region_of_interest" in actions and "fallback" not in actions, actions
+    coarse = decisions[0]
+    assert coarse["detail"]["pattern"] == "fermat" and len(coarse["seqs"]) == start["adaptive"]["coarse_points"] == 18
+    roi = decisions[actions.index("region_of_interest")]
+    skipped = np.array(roi["detail"]["skipped_points"])
+    taken = _beam_taken(rig["bl"].sim, grid)
+    sees = taken >= roi["detail"]["tolerance"]  # the footprint sees sample: it takes the plan's tolerance of the beam
+    assert not sees[skipped].any(), (skipped[sees[skipped]], taken[skipped].max())  # nothing seen was left out
+    # most of what was not seen was: the raster test's bar (0.3 of 256 points) is 0.67 of the 115 its truth allows
+    assert len(skipped) >= 0.6 * (~sees).sum() and len(skipped) > 0.25 * FERMAT, (len(skipped), (~sees).sum())
+
+
+def test_a_fermat_scan_measures_spoiled_frames_again(fermat):
+    decisions = fermat["decisions"]
+    again = [d for d in decisions if d["action"] == "remeasure"]
+    assert {"zeros", "no_flux", "saturated"} <= {flag for d in again for flag in d["detail"]["flags"].values()}
+    grid = fermat["grid"]
+    roi = decisions[fermat["actions"].index("region_of_interest")]
+    measured = {int(np.argmin(np.hypot(*(grid - p).T))) for p in roi["positions"]}
+    assert measured <= set(fermat["frames"])  # every point of the region has a usable frame
+
+
+def test_a_fermat_scan_corrects_injected_drift_on_a_scattered_reference(rig, fermat, cat):
+    decisions, actions = fermat["decisions"], fermat["actions"]
+    assert len(decisions[actions.index("drift_reference")]["seqs"]) >= 25, actions  # 25 points, some taken twice
+    assert "drift_detected" in actions, actions
+    detected = decisions[actions.index("drift_detected")]
+    estimate = np.asarray(detected["detail"]["drift_m"])
+    assert np.hypot(*(estimate - FERMAT_JUMP)) < 0.4 * np.hypot(*FERMAT_JUMP), estimate
+    stage = rig["bl"].stage
+    offsets = np.array([stage.y.user_offset.get(), stage.x.user_offset.get()])
+    assert np.hypot(*(FERMAT_JUMP - offsets)) <= detected["detail"]["tolerance_m"]
+    assert "drift_verified" in actions[actions.index("drift_detected"):]
+    stale = next(d for d in decisions if d["action"] == "remeasure_drifted")
+    assert len(stale["seqs"]) == len(stale["detail"]["superseded"]) > 0
+    assert cat[fermat["uid"]].metadata["stop"]["exit_status"] == "success"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"pattern": "spiral"}, "pattern must be 'raster' or 'fermat'"),
+        ({"pattern": "fermat", "num_points": 10}, r"coarse pass of \d points: it needs at least 4"),
+        ({"pattern": "fermat", "num_points": 144, "coarse_every": 12}, r"coarse pass of \d points: it needs at least 4"),
+        ({"pattern": "fermat", "num_points": 0}, "num_points must be a whole number"),
+        ({"num_points": 100}, "num_points is the Fermat spiral's"),
+    ],
+)
+def test_bad_fermat_parameters_are_refused_before_the_run_opens(rig, kwargs, message):
+    from ns_bluesky.errors import ParameterError
+
+    bl, seen = rig["bl"], []
+    RE = RunEngine({}, call_returns_result=False)
+    RE.subscribe(lambda name, doc: seen.append(name))
+    with pytest.raises(ParameterError, match=message):
+        RE(adaptive_ptycho(bl.fccd, bl.stage, bl.shutter, feedback=rig["feedback"], optics=bl.optics, overlap=0.7, **kwargs))
+    assert seen == []
