@@ -141,3 +141,49 @@ def test_max_live_runs_is_checked_and_reaches_the_pipelines_reconstruction():
     assert ReconStage.Params().max_live_runs == 2
     recon = next(m for m in ptycho_pipeline(free_ports=False, max_live_runs=3).modules if m.name == "recon")
     assert recon.params["max_live_runs"] == 3
+
+
+PIPELINE = """
+[[modules]]
+name = "dark"
+module = "dark"
+[[modules]]
+name = "frame"
+module = "frame"
+[[modules]]
+name = "recon"
+module = "recon"
+credits = 8
+params = { min_frames = 4, final_seconds = 0.5, publish_every_s = 0.2, refine_seconds = 0, max_live_runs = 1 }
+"""
+
+
+@pytest.mark.slow
+def test_in_a_real_pipeline_the_run_cut_short_gets_its_final_image_with_its_own_items(make_pipeline, sim_scan):
+    """The handler takes a result only with an item of its own run: the final image of a run wrapped up when
+    another starts goes out with that run's next frame, and both runs end with one final image each."""
+    pipe = make_pipeline(PIPELINE)
+    client = pipe.ingest()
+    client.send(sim_scan.start(dark=True))
+    for seq in range(1, 5):
+        client.send(sim_scan.dark_frame(seq))
+    client.send(Message("stop", run=sim_scan.dark_uid))
+    first, second, n = sim_scan.uid, "second-scan", len(sim_scan.sim.planned)
+    frames = [sim_scan.frame(seq) for seq in range(1, n + 1)]
+    client.send(sim_scan.start())
+    for msg in frames[: n // 2]:
+        client.send(msg)
+    pipe.results.collect(lambda ms: any(m.stage == "recon" and m.run == first for m in ms), timeout_s=120)
+    client.send(Message("start", run=second, meta={"start": {**sim_scan.doc, "uid": second}}))  # cuts the first
+    for msg in frames[n // 2:]:
+        client.send(msg)
+    client.send(Message("stop", run=first, meta={"num_frames": n}))
+    for msg in frames:
+        client.send(Message(msg.kind, run=second, seq=msg.seq, meta=msg.meta, arrays=msg.arrays))
+    client.send(Message("stop", run=second, meta={"num_frames": n}))
+    pipe.results.collect(lambda ms: pipe.results.ended(first) and pipe.results.ended(second), timeout_s=180)
+    finals = {run: [m for m in pipe.results.messages if m.stage == "recon" and m.run == run and m.meta["scalars"]["final"]]
+              for run in (first, second)}
+    assert [m.meta["scalars"]["cut_short"] for m in finals[first]] == [1], finals
+    assert "max_live_runs=1" in finals[first][0].meta["cut_short"]
+    assert [(m.meta["scalars"]["cut_short"], m.meta["scalars"]["frames"]) for m in finals[second]] == [(0, n)]
