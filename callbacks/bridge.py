@@ -64,9 +64,11 @@ class _FrameFiles:
             time.sleep(0.005)
 
     def close(self) -> None:
+        """Close the files and forget the run's resources (at its stop: a long session does not grow)."""
         for ds, _ in self.datasets.values():
             ds.file.close()
         self.datasets.clear()
+        self.resources.clear()
 
 
 class _Translator(DocumentRouter):
@@ -120,6 +122,8 @@ class _Translator(DocumentRouter):
         meta = {"exit_status": doc.get("exit_status"), "reason": doc.get("reason", ""), "num_frames": self.sent_frames}
         self._send(Message("stop", run=self.run, meta=meta))
         self.files.close()
+        self.datums.clear()  # a datum whose event never came
+        self.streams.clear()
 
 
 class PipelineBridge:

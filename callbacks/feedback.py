@@ -19,6 +19,7 @@ import numpy as np
 from ..ptycho.adaptive import local_errors
 from ..stream.config import PipelineConfig
 from ..stream.subscriber import ResultsSubscriber
+from .run_bounds import forget_old_runs
 
 
 @dataclass
@@ -40,7 +41,8 @@ class AdaptiveFeedback(ResultsSubscriber):
 
     Reads return copies at once; nothing here waits for the pipeline. ``keep_patterns``
     also keeps each cleaned pattern, for an audit reconstruction of exactly the frames a
-    plan chose (:meth:`patterns`).
+    plan chose (:meth:`patterns`). What it keeps is kept for the runs under way and the last
+    few ended ones (:mod:`.run_bounds`), patterns included: a beamtime of scans does not pile up.
     """
 
     def __init__(self, cfg: PipelineConfig, *, keep_patterns: bool = False):
@@ -51,7 +53,14 @@ class AdaptiveFeedback(ResultsSubscriber):
         super().__init__(cfg, name="adaptive-feedback")
 
     def _view(self, run: str) -> RunFeedback:
-        return self._runs.setdefault(run, RunFeedback())
+        if run not in self._runs:
+            self._runs[run] = RunFeedback()
+            self._forget_old()
+        return self._runs[run]
+
+    def _forget_old(self) -> None:
+        for run in forget_old_runs(self._runs, lambda v: v.ended is not None):
+            self._wanted.pop(run, None)
 
     def _on_message(self, msg) -> None:
         scalars = msg.meta.get("scalars") or {}
@@ -69,10 +78,12 @@ class AdaptiveFeedback(ResultsSubscriber):
                 v.recon = {"scalars": dict(scalars), "meta": dict(msg.meta), "arrays": {k: np.array(a) for k, a in msg.arrays.items()}}
             elif msg.kind == "end_of_run":
                 v.ended = dict(msg.meta)
+                self._forget_old()
 
     def keep(self, run: str, seqs: Sequence[int]) -> None:
         """Keep the cleaned patterns of these events (ask before they are measured)."""
         with self._lock:
+            self._view(run)  # the wish lives as long as the run's view
             self._wanted.setdefault(run, set()).update(int(s) for s in seqs)
 
     def qc(self, run: str) -> dict[int, dict]:

@@ -9,6 +9,7 @@ the run. It never blocks the pipeline: a slow terminal only delays its own bar.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections import Counter
@@ -20,6 +21,7 @@ from tqdm import tqdm
 from ns_bluesky.stream.config import PipelineConfig
 
 from ..stream.subscriber import ResultsSubscriber
+from .run_bounds import forget_old_runs
 
 
 @dataclass
@@ -39,20 +41,29 @@ class RunView:
     errors: list = field(default_factory=list)
     cxi: list = field(default_factory=list)
     ended: dict | None = None
+    cut_short: str = ""  # why the reconstruction was wrapped up early (its max_live_runs), if it was
 
 
 class LiveMonitor(ResultsSubscriber):
-    """``LiveMonitor(cfg)``; ``view(run)`` for what came, ``wait_end(run)`` for the end of a run."""
+    """``LiveMonitor(cfg)``; ``view(run)`` for what came, ``wait_end(run)`` for the end of a run.
 
-    def __init__(self, cfg: PipelineConfig, *, progress: bool = True, total: int | None = None):
+    Views are kept for the runs under way and the last few ended ones (:mod:`.run_bounds`): a session of
+    hundreds of scans does not keep every scan's images. ``say`` tells the user what the pipeline did
+    to a run that they should know (a reconstruction cut short)."""
+
+    def __init__(self, cfg: PipelineConfig, *, progress: bool = True, total: int | None = None, say=None):
         self.runs: dict[str, RunView] = {}
+        self.say = say or (lambda line: tqdm.write(line, file=sys.stderr))
         self._bar = tqdm(total=total, desc="pipeline", unit="frame", disable=not progress, position=1, dynamic_ncols=True, leave=True)
         self._lock = threading.Lock()
         super().__init__(cfg, name="live-monitor")
 
     def view(self, run: str) -> RunView:
         with self._lock:
-            return self.runs.setdefault(run, RunView())
+            if run not in self.runs:
+                self.runs[run] = RunView()
+                forget_old_runs(self.runs, lambda v: v.ended is not None)
+            return self.runs[run]
 
     def wait_end(self, run: str, timeout_s: float) -> RunView:
         deadline = time.monotonic() + timeout_s
@@ -83,6 +94,9 @@ class LiveMonitor(ResultsSubscriber):
                 v.final_at, v.first_final = now, v.recon
             if scalars.get("refined"):
                 v.refined_at = now
+            if msg.meta.get("cut_short") and not v.cut_short:
+                v.cut_short = str(msg.meta["cut_short"])
+                self.say(f"pipeline: run {msg.run[:8]}: {v.cut_short}")
             self._bar.set_postfix_str(f"recon it {scalars.get('iteration')} residual {residual:.4f}"
                                       f" on {scalars.get('frames')} frames")
         elif msg.kind == "result" and msg.stage == "stxm":
@@ -93,6 +107,8 @@ class LiveMonitor(ResultsSubscriber):
             v.errors.append(f"{msg.stage} seq {msg.seq}: {msg.meta.get('error')}")
         elif msg.kind == "end_of_run":
             v.ended = dict(msg.meta)
+            with self._lock:
+                forget_old_runs(self.runs, lambda view: view.ended is not None)
 
     def close(self, timeout_s: float = 5.0) -> None:
         super().close(timeout_s)

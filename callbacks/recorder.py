@@ -7,7 +7,8 @@ pipeline runs by their raw run's uid): ``STREAMS`` names it (the frame workers'
 CXI file) and other stages keep their name. ``meta["scalars"]`` become the event's
 values and its arrays go to HDF5. The handler announces each run's start document, so
 the derived run names the dark run and its parent's scan id and sample name. The
-handler's end of run closes the derived run (``abort`` when the run was aborted);
+handler's end of run closes the derived run (``abort`` when the run was aborted; a
+reconstruction cut short, ``cut_short`` in its result's meta, is said in the stop's ``reason``);
 module errors are kept in an ``errors`` stream. A result that does not fit its stream
 is logged and counted (``rejected``), never fatal. A result whose arrays find the disk full is not
 lost silently: it gets a row in the ``errors`` stream saying so (the catalog needs no disk of this
@@ -43,6 +44,8 @@ STREAMS = {
 #: earlier results do not): recorded as NaN until known, so a stream keeps the keys of its first event and
 #: the refined reconstruction, the best one, is not refused as a result of another shape
 OPTIONAL_SCALARS = {"recon": ("refine_iterations", "refine_best_iteration", "refine_seconds")}
+#: raw runs whose derived run's uid is kept after its end (``finished``): a beamtime has thousands of runs
+KEEP_FINISHED = 256
 
 
 class ResultsRecorder(ResultsSubscriber):
@@ -62,7 +65,8 @@ class ResultsRecorder(ResultsSubscriber):
         self.md = md or {}
         self.runs: dict[str, DerivedRun] = {}
         self.starts: dict[str, dict] = {}  # start documents the handler announced, until their first result
-        self.finished: dict[str, str] = {}  # raw uid -> derived uid
+        self.finished: dict[str, str] = {}  # raw uid -> derived uid, the last KEEP_FINISHED
+        self.notes: dict[str, str] = {}  # raw uid -> what its stop document says (a reconstruction cut short), until then
         self.disk_full = 0  # results whose arrays the disk had no room for
         super().__init__(cfg, name="results-recorder")
 
@@ -88,6 +92,8 @@ class ResultsRecorder(ResultsSubscriber):
             stream, with_arrays = STREAMS.get(msg.stage, (msg.stage, True))
             try:
                 self._derived(msg.run).add(stream, scalars, msg.arrays if with_arrays else None)
+                if msg.meta.get("cut_short"):  # said in its stop document: the catalog tells why the image is partial
+                    self.notes[msg.run] = str(msg.meta["cut_short"])[:1000]
             except DiskFullError as exc:
                 self.disk_full += 1
                 if self.disk_full == 1:
@@ -107,12 +113,19 @@ class ResultsRecorder(ResultsSubscriber):
                 run.add("run_qc", {"planned": int(m["planned"]), "frames": int(m.get("frames", 0)), "missing": int(m.get("missing", 0)),
                                    "duplicates": int(m.get("duplicates", 0)), "missing_seqs": ",".join(map(str, m.get("missing_seqs", [])))})
             self.runs.pop(msg.run)
-            run.close("abort" if aborted else "success", "the pipeline aborted the run" if aborted else "")
-            self.finished[msg.run] = run.uid
+            note = self.notes.pop(msg.run, "")
+            run.close("abort" if aborted else "success", "the pipeline aborted the run" if aborted else note)
+            self._finished(msg.run, run.uid)
+
+    def _finished(self, raw_uid: str, derived_uid: str) -> None:
+        self.finished[raw_uid] = derived_uid
+        while len(self.finished) > KEEP_FINISHED:
+            del self.finished[next(iter(self.finished))]
 
     def close(self, timeout_s: float = 5.0) -> None:
         super().close(timeout_s)
         for raw_uid, run in list(self.runs.items()):
             run.close("fail", "the results recorder stopped before the pipeline ended this run")
-            self.finished[raw_uid] = run.uid
+            self._finished(raw_uid, run.uid)
         self.runs.clear()
+        self.notes.clear()

@@ -405,6 +405,7 @@ def _run(beamline, sim, remote, cat, target, detectors: Path, cfg: SimConfig, ou
         f"NRMSE vs truth    {nrmse_value:.4f} (final image {nrmse_first:.4f})" if nrmse_first is not None
         else f"NRMSE vs truth    {nrmse_value:.4f}" if nrmse_value is not None else "NRMSE vs truth    -",
         f"flags             {dict(view.flags) or 'none'}",
+        *([f"reconstruction    {view.cut_short}"] if view.cut_short else []),
         *([f"IOC CPU           {ioc['cpu_s_per_frame'] * 1e3:.1f} ms/frame, {ioc['cpu_core_percent']:.0f} % of a core"]
           if ioc and ioc["cpu_s_per_frame"] is not None else []),
     ])

@@ -89,7 +89,7 @@ class PipelineSession:
             self._writer = catalog_writer(self.catalog_target, batch_size=self.batch_size, name="derived-catalog",
                                           container=PROCESSED_CONTAINER, say=self.say)
             self.recorder = ResultsRecorder(self.cfg, self._writer, self.detectors / "derived")
-            self.monitor = LiveMonitor(self.cfg, progress=self.progress, total=self.total)
+            self.monitor = LiveMonitor(self.cfg, progress=self.progress, total=self.total, say=self.say)
             if self.pipe is not None:
                 threading.Thread(target=self._watch, name="pipeline-watch", daemon=True).start()
         except BaseException:

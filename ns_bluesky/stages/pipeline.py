@@ -23,6 +23,7 @@ def ptycho_pipeline(
     refine_s: float = 60.0,
     ranks: int = 1,
     positions: str = "auto",
+    max_live_runs: int = 2,
     recon_idle: bool = True,
     free_ports: bool = True,
     **settings,
@@ -31,6 +32,7 @@ def ptycho_pipeline(
     ``refine_s``: the reconstruction's refinement budget in seconds (the best state it sees ends the run);
     ``ranks`` > 1 refines each scan's reconstruction over that many MPI ranks (the mpi extra);
     ``positions``: auto, sample or probe (what the stage's positions are; :class:`.recon.ReconParams`);
+    ``max_live_runs``: runs the reconstruction works on at once; one more wraps up the oldest (``cut_short``);
     ``recon_idle``: the reconstruction iterates only on CPU time nothing else wants (nice 10 and SCHED_IDLE: frames
     as fast as possible lose nothing to it); False for a scan at a set rate, whose live updates must keep coming on
     a busy machine: it then runs at the normal priority (measured on 2 loaded cores, load 10-16: under SCHED_IDLE
@@ -41,7 +43,7 @@ def ptycho_pipeline(
         {"name": "frame", "module": "frame", "workers": frame_workers, "params": {"crop": crop, "out_size": out_size, "fft_threads": 1}},
         {"name": "image", "module": "image", "workers": 1},
         # the reconstruction iterates on whatever CPU the frames leave: cleaning them comes first
-        {"name": "recon", "module": "recon", "workers": 1, "credits": 8, "nice": 10 if recon_idle else 0, "idle": recon_idle, "params": {"engine": engine, "backend": backend, "refine_seconds": refine_s, "positions": positions, **({"ranks": ranks} if ranks > 1 else {})}},
+        {"name": "recon", "module": "recon", "workers": 1, "credits": 8, "nice": 10 if recon_idle else 0, "idle": recon_idle, "params": {"engine": engine, "backend": backend, "refine_seconds": refine_s, "positions": positions, "max_live_runs": max_live_runs, **({"ranks": ranks} if ranks > 1 else {})}},
         {"name": "cxiwrite", "module": "cxiwrite", "workers": 1, "credits": 8, "params": {"out_dir": str(out_dir), "raw": raw_cxi}},
     ]
     if free_ports:

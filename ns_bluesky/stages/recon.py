@@ -25,6 +25,14 @@ starting probe); when another orientation fits clearly better, it refines in tha
 its own grid, and says so in the result (``positions``), which the CXI writer records. The
 refinement's budget is seconds (:mod:`..ptycho.budget`): the best state it saw comes back
 with its iterations; if it diverges, the live final image stands and the error is reported.
+
+Memory: each open run holds its frames (N x n x n float32), its engine and a thread, so at most
+``max_live_runs`` are reconstructed at once. A run that starts beyond that wraps up the oldest at
+once: its final image from the frames it has (no refinement), marked ``cut_short`` (a scalar, and the
+reason in the meta, which the recorder writes in the derived run's stop and the live monitor tells the
+user); it goes out with the next item of that run (the handler takes a result only with an item of its
+own run), its later frames are not reconstructed (the catalog and the CXI file have them). A run that
+ends, is cut or is aborted lets go of its frames and engine at once.
 """
 
 from __future__ import annotations
@@ -53,6 +61,9 @@ from .recon_mpi import refine_over_mpi
 from .scaninfo import ScanInfo, scan_info
 
 log = logging.getLogger(__name__)
+
+CUT_JOIN_S = 30.0  # how long a run wrapped up early may take for its last mini-batch (a starved host: seconds)
+MAX_CUT_RUNS = 64  # runs wrapped up early whose end has not come yet: their final results, kept until then
 
 
 class ReconParams(BaseModel):
@@ -87,6 +98,12 @@ class ReconParams(BaseModel):
     ranks: int = Field(
         1, ge=1, le=256, description="MPI ranks for the refinement (the mpi extra): over 1, the whole-scan solve runs as "
         "an mpiexec job, the frames split over the ranks by position (SHARP's way); the live estimate stays in the worker"
+    )
+    max_live_runs: int = Field(
+        2, ge=1, le=64, description="runs reconstructed live at once: each holds its frames (N x n x n float32), its "
+        "engine and a thread, so a worker that cannot keep up (a starved host: 6 runs at once grew it by 1.5 GB) "
+        "wraps up the oldest when one more starts: its final image from the frames it had, marked cut_short, "
+        "the scan whole in the catalog for 'ns-bluesky replay'"
     )
     positions: str = Field(
         "auto", pattern="^(auto|probe|sample)$", description="what the stage's positions are: the sample's translation "
@@ -130,13 +147,18 @@ class _Session:
         self.positions = {"convention": declared.name, "matrix": declared.matrix.tolist(),
                           "details": {"decided_by": "given" if params.positions != "auto" else "auto, live as sample"}}
         self.refine_error: str | None = None
+        self.patterns: np.ndarray | None = None  # the frame stack (N x n x n), kept for the refinement
+        self.start_probe: np.ndarray | None = None
+        # set when the session is wrapped up or dropped: the thread stops at its next mini-batch and lets go of
+        # the frames and the engine (nothing else may keep them: a worker of a long beamtime must not grow)
+        self.cancelled = threading.Event()
         self.thread = threading.Thread(target=self._loop, name=f"recon-{info.uid[:8]}", daemon=True)
         self.thread.start()
 
     # ---------------------------------------------------------------- iterating thread
     def _loop(self) -> None:
         try:
-            while not self.should_stop():
+            while not self.should_stop() and not self.cancelled.is_set():
                 self._absorb()
                 if self.eng is None:
                     if self.finishing.is_set() and self.inbox.empty():
@@ -155,11 +177,14 @@ class _Session:
                 except _Cut:  # the run ended meanwhile: absorb its last frames, or stop on the deadline
                     continue
                 self._snap()
-            if self.eng is not None:
+            if self.eng is not None and not self.cancelled.is_set():
                 self._snap()  # the state after the last finished mini-batch: the final image
         except Exception as exc:  # kept, and reported by end_run: the worker must not die with it
             log.exception("reconstruction of run %s failed", self.info.uid[:8])
-            self.error = exc
+            self.error = exc.with_traceback(None)  # its traceback's frames would keep this session (and its frames) alive
+        finally:
+            if self.cancelled.is_set():  # released while this thread still ran: it lets go itself
+                self._drop()
 
     def _absorb(self) -> None:
         while True:
@@ -218,6 +243,8 @@ class _Session:
         now = time.monotonic()
         self.batch_s, self.batch_at = now - self.batch_at, now
         self.longest_batch_s = max(self.longest_batch_s, self.batch_s)
+        if self.cancelled.is_set() or self.should_stop():
+            raise _Cut
         if self.finishing.is_set() and (not self.inbox.empty() or now >= self.final_deadline):
             raise _Cut
         # the snapshot at the last batch's end before the update is due (another batch would end after it): the
@@ -250,12 +277,33 @@ class _Session:
         with self.lock:
             return self.snapshot_id, self.snapshot
 
-    def finish(self, timeout_s: float) -> None:
+    def finish(self, timeout_s: float, final_seconds: float | None = None) -> None:
+        """The run's end: the final image within ``final_seconds`` (the params' by default; 0: from what it has)."""
         self.ended_at = time.monotonic()
         log.info("run %s: frames in; longest mini-batch %.3f s of %d", self.info.uid[:8], self.longest_batch_s, self.batches)
-        self.final_deadline = self.ended_at + self.params.final_seconds
+        budget = self.params.final_seconds if final_seconds is None else final_seconds
+        self.final_deadline = self.ended_at + budget
         self.finishing.set()
         self.thread.join(timeout_s)
+
+    def release(self, timeout_s: float = 5.0) -> None:
+        """Let go of the frames, the engine and the snapshots: at once if the thread has ended (or ends within
+        ``timeout_s``), else the thread does it when it stops, at its next mini-batch."""
+        self.cancelled.set()
+        self.thread.join(timeout_s)
+        if not self.thread.is_alive():
+            self._drop()
+
+    def _drop(self) -> None:
+        if self.eng is not None:
+            self.eng.on_batch = None  # the engine's hook is this session's method: a cycle that outlives the run
+        self.eng = self.patterns = self.start_probe = self.snapshot = None
+        self.pending.clear()
+        while True:
+            try:
+                self.inbox.get_nowait()
+            except queue.Empty:
+                break
 
     def refine(self, seconds: float) -> None:
         """Solve the whole scan again, from the live probe and a fresh object, as an offline
@@ -338,7 +386,10 @@ class ReconStage(Stage):
 
     def __init__(self, params=None, **worker):
         super().__init__(params, **worker)
-        self.sessions: dict[str, _Session] = {}
+        self.sessions: dict[str, _Session] = {}  # open runs, oldest first: at most max_live_runs
+        # runs wrapped up early (max_live_runs): their final result until an item of theirs takes it out (a result
+        # goes back with an item of its own run), then None until their end; popped at their end or abort
+        self.cut: dict[str, Message | None] = {}
         self.published: dict[str, tuple[int, float, int]] = {}  # run -> (snapshot id, time, updates)
         self.lateness: dict[str, tuple[int, float]] = {}  # run -> (overruns, largest gap between live updates, s)
         self.progress: dict[str, tuple[int, int]] = {}  # run -> (iteration, mini-batches) at the last published update
@@ -351,14 +402,51 @@ class ReconStage(Stage):
         info = scan_info(msg)
         if info.planned_m is not None and len(info.planned_m) and info.energy_J is not None:
             run = msg.run
+            while len(self.sessions) >= self.params.max_live_runs:
+                self._cut_oldest(run)
             self.sessions[run] = _Session(info, self.params, lambda: self.should_stop(run))
             self.published[run] = (0, 0.0, 0)
             self.lateness[run] = (0, 0.0)
             self.progress[run] = (0, 0)
 
+    def _cut_oldest(self, newcomer: str) -> None:
+        """Wrap up the oldest open run now, so that no more than ``max_live_runs`` hold their frames: its final
+        image from the frames it has (no refinement), marked ``cut_short`` with the reason, kept for the next
+        item of that run to take out; its later frames are not reconstructed (they are in the catalog)."""
+        run = next(iter(self.sessions))
+        session = self.sessions[run]
+        session.finish(timeout_s=CUT_JOIN_S, final_seconds=0)
+        reason = (f"reconstruction cut short: run {newcomer[:8]} started while {len(self.sessions)} runs were being "
+                  f"reconstructed (max_live_runs={self.params.max_live_runs}); its final image is from {session.frames} "
+                  f"of {len(session.info.planned_m)} frames, the scan is whole in the catalog: "
+                  f"'ns-bluesky replay {run[:8]}' reconstructs it again")
+        log.warning("run %s: %s", run[:8], reason)
+        final = None
+        try:
+            snap_id, snap = session.latest()
+            if session.error is None and snap is not None:
+                final = self._result(run, snap_id, snap, final=True, cut=reason)
+        finally:
+            self._forget(run)
+        self.cut[run] = final
+        while len(self.cut) > MAX_CUT_RUNS:  # runs whose end never reached this worker: the handler expires them
+            del self.cut[next(iter(self.cut))]
+
+    def _forget(self, run: str) -> None:
+        """Drop a run's state and let go of its frames and engine (at once, or when its thread stops)."""
+        session = self.sessions.pop(run, None)
+        self.published.pop(run, None)
+        self.lateness.pop(run, None)
+        self.progress.pop(run, None)
+        if session is not None:
+            session.release()
+
     def process(self, msg: Message) -> Message | None:
         session = self.sessions.get(msg.run)
         if session is None:
+            if self.cut.get(msg.run) is not None:  # a run wrapped up early: its final result goes out with its item
+                final, self.cut[msg.run] = self.cut[msg.run], None
+                return final
             return None
         scalars = msg.meta.get("scalars") or {}
         index = msg.seq - 1
@@ -373,7 +461,7 @@ class ReconStage(Stage):
             return self._result(msg.run, snap_id, snap, final=False)
         return None
 
-    def _result(self, run: str, snap_id: int, snap: dict, final: bool, refined: bool = False) -> Message:
+    def _result(self, run: str, snap_id: int, snap: dict, final: bool, refined: bool = False, cut: str = "") -> Message:
         session = self.sessions[run]
         _, last_t, updates = self.published[run]
         now = time.monotonic()
@@ -392,7 +480,7 @@ class ReconStage(Stage):
             "iteration": int(snap["iteration"]), "residual": snap["residual"], "frames": int(snap["frames"]),
             "update": updates, "final": int(final), "refined": int(refined),
             "seconds_after_last_frame": float(now - session.last_frame_at) if session.last_frame_at else 0.0,
-            "overruns": overruns, "largest_gap_s": round(largest, 3),
+            "overruns": overruns, "largest_gap_s": round(largest, 3), "cut_short": int(bool(cut)),
         }
         # every result has the same keys (the derived run's stream holds one set): what does not apply is 0 or NaN
         last_iteration, last_batches = self.progress[run]
@@ -404,7 +492,7 @@ class ReconStage(Stage):
             "object_amplitude": np.abs(obj).astype(np.float32), "object_phase": np.angle(obj).astype(np.float32),
             "probe_amplitude": np.abs(probe).astype(np.float32), "probe_phase": np.angle(probe).astype(np.float32),
         }
-        on_budget = final and not refined and session.ended_at is not None  # the final image's own budget
+        on_budget = final and not refined and not cut and session.ended_at is not None  # the final image's own budget
         scalars["final_s"] = round(now - session.ended_at, 3) if on_budget else float("nan")
         scalars["final_overrun"] = int(on_budget and now - session.ended_at > self.params.final_seconds + self.params.overrun_margin_s)
         scalars["refine_iterations"] = int(snap.get("refine_iterations", 0))
@@ -415,12 +503,14 @@ class ReconStage(Stage):
             meta["positions"] = session.positions
         if session.refine_error is not None:
             meta["refine_error"] = session.refine_error
+        if cut:
+            meta["cut_short"] = cut  # the recorder puts it in the derived run's stop, the live monitor tells the user
         return Message("result", run=run, seq=updates, stage="recon", meta=meta, arrays=arrays)
 
     def end_run(self, run: str) -> Message | None:
         session = self.sessions.get(run)
         if session is None:
-            return None
+            return self.cut.pop(run, None)  # wrapped up early: its final result, unless an item took it out
         session.finish(timeout_s=self.params.final_seconds + 120)
         try:
             if session.error is not None:
@@ -435,15 +525,11 @@ class ReconStage(Stage):
             snap_id, snap = session.latest()
             return self._result(run, snap_id, snap, final=True, refined=session.refine_error is None)
         finally:
-            self.sessions.pop(run, None)
-            self.published.pop(run, None)
-            self.lateness.pop(run, None)
-            self.progress.pop(run, None)
+            self._forget(run)
 
     def abort_run(self, run: str) -> None:
-        session = self.sessions.pop(run, None)
-        self.published.pop(run, None)
-        self.lateness.pop(run, None)
-        self.progress.pop(run, None)
+        self.cut.pop(run, None)
+        session = self.sessions.get(run)
         if session is not None:
             session.finish(timeout_s=5)
+        self._forget(run)

@@ -225,7 +225,7 @@ class Handler:
                             msg.stage, item.id, msg.run[:8], msg.seq, f"worker pid {worker.pid}" if worker else "an unregistered peer", n)
             return
         run = self.book.runs.get(msg.run)
-        if run is None or run.aborted or item is None:
+        if run is None or run.aborted or run.ended or item is None:  # an ended run forgot which results it had
             self.counts["late_results"] += 1
             return
         if msg.key in run.published:

@@ -3,8 +3,8 @@
 import time
 
 import numpy as np
-from ns_bluesky.callbacks.bridge import PipelineBridge
 
+from ns_bluesky.callbacks.bridge import PipelineBridge
 from ns_bluesky.instrument.detector import assemble
 from ns_bluesky.plans import ptycho_scan
 
@@ -28,6 +28,8 @@ def test_frames_and_positions_reach_the_workers(make_pipeline, RE, beamline):
     np.testing.assert_array_equal(results[3].arrays["raw"], frames[3])
     assert results[3].arrays["raw"].shape == (1040, 1152)
     assert assemble(results[3].arrays["raw"], beamline.fccd.geometry).shape == (960, 960)
+    t = bridge._translate  # the run's stop let go of its files, resources, datums and streams: a session does not grow
+    assert (t.files.resources, t.files.datasets, t.datums, t.streams) == ({}, {}, {}, {})
     bridge.close()
 
 
@@ -84,6 +86,7 @@ def test_frames_are_read_back_whatever_the_files_layout(tmp_path):
     """The detector's one-raw-chunk-per-frame files are read by chunk; any other layout
     (compressed, several frames a chunk) goes through h5py's reader and gives the same frames."""
     import h5py
+
     from ns_bluesky.callbacks.bridge import _FrameFiles
 
     frames = np.random.default_rng(0).integers(0, 4000, (5, 16, 12), dtype=np.uint16)

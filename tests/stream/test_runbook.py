@@ -284,6 +284,30 @@ def test_ended_runs_beyond_the_bound_are_forgotten_and_still_refused():
     assert b.counts["after_end"] == 2 and "r0" not in b.book.runs
 
 
+def test_an_ended_run_keeps_only_its_small_state_and_still_refuses_what_follows():
+    """The last MAX_RUNS ended runs are kept; each kept its frames' numbers and its start document (a large scan's
+    positions) until pruned. An ended run now keeps neither, and a late frame or a resent start is still refused."""
+    b = Bench(*ECHO_TALLY)
+    b.worker(b"E", "echo")
+    b.worker(b"T", "tally")
+    planned = [[float(i), 0.0] for i in range(20)]
+    b.ingest(Message("start", run="r", meta={"start": {"num_points": 20, "planned_positions_m": planned}}))
+    for seq in range(1, 21):
+        b.ingest(frame("r", seq))
+    b.ingest(Message("stop", run="r"))
+    run = b.book.runs["r"]
+    for _ in range(20):  # the start and the frames, then the stops level by level
+        b.scheduler.dispatch()
+        for identity in (b"E", b"T"):
+            b.answer(identity)
+    assert run.ended and b.published[-1][1].meta["frames"] == 20 and b.published[-1][1].meta["missing"] == 0
+    assert (len(run.seen), len(run.published), run.doc, run.start.meta) == (0, 0, {}, {})
+    b.ingest(frame("r", 3))
+    b.ingest(Message("start", run="r"))
+    assert (b.counts["after_end"], b.counts["duplicate_ingest"]) == (1, 1)
+    assert [t for t, _ in b.published].count("start") == 1
+
+
 def test_one_run_more_than_max_open_runs_is_refused_with_the_reason():
     import pytest
 

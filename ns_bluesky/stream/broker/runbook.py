@@ -207,6 +207,10 @@ class RunBook:
             meta.update(planned=planned, missing=len(missing), missing_seqs=missing[:1000])
         self.publish(Message("end_of_run", run=run.run, meta=meta), topic="end_of_run")
         log.info("run %s ended: %d frames, %d results, aborted=%s", run.run, run.frames, len(run.published), run.aborted)
+        # what an ended run no longer needs goes now, not when it is pruned (the last MAX_RUNS runs are kept): the
+        # numbers of its frames and results and its start document (a 10 000-point scan's positions: about 1 MB)
+        run.seen, run.published, run.doc = set(), set(), {}
+        run.start = Message("start", run=run.run)  # a start resent after the end is still known, and not replayed
 
     def abort(self, run_id: str | None = None) -> list:
         """Abort one run (or every one under way): its waiting items are dropped (returned), it ends now."""
