@@ -240,10 +240,9 @@ class NumpyWindows(Windows):
         n = self.n
         for k, j in enumerate(idx_h):
             y, x = self.y[j], self.x[j]
-            if scales is None:
-                out[k] = grid[y : y + n, x : x + n]
-            else:
-                np.multiply(grid[y : y + n, x : x + n], scales[k], out=out[k])
+            out[k] = grid[y : y + n, x : x + n]
+        if scales is not None:  # after the copies: numpy's products over a window's strided rows are slow
+            np.multiply(out[: len(idx_h)], np.asarray(scales, out.dtype)[:, None, None], out=out[: len(idx_h)])
 
 
 class CupyWindows(Windows):
