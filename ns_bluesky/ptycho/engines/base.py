@@ -434,7 +434,7 @@ class Engine:
 
     def _ramps(self, idx):
         """Fourier ramps that shift the probe by each frame's fractional position: (B, n, n)."""
-        return outer_ramps(self.xp, self.ry[idx], self.rx[idx])
+        return self.ry[idx][:, :, None] * self.rx[idx][:, None, :]
 
     def _probes(self, idx, ramps=None):
         """The probe as each frame sees it (sub-pixel shifted)."""
