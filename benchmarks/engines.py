@@ -48,7 +48,7 @@ from scipy import ndimage
 from ns_bluesky.ptycho import engines as _engines
 from ns_bluesky.ptycho.backend import fft_workers
 from ns_bluesky.ptycho.engines import PtychoData, engine
-from ns_bluesky.ptycho.metrics import frc, nrmse, register_shift, shift_image
+from ns_bluesky.ptycho.metrics import frc, nrmse, register_shift, relative_ramp, shift_image
 from ns_bluesky.sim.farfield import farfield_set
 
 STAR = Path(__file__).parents[1] / "tests" / "data" / "siemens-star-small.npz.bz2"
@@ -379,10 +379,9 @@ def star_region(origins: np.ndarray, probe: np.ndarray, shape) -> tuple[np.ndarr
 
 
 def _relative_ramp(a: np.ndarray, b: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """The linear phase (radians, per pixel) that brings b's phase ramp onto a's over the region m."""
-    d = np.where(m, a * np.conj(b), 0)  # phase difference, weighted by amplitude
-    gy = np.angle((d[1:, :] * np.conj(d[:-1, :])).sum())
-    gx = np.angle((d[:, 1:] * np.conj(d[:, :-1])).sum())
+    """The linear phase (radians, per pixel) that brings b's phase ramp onto a's over the region m
+    (metrics.relative_ramp: the peak of the Fourier transform of a conj(b))."""
+    gy, gx = relative_ramp(a, b, m)
     rows, cols = np.indices(a.shape)
     return gy * rows + gx * cols
 

@@ -204,7 +204,12 @@ class Windows:
 
 
 class NumpyWindows(Windows):
-    """Window by window, as views of the grid: no copies of the windows, no index arrays."""
+    """Window by window, as views of the grid: no copies of the windows, no index arrays. The corners come as
+    Python ints (:meth:`_corners`): slicing with numpy integers costs several times more, per window."""
+
+    def _corners(self, idx):
+        idx = np.asarray(idx)
+        return zip(self.y[idx].tolist(), self.x[idx].tolist(), strict=True)
 
     def patches(self, grid, idx):
         idx = np.asarray(idx)  # whole-window copies: far faster than element-wise fancy indexing
@@ -213,13 +218,12 @@ class NumpyWindows(Windows):
 
     def scatter_add(self, target, idx, values) -> None:
         n = self.n
-        for k, j in enumerate(np.asarray(idx)):
-            target[self.y[j] : self.y[j] + n, self.x[j] : self.x[j] + n] += values[k]
+        for k, (y, x) in enumerate(self._corners(idx)):
+            target[y : y + n, x : x + n] += values[k]
 
     def apply(self, fn, a, grid, idx_h, idx, out) -> None:
         n, one = self.n, a is not None and len(a) == 1
-        for k, j in enumerate(idx_h):
-            y, x = self.y[j], self.x[j]
+        for k, (y, x) in enumerate(self._corners(idx_h)):
             win = grid[y : y + n, x : x + n]
             if a is None:
                 fn(win, out=out[k])
@@ -231,19 +235,16 @@ class NumpyWindows(Windows):
         one, w = len(a) == 1, 2 if grid.dtype.kind == "c" else 1
         gv, av = (grid.view(np.float32), a.view(np.float32)) if w == 2 else (grid, a)
         out = np.empty(len(idx_h))
-        for k, j in enumerate(idx_h):
-            y, x = self.y[j], self.x[j]
+        for k, (y, x) in enumerate(self._corners(idx_h)):
             out[k] = np.einsum("ij,ij->", gv[y : y + n, w * x : w * (x + n)], av[0 if one else k])
         return out
 
     def gather(self, grid, idx_h, idx, out, scales=None) -> None:
         n = self.n
-        for k, j in enumerate(idx_h):
-            y, x = self.y[j], self.x[j]
-            if scales is None:
-                out[k] = grid[y : y + n, x : x + n]
-            else:
-                np.multiply(grid[y : y + n, x : x + n], scales[k], out=out[k])
+        for k, (y, x) in enumerate(self._corners(idx_h)):
+            out[k] = grid[y : y + n, x : x + n]
+        if scales is not None:  # after the copies: numpy's products over a window's strided rows are slow
+            np.multiply(out[: len(idx_h)], np.asarray(scales, out.dtype)[:, None, None], out=out[: len(idx_h)])
 
 
 class CupyWindows(Windows):

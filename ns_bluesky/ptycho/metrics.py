@@ -30,6 +30,36 @@ def register_shift(moving: np.ndarray, reference: np.ndarray, upsample: int = 20
     return float(peak[0] + span[i]), float(peak[1] + span[j])
 
 
+def relative_ramp(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None, upsample: int = 20) -> tuple[float, float]:
+    """The linear phase (rows, cols; radians per pixel) that best brings ``b`` onto ``a`` over ``mask``: the
+    gradient g whose ramp maximises |sum a conj(b) exp(-i g.r)|, the peak of the Fourier transform of
+    a conj(b), at a whole frequency bin and then refined twice on upsampled neighbourhoods (local matrix DFTs).
+
+    A linear phase ramp on the object (with the opposite one on the probe) is invisible to far-field data, so
+    comparisons remove it. The mean phase step between neighbouring pixels (the estimate this replaces) is
+    biased where ``b`` is also a fraction of a pixel off: on a phase object with sharp edges it found
+    0.001 rad/px where there was none, a ramp of 0.5 rad across a 500 px object, which scored a reconstruction
+    of NRMSE 0.020 as 0.163 (the engine matrix's start probe 1.5 times too wide)."""
+    m = np.ones(a.shape, bool) if mask is None else np.asarray(mask, bool)
+    d = np.where(m, np.asarray(a, np.complex128) * np.conj(np.asarray(b, np.complex128)), 0)
+    n = np.array(d.shape)
+    spectrum = np.abs(np.fft.fft2(d))
+    peak = np.array(np.unravel_index(np.argmax(spectrum), d.shape), dtype=float)
+    peak[peak > n / 2] -= n[peak > n / 2]
+    rows, cols = np.arange(n[0]), np.arange(n[1])
+    step = 1.0
+    for _ in range(2):  # +-1.5 bins in 1/upsample of a bin, then +-1.5 of those in 1/upsample of them
+        step /= upsample
+        span = np.arange(-1.5 * upsample, 1.5 * upsample + 1) * step
+        ky, kx = peak[0] + span, peak[1] + span
+        left = np.exp(-2j * np.pi * ky[:, None] * rows[None, :] / n[0])  # (S, ny)
+        right = np.exp(-2j * np.pi * cols[:, None] * kx[None, :] / n[1])  # (nx, S)
+        vals = np.abs(left @ d @ right)
+        i, j = np.unravel_index(np.argmax(vals), vals.shape)
+        peak = np.array([ky[i], kx[j]])
+    return float(2 * np.pi * peak[0] / n[0]), float(2 * np.pi * peak[1] / n[1])
+
+
 def shift_image(img: np.ndarray, shift: tuple[float, float]) -> np.ndarray:
     """Fourier (sub-pixel, periodic) shift by (rows, cols)."""
     ky = np.fft.fftfreq(img.shape[0])[:, None]

@@ -64,6 +64,29 @@ def _shift_ramps(xp, frac: np.ndarray, n: int) -> tuple:
     return tuple(xp.asarray(np.exp(-2j * np.pi * frac[:, a : a + 1] * k[None, :]).astype(np.complex64)) for a in (0, 1))
 
 
+_DOT_PIECE = 8192  # floats per BLAS dot in Engine._rdot: under OpenBLAS's threading threshold (10000)
+
+
+def outer_ramps(xp, ry, rx, out=None):
+    """Each frame's 2-D Fourier ramp, the outer product of its row and column ramps ``ry``, ``rx`` (B, n):
+    (B, n, n) complex64, into ``out`` where given.
+
+    Written as one batched real matrix product, [Re ry, Im ry] (n x 2) times [[Re rx, Im rx], [-Im rx, Re rx]]
+    interleaved (2 x 2n), into the output's float view: numpy's complex product of broadcast operands
+    (``ry[:, :, None] * rx[:, None, :]``) runs its inner loop one 128-element row at a time, 3-4 times slower."""
+    b, n = ry.shape
+    left = xp.stack([ry.real, ry.imag], axis=-1)  # (B, n, 2)
+    right = xp.empty((b, 2, n, 2), np.float32)
+    right[:, 0, :, 0] = rx.real
+    right[:, 0, :, 1] = rx.imag
+    right[:, 1, :, 0] = -rx.imag
+    right[:, 1, :, 1] = rx.real
+    if out is None:
+        out = xp.empty((b, n, n), np.complex64)
+    xp.matmul(left, right.reshape(b, 2, 2 * n), out=out.view(np.float32))
+    return out
+
+
 def _centre_of_mass(power, xp) -> np.ndarray:
     """(row, col) centre of an intensity in FFT order, in signed frequency pixels."""
     k = xp.asarray(np.fft.fftfreq(power.shape[-1]) * power.shape[-1], dtype=np.float32)
@@ -437,8 +460,15 @@ class Engine:
     def _rdot(self, x, y):
         """Per frame, Re sum conj(x) y: one pass over the float views, no temporaries."""
         b = x.shape[0]
-        # a batched matrix product of (1, L) and (L, 1) float views: BLAS dots, 3x faster than einsum here
-        return (x.view(np.float32).reshape(b, 1, -1) @ y.view(np.float32).reshape(b, -1, 1)).reshape(b)
+        length = x.size // max(b, 1) * (2 if x.dtype.kind == "c" else 1)
+        # a batched matrix product of (1, L) and (L, 1) float views: BLAS dots, 3x faster than einsum here; in
+        # pieces of _DOT_PIECE (a frame of 128²: 4), whose sums are added after: OpenBLAS runs a dot of more
+        # than 10000 elements on its own threads, which on numpy's side are the engine's threads' cores, and
+        # the waking and spinning of its threads cost more than the dot (perf: 2.6 % of an iteration)
+        parts = length // _DOT_PIECE if length % _DOT_PIECE == 0 and length > _DOT_PIECE else 1
+        xv = x.view(np.float32).reshape(b, parts, 1, -1)
+        yv = y.view(np.float32).reshape(b, parts, -1, 1)
+        return (xv @ yv).reshape(b, parts).sum(axis=1) if parts > 1 else (xv @ yv).reshape(b)
 
     def _magnitudes(self, f, idx):
         """|F psi|, the measured amplitudes and the squared misfit between them."""
