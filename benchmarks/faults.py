@@ -87,6 +87,13 @@ class Output(threading.Thread):
                 return at
         return None
 
+    def around(self, at: float, chars: int = 120) -> tuple[str, str]:
+        """The output just before ``at`` and just after it: what the command said before it fell silent, and
+        what broke the silence."""
+        before = b"".join(d for t, d in list(self.chunks) if t <= at)[-chars:]
+        after = b"".join(d for t, d in list(self.chunks) if t > at)[:chars]
+        return tuple(b.decode(errors="replace").replace("\r", "\n").strip() for b in (before, after))
+
     def largest_silence(self, since: float, until: float) -> tuple[float, float]:
         """(longest stretch without output between ``since`` and ``until``, when it began, s after ``since``)."""
         times = [since] + [at for at, _ in self.chunks if since <= at <= until] + [until]
@@ -217,6 +224,7 @@ def one_scan(i: int, case: str, args, root: Path, rng: random.Random) -> dict:
         since = scan_began or output.chunks[0][0]
         gap, at = output.largest_silence(since, end)
         row.update(largest_silence_s=round(gap, 2), silence_at_s=round(at, 1))
+        row["silence_between"] = output.around(since + at + 1e-6)
         gap0, _ = output.largest_silence(output.chunks[0][0], end)
         row["largest_silence_from_first_output_s"] = round(gap0, 2)
     row.update(check_catalog(catalog, ny * nx, since))

@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ns_bluesky.io.terminal import TELL_S, last_output
+
 from .spool_files import RunSpool, flush_spool, read_spool, rewrite_run
 
 __all__ = ["SpooledWriter", "catalog_writer", "flush_spool", "read_spool", "rewrite_run"]
@@ -37,9 +39,10 @@ _STOP = object()
 _RECOVER = object()  # from the health check: the catalog is down while the writer is idle
 #: how often the spool is fsynced, and how often the catalog's health is checked
 SYNC_S = 0.5
-HEALTH_S = 0.5
-#: while flush waits and nothing moves, a line this often says what it waits for
-TELL_S = 1.5
+HEALTH_S = 0.4
+#: how long a health check waits for the server's answer: two failed in a row (the second at once) tell the
+#: user, within HEALTH_S + 2 x HEALTH_TIMEOUT_S = 1.8 s of the server's last answer
+HEALTH_TIMEOUT_S = 0.7
 
 
 class SpooledWriter:
@@ -243,16 +246,13 @@ class SpooledWriter:
     def _watch_health(self) -> None:
         """Tell the user within about a second when the catalog stops answering and when it is back,
         whatever the writer is doing (it may be deep in the client's retries)."""
-        failed = 0
         while not self._closed.wait(HEALTH_S):
             if self.down_since is not None or self._answers():
-                failed = 0
                 continue
-            failed += 1
-            if failed >= 2:  # twice in a row: one slow answer on a loaded host is not an outage
-                failed = 0
-                self._tell_down("its health check failed twice")
-                self._queue.put(_RECOVER)  # the writer reopens it even if no document is waiting
+            if self._answers():  # asked again at once: one slow answer on a loaded host is not an outage
+                continue
+            self._tell_down("its health check failed twice")
+            self._queue.put(_RECOVER)  # the writer reopens it even if no document is waiting
 
     # caller side -----------------------------------------------------------------------------------------
     @property
@@ -270,7 +270,7 @@ class SpooledWriter:
             moved = (self.delivered, self.down_since is None)
             if moved != last:
                 last, quiet_since, told = moved, now, now
-            elif now - told >= TELL_S:
+            elif now - last_output(told) >= TELL_S:
                 told = now
                 down = "" if self.down_since is None else f", the catalog not answering for {now - self.down_since:.0f} s"
                 self.say(f"{self.name}: waiting for {self._queue.unfinished_tasks} document(s) to reach the catalog"
@@ -305,4 +305,5 @@ def catalog_writer(target, *, batch_size: int = 25, name: str = "catalog", conta
 
     where = {} if container is None else {"container": container}
     return SpooledWriter(lambda: open_catalog(target, **where), lambda node: make_tiled_writer(node, batch_size=batch_size),
-                         spool_dir(target), name=name, say=say, health=check_catalog)
+                         spool_dir(target), name=name, say=say,
+                         health=lambda node: check_catalog(node, HEALTH_TIMEOUT_S))

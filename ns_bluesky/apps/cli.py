@@ -394,6 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # the command itself, not a call from Python: its waits count from its last printed byte
+        from ..io.terminal import watch
+
+        watch()
     args = build_parser().parse_args(argv)
     return _guarded("ns-bluesky", args.func, args)
 

@@ -17,12 +17,14 @@ from pathlib import Path
 from ..errors import ParameterError, PipelineError
 from ..io.catalog import detector_dir
 from ..io.catalog_layout import PROCESSED_CONTAINER
+from ..io.terminal import TELL_S, last_output
 from ..stream.config import PipelineConfig
 
 #: how often the session looks at its handler process: the user hears of its death within this (and a print)
 WATCH_S = 0.25
-#: while the session waits on the pipeline and nothing moves, a line this often says what for: never silent
-TELL_S = 1.5
+#: the lines a wait says when the command has printed nothing for ``TELL_S`` (:mod:`..io.terminal`) come at
+#: most this long after it should: never silent
+POLL_S = 0.1
 
 
 class Ticker:
@@ -40,8 +42,12 @@ class Ticker:
         return self
 
     def _run(self) -> None:
-        while not self._done.wait(TELL_S):
-            self.say(f"{self.what} ({time.monotonic() - self.t0:.0f} s)")
+        told = self.t0
+        while not self._done.wait(POLL_S):
+            now = time.monotonic()
+            if now - last_output(told) >= TELL_S:
+                told = now
+                self.say(f"{self.what} ({now - self.t0:.0f} s)")
 
     def stop(self) -> None:
         self._done.set()
@@ -131,7 +137,7 @@ class PipelineSession:
         while True:
             self.check(raw_uid)
             try:
-                bridge.flush(timeout_s=min(TELL_S / 2, max(deadline - time.monotonic(), 0.0)))
+                bridge.flush(timeout_s=min(POLL_S * 3, max(deadline - time.monotonic(), 0.0)))
                 return
             except TimeoutError:
                 now = time.monotonic()
@@ -139,7 +145,7 @@ class PipelineSession:
                     raise
                 if bridge.lag != lag:
                     lag, told = bridge.lag, now
-                elif now - told >= TELL_S:
+                elif now - last_output(told) >= TELL_S:
                     told = now
                     self._tell(f"pipeline: waiting for it to take {lag} message(s) of run {raw_uid[:8]} "
                                f"({now - t0:.0f} s); the catalog has the run")
@@ -153,11 +159,11 @@ class PipelineSession:
         seen, told = None, t0
         while view.ended is None and time.monotonic() < deadline:
             self.check(raw_uid)
-            view = self.monitor.wait_end(raw_uid, min(TELL_S / 2, max(deadline - time.monotonic(), 0.0)))
+            view = self.monitor.wait_end(raw_uid, min(POLL_S * 3, max(deadline - time.monotonic(), 0.0)))
             now, iteration = time.monotonic(), (view.recon or {}).get("scalars", {}).get("iteration")
             if view.processed != seen:  # the progress bar moved: the user saw something
                 seen, told = view.processed, now
-            elif view.ended is None and now - told >= TELL_S:
+            elif view.ended is None and now - last_output(told) >= TELL_S:
                 told = now
                 self._tell(f"pipeline: waiting for the end of run {raw_uid[:8]} ({now - t0:.0f} s): {view.processed} "
                            f"frames processed" + (f", reconstruction at iteration {iteration}" if iteration else ""))

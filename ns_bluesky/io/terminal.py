@@ -1,0 +1,63 @@
+"""When a command last wrote to its terminal, so that a wait speaks up when the command has been quiet.
+
+A command's waits (the pipeline's end, the catalog's documents, the picture) each say what they wait for once
+nothing has been printed for ``TELL_S``. Counted from each wait's own start, a silence could span two waits, or
+the end of a progress bar and the first wait after it, and grow past two seconds (`benchmarks/faults.py`
+measured 2.0-2.7 s on an unloaded host). Counted from the command's last byte on stdout or stderr, whoever
+wrote it (a progress bar, another wait, a warning), no silence outlasts ``TELL_S`` plus one poll.
+
+:func:`watch` (the command line calls it once) puts a thin stamping layer over ``sys.stdout`` and
+``sys.stderr``; without it (a library call, a test's captured streams) :func:`last_output` returns the
+caller's own reference time and each wait counts from its own start, as before.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+#: a wait that finds nothing printed for this long says what it waits for
+TELL_S = 1.0
+
+_last = [time.monotonic()]
+_lock = threading.Lock()
+
+
+class _Stamped:
+    """A text stream that notes when it was last written to; everything else goes to the stream it wraps."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        n = self._stream.write(text)
+        if text:
+            with _lock:
+                _last[0] = time.monotonic()
+        return n
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def watch() -> None:
+    """Stamp every write to ``sys.stdout`` and ``sys.stderr`` from now on (once; later calls do nothing)."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, _Stamped):
+            setattr(sys, name, _Stamped(stream))
+    with _lock:
+        _last[0] = time.monotonic()
+
+
+def watching() -> bool:
+    return isinstance(sys.stderr, _Stamped) and isinstance(sys.stdout, _Stamped)
+
+
+def last_output(otherwise: float) -> float:
+    """``time.monotonic()`` of the last write to the terminal while :func:`watch` is on; else ``otherwise``."""
+    if not watching():
+        return otherwise
+    with _lock:
+        return _last[0]

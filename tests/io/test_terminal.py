@@ -1,0 +1,48 @@
+"""A command's waits count from its last printed byte (``ns_bluesky.io.terminal``), so no silence spans two waits."""
+
+from __future__ import annotations
+
+import io
+import sys
+import time
+
+from ns_bluesky.apps.session import Ticker
+from ns_bluesky.io import terminal
+
+
+def test_watching_stamps_every_write_to_either_stream_once(monkeypatch):
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert not terminal.watching() and terminal.last_output(123.0) == 123.0  # not watching: the caller's own time
+    terminal.watch()
+    terminal.watch()  # a second call adds no second layer
+    assert terminal.watching() and not isinstance(sys.stdout._stream, terminal._Stamped)
+    monkeypatch.setattr(terminal, "_last", [0.0])
+    print("a line")
+    printed = terminal.last_output(0.0)
+    assert printed > 0.0
+    sys.stderr.write("")  # nothing written, nothing stamped
+    assert terminal.last_output(0.0) == printed
+    sys.stderr.write("a warning\n")
+    assert terminal.last_output(0.0) >= printed
+    assert sys.stdout.getvalue() == "a line\n"  # the stream underneath got every byte
+
+
+def test_a_wait_after_a_quiet_stretch_speaks_at_once_not_a_period_later(monkeypatch):
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    terminal.watch()
+    monkeypatch.setattr(terminal, "_last", [time.monotonic() - 5 * terminal.TELL_S])  # nothing printed for a while
+    said: list[str] = []
+
+    def say(line: str) -> None:
+        said.append(line)
+        print(line)
+
+    ticker = Ticker(say, "drawing").start()
+    deadline = time.monotonic() + 10
+    while not said and time.monotonic() < deadline:
+        time.sleep(0.01)
+    ticker.stop()
+    # counted from its own start it would have waited TELL_S; counted from the last byte it speaks at once
+    assert said and said[0] == "drawing (0 s)", said
