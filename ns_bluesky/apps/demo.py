@@ -269,10 +269,11 @@ def _run(beamline, sim, remote, cat, target, detectors: Path, cfg: SimConfig, ou
     from ..callbacks import ProgressBar
     from ..callbacks.bridge import PipelineBridge
     from ..callbacks.spool import catalog_writer
+    from ..io.terminal import Ticker
     from ..plans import dark_frames, ptycho_scan
     from ..stages.pipeline import ptycho_pipeline
     from .ctrl_c import StopOnCtrlC
-    from .session import PipelineSession, Ticker
+    from .session import PipelineSession
 
     if prerendered:
         from ..ophyd_devices import ReplaySource

@@ -17,41 +17,11 @@ from pathlib import Path
 from ..errors import ParameterError, PipelineError
 from ..io.catalog import detector_dir
 from ..io.catalog_layout import PROCESSED_CONTAINER
-from ..io.terminal import TELL_S, last_output
+from ..io.terminal import POLL_S, TELL_S, last_output
 from ..stream.config import PipelineConfig
 
 #: how often the session looks at its handler process: the user hears of its death within this (and a print)
 WATCH_S = 0.25
-#: the lines a wait says when the command has printed nothing for ``TELL_S`` (:mod:`..io.terminal`) come at
-#: most this long after it should: never silent
-POLL_S = 0.1
-
-
-class Ticker:
-    """``t = Ticker(say, "making the picture").start()`` ... ``t.stop()``: a line every ``TELL_S`` while a
-    long step of a command runs (reading a run back, drawing on a loaded host), so the command is never silent."""
-
-    def __init__(self, say, what: str):
-        self.say, self.what = say, what
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ticker", daemon=True)
-
-    def start(self) -> Ticker:
-        self.t0 = time.monotonic()
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        told = self.t0
-        while not self._done.wait(POLL_S):
-            now = time.monotonic()
-            if now - last_output(told) >= TELL_S:
-                told = now
-                self.say(f"{self.what} ({now - self.t0:.0f} s)")
-
-    def stop(self) -> None:
-        self._done.set()
-        self._thread.join(timeout=1)
 
 
 class PipelineSession:

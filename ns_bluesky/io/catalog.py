@@ -286,7 +286,25 @@ def at_exit(fn) -> None:
         util.Finalize(None, once, exitpriority=100)
 
 
-at_exit(close_catalogs)
+def _close_catalogs_at_exit() -> None:
+    """Stop the servers as the command ends; a command on the terminal says so when that takes a while (a
+    server finishing its last requests), rather than sitting silent after its last line."""
+    from .terminal import Ticker, watching
+
+    ticker = None
+    if watching() and server_pids():
+        try:
+            ticker = Ticker(lambda line: print(line, file=sys.stderr, flush=True), "closing the catalog server").start()
+        except RuntimeError:  # no new thread this late in the interpreter's shutdown: close in silence
+            ticker = None
+    try:
+        close_catalogs()
+    finally:
+        if ticker is not None:
+            ticker.stop()
+
+
+at_exit(_close_catalogs_at_exit)
 
 
 def make_tiled_writer(cat, *, batch_size: int = 25):

@@ -19,9 +19,12 @@ import time
 
 #: a wait that finds nothing printed for this long says what it waits for
 TELL_S = 1.0
+#: how often a wait looks whether it should speak: its line comes at most this much after ``TELL_S`` of quiet
+POLL_S = 0.1
 
 _last = [time.monotonic()]
 _lock = threading.Lock()
+_watching = False  # a flag, not a look at sys.stderr: colorama (imported by bluesky and caproto) wraps it again
 
 
 class _Stamped:
@@ -33,6 +36,8 @@ class _Stamped:
     def write(self, text: str) -> int:
         n = self._stream.write(text)
         if text:
+            if "\n" in text:  # line by line, as on a terminal: piped to a log, a buffered line would seem said
+                self._stream.flush()
             with _lock:
                 _last[0] = time.monotonic()
         return n
@@ -43,16 +48,20 @@ class _Stamped:
 
 def watch() -> None:
     """Stamp every write to ``sys.stdout`` and ``sys.stderr`` from now on (once; later calls do nothing)."""
+    global _watching
+    if _watching:
+        return
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
         if stream is not None and not isinstance(stream, _Stamped):
             setattr(sys, name, _Stamped(stream))
     with _lock:
         _last[0] = time.monotonic()
+    _watching = True
 
 
 def watching() -> bool:
-    return isinstance(sys.stderr, _Stamped) and isinstance(sys.stdout, _Stamped)
+    return _watching
 
 
 def last_output(otherwise: float) -> float:
@@ -61,3 +70,30 @@ def last_output(otherwise: float) -> float:
         return otherwise
     with _lock:
         return _last[0]
+
+
+class Ticker:
+    """``t = Ticker(say, "making the picture").start()`` ... ``t.stop()``: a line every ``TELL_S`` while a
+    long step of a command runs (reading a run back, drawing on a loaded host), so the command is never silent."""
+
+    def __init__(self, say, what: str):
+        self.say, self.what = say, what
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ticker", daemon=True)
+
+    def start(self) -> Ticker:
+        self.t0 = time.monotonic()
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        told = self.t0
+        while not self._done.wait(POLL_S):
+            now = time.monotonic()
+            if now - last_output(told) >= TELL_S:
+                told = now
+                self.say(f"{self.what} ({now - self.t0:.0f} s)")
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=1)
