@@ -120,9 +120,9 @@ def serve(directory: Path) -> int:
     server = SimpleTiledServer(directory=directory, readable_storage=[detectors], api_key=secrets.token_hex(16))
     _serialize_connections(server.storage)
     info = directory / "server.json"
-    info.write_text(json.dumps({"uri": server.uri, "pid": os.getpid()}))
-    print(json.dumps({"uri": server.uri}), flush=True)
     try:
+        info.write_text(json.dumps({"uri": server.uri, "pid": os.getpid()}))
+        print(json.dumps({"uri": server.uri}), flush=True)  # BrokenPipeError: the caller is gone already
         sys.stdin.read()  # until the process that started this one closes the pipe (or dies)
     finally:
         info.unlink(missing_ok=True)
@@ -141,9 +141,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    try:
+        code = main()
+    except BaseException as exc:  # e.g. the caller gone before the address was said: end all the same
+        print(f"catalog server: {exc!r}", file=sys.stderr, flush=True)
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:  # a closed pipe
+            pass
     # not sys.exit: a server thread that outlives a failed close() (seen: one left serving a deleted catalog
-    # for minutes after its test, the interpreter waiting on it) must not keep the process alive
+    # for minutes after its test, the interpreter waiting on it), or an exception out of main() (seen: a
+    # caller that exited before reading the address left the server up), must not keep the process alive
     os._exit(code)
