@@ -128,15 +128,7 @@ def region_of_interest_scattered(
                           free_transmission=free_transmission)
     keep = keep_reached(scattered_weights(pos, pos[coarse]), occ, tolerance)
     keep[coarse] = True  # measured already: part of the data either way
-    info = {
-        "free_transmission": free,
-        "tolerance": tolerance,
-        "dpc_tolerance": dpc_tolerance,
-        "coarse_occupancy": np.where(np.isfinite(occ), occ, -1.0).round(4),
-        "empty_coarse_points": sorted(int(g) for g, o in zip(coarse, occ, strict=True) if o < tolerance),
-        "unknown_coarse_points": sorted(int(g) for g, o in zip(coarse, occ, strict=True) if not np.isfinite(o)),
-    }
-    return keep, info
+    return keep, _region_details(coarse, occ, occ, free, tolerance, dpc_tolerance)
 
 
 def region_of_interest(
@@ -173,7 +165,14 @@ def region_of_interest(
         occ[g // nx // every, g % nx // every] = o
     keep = keep_reached(np.kron(_weights(ny, rows), _weights(nx, cols)), occ.ravel(), tolerance)
     keep[coarse] = True  # measured already: part of the data either way
-    info = {
+    return keep, _region_details(coarse, found, occ, free, tolerance, dpc_tolerance)
+
+
+def _region_details(coarse: np.ndarray, found: np.ndarray, occ: np.ndarray, free: float, tolerance: float,
+                    dpc_tolerance: float) -> dict:
+    """What a region of interest rested on: ``found`` is each coarse point's occupancy in ``coarse``'s
+    order, ``occ`` the same laid out as the caller keeps it (a grid for a raster)."""
+    return {
         "free_transmission": free,
         "tolerance": tolerance,
         "dpc_tolerance": dpc_tolerance,
@@ -181,7 +180,6 @@ def region_of_interest(
         "empty_coarse_points": sorted(int(g) for g, o in zip(coarse, found, strict=True) if o < tolerance),
         "unknown_coarse_points": sorted(int(g) for g, o in zip(coarse, found, strict=True) if not np.isfinite(o)),
     }
-    return keep, info
 
 
 def _weights(n: int, nodes: np.ndarray) -> np.ndarray:
