@@ -296,7 +296,7 @@ def _close_catalogs_at_exit() -> None:
         try:
             ticker = Ticker(lambda line: print(line, file=sys.stderr, flush=True), "closing the catalog server").start()
         except RuntimeError:  # no new thread this late in the interpreter's shutdown: close in silence
-            ticker = None
+            pass
     try:
         close_catalogs()
     finally:

@@ -3,7 +3,7 @@
 A command's waits (the pipeline's end, the catalog's documents, the picture) each say what they wait for once
 nothing has been printed for ``TELL_S``. Counted from each wait's own start, a silence could span two waits, or
 the end of a progress bar and the first wait after it, and grow past two seconds (`benchmarks/faults.py`
-measured 2.0-2.7 s on an unloaded host). Counted from the command's last byte on stdout or stderr, whoever
+measured 1.8-2.9 s on an unloaded host). Counted from the command's last byte on stdout or stderr, whoever
 wrote it (a progress bar, another wait, a warning), no silence outlasts ``TELL_S`` plus one poll.
 
 :func:`watch` (the command line calls it once) puts a thin stamping layer over ``sys.stdout`` and
@@ -22,8 +22,7 @@ TELL_S = 1.0
 #: how often a wait looks whether it should speak: its line comes at most this much after ``TELL_S`` of quiet
 POLL_S = 0.1
 
-_last = [time.monotonic()]
-_lock = threading.Lock()
+_last = [time.monotonic()]  # one element, set and read whole (atomic under the GIL: no lock)
 _watching = False  # a flag, not a look at sys.stderr: colorama (imported by bluesky and caproto) wraps it again
 
 
@@ -38,8 +37,7 @@ class _Stamped:
         if text:
             if "\n" in text:  # line by line, as on a terminal: piped to a log, a buffered line would seem said
                 self._stream.flush()
-            with _lock:
-                _last[0] = time.monotonic()
+            _last[0] = time.monotonic()
         return n
 
     def __getattr__(self, name: str):
@@ -55,8 +53,7 @@ def watch() -> None:
         stream = getattr(sys, name)
         if stream is not None and not isinstance(stream, _Stamped):
             setattr(sys, name, _Stamped(stream))
-    with _lock:
-        _last[0] = time.monotonic()
+    _last[0] = time.monotonic()
     _watching = True
 
 
@@ -66,10 +63,7 @@ def watching() -> bool:
 
 def last_output(otherwise: float) -> float:
     """``time.monotonic()`` of the last write to the terminal while :func:`watch` is on; else ``otherwise``."""
-    if not watching():
-        return otherwise
-    with _lock:
-        return _last[0]
+    return _last[0] if _watching else otherwise
 
 
 class Ticker:

@@ -54,14 +54,12 @@ def occupancy(coarse: np.ndarray, values: dict[int, dict], *, tolerance: float =
     the beam without absorbing it. Free space is ``free_transmission`` or the 90th percentile of
     the usable coarse transmissions. A coarse point without a usable frame is unknown.
     """
-    usable = [int(g) for g in coarse if int(g) in values and values[int(g)].get("usable", 0)]
-    trans = np.array([values[g]["transmission"] for g in usable], float)
+    usable = [(k, values[int(g)]) for k, g in enumerate(coarse) if int(g) in values and values[int(g)].get("usable", 0)]
+    trans = np.array([v["transmission"] for _, v in usable], float)
     free = float(free_transmission) if free_transmission is not None else (float(np.percentile(trans, 90)) if len(trans) else np.inf)
     occ = np.full(len(coarse), np.inf)
-    for k, g in enumerate(int(g) for g in coarse):
-        if g in values and values[g].get("usable", 0):
-            v = values[g]
-            occ[k] = max(1 - v["transmission"] / free, tolerance * np.hypot(v["dpc_y"], v["dpc_x"]) / dpc_tolerance)
+    for k, v in usable:
+        occ[k] = max(1 - v["transmission"] / free, tolerance * np.hypot(v["dpc_y"], v["dpc_x"]) / dpc_tolerance)
     return occ, free
 
 
