@@ -190,7 +190,8 @@ def twin_symmetry(probe: np.ndarray) -> float:
 
 
 def _quick(engine_name: str) -> dict:
-    """Options that keep the short trial fits comparable: one probe mode, positions held where declared."""
+    """Options that keep the short trial fits comparable: one probe mode, positions held where declared, every
+    candidate from the one start probe (a start search per candidate would cost 20 trials each)."""
     if engine_name == "lsqml":
-        return {"probe_modes": 1, "position_correction": False, "threads": 1}
+        return {"probe_modes": 1, "position_correction": False, "threads": 1, "probe_start": "given"}
     return {"threads": 1}

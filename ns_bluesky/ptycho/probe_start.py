@@ -51,18 +51,24 @@ def far_field_from_data(probe: np.ndarray, mean_pattern: np.ndarray) -> np.ndarr
 
 @dataclass
 class DefocusChoice:
-    """The defocus chosen and how: the added far-field phase at the window's half width (radians)."""
+    """The start chosen and how: ``phase`` is the added far-field phase at the window's half width (radians) of
+    the far-field-corrected candidate chosen, or None where the probe as given was kept."""
 
     probe: np.ndarray
-    phase: float
-    residuals: dict[float, float]
+    phase: float | None
+    residuals: dict[float, float]  # each far-field candidate's trial residual, by its added phase
     seconds: float
+    given_residual: float | None = None  # the probe as given, where it was a candidate
 
     def summary(self) -> str:
-        start = self.residuals.get(0.0, float("nan"))
+        given = f"as given {self.given_residual:.4g}; " if self.given_residual is not None else ""
+        trials = len(self.residuals) + (self.given_residual is not None)
+        if self.phase is None:
+            best = min(self.residuals, key=self.residuals.get)
+            return (f"start probe: as given (residual {self.given_residual:.4g}; the best far-field candidate, phase "
+                    f"{best:+.0f}, {self.residuals[best]:.4g}; {trials} trials in {self.seconds:.1f} s)")
         return (f"start probe: far field from the mean pattern, defocus phase {self.phase:+.0f} rad at the window's "
-                f"half width (residual {self.residuals[self.phase]:.4g}, as given {start:.4g}; "
-                f"{len(self.residuals)} trials in {self.seconds:.1f} s)")
+                f"half width (residual {self.residuals[self.phase]:.4g}, {given}{trials} trials in {self.seconds:.1f} s)")
 
 
 def with_defocus(probe: np.ndarray, phase: float) -> np.ndarray:
@@ -88,13 +94,22 @@ def search_defocus(
     mean_pattern: np.ndarray,
     trial: Callable[[np.ndarray], float],
     *,
+    given: np.ndarray | None = None,
     coarse: int = 8,
     progress: Callable[[str], None] | None = None,
 ) -> DefocusChoice:
     """``probe`` with the added defocus phase whose ``trial(probe)`` residual is lowest: ``2 coarse + 1``
     phases evenly over +-:func:`defocus_range`, then halves and quarters of that step about the best. The
-    phase 0 (the probe as given) is one candidate and is kept unless another is 3 % better."""
+    phase 0 (no defocus added) is one candidate and is kept unless another is 3 % better. ``given``, the start
+    before its far field was taken from the data, is a candidate too and is kept unless the best of the others
+    is 3 % better: a start that already fits (a probe reconstructed before, measured optics) loses nothing."""
     t0 = time.monotonic()
+    given_residual = None
+    if given is not None:
+        given_residual = float(trial(given.astype(np.complex64)))
+        given_residual = given_residual if np.isfinite(given_residual) else float("inf")
+        if progress:
+            progress(f"as given: residual {given_residual:.4g}")
     top = defocus_range(mean_pattern)
     step = top / coarse
     residuals: dict[float, float] = {}
@@ -116,5 +131,7 @@ def search_defocus(
     best = min(residuals, key=residuals.get)
     if residuals[best] > 0.97 * residuals[0.0]:
         best = 0.0
+    if given is not None and residuals[best] > 0.97 * given_residual:
+        return DefocusChoice(given.astype(np.complex64), None, residuals, time.monotonic() - t0, given_residual)
     chosen = probe.astype(np.complex64) if best == 0 else with_defocus(probe, best)
-    return DefocusChoice(chosen, best, residuals, time.monotonic() - t0)
+    return DefocusChoice(chosen, best, residuals, time.monotonic() - t0, given_residual)

@@ -65,8 +65,33 @@ def test_a_start_probe_too_wide_converges_once_the_search_picks_its_defocus(sim)
     """From a start 1.5 times too wide LSQ-ML stalls (NRMSE 0.256 after 20 iterations, measured); with the
     far field from the data and the defocus the trials pick, 0.044 (0.033 after 40; the right size 0.010)."""
     start = _wider(sim.probe_start, 1.5)
-    given, _ = _nrmse_after(sim, start, 20)
-    searched, eng = _nrmse_after(sim, start, 20, probe_start="search")
+    given, _ = _nrmse_after(sim, start, 20, probe_start="given")
+    searched, eng = _nrmse_after(sim, start, 20)  # the default
     assert given > 0.2
     assert searched < 0.06, eng.start_choice.summary()
-    assert eng.start_choice.phase != 0 and eng.start_choice.residuals[eng.start_choice.phase] < eng.start_choice.residuals[0.0]
+    choice = eng.start_choice
+    assert choice.phase not in (None, 0) and choice.residuals[choice.phase] < min(choice.residuals[0.0], choice.given_residual)
+    assert "far field from the mean pattern" in choice.summary()
+
+
+def test_a_start_that_already_fits_is_kept_as_given(sim):
+    """The true probe is a candidate of its own and no far-field candidate beats it by 3 %: it starts unchanged."""
+    eng = engine("lsqml", threads=1)
+    eng.prepare(PtychoData(sim.patterns, sim.origins), sim.probe.astype(np.complex64))
+    choice = eng.start_choice
+    assert choice.phase is None and choice.given_residual <= 1.03 * min(choice.residuals.values()), choice.summary()
+    np.testing.assert_array_equal(choice.probe, sim.probe.astype(np.complex64))
+    assert "as given" in choice.summary()
+
+
+def test_a_start_with_an_object_takes_the_probe_as_given(sim):
+    """A probe passed with its object (a refinement of a live image) belongs to it: no search, no new far field."""
+    start = _wider(sim.probe_start, 1.5)
+    obj = np.ones((sim.obj.shape[0] + 8, sim.obj.shape[1] + 8), np.complex64)
+    probes = []
+    for how in ("search", "given"):
+        eng = engine("lsqml", threads=1, probe_start=how)
+        eng.prepare(PtychoData(sim.patterns, sim.origins), start, obj)
+        assert eng.start_choice is None
+        probes.append(eng.finalize()[1])
+    np.testing.assert_array_equal(*probes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import numpy as np
@@ -13,6 +14,8 @@ from ..probe_start import far_field_from_data, search_defocus
 from .base import Engine, EngineParams, outer_ramps, register
 from .data import PtychoData
 from .lsqml_refine import Momentum, drop_weak_modes, gradient_norms, orthogonal_modes, position_steps, start_modes
+
+log = logging.getLogger(__name__)
 
 
 class LSQMLParams(EngineParams):
@@ -58,9 +61,11 @@ class LSQMLParams(EngineParams):
     position_every: int = Field(10, ge=1, description="refine the positions every this many iterations (each such iteration costs ~10 % more)")
     position_max_step: float = Field(0.5, gt=0, description="largest move of a frame in one refinement, pixels")
     probe_start: str = Field(
-        "given", pattern="^(given|far_field|search)$", description="the start probe as given; far_field: with the far "
-        "field the data measured (the root of the mean pattern) and the given one's far-field phase; search: that, and "
-        "the defocus whose few trial iterations fit the scan's middle best (:mod:`ns_bluesky.ptycho.probe_start`)"
+        "search", pattern="^(given|far_field|search)$", description="how a start from scratch (no object given) takes "
+        "its probe. given: as given; far_field: with the far field the data measured (the root of the mean pattern) "
+        "and the given one's far-field phase; search: the given probe, or that far field with the defocus, whichever "
+        "few trial iterations on the scan's middle fit best (:mod:`ns_bluesky.ptycho.probe_start`). A start with an "
+        "object takes the probe as given: it belongs to that object"
     )
     momentum: float = Field(
         0.0, ge=0, description="gain of the object's momentum (0: none): the iterations' updates, while they keep "
@@ -121,7 +126,7 @@ class LSQML(Engine):
 
     def prepare(self, data, probe: np.ndarray, obj: np.ndarray | None = None) -> None:
         self.start_choice = None
-        if self.params.probe_start != "given":
+        if self.params.probe_start != "given" and obj is None:
             active = np.flatnonzero(np.asarray(data.weights) > 0)
             n = np.asarray(data.patterns).shape[-1]
             total = np.asarray(data.patterns)[active].sum(axis=0, dtype=np.float64) if len(active) else np.zeros((n, n))
@@ -131,11 +136,12 @@ class LSQML(Engine):
                 self.comm.allreduce(count)
             if count[0] and total.max() > 0:  # no frames yet (a stream's empty slots): the probe as given
                 mean = total / count[0]
-                probe = far_field_from_data(np.asarray(probe), mean)
+                given, probe = np.asarray(probe), far_field_from_data(np.asarray(probe), mean)
                 if self.params.probe_start == "search" and self.comm.size == 1 and len(active) >= 9:
                     trial = self._trial(np.asarray(data.patterns)[active], np.asarray(data.origins_px)[active])
-                    self.start_choice = search_defocus(probe, mean, trial)
+                    self.start_choice = search_defocus(probe, mean, trial, given=given)
                     probe = self.start_choice.probe
+                    log.info("lsqml: %s", self.start_choice.summary())
         super().prepare(data, probe, obj)
 
     def _trial(self, patterns: np.ndarray, origins: np.ndarray, frames: int = 48, iterations: int = 6):
