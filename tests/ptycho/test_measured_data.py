@@ -31,9 +31,10 @@ def test_lsqml_reconstructs_the_measured_star(star):
     eng.prepare(PtychoData(patterns, origins), probe)
     res = eng.iterate(25)
     obj = eng.finalize()[0]
-    # measured (relative squared misfit; Poisson noise floor about 0.009): from the probe as given 0.20 -> 0.0098 in
-    # 25 iterations; from the default start search's pick (far field from the data, defocus -18 rad) 0.047 -> 0.0098
-    assert res[-1] < min(0.0125, res[0] / 4)
+    # measured here: 0.20 -> 0.0098 in 25 iterations (relative squared misfit; Poisson noise floor about 0.009). The
+    # default start (auto) keeps the probe as given: its far field holds 0.73 of the mean pattern's counts
+    assert eng.start_choice is None
+    assert res[-1] < res[0] / 10
     phase = np.angle(obj * np.exp(-1j * np.angle(obj[tuple(np.round(origins.mean(axis=0)).astype(int))])))
     theta = np.linspace(0, 2 * np.pi, 1024, endpoint=False)
 

@@ -7,7 +7,7 @@ from scipy import ndimage
 from ns_bluesky.errors import ParameterError
 from ns_bluesky.ptycho.engines import PtychoData, engine
 from ns_bluesky.ptycho.metrics import nrmse
-from ns_bluesky.ptycho.probe_start import BRIGHT, far_field_from_data, with_defocus
+from ns_bluesky.ptycho.probe_start import BRIGHT, WRONG_SIZE, far_field_from_data, far_field_share, with_defocus
 from ns_bluesky.sim.farfield import farfield_set
 
 
@@ -65,8 +65,9 @@ def test_a_start_probe_too_wide_converges_once_the_search_picks_its_defocus(sim)
     """From a start 1.5 times too wide LSQ-ML stalls (NRMSE 0.256 after 20 iterations, measured); with the
     far field from the data and the defocus the trials pick, 0.044 (0.033 after 40; the right size 0.010)."""
     start = _wider(sim.probe_start, 1.5)
+    assert far_field_share(start, sim.patterns.mean(axis=0)) < WRONG_SIZE < far_field_share(sim.probe_start, sim.patterns.mean(axis=0))
     given, _ = _nrmse_after(sim, start, 20, probe_start="given")
-    searched, eng = _nrmse_after(sim, start, 20)  # the default
+    searched, eng = _nrmse_after(sim, start, 20)  # the default, auto: the start's far field is the wrong size
     assert given > 0.2
     assert searched < 0.06, eng.start_choice.summary()
     choice = eng.start_choice
@@ -75,8 +76,12 @@ def test_a_start_probe_too_wide_converges_once_the_search_picks_its_defocus(sim)
 
 
 def test_a_start_that_already_fits_is_kept_as_given(sim):
-    """The true probe is a candidate of its own and no far-field candidate beats it by 3 %: it starts unchanged."""
+    """The true probe is a candidate of its own and no far-field candidate beats it by 3 %: it starts unchanged.
+    (The default, auto, does not search at all from a start of the right size: start_choice None.)"""
     eng = engine("lsqml", threads=1)
+    eng.prepare(PtychoData(sim.patterns, sim.origins), sim.probe.astype(np.complex64))
+    assert eng.start_choice is None
+    eng = engine("lsqml", threads=1, probe_start="search")
     eng.prepare(PtychoData(sim.patterns, sim.origins), sim.probe.astype(np.complex64))
     choice = eng.start_choice
     assert choice.phase is None and choice.given_residual <= 1.03 * min(choice.residuals.values()), choice.summary()
