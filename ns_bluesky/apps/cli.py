@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Sequence
 from datetime import datetime
 
-from ..errors import NSBlueskyError
+from ..errors import NSBlueskyError, ParameterError
 from .guard import guarded as _guarded
 from .options import OneLineParser, count, input_file, number, output_dir, output_file, scan_shape
 
@@ -142,8 +142,10 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     src = args.cxi
     out = args.out or os.path.splitext(src)[0] + "_recon.cxi"
     png = args.png or os.path.splitext(out)[0] + ".png"
+    if args.probe_start is not None and args.engine != "lsqml":
+        raise ParameterError(f"--probe-start is an lsqml option; --engine {args.engine} starts from the file's probe")
     kwargs = dict(engine_name=args.engine, iterations=args.iterations, seconds=args.seconds, size=args.size, png=png,
-                  progress=not args.quiet, backend=args.backend, positions=args.positions)
+                  progress=not args.quiet, backend=args.backend, positions=args.positions, probe_start=args.probe_start)
     if mpi_size_from_env() > 1:  # one of the ranks of `mpiexec -n N ns-bluesky reconstruct`
         return _reconstruct_rank(src, out, kwargs, args.engine)
     with warnings.catch_warnings(record=True) as caught:  # one line each, not Python's two
@@ -336,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="what the file's translations are: the probe's position on the sample (as ns-bluesky and "
                      "ptychodus write them), the sample's translation, or auto (default): decided from the data among "
                      "both and their x/y flips and swaps, with the margin printed")
+    rec.add_argument("--probe-start", choices=("auto", "given", "far_field", "search"), default=None,
+                     help="lsqml: how the file's probe starts (default auto: a start search only where the probe's far "
+                     "field is the wrong size for the data; search: also for a wrong defocus, which the short trials "
+                     "can misjudge on measured data; given: as in the file)")
     rec.add_argument("--backend", default="numpy", choices=("numpy", "cupy"))
     rec.add_argument("--size", type=count(8, 16384), help="FFT-downsample frames to this side first (e.g. 256)")
     rec.add_argument("--out", type=output_file, help="output CXI (default: IN_recon.cxi)")

@@ -122,10 +122,12 @@ def run(
     say=print,
     comm: Communicator | None = None,
     threads: int = 0,
+    probe_start: str | None = None,
 ) -> Reconstruction:
     """Reconstruct ``path`` into ``out``: ``iterations`` (default 100 without ``seconds``) or until ``seconds``
     are spent, whichever comes first; the best state seen comes back. ``positions``: auto, probe or sample.
-    With ``comm`` of several ranks, this rank's share of it (every rank calls ``run`` alike)."""
+    With ``comm`` of several ranks, this rank's share of it (every rank calls ``run`` alike). ``probe_start``: lsqml's
+    start (None: its default, auto)."""
     if iterations is None and seconds is None:
         iterations = 100
     if iterations is not None and iterations < 1:
@@ -156,9 +158,11 @@ def run(
         orient = orientation(positions)
     oriented = orient.apply(data.origins_px)
     data = PtychoData(data.patterns, oriented - oriented.min(axis=0) + MARGIN_PX)
-    eng = engine(engine_name, backend=backend, threads=threads)
+    eng = engine(engine_name, backend=backend, threads=threads, **({"probe_start": probe_start} if probe_start else {}))
     share = prepare_split(eng, data, probe, comm)
     del data  # this rank's frames are in the engine
+    if lead and getattr(eng, "start_choice", None) is not None:
+        say(eng.start_choice.summary())
     label = f"{engine_name}" + (f" ({comm.size} ranks)" if comm.size > 1 else "") + (f" ({seconds:g} s)" if seconds is not None else "")
     with tqdm(total=iterations, desc=label, unit="it", disable=not progress or not lead) as bar:
         def show(done, res, best):

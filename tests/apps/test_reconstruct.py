@@ -103,3 +103,18 @@ def test_an_fccd_scan_from_nsraw2cxi_is_read_in_photons(cat, recorded, tmp_path)
     for i in (0, 7, 19):
         expected = sim.expected_photons(stage[i]).sum()
         assert abs(data.patterns[i].sum() - expected) < 0.1 * expected, (i, data.patterns[i].sum(), expected)
+
+
+def test_probe_start_is_chosen_on_the_command_line_and_said(tmp_path):
+    """``--probe-start search`` runs lsqml's start search and prints its choice; for another engine it is refused in
+    one line before anything is read or written."""
+    exe = str(Path(sys.executable).parent / "ns-bluesky")
+    _cxi(tmp_path / "in.cxi")
+    out = subprocess.run([exe, "reconstruct", str(tmp_path / "in.cxi"), "--probe-start", "search", "--iterations", "5",
+                          "--positions", "probe", "--quiet"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "start probe:" in out.stdout and "trials in" in out.stdout
+    bad = subprocess.run([exe, "reconstruct", str(tmp_path / "in.cxi"), "--probe-start", "search", "--engine", "epie",
+                          "--out", str(tmp_path / "epie.cxi")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "--probe-start is an lsqml option" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "epie.cxi").exists()
