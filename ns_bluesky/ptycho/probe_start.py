@@ -34,6 +34,9 @@ BRIGHT = 0.05  # the mean pattern's bright region: above this part of its peak
 #: simulated sets 0.99 (right size, any defocus), a start 1.5x too wide 0.36, tike's measured star with its own
 #: probe 0.73 (a strongly scattering object puts counts outside the beam's far field)
 WRONG_SIZE = 0.5
+#: the search keeps a start (no defocus added; the probe as given) unless a candidate's trial residual is under this
+#: part of the start's: one rule for both, so a near tie never moves the start
+KEEP = 0.97
 
 
 def far_field_share(probe: np.ndarray, mean_pattern: np.ndarray) -> float:
@@ -115,12 +118,15 @@ def search_defocus(
     before its far field was taken from the data, is a candidate too and is kept unless the best of the others
     is 3 % better: a start that already fits (a probe reconstructed before, measured optics) loses nothing."""
     t0 = time.monotonic()
-    given_residual = None
-    if given is not None:
-        given_residual = float(trial(given.astype(np.complex64)))
-        given_residual = given_residual if np.isfinite(given_residual) else float("inf")
+
+    def tried(candidate: np.ndarray, label: str) -> float:
+        value = float(trial(candidate.astype(np.complex64)))
+        value = value if np.isfinite(value) else float("inf")
         if progress:
-            progress(f"as given: residual {given_residual:.4g}")
+            progress(f"{label}: residual {value:.4g}")
+        return value
+
+    given_residual = None if given is None else tried(given, "as given")
     top = defocus_range(mean_pattern)
     step = top / coarse
     residuals: dict[float, float] = {}
@@ -128,10 +134,7 @@ def search_defocus(
     def score(phase: float) -> None:
         phase = float(round(phase, 3))
         if phase not in residuals:
-            value = float(trial(probe.astype(np.complex64) if phase == 0 else with_defocus(probe, phase)))
-            residuals[phase] = value if np.isfinite(value) else float("inf")
-            if progress:
-                progress(f"defocus phase {phase:+.0f}: residual {residuals[phase]:.4g}")
+            residuals[phase] = tried(probe if phase == 0 else with_defocus(probe, phase), f"defocus phase {phase:+.0f}")
 
     for j in range(-coarse, coarse + 1):
         score(j * step)
@@ -140,9 +143,9 @@ def search_defocus(
         score(best - frac * step)
         score(best + frac * step)
     best = min(residuals, key=residuals.get)
-    if residuals[best] > 0.97 * residuals[0.0]:
+    if residuals[best] > KEEP * residuals[0.0]:
         best = 0.0
-    if given is not None and residuals[best] > 0.97 * given_residual:
+    if given is not None and residuals[best] > KEEP * given_residual:
         return DefocusChoice(given.astype(np.complex64), None, residuals, time.monotonic() - t0, given_residual)
     chosen = probe.astype(np.complex64) if best == 0 else with_defocus(probe, best)
     return DefocusChoice(chosen, best, residuals, time.monotonic() - t0, given_residual)
