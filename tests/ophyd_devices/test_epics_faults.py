@@ -24,6 +24,7 @@ from ns_bluesky.plans import ptycho_scan
 from ns_bluesky.sim import PtychoSimulation
 from ns_bluesky.sim.faults import DROPPED_ROWS, Faults, StageDrift
 from ns_bluesky.sim.settings import SimConfig
+from tests.support.epics import release_channels
 
 EXPOSURE_S = 0.02
 
@@ -36,12 +37,8 @@ def _release_channels():
     """Release every channel a test opened: the channels of the IOCs these tests kill stay in libca's search
     list otherwise and keep searching, and the next module's new IOC did not connect within its timeout."""
     yield
-    while _made:
-        obj = _made.pop()
-        try:
-            obj.destroy()
-        except Exception:  # noqa: BLE001 - a channel already gone
-            pass
+    release_channels(_made)
+    _made.clear()
 
 
 def _beamline(ioc, catalog_dir):

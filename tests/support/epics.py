@@ -103,3 +103,94 @@ class IOCProcess:
                 self.proc.wait(10)
         self.proc.stdout.close()
         _in_use.discard(self.port)
+
+
+def release_channels(objs, timeout_s: float = 30.0) -> None:
+    """Destroy Ophyd objects (devices or signals) once Ophyd's own threads are done with their channels.
+
+    Ophyd reads each newly connected channel's metadata on its utility threads, and an EpicsMotor's limit
+    callback does a CA get on the monitor thread. A channel cleared under one of those calls is freed memory to
+    libca: CI died of a segfault in such a thread in the teardown of a test that destroyed its beamline right
+    after making it (reproduced: 3 runs of 3 of make-write-destroy crashed within 150 rounds). So: first take
+    every Python callback off the channels, so that no new work for them is queued, then let each dispatcher
+    thread finish what it holds, then clear the channels.
+    """
+    from ophyd import cl
+    from ophyd.signal import EpicsSignalBase
+
+    dispatcher = cl.get_dispatcher()
+    signals = []
+    for obj in objs:
+        if isinstance(obj, EpicsSignalBase):
+            signals.append(obj)
+        elif hasattr(obj, "walk_signals"):
+            signals += [w.item for w in obj.walk_signals(include_lazy=False) if isinstance(w.item, EpicsSignalBase)]
+    pvs = [pv for sig in signals for pv in (getattr(sig, "_read_pv", None), getattr(sig, "_write_pv", None))
+           if pv is not None]
+    for pv in pvs:
+        pv.clear_callbacks()
+    _forget_queued(dispatcher, {pv.pvname for pv in pvs})
+    _wait_for_ophyd_threads(dispatcher, timeout_s)
+    for obj in objs:
+        try:
+            obj.destroy()
+        except Exception:  # noqa: BLE001 - a channel already gone with its IOC
+            pass
+
+
+def _forget_queued(dispatcher, pvnames: set[str]) -> None:
+    """Take out of Ophyd's queues the work not yet started for these channels: a metadata read waits out its
+    connection timeout on a channel whose IOC is gone, and a hundred of them held the utility threads for minutes."""
+    for q in {id(t.queue): t.queue for t in dispatcher.threads.values()}.values():
+        with q.mutex:
+            kept = [item for item in q.queue if item[2].get("pvname") not in pvnames]
+            q.queue.clear()
+            q.queue.extend(kept)
+
+
+def _wait_for_ophyd_threads(dispatcher, timeout_s: float) -> None:
+    """Return when Ophyd's dispatcher threads have nothing left to do with the channels.
+
+    Work moves between them (a connection callback on the metadata thread queues a metadata read for the utility
+    threads, whose result goes back to a named thread), so the threads are drained in rounds until a round finds
+    every queue empty. A named thread owns its queue: a marker at its end runs after everything before it. The
+    utility threads share one queue: as many markers as threads, each holding its thread until all have arrived,
+    so that each has put down what it was doing.
+    """
+    import threading
+
+    deadline = time.monotonic() + timeout_s
+    threads = list(dispatcher.threads.values())
+    utility = [t for t in threads if t.queue is dispatcher._utility_queue]
+    named = [t for t in threads if t.queue is not dispatcher._utility_queue]
+
+    def left() -> float:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Ophyd's dispatcher threads still busy after {timeout_s:g} s")
+        return deadline - time.monotonic()
+
+    while True:
+        for thread in named:
+            done = threading.Event()
+            thread.queue.put((done.set, (), {}))
+            if not done.wait(left()):
+                left()
+        barrier = threading.Barrier(len(utility) + 1, timeout=left())
+        for _ in utility:
+            dispatcher.schedule_utility_task(_hold, barrier)
+        try:
+            barrier.wait()
+        except threading.BrokenBarrierError:
+            left()
+            raise RuntimeError("Ophyd's utility threads did not all come free") from None
+        if all(t.queue.empty() for t in threads):
+            return
+
+
+def _hold(barrier) -> None:
+    import threading
+
+    try:
+        barrier.wait()
+    except threading.BrokenBarrierError:
+        pass
