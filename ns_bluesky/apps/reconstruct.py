@@ -158,12 +158,19 @@ def run(
         orient = orientation(positions)
     oriented = orient.apply(data.origins_px)
     data = PtychoData(data.patterns, oriented - oriented.min(axis=0) + MARGIN_PX)
-    eng = engine(engine_name, backend=backend, threads=threads, **({"probe_start": probe_start} if probe_start else {}))
+    start = {"probe_start": probe_start} if probe_start else {}
+    if seconds is not None and engine_name == "lsqml":
+        start["start_search_s"] = seconds / 4  # the search for a start probe takes its share of the budget
+    eng = engine(engine_name, backend=backend, threads=threads, **start)
+    t0 = time.monotonic()
     share = prepare_split(eng, data, probe, comm)
+    asked_s = seconds
+    if seconds is not None:
+        seconds = max(seconds - (time.monotonic() - t0), 1e-3)  # the start's search came out of the budget
     del data  # this rank's frames are in the engine
     if lead and getattr(eng, "start_choice", None) is not None:
         say(eng.start_choice.summary())
-    label = f"{engine_name}" + (f" ({comm.size} ranks)" if comm.size > 1 else "") + (f" ({seconds:g} s)" if seconds is not None else "")
+    label = f"{engine_name}" + (f" ({comm.size} ranks)" if comm.size > 1 else "") + (f" ({asked_s:g} s)" if asked_s is not None else "")
     with tqdm(total=iterations, desc=label, unit="it", disable=not progress or not lead) as bar:
         def show(done, res, best):
             bar.set_postfix_str(f"residual {res:.4f} best {best:.4f}")

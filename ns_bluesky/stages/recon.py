@@ -339,7 +339,9 @@ class _Session:
             shape = tuple(live.obj.shape) if obj is not None else tuple(int(np.ceil(v)) + n + 1 for v in origins.max(axis=0))
             self._refine_over_mpi(origins, weights, probe, shape, max(seconds - (time.monotonic() - t0), 1e-3), live.iteration)
             return
-        self.eng = engine(p.engine, backend=p.backend, threads=p.threads)
+        # a grid turned by auto starts over (no object): its start search takes a share of the refine's seconds
+        search = {"start_search_s": max(seconds / 4, 1e-3)} if p.engine == "lsqml" else {}
+        self.eng = engine(p.engine, backend=p.backend, threads=p.threads, **search)
         data = PtychoData(self.patterns, origins, weights)
         self.eng.prepare(data, probe, obj)  # the same grid as the live images, unless auto turned it
         self.eng.iteration = live.iteration  # iterations count on, for the error curve

@@ -56,7 +56,9 @@ def test_auto_reads_the_measured_star_right_in_every_convention(auto):
             details = json.loads(g["positions_choice_json"][()])
             assert details["decided_by"] == "auto" and details["margin"] == pytest.approx(r.choice.margin)
             assert len(details["residuals"]) == 8
-    assert len(lines) == 3 and all("margin" in line and "clear" in line for line in lines)
+    chosen = [line for line in lines if line.startswith("positions:")]
+    assert len(chosen) == 3 and all("margin" in line and "clear" in line for line in chosen)
+    assert sum(line.startswith("start probe:") for line in lines) == 3  # and the start each took
 
 
 def test_the_three_conventions_give_the_same_image_and_the_wrong_one_does_not(auto, star_files):
@@ -78,7 +80,8 @@ def test_a_budget_in_seconds_on_the_command_line(star_files, tmp_path):
     out = subprocess.run([str(exe), "reconstruct", str(star_files["sample"]), "--positions", "sample", "--seconds", "3",
                           "--out", str(tmp_path / "t.cxi")], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    line = out.stdout.splitlines()[0]
+    start, line = out.stdout.splitlines()[:2]
+    assert start.startswith("start probe:") and "time budget" in start, start  # its search had 0.75 s of the 3
     assert "stopped by seconds" in line and "positions read as: sample" in line and "best " in line, line
     # progress shows iterations and the residual
     assert "residual" in out.stderr and "it/s" in out.stderr or "s/it" in out.stderr

@@ -7,7 +7,14 @@ from scipy import ndimage
 from ns_bluesky.errors import ParameterError
 from ns_bluesky.ptycho.engines import PtychoData, engine
 from ns_bluesky.ptycho.metrics import nrmse
-from ns_bluesky.ptycho.probe_start import BRIGHT, WRONG_SIZE, far_field_from_data, far_field_share, with_defocus
+from ns_bluesky.ptycho.probe_start import (
+    BRIGHT,
+    WRONG_SIZE,
+    defocus_range,
+    far_field_from_data,
+    far_field_share,
+    with_defocus,
+)
 from ns_bluesky.sim.farfield import farfield_set
 
 
@@ -76,17 +83,28 @@ def test_a_start_probe_too_wide_converges_once_the_search_picks_its_defocus(sim)
 
 
 def test_a_start_that_already_fits_is_kept_as_given(sim):
-    """The true probe is a candidate of its own and no far-field candidate beats it by 3 %: it starts unchanged.
-    (The default, auto, does not search at all from a start of the right size: start_choice None.)"""
-    eng = engine("lsqml", threads=1)
-    eng.prepare(PtychoData(sim.patterns, sim.origins), sim.probe.astype(np.complex64))
-    assert eng.start_choice is None
-    eng = engine("lsqml", threads=1, probe_start="search")
-    eng.prepare(PtychoData(sim.patterns, sim.origins), sim.probe.astype(np.complex64))
+    """The true probe is phase 0 of the default's (auto's) candidates, or a candidate of its own beside the data's
+    far field (search), and none beats it by 3 %: it starts unchanged."""
+    for how in ("auto", "search"):
+        eng = engine("lsqml", threads=1, probe_start=how)
+        eng.prepare(PtychoData(sim.patterns, sim.origins), sim.probe.astype(np.complex64))
+        choice = eng.start_choice
+        assert choice.phase is None and choice.given_residual <= 1.03 * min(choice.residuals.values()), choice.summary()
+        np.testing.assert_array_equal(choice.probe, sim.probe.astype(np.complex64))
+        assert "as given" in choice.summary()
+
+
+def test_a_start_out_of_focus_is_brought_back_by_the_default_search(sim):
+    """The true probe propagated by a far-field phase of +60 rad: as given LSQ-ML is lost (NRMSE 0.30 after 20
+    iterations, measured); auto adds back -60 to within a fine step (-59 measured) and reaches 0.009."""
+    start = with_defocus(sim.probe.astype(np.complex64), 60.0)
+    given, _ = _nrmse_after(sim, start, 20, probe_start="given")
+    searched, eng = _nrmse_after(sim, start, 20)
     choice = eng.start_choice
-    assert choice.phase is None and choice.given_residual <= 1.03 * min(choice.residuals.values()), choice.summary()
-    np.testing.assert_array_equal(choice.probe, sim.probe.astype(np.complex64))
-    assert "as given" in choice.summary()
+    step = defocus_range(sim.patterns.mean(axis=0)) / 8 / 4
+    assert given > 0.2 and searched < 0.02, choice.summary()
+    assert abs(choice.phase + 60.0) <= step, choice.summary()
+    assert "as given, defocus phase" in choice.summary()
 
 
 def test_a_start_with_an_object_takes_the_probe_as_given(sim):
@@ -100,3 +118,19 @@ def test_a_start_with_an_object_takes_the_probe_as_given(sim):
         assert eng.start_choice is None
         probes.append(eng.finalize()[1])
     np.testing.assert_array_equal(*probes)
+
+
+def test_the_search_keeps_to_its_time_budget_and_chooses_among_the_trials_it_ran(sim):
+    """A budget too short for the grid: the trials nearest the start ran (phase 0 first), the rest are counted as cut,
+    and the summary says so; a budget that holds not even one comparison keeps the probe as given."""
+    start = with_defocus(sim.probe.astype(np.complex64), 60.0)
+    eng = engine("lsqml", threads=1, start_search_s=0.3)
+    eng.prepare(PtychoData(sim.patterns, sim.origins), start)
+    choice = eng.start_choice
+    assert choice.skipped > 0 and 0.0 in choice.residuals and len(choice.residuals) < 17, choice.summary()
+    assert "cut by the time budget" in choice.summary()
+    assert choice.seconds < 0.3 + 5  # a trial that started in time runs to its end
+    eng = engine("lsqml", threads=1, probe_start="search", start_search_s=1e-9)
+    eng.prepare(PtychoData(sim.patterns, sim.origins), start)
+    assert eng.start_choice.phase is None and "held no comparison" in eng.start_choice.summary()
+    np.testing.assert_array_equal(eng.start_choice.probe, start)
