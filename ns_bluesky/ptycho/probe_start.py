@@ -11,8 +11,9 @@ What the mean pattern cannot tell is the defocus (the far field's phase): the au
 of the probe, which is all it holds, is the same for every defocus. The data as a whole can:
 :func:`search_defocus` adds quadratic far-field phases c k^2 over the range a probe inside the
 window can have and keeps the one whose trial (a few iterations of the engine on the scan's
-middle, the probe refined from the third, run by the caller) leaves the lowest data residual,
-on a coarse grid and then a finer one about the best. Measured (trial residuals, 20 iterations
+middle, run by the caller: LSQ-ML refines the probe in trials about the given probe and holds it
+in trials of the data's far field) leaves the lowest data residual, on a coarse grid and then a
+finer one about the best. Measured (trial residuals, 20 iterations
 on 48 frames): a start 60 % off in defocus 0.0245, its best candidate (+51) 0.0045; the
 project's set, 20 % off, 0.0072 and 0.0044 (+17); tike's measured star from its own probe
 0.0213 and 0.0135 (-18), whose image is the given probe's (half-scan FRC 0.423 both). A trial
