@@ -339,9 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "ptychodus write them), the sample's translation, or auto (default): decided from the data among "
                      "both and their x/y flips and swaps, with the margin printed")
     rec.add_argument("--probe-start", choices=("auto", "given", "far_field", "search"), default=None,
-                     help="lsqml: how the file's probe starts (default auto: a start search only where the probe's far "
-                     "field is the wrong size for the data; search: also for a wrong defocus, which the short trials "
-                     "can misjudge on measured data; given: as in the file)")
+                     help="lsqml: how the file's probe starts (default auto: the defocus that short trials fit best is "
+                     "added to it, and where its far field is the wrong size for the data that of the data is taken "
+                     "first; search: the data's far field whatever the size, its defocus searched with the probe held, "
+                     "which misjudged measured data; far_field: the data's far field only; given: as in the file)")
     rec.add_argument("--backend", default="numpy", choices=("numpy", "cupy"))
     rec.add_argument("--size", type=count(8, 16384), help="FFT-downsample frames to this side first (e.g. 256)")
     rec.add_argument("--out", type=output_file, help="output CXI (default: IN_recon.cxi)")
