@@ -85,5 +85,8 @@ def test_a_catalog_of_the_old_layout_is_read_and_written_in_place(tmp_path):
 
     (again,) = _scans(cat, 1, start_id=1)  # new runs go into the same node, each read as its kind
     newer = _derived(processed, tmp_path, again, 2)
-    assert len(runs) == 4 and _uid(cat[-1]) == again and _uid(cat[2]) == again
+    # a fresh node: tiled's client keeps a node's length for a second (LENGTH_CACHE_TTL), and `runs` was counted
+    # within it on a fast host (CI: 2 against 4)
+    assert len(from_uri(_embedded_server_uri(d))[LEGACY_CONTAINER]) == 4
+    assert _uid(cat[-1]) == again and _uid(cat[2]) == again
     assert _uid(processed[-1]) == newer and len(processed) == 2
