@@ -164,22 +164,21 @@ def run(
     eng = engine(engine_name, backend=backend, threads=threads, **start)
     t0 = time.monotonic()
     share = prepare_split(eng, data, probe, comm)
-    asked_s = seconds
-    if seconds is not None:
-        seconds = max(seconds - (time.monotonic() - t0), 1e-3)  # the start's search came out of the budget
+    # the start's search came out of the budget
+    iterate_s = None if seconds is None else max(seconds - (time.monotonic() - t0), 1e-3)
     del data  # this rank's frames are in the engine
     if lead and getattr(eng, "start_choice", None) is not None:
         say(eng.start_choice.summary())
-    label = f"{engine_name}" + (f" ({comm.size} ranks)" if comm.size > 1 else "") + (f" ({asked_s:g} s)" if asked_s is not None else "")
+    label = f"{engine_name}" + (f" ({comm.size} ranks)" if comm.size > 1 else "") + (f" ({seconds:g} s)" if seconds is not None else "")
     with tqdm(total=iterations, desc=label, unit="it", disable=not progress or not lead) as bar:
         def show(done, res, best):
             bar.set_postfix_str(f"residual {res:.4f} best {best:.4f}")
             bar.update(1)
 
         if comm.size == 1:
-            budget = iterate_within(eng, seconds=seconds, iterations=iterations, on_iteration=show)
+            budget = iterate_within(eng, seconds=iterate_s, iterations=iterations, on_iteration=show)
         else:
-            budget = _iterate_ranks(eng, comm, seconds, iterations, show)
+            budget = _iterate_ranks(eng, comm, iterate_s, iterations, show)
     probe, residuals = budget.probe, budget.residuals
     if comm.size == 1:
         obj = budget.obj

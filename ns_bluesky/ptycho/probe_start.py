@@ -170,19 +170,18 @@ def search_defocus(
                 best = min(residuals, key=residuals.get)
                 score((best - frac * step, best + frac * step))
         given_residual = None if given_trial is None else given_trial.result()
-    seconds_spent = time.monotonic() - t0
+    def chosen(start: np.ndarray, phase: float | None, start_residual: float | None,
+               from_far_field: bool = far_field) -> DefocusChoice:
+        return DefocusChoice(start.astype(np.complex64), phase, residuals, time.monotonic() - t0, start_residual,
+                             from_far_field, len(skipped))
+
     if not residuals or (given is not None and given_residual is None):  # the budget held no comparison: as given
-        start = probe if given is None else given
-        return DefocusChoice(start.astype(np.complex64), None, residuals, seconds_spent, given_residual, far_field,
-                             len(skipped))
+        return chosen(probe if given is None else given, None, given_residual)
     best = min(residuals, key=residuals.get)
     if residuals[best] > KEEP * residuals.get(0.0, float("inf")):
         best = 0.0
-    if given is not None and residuals.get(best, float("inf")) > KEEP * given_residual:
-        return DefocusChoice(given.astype(np.complex64), None, residuals, seconds_spent, given_residual, far_field,
-                             len(skipped))
+    if given is not None and residuals[best] > KEEP * given_residual:
+        return chosen(given, None, given_residual)
     if best == 0 and not far_field:  # the probe as given: said so
-        return DefocusChoice(probe.astype(np.complex64), None, residuals, seconds_spent, residuals[0.0], False,
-                             len(skipped))
-    chosen = probe.astype(np.complex64) if best == 0 else with_defocus(probe, best)
-    return DefocusChoice(chosen, best, residuals, seconds_spent, given_residual, far_field, len(skipped))
+        return chosen(probe, None, residuals[0.0], False)
+    return chosen(probe if best == 0 else with_defocus(probe, best), best, given_residual)

@@ -15,11 +15,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_made_and_released_a_hundred_times_against_a_live_ioc_the_process_lives():
+def test_made_and_released_a_hundred_times_against_a_live_ioc_the_process_lives(tmp_path):
     rounds = 100
     env = {k: v for k, v in os.environ.items() if not k.startswith("EPICS_CA_")}  # ports of its own
     proc = subprocess.run([sys.executable, "-X", "faulthandler", "-m", "tests.support.epics_release_rounds",
-                           str(rounds)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+                           str(rounds), str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"round {rounds} of {rounds}" in proc.stdout
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]  # no Ophyd thread read a cleared channel

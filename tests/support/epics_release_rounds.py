@@ -1,13 +1,12 @@
 """Make the EPICS beamline, write to it and release its channels, round after round, against one IOC.
 
-Run as ``python -m tests.support.epics_release_rounds ROUNDS`` by tests/ophyd_devices/test_epics_release.py, in a
+Run as ``python -m tests.support.epics_release_rounds ROUNDS WORKDIR`` by tests/ophyd_devices/test_epics_release.py, in a
 process of its own: what it guards against is a segfault.
 """
 
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
 from tests.support.epics import IOCProcess, configure_session, release_channels
@@ -19,8 +18,7 @@ from ns_bluesky.io.catalog import detector_dir
 from ns_bluesky.ophyd_devices import make_beamline
 
 
-def main(rounds: int) -> None:
-    workdir = Path(tempfile.mkdtemp(prefix="release-rounds-"))
+def main(rounds: int, workdir: Path) -> None:
     ioc = IOCProcess(workdir)
     try:
         for i in range(rounds):
@@ -34,4 +32,4 @@ def main(rounds: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    main(int(sys.argv[1]), Path(sys.argv[2]))
