@@ -160,7 +160,8 @@ def run(
     data = PtychoData(data.patterns, oriented - oriented.min(axis=0) + MARGIN_PX)
     start = {"probe_start": probe_start} if probe_start else {}
     if seconds is not None and engine_name == "lsqml":
-        start["start_search_s"] = seconds / 4  # the search for a start probe takes its share of the budget
+        # the search for a start probe and the probe modes' trial take their shares of the budget
+        start.update(start_search_s=seconds / 4, mode_trial_s=seconds / 10)
     eng = engine(engine_name, backend=backend, threads=threads, **start)
     t0 = time.monotonic()
     share = prepare_split(eng, data, probe, comm)
@@ -179,6 +180,8 @@ def run(
             budget = iterate_within(eng, seconds=iterate_s, iterations=iterations, on_iteration=show)
         else:
             budget = _iterate_ranks(eng, comm, iterate_s, iterations, show)
+    if lead and getattr(eng, "mode_choice", None) is not None:
+        say(eng.mode_choice.summary())
     probe, residuals = budget.probe, budget.residuals
     if comm.size == 1:
         obj = budget.obj

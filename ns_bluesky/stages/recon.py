@@ -219,7 +219,11 @@ class _Session:
         self.start_probe = probe.astype(np.complex64)  # what auto's trial starts from: the optics, not a fit
         data = PtychoData(empty_slots(len(origins), n), origins, np.zeros(len(origins), np.float32))
         p = self.params
-        live = {"batch_max": p.live_batch_max} if p.live_batch_max and p.engine == "lsqml" else {}
+        # lsqml live: bounded mini-batches; no trial of the probe modes (a second of fitting in which no update goes
+        # out, decided on the few frames there are then): the power rule alone, the refinement runs the trial
+        live = {}
+        if p.engine == "lsqml":
+            live = {"mode_trial_frames": 0} | ({"batch_max": p.live_batch_max} if p.live_batch_max else {})
         self.eng = engine(p.engine, backend=p.backend, threads=p.threads, **live)
         self.eng.prepare(data, probe.astype(np.complex64))
         self.eng.on_batch = self._on_batch  # a pass over a large scan may take longer than publish_every_s
@@ -340,7 +344,10 @@ class _Session:
             self._refine_over_mpi(origins, weights, probe, shape, max(seconds - (time.monotonic() - t0), 1e-3), live.iteration)
             return
         # a grid turned by auto starts over (no object): its start search takes a share of the refine's seconds
-        search = {"start_search_s": max(seconds / 4, 1e-3)} if p.engine == "lsqml" else {}
+        # and the probe modes' trial a tenth
+        search = {}
+        if p.engine == "lsqml":
+            search = {"start_search_s": max(seconds / 4, 1e-3), "mode_trial_s": max(seconds / 10, 1e-3)}
         self.eng = engine(p.engine, backend=p.backend, threads=p.threads, **search)
         data = PtychoData(self.patterns, origins, weights)
         self.eng.prepare(data, probe, obj)  # the same grid as the live images, unless auto turned it

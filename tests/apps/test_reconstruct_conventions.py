@@ -80,8 +80,11 @@ def test_a_budget_in_seconds_on_the_command_line(star_files, tmp_path):
     out = subprocess.run([str(exe), "reconstruct", str(star_files["sample"]), "--positions", "sample", "--seconds", "3",
                           "--out", str(tmp_path / "t.cxi")], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    start, line = out.stdout.splitlines()[:2]
+    lines = out.stdout.splitlines()
+    start, line = lines[0], next((x for x in lines if "stopped by" in x), lines)
     assert start.startswith("start probe:") and "time budget" in start, start  # its search had 0.75 s of the 3
+    # where the run got as far as the probe modes' trial, that had 0.3 s of the 3
+    assert all(x.startswith("probe modes: 1 further") for x in lines if "probe modes" in x), lines
     assert "stopped by seconds" in line and "positions read as: sample" in line and "best " in line, line
     # progress shows iterations and the residual
     assert "residual" in out.stderr and "it/s" in out.stderr or "s/it" in out.stderr

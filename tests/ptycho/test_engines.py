@@ -218,6 +218,45 @@ def test_two_probe_modes_fit_a_partially_coherent_set_better_than_one(sim):
     assert len(power2) == 2 and 0.08 < power2[1] < 0.4  # the second mode kept, with a part of the true 0.25
 
 
+@pytest.mark.parametrize("mixed", [False, True])
+def test_the_modes_trial_keeps_a_second_mode_only_where_it_fits_better(sim, mixed):
+    """With the power rule off (mode_min_power 0) the trial alone decides at mode_check: coherent data's second
+    mode fits no better than the main probe alone (measured x0.96) and goes, its power to the main probe; the
+    mixed state's fits much better (x1.73) and stays."""
+    data = _two_mode_set(sim, power=0.25) if mixed else PtychoData(sim.patterns, sim.origins)
+    eng = engine("lsqml", probe_modes=2, mode_min_power=0.0)
+    eng.prepare(data, sim.probe_start)
+    eng.iterate(11)  # the probe updates from iteration 2: mode_check (10) of them end with iteration 11
+    assert eng.mode_choice is None and eng.modes is not None
+    total = float(sum((np.abs(m) ** 2).sum() for m in eng._all_modes()))
+    eng.iterate(1)
+    choice = eng.mode_choice
+    assert choice is not None and choice.frames == 64 and choice.modes == 2
+    assert choice.keep is mixed and (eng.modes is not None) is mixed
+    assert (choice.one_mode > 1.3 * choice.with_modes) if mixed else (choice.one_mode < choice.with_modes)
+    assert ("1 further kept" if mixed else "1 further dropped") in choice.summary()
+    after = float(sum((np.abs(m) ** 2).sum() for m in eng._all_modes()))
+    assert after == pytest.approx(total, rel=0.05)  # a dropped mode's power went to the main probe
+    eng.iterate(3)
+    assert eng.mode_choice is choice  # once
+
+
+def test_a_modes_trial_cut_by_its_time_budget_decides_nothing_and_keeps_the_modes(sim):
+    eng = engine("lsqml", probe_modes=2, mode_min_power=0.0, mode_trial_s=1e-3)
+    eng.prepare(PtychoData(sim.patterns, sim.origins), sim.probe_start)
+    eng.iterate(12)
+    choice = eng.mode_choice
+    assert choice is not None and not choice.decided and choice.iterations == 1 and choice.keep
+    assert eng.modes is not None and "kept, undecided" in choice.summary()
+
+
+def test_no_modes_trial_when_it_is_switched_off(sim):
+    eng = engine("lsqml", probe_modes=2, mode_min_power=0.0, mode_trial_frames=0)
+    eng.prepare(PtychoData(sim.patterns, sim.origins), sim.probe_start)
+    eng.iterate(15)
+    assert eng.mode_choice is None and eng.modes is not None
+
+
 def test_a_second_mode_without_power_is_dropped_on_coherent_data(sim):
     eng = engine("lsqml", probe_modes=2)
     eng.prepare(PtychoData(sim.patterns, sim.origins), sim.probe_start)

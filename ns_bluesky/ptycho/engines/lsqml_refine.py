@@ -4,6 +4,8 @@ and the object's momentum (after PtychoShelves). :mod:`.lsqml` calls them betwee
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..backend import asnumpy
@@ -53,6 +55,36 @@ def drop_weak_modes(xp, probe, modes, min_power: float) -> tuple:
         return probe, modes
     probe *= np.float32(np.sqrt(1 + power[1:][~keep].sum() / power[0]))
     return probe, modes[xp.asarray(np.flatnonzero(keep))] if keep.any() else None
+
+
+@dataclass
+class ModeChoice:
+    """What the trial of the further probe modes found: the data residual a short fit from the same state leaves
+    with them (``with_modes``) and with the main probe alone carrying their power (``one_mode``)."""
+
+    modes: int  # probe modes in the trial, the main one included
+    with_modes: float
+    one_mode: float
+    margin: float  # the modes stay where one mode's residual is over (1 + margin) times theirs
+    frames: int
+    seconds: float
+    decided: bool = True  # False: too few frames, or the time budget held too few iterations; the modes stay
+    iterations: int | None = None  # each side's (one rank)
+
+    @property
+    def keep(self) -> bool:
+        return not self.decided or self.one_mode > (1 + self.margin) * self.with_modes
+
+    def summary(self) -> str:
+        if not self.decided:
+            return (f"probe modes: {self.modes - 1} further kept, undecided (the trial's {self.seconds:.1f} s held too "
+                    f"few iterations or frames to compare: {self.iterations if self.iterations is not None else '-'} "
+                    f"iterations on {self.frames} frames)")
+        ratio = self.one_mode / max(self.with_modes, 1e-30)
+        its = f"{self.iterations} iterations" if self.iterations is not None else "its iterations"
+        return (f"probe modes: {self.modes - 1} further {'kept' if self.keep else 'dropped'} (trial, {its} on "
+                f"{self.frames} frames: residual {self.with_modes:.4g} with them, {self.one_mode:.4g} with the main "
+                f"probe alone, x{ratio:.3f}; {self.seconds:.1f} s)")
 
 
 # ------------------------------------------------------------------------------------------- positions
