@@ -197,6 +197,9 @@ def run_engine(name, params, data, probe_start, *, seconds, max_iter, observe, e
                 m = f"  NRMSE {run.metric[-1][2]:.4f}" if run.metric and isinstance(run.metric[-1][2], float) else ""
                 print(f"  {label}{name:<6} it {it:4d}  {wall:7.1f} s  {dt:5.2f} s/it  residual {res:.4f}{m}", flush=True)
         run.obj = np.array(eng.finalize()[0])
+        for choice in (getattr(eng, "start_choice", None), getattr(eng, "mode_choice", None)):  # what lsqml decided
+            if choice is not None:
+                print(f"  {label}{choice.summary()}", flush=True)
     except Exception as exc:  # noqa: BLE001  (one broken engine (mid-rewrite) must not hide the others' figures)
         run.error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:240]}"
         print(f"  {label}{name}: failed: {run.error}", flush=True)
