@@ -262,7 +262,7 @@ class _Session:
         snap = {
             "object": np.array(obj), "probe": np.array(probe), "iteration": self.eng.iteration,
             "residual": float(residuals[-1]) if residuals else float("nan"), "frames": self.frames,
-            "batches": self.batches,
+            "batches": self.batches, "probe_modes": 1 + (len(self.eng.modes) if self.eng.modes is not None else 0),
         }
         if best is not None:  # a refinement's best state, not its last
             snap.update(object=best.obj, probe=best.probe, residual=best.best_residual,
@@ -507,6 +507,7 @@ class ReconStage(Stage):
         scalars["refine_iterations"] = int(snap.get("refine_iterations", 0))
         scalars["refine_best_iteration"] = int(snap.get("refine_best_iteration", 0))
         scalars["refine_seconds"] = float(snap.get("refine_seconds", float("nan")))
+        scalars["probe_modes"] = int(snap.get("probe_modes", 1))  # the mixed state's (lsqml drops modes that do not pay)
         meta = {"scalars": scalars, "object_pixel_size_m": session.dx, "engine": self.params.engine, "margin_px": MARGIN_PX}
         if final:
             meta["positions"] = session.positions

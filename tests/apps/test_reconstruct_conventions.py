@@ -81,7 +81,7 @@ def test_a_budget_in_seconds_on_the_command_line(star_files, tmp_path):
                           "--out", str(tmp_path / "t.cxi")], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    start, line = lines[0], next((x for x in lines if "stopped by" in x), lines)
+    start, line = lines[0], next((x for x in lines if "stopped by" in x), "")
     assert start.startswith("start probe:") and "time budget" in start, start  # its search had 0.75 s of the 3
     # where the run got as far as the probe modes' trial, that had 0.3 s of the 3
     assert all(x.startswith("probe modes: 1 further") for x in lines if "probe modes" in x), lines

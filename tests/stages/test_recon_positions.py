@@ -60,6 +60,7 @@ def test_auto_reads_the_stage_either_way_round_before_the_refinement(scan8, clea
     s = refined.meta["scalars"]
     assert s["refine_iterations"] >= 1 and 1 <= s["refine_best_iteration"] <= s["refine_iterations"]
     assert s["refine_seconds"] < 6.0 + 30  # generous: it stops
+    assert s["probe_modes"] in (1, 2) and final.meta["scalars"]["probe_modes"] in (1, 2)  # lsqml's default starts two
     # the best state of the refinement (from a fresh object: on a loaded machine its few iterations may not
     # yet beat the live image, so no comparison with it here)
     assert 0 < s["residual"] < 1

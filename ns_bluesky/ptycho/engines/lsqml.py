@@ -65,9 +65,9 @@ class LSQMLParams(EngineParams):
         "from the state then, 10 iterations on this many frames nearest the scan's middle, with the modes and with "
         "the main probe alone (their power added to it), side by side; the modes stay only where one mode leaves a "
         "residual over 1 + mode_trial_margin times theirs (0: no trial, power alone decides). Measured: tike's "
-        "measured star 0.0098 with two modes against 0.0129 with one (kept: half-scan FRC 0.42 against 0.36-0.40 with one); "
-        "the simulated coherent set from a start 1.5x too wide, whose second mode held 10-16 % of the power, 0.0044 "
-        "against 0.0042 (dropped: half the time per iteration, the same NRMSE)"
+        "measured star 0.0102 with two modes against 0.0132 with one (kept; half-scan FRC 0.423); the simulated "
+        "coherent set from a start 1.5x too wide, whose second mode held 10-16 % of the power, 0.0046 against "
+        "0.0042 (dropped: 0.49 against 0.99 s/iteration, NRMSE 0.0181 against 0.0188 after 200 iterations)"
     )
     mode_trial_margin: float = Field(0.02, ge=0, description="see mode_trial_frames")
     mode_trial_s: float = Field(
