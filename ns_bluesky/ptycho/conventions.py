@@ -33,7 +33,7 @@ import numpy as np
 
 from ..errors import ParameterError
 from .engines import PtychoData, engine
-from .layout import MARGIN_PX
+from .layout import MARGIN_PX, central_patch
 from .preprocess import crop_center, fft_downsample
 
 # the two conventions a user names; the other six are what auto may also find
@@ -114,12 +114,6 @@ class Choice:
         return (f"positions: {self.best.name} fits best (residual {ranked[0][1]:.4g}; next {runner} {ranked[1][1]:.4g}, "
                 f"margin {self.margin:.1%}, {verdict}; {self.iterations} iterations on {self.frames} frames at {self.size}²"
                 f"{twins})")
-
-
-def central_patch(positions_px: np.ndarray, frames: int) -> np.ndarray:
-    """Indices of the ``frames`` positions nearest the scan's median: a compact, well-overlapped patch."""
-    centre = np.median(positions_px, axis=0)
-    return np.argsort(np.hypot(*(positions_px - centre).T), kind="stable")[:frames]
 
 
 def choose_orientation(

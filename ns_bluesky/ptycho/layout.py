@@ -23,3 +23,9 @@ def with_counts(probe: np.ndarray, patterns: np.ndarray) -> np.ndarray:
     """The start probe scaled to the measured counts (sum |P|^2 = mean photons per frame): a guess from
     optics or from the mean pattern knows the shape of the beam, not its flux."""
     return probe * np.sqrt(patterns.sum(axis=(-2, -1)).mean() / max(float((np.abs(probe) ** 2).sum()), 1e-30))
+
+
+def central_patch(positions_px: np.ndarray, frames: int) -> np.ndarray:
+    """Indices of the ``frames`` positions nearest the scan's median: a compact, well-overlapped patch."""
+    centre = np.median(positions_px, axis=0)
+    return np.argsort(np.hypot(*(positions_px - centre).T), kind="stable")[:frames]

@@ -11,6 +11,7 @@ from pydantic import Field
 
 from ...errors import ParameterError
 from ..backend import asnumpy
+from ..layout import central_patch
 from ..probe_start import WRONG_SIZE, far_field_from_data, far_field_share, search_defocus
 from .base import Engine, EngineParams, outer_ramps, register
 from .data import PtychoData
@@ -196,8 +197,7 @@ class LSQML(Engine):
         moved off each candidate within the trial and the residuals flattened (a start 1.5x too wide: +271 chosen,
         NRMSE 0.0235 at 120 s, against +212 and 0.0186)."""
         iterations = 20 if refine_probe else 6
-        centre = np.median(origins, axis=0)
-        idx = np.argsort(np.hypot(*(origins - centre).T), kind="stable")[:frames]
+        idx = central_patch(origins, frames)
         sub, pos = patterns[idx], origins[idx] - np.floor(origins[idx].min(axis=0)) + 2.0
         params = self.params.model_copy(update={"probe_modes": 1, "position_correction": False, "threads": 1,
                                                 "probe_start": "given", "momentum": 0.0,
@@ -221,8 +221,7 @@ class LSQML(Engine):
         frames, modes = min(p.mode_trial_frames, len(active)), self._n_modes()
         residuals = [0.0, 0.0]
         if frames >= 9:
-            centre = np.median(self.origins[active], axis=0)
-            idx = active[np.argsort(np.hypot(*(self.origins[active] - centre).T), kind="stable")[:frames]]
+            idx = active[central_patch(self.origins[active], frames)]
             pos = self.origins[idx]
             lo = np.maximum(np.floor(pos.min(axis=0)).astype(np.int64) - 2, 0)
             hi = np.minimum(np.ceil(pos.max(axis=0)).astype(np.int64) + self.n + 2, self.obj.shape)
