@@ -199,9 +199,7 @@ class LSQML(Engine):
         iterations = 20 if refine_probe else 6
         idx = central_patch(origins, frames)
         sub, pos = patterns[idx], origins[idx] - np.floor(origins[idx].min(axis=0)) + 2.0
-        params = self.params.model_copy(update={"probe_modes": 1, "position_correction": False, "threads": 1,
-                                                "probe_start": "given", "momentum": 0.0,
-                                                "probe_update_start": 2 if refine_probe else iterations + 1})
+        params = self._trial_params(probe_update_start=2 if refine_probe else iterations + 1)
 
         def trial(start: np.ndarray) -> float:
             eng = LSQML(params)
@@ -209,6 +207,13 @@ class LSQML(Engine):
             return float(np.mean(eng.iterate(iterations)[-2:]))
 
         return trial
+
+    def _trial_params(self, **changes) -> LSQMLParams:
+        """This engine's parameters for a short fit of its own (the start's and the modes' trials): one probe mode,
+        one thread, the probe as given, no position refinement, momentum or trial of its own; ``changes`` on top."""
+        return self.params.model_copy(update={"probe_modes": 1, "position_correction": False, "threads": 1,
+                                              "probe_start": "given", "momentum": 0.0, "mode_trial_frames": 0,
+                                              **changes})
 
     def _try_modes(self, active: np.ndarray) -> ModeChoice:
         """Whether the further probe modes earn their cost (each costs as much time as the main probe): the
@@ -229,15 +234,13 @@ class LSQML(Engine):
             counts = asnumpy(self.amp[self.xp.asarray(idx)]) ** 2
             data = PtychoData(np.fft.fftshift(counts, axes=(-2, -1)), pos - lo)
             main, further = asnumpy(self.probe), asnumpy(self.modes)
-            alone = main * np.sqrt(1 + (np.abs(further) ** 2).sum() / max(float((np.abs(main) ** 2).sum()), 1e-30))
-            params = p.model_copy(update={"probe_modes": 1, "position_correction": False, "threads": 1,
-                                          "probe_start": "given", "momentum": 0.0, "probe_update_start": 0,
-                                          "mode_min_power": 0.0, "mode_trial_frames": 0})
+            alone = drop_weak_modes(np, main.copy(), further, 1.0)[0]  # what dropping them would leave
+            params = self._trial_params(probe_update_start=0, mode_min_power=0.0)
             deadline = t0 + p.mode_trial_s
 
             def trial(mixed: bool) -> list[float]:
                 eng = LSQML(params)
-                eng.prepare(data, main if mixed else alone.astype(np.complex64), obj)
+                eng.prepare(data, main if mixed else alone, obj)
                 if mixed:
                     eng.modes = eng.xp.asarray(further.copy())
                 out: list[float] = []
