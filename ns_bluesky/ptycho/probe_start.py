@@ -12,12 +12,25 @@ of the probe, which is all it holds, is the same for every defocus. The data as 
 :func:`search_defocus` adds quadratic far-field phases c k^2 over the range a probe inside the
 window can have and keeps the one whose trial (a few iterations of the engine on the scan's
 middle, run by the caller: LSQ-ML refines the probe in trials about the given probe and holds it
-in trials of the data's far field) leaves the lowest data residual, on a coarse grid and then a
-finer one about the best. Measured (trial residuals, 20 iterations
-on 48 frames): a start 60 % off in defocus 0.0245, its best candidate (+51) 0.0045; the
-project's set, 20 % off, 0.0072 and 0.0044 (+17); tike's measured star from its own probe
-0.0213 and 0.0135 (-18), whose image is the given probe's (half-scan FRC 0.423 both). A trial
-with the probe held was misled on the star: it chose +76, whose image does not hold (0.08).
+in trials of the data's far field) leaves the lowest data residual, on a fine grid and then
+halves and quarters of its step about the best.
+
+The grid's step must be finer than the residual's basins, which are not all alike: measured
+(LSQ-ML's trial, 10 iterations on 24 frames, phases in a 128² window about a 48-pixel bright
+disc, where the range is +-135), the project's set (start 20 % off in defocus) is best at +16
+(0.0051) and doubles its residual 16 away (0.0109 at 0); a start 60 % off is best at +48,
+doubling 16 away as well; the 256² set of the engine matrix (its far field cut to 128², below)
+is best at +8 (0.0055) and nearly doubles 4 away (0.0096 at +4, 0.0106 at +12), with a second,
+shallower basin at +36 (0.0108). The first grid of 17 phases (+-8
+steps of 17) stepped over the narrow basin, chose the far one (+152 at 256²) and left the fit
+stalled at NRMSE 0.26; a grid of +-:data:`COARSE` steps of 4 finds it (+30 at 256²: NRMSE
+0.023 after 300 s and falling). What keeps that many trials cheap: they are short (10 iterations on 24 frames
+rank the candidates as 20 on 48 did on every set above and tike's star: -18 best), and they run
+on the patterns' central :func:`trial_window` (the bright disc with room to spare, at least
+:data:`TRIAL_WINDOW`): a far field cut to the middle is the same window on a coarser grid,
+where the trial of a 256² set costs what a 128² one does. Tike's measured star from its own
+probe: -18 chosen, whose image is the given probe's (half-scan FRC 0.423 both). A trial with
+the probe held was misled on the star: it chose +76, whose image does not hold (0.08).
 
 Pure arrays (numpy), host side.
 """
@@ -32,6 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ParameterError
+from .preprocess import crop_center
 
 BRIGHT = 0.05  # the mean pattern's bright region: above this part of its peak
 #: a start whose far field holds less than this part of the mean pattern's counts has the wrong size. Measured: the
@@ -41,6 +55,11 @@ WRONG_SIZE = 0.5
 #: the search keeps a start (no defocus added; the probe as given) unless a candidate's trial residual is under this
 #: part of the start's: one rule for both, so a near tie never moves the start
 KEEP = 0.97
+#: the search's grid: 2 COARSE + 1 phases over +-defocus_range (a step of 4 rad about a 48-pixel disc in 128²)
+COARSE = 32
+#: the smallest far field (side, pixels) the search's trials are cut to: the test of a defocus needs the bright disc,
+#: not the high angles that hold the object's detail
+TRIAL_WINDOW = 128
 
 
 def far_field_share(probe: np.ndarray, mean_pattern: np.ndarray) -> float:
@@ -109,13 +128,36 @@ def with_defocus(probe: np.ndarray, phase: float) -> np.ndarray:
     return np.fft.fftshift(np.fft.ifft2(far, norm="ortho")).astype(np.complex64)
 
 
+def bright_radius(mean_pattern: np.ndarray) -> float:
+    """The radius (pixels, at least 1) of a disc as large as the mean pattern's bright region (above BRIGHT of its peak)."""
+    mean = np.asarray(mean_pattern, np.float64)
+    return max(float(np.sqrt((mean > BRIGHT * mean.max()).sum() / np.pi)), 1.0)
+
+
 def defocus_range(mean_pattern: np.ndarray) -> float:
     """The largest added phase (at the window's half width) that keeps a beam through the pattern's bright
     disc inside the window: a ray at far-field pixel k lands at x = 4 c k / (pi n) pixels from the centre."""
-    mean = np.asarray(mean_pattern, np.float64)
-    n = mean.shape[-1]
-    radius = max(np.sqrt((mean > BRIGHT * mean.max()).sum() / np.pi), 1.0)
-    return float(np.pi * n * (n / 2) / (4 * radius))
+    n = np.asarray(mean_pattern).shape[-1]
+    return float(np.pi * n * (n / 2) / (4 * bright_radius(mean_pattern)))
+
+
+def trial_window(mean_pattern: np.ndarray) -> int:
+    """The side of the far field the start's trials need: the bright disc and a quarter of its radius around it, at
+    least :data:`TRIAL_WINDOW`, even, at most the patterns' own."""
+    n = np.asarray(mean_pattern).shape[-1]
+    return min(n, max(TRIAL_WINDOW, 2 * int(np.ceil(1.25 * bright_radius(mean_pattern)))))
+
+
+def cropped_far_field(probe: np.ndarray, size: int) -> np.ndarray:
+    """``probe`` (n, n, centred) with its far field cut to the central ``size``²: the same window on a grid n/size
+    times coarser, as a pattern cut to its central ``size``² sees it (orthonormal FFTs: the power inside is kept).
+    A far-field phase c (k / (n/2))^2 is c (size/n)^2 (k / (size/2))^2 there."""
+    n = probe.shape[-1]
+    if size == n:
+        return np.asarray(probe, np.complex64)
+    far = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(np.asarray(probe, np.complex64)), norm="ortho"))
+    far = crop_center(far, (n // 2, n // 2), size)
+    return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(far), norm="ortho")).astype(np.complex64)
 
 
 def search_defocus(
@@ -124,7 +166,7 @@ def search_defocus(
     trial: Callable[[np.ndarray], float],
     *,
     given: np.ndarray | None = None,
-    coarse: int = 8,
+    coarse: int = COARSE,
     progress: Callable[[str], None] | None = None,
     far_field: bool = True,
     workers: int = 1,

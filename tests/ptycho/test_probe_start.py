@@ -5,14 +5,18 @@ import pytest
 from scipy import ndimage
 
 from ns_bluesky.errors import ParameterError
+from ns_bluesky.ptycho import probe_start
 from ns_bluesky.ptycho.engines import PtychoData, engine
 from ns_bluesky.ptycho.metrics import nrmse
 from ns_bluesky.ptycho.probe_start import (
     BRIGHT,
+    COARSE,
     WRONG_SIZE,
+    cropped_far_field,
     defocus_range,
     far_field_from_data,
     far_field_share,
+    trial_window,
     with_defocus,
 )
 from ns_bluesky.sim.farfield import farfield_set
@@ -101,10 +105,28 @@ def test_a_start_out_of_focus_is_brought_back_by_the_default_search(sim):
     given, _ = _nrmse_after(sim, start, 20, probe_start="given")
     searched, eng = _nrmse_after(sim, start, 20)
     choice = eng.start_choice
-    step = defocus_range(sim.patterns.mean(axis=0)) / 8 / 4
+    step = defocus_range(sim.patterns.mean(axis=0)) / COARSE / 4
     assert given > 0.2 and searched < 0.02, choice.summary()
     assert abs(choice.phase + 60.0) <= step, choice.summary()
     assert "as given, defocus phase" in choice.summary()
+
+
+def test_the_trials_of_a_larger_window_run_on_its_central_far_field(monkeypatch):
+    """A beam 80 pixels wide in 128² (its bright disc 24 pixels across the far field, as the 256² set of the engine
+    matrix has 48 in 256²): with trials cut to 64² (the same window on a grid twice as coarse, where a far-field
+    phase is a quarter as large) the search still brings a start 240 rad out of focus back to within a fine step."""
+    monkeypatch.setattr(probe_start, "TRIAL_WINDOW", 64)
+    sim = farfield_set(grid=8, frame=128, probe_diameter_px=80.0)
+    mean = sim.patterns.mean(axis=0)
+    assert trial_window(mean) == 64
+    start = with_defocus(sim.probe.astype(np.complex64), 240.0)
+    eng = engine("lsqml", threads=1, probe_start="search")
+    eng.prepare(PtychoData(sim.patterns, sim.origins), start)
+    choice = eng.start_choice
+    assert abs(choice.phase + 240.0) <= defocus_range(mean) / COARSE / 4, choice.summary()
+    probe = cropped_far_field(sim.probe.astype(np.complex64), 64)
+    assert probe.shape == (64, 64)
+    np.testing.assert_allclose((np.abs(probe) ** 2).sum(), (np.abs(sim.probe) ** 2).sum(), rtol=1e-3)  # the beam is inside
 
 
 def test_a_start_with_an_object_takes_the_probe_as_given(sim):
