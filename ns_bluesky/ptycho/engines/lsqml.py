@@ -185,28 +185,32 @@ class LSQML(Engine):
                 if mode in ("far_field", "search") or wrong_size:
                     probe = far_field_from_data(given, mean)
                 if mode in ("search", "auto") and self.comm.size == 1 and len(active) >= 9:
-                    trial = self._trial(np.asarray(data.patterns)[active], np.asarray(data.origins_px)[active],
-                                        refine_probe=probe is given, window=trial_window(mean))
-                    self.start_choice = search_defocus(probe, mean, trial, given=None if probe is given else given,
-                                                       far_field=probe is not given, workers=self.threads,
-                                                       seconds=self.params.start_search_s)
+                    patterns, origins = np.asarray(data.patterns)[active], np.asarray(data.origins_px)[active]
+                    window, refine = trial_window(mean), probe is given
+                    trial = self._trial(patterns, origins, refine_probe=refine, window=window)
+                    confirm = self._trial(patterns, origins, refine_probe=True, window=window, longer=True) if refine else None
+                    self.start_choice = search_defocus(probe, mean, trial, given=None if refine else given,
+                                                       far_field=not refine, workers=self.threads,
+                                                       seconds=self.params.start_search_s, confirm=confirm)
                     probe = self.start_choice.probe
                     log.info("lsqml: %s", self.start_choice.summary())
         super().prepare(data, probe, obj)
 
-    def _trial(self, patterns: np.ndarray, origins: np.ndarray, *, refine_probe: bool, window: int | None = None):
+    def _trial(self, patterns: np.ndarray, origins: np.ndarray, *, refine_probe: bool, window: int | None = None,
+               longer: bool = False):
         """The data residual a start probe leaves after a few iterations of one-mode LSQ-ML on the positions nearest
         the scan's middle (the mean of the last two), the patterns cut to their central ``window``² (the same window
         on a coarser grid; the probe's far field is cut alike).
 
         Candidates about the given probe (``refine_probe``): 10 iterations on 24 frames, the probe refined from the
-        third. With the probe held, tike's measured star was judged wrongly (+76 rad preferred, whose image does not
+        third (``longer``: 20 iterations on 48 frames, the trial that decides between the screening's best and the
+        start, :func:`~ns_bluesky.ptycho.probe_start.search_defocus`). With the probe held, tike's measured star was judged wrongly (+76 rad preferred, whose image does not
         hold: half-scan FRC 0.08 against 0.42); refined, -18 (0.423, the given probe's image); 10 iterations on 24
         frames rank as 20 on 48 did, at a quarter of the cost (:mod:`~ns_bluesky.ptycho.probe_start`). Candidates
         that carry the data's far field: 6 iterations on 48 frames with the probe held, which tests their defocus
         alone; refined, the probe moved off each candidate within the trial and the residuals flattened (a start
         1.5x too wide: +271 chosen, NRMSE 0.0235 at 120 s, against +212 and 0.0186)."""
-        iterations, frames = (10, 24) if refine_probe else (6, 48)
+        iterations, frames = (20, 48) if longer else (10, 24) if refine_probe else (6, 48)
         n = patterns.shape[-1]
         window = min(window or n, n)
         idx = central_patch(origins, frames)
