@@ -109,7 +109,8 @@ class DefocusChoice:
         return self.confirmed.get(phase, self.residuals[phase])
 
     def summary(self) -> str:
-        trials = f"{len(self.residuals) + (self.given_residual is not None and self.far_field)} trials in {self.seconds:.1f} s"
+        count = len(self.residuals) + (self.given_residual is not None and self.far_field)  # else phase 0 is the given
+        trials = f"{count} trials in {self.seconds:.1f} s"
         if self.confirmed:
             trials += f", {len(self.confirmed)} of them again with the longer trial"
         if self.skipped:
@@ -140,7 +141,8 @@ def with_defocus(probe: np.ndarray, phase: float) -> np.ndarray:
 
 
 def bright_radius(mean_pattern: np.ndarray) -> float:
-    """The radius (pixels, at least 1) of a disc as large as the mean pattern's bright region (above BRIGHT of its peak)."""
+    """The radius (pixels, at least 1) of a disc as large as the mean pattern's bright region (above BRIGHT of its
+    peak)."""
     mean = np.asarray(mean_pattern, np.float64)
     return max(float(np.sqrt((mean > BRIGHT * mean.max()).sum() / np.pi)), 1.0)
 

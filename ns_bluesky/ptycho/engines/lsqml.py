@@ -188,7 +188,8 @@ class LSQML(Engine):
                     patterns, origins = np.asarray(data.patterns)[active], np.asarray(data.origins_px)[active]
                     window, refine = trial_window(mean), probe is given
                     trial = self._trial(patterns, origins, refine_probe=refine, window=window)
-                    confirm = self._trial(patterns, origins, refine_probe=True, window=window, longer=True) if refine else None
+                    confirm = (self._trial(patterns, origins, refine_probe=True, window=window, longer=True)
+                               if refine else None)  # where the screening proposes a change, the longer trial decides
                     self.start_choice = search_defocus(probe, mean, trial, given=None if refine else given,
                                                        far_field=not refine, workers=self.threads,
                                                        seconds=self.params.start_search_s, confirm=confirm)
@@ -204,9 +205,10 @@ class LSQML(Engine):
 
         Candidates about the given probe (``refine_probe``): 10 iterations on 24 frames, the probe refined from the
         third (``longer``: 20 iterations on 48 frames, the trial that decides between the screening's best and the
-        start, :func:`~ns_bluesky.ptycho.probe_start.search_defocus`). With the probe held, tike's measured star was judged wrongly (+76 rad preferred, whose image does not
-        hold: half-scan FRC 0.08 against 0.42); refined, -18 (0.423, the given probe's image); 10 iterations on 24
-        frames rank as 20 on 48 did, at a quarter of the cost (:mod:`~ns_bluesky.ptycho.probe_start`). Candidates
+        start, :func:`~ns_bluesky.ptycho.probe_start.search_defocus`). With the probe held, tike's measured star
+        was judged wrongly (+76 rad preferred, whose image does not hold: half-scan FRC 0.08 against 0.42);
+        refined, -18 (0.423, the given probe's image); 10 iterations on 24 frames rank as 20 on 48 did, at a
+        quarter of the cost (:mod:`~ns_bluesky.ptycho.probe_start`). Candidates
         that carry the data's far field: 6 iterations on 48 frames with the probe held, which tests their defocus
         alone; refined, the probe moved off each candidate within the trial and the residuals flattened (a start
         1.5x too wide: +271 chosen, NRMSE 0.0235 at 120 s, against +212 and 0.0186)."""
