@@ -203,12 +203,15 @@ def search_defocus(
     deadline = t0 + (seconds if seconds is not None else float("inf"))
     skipped = []
 
+    def residual_of(run: Callable[[np.ndarray], float], candidate: np.ndarray) -> float:
+        value = float(run(candidate.astype(np.complex64)))
+        return value if np.isfinite(value) else float("inf")
+
     def tried(candidate: np.ndarray, label: str) -> float | None:
         if time.monotonic() > deadline:
             skipped.append(label)
             return None
-        value = float(trial(candidate.astype(np.complex64)))
-        value = value if np.isfinite(value) else float("inf")
+        value = residual_of(trial, candidate)
         if progress:
             progress(f"{label}: residual {value:.4g}")
         return value
@@ -216,13 +219,15 @@ def search_defocus(
     top = defocus_range(mean_pattern)
     step = top / coarse
     residuals: dict[float, float] = {}
+    def phased(p: float) -> np.ndarray:  # the candidate of added phase p
+        return probe if p == 0 else with_defocus(probe, p)
+
     with ThreadPoolExecutor(max(int(workers), 1), thread_name_prefix="defocus-trial") as pool:
         given_trial = None if given is None else pool.submit(tried, given, "as given")
 
         def score(phases) -> None:
             todo = [p for p in dict.fromkeys(float(round(p, 3)) for p in phases) if p not in residuals]
-            runs = [pool.submit(tried, probe if p == 0 else with_defocus(probe, p), f"defocus phase {p:+.0f}")
-                    for p in todo]
+            runs = [pool.submit(tried, phased(p), f"defocus phase {p:+.0f}") for p in todo]
             residuals.update((p, v) for p, r in zip(todo, runs, strict=True) if (v := r.result()) is not None)
 
         score(j * step for j in sorted(range(-coarse, coarse + 1), key=abs))  # the nearest first: a budget cuts the far
@@ -234,9 +239,8 @@ def search_defocus(
         confirmed: dict[float, float] = {}
         proposal = min(residuals, key=residuals.get) if residuals else 0.0
         if confirm is not None and proposal != 0.0 and 0.0 in residuals and time.monotonic() < deadline:
-            runs = {p: pool.submit(confirm, (probe if p == 0 else with_defocus(probe, p)).astype(np.complex64))
-                    for p in (proposal, 0.0)}
-            confirmed = {p: v if np.isfinite(v := float(r.result())) else float("inf") for p, r in runs.items()}
+            runs = {p: pool.submit(residual_of, confirm, phased(p)) for p in (proposal, 0.0)}
+            confirmed = {p: r.result() for p, r in runs.items()}
             if progress:
                 progress(f"defocus phase {proposal:+.0f} again: residual {confirmed[proposal]:.4g}, phase 0 "
                          f"{confirmed[0.0]:.4g}")
@@ -256,4 +260,4 @@ def search_defocus(
         return chosen(given, None, given_residual)
     if best == 0 and not far_field:  # the probe as given: said so
         return chosen(probe, None, scores[0.0], False)
-    return chosen(probe if best == 0 else with_defocus(probe, best), best, given_residual)
+    return chosen(phased(best), best, given_residual)

@@ -197,7 +197,7 @@ class LSQML(Engine):
                     log.info("lsqml: %s", self.start_choice.summary())
         super().prepare(data, probe, obj)
 
-    def _trial(self, patterns: np.ndarray, origins: np.ndarray, *, refine_probe: bool, window: int | None = None,
+    def _trial(self, patterns: np.ndarray, origins: np.ndarray, *, refine_probe: bool, window: int,
                longer: bool = False):
         """The data residual a start probe leaves after a few iterations of one-mode LSQ-ML on the positions nearest
         the scan's middle (the mean of the last two), the patterns cut to their central ``window``² (the same window
@@ -214,7 +214,6 @@ class LSQML(Engine):
         1.5x too wide: +271 chosen, NRMSE 0.0235 at 120 s, against +212 and 0.0186)."""
         iterations, frames = (20, 48) if longer else (10, 24) if refine_probe else (6, 48)
         n = patterns.shape[-1]
-        window = min(window or n, n)
         idx = central_patch(origins, frames)
         sub = patterns[idx] if window == n else crop_center(patterns[idx], (n // 2, n // 2), window)
         pos = origins[idx] * (window / n)
