@@ -17,7 +17,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.core: $(BIN)/python pyproject.toml $(PIN)
-	$(PIP) -e .
+	$(PIP) -e '.[fftw]'
 	@touch $@
 
 $(VENV)/.test: $(VENV)/.core

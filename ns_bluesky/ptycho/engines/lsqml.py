@@ -50,7 +50,7 @@ class LSQMLParams(EngineParams):
     probe_reg: float = Field(0.05, gt=0, description="probe preconditioner floor, relative to the peak object intensity")
     step_reg: float = Field(0.1, ge=0, description="regularisation of the per-frame 2 x 2 step-size problem")
     max_step: float = Field(1.0, gt=0, description="upper bound of the optimal step sizes")
-    chunk: int = Field(16, ge=1, description="frames per vectorised step in each thread on numpy (cache-sized temporaries)")
+    chunk: int = Field(8, ge=1, description="frames per vectorised step in each thread on numpy (cache-sized temporaries)")
     likelihood: str = Field(
         "poisson", pattern="^(amplitude|poisson)$", description="noise model of the exit-wave update: poisson (half "
         "a gradient step of the Poisson likelihood) or amplitude (Gaussian on sqrt I, the modulus projection). "
@@ -372,15 +372,19 @@ class LSQML(Engine):
         size, k = len(batch), self._n_modes()
         if self._store is None or self._store[0].shape[1] < size or self._store[0].shape[0] != k:
             self._store = None  # let the old storage go before the new is allocated
-            self._store = tuple(xp.empty((k, size, self.n, self.n), np.complex64) for _ in range(2))
+            self._store = tuple(self.arrays.empty((k, size, self.n, self.n), np.complex64) for _ in range(2))
         parts = self.arrays.thread_parts(size, self.threads)
         # a rank whose part of the batch is empty still takes part in every reduction, with zeros
         slots = [(s[0], s[-1] + 1) for s in np.array_split(np.arange(size), parts)] if size else []
         num, ill = self._num, self._ill
         self._on_rows(lambda r: (num[r].fill(0), ill[r].fill(0)))
-        fprobes = self._fft2(self._all_modes())
+        # the in-place transforms are unnormalised (n² both ways, backend.fft2_inplace): the shifted probes' scale
+        # is folded into their spectra here, the probe sums' into their total
+        fprobes = self._fft2(self._all_modes()) * np.float32(1 / self.n)
         out = self._map(lambda s: self._forward(batch, s, fprobes, update_probe, weights), slots)
         gsum = sum((o[1] for o in out), xp.zeros((k, self.n, self.n), np.complex64)) if update_probe else None
+        if gsum is not None:
+            gsum *= np.float32(1 / self.n)
         o2 = sum((o[2] for o in out), xp.zeros((self.n, self.n), np.float32)) if update_probe else None
         # over the ranks: the batch is every rank's part of it, and the object's overlaps see all their frames
         if self.comm.size > 1:
@@ -453,11 +457,11 @@ class LSQML(Engine):
         """This thread's chunk temporaries, allocated once."""
         work = getattr(self._tls, "work", None)
         if work is None or work["ramp"].shape[0] < c:
-            xp, n = self.xp, self.n
-            work = self._tls.work = {"ramp": xp.empty((c, n, n), np.complex64), "tmp": xp.empty((c, n, n), np.complex64),
-                                     "mag": xp.empty((c, n, n), np.float32), "amp": xp.empty((c, n, n), np.float32),
-                                     "real": xp.empty((c, n, n), np.float32), "tmp2": xp.empty((c, n, n), np.complex64),
-                                     "obj": xp.empty((c, n, n), np.complex64)}
+            empty, n = self.arrays.empty, self.n
+            work = self._tls.work = {"ramp": empty((c, n, n), np.complex64), "tmp": empty((c, n, n), np.complex64),
+                                     "mag": empty((c, n, n), np.float32), "amp": empty((c, n, n), np.float32),
+                                     "real": empty((c, n, n), np.float32), "tmp2": empty((c, n, n), np.complex64),
+                                     "obj": empty((c, n, n), np.complex64)}
         return {k: v[:c] for k, v in work.items()}
 
     def _forward(self, batch, slot, fprobes, want_probe: bool, weights):
@@ -467,6 +471,9 @@ class LSQML(Engine):
         probes, chis = self._store[:2]
         modes = len(fprobes)
         err = 0.0
+        # F psi comes n times too large from the unnormalised transform (n^-1 on |F psi|), and the inverse of
+        # F psi times the update's factor n times as well: the factor carries n^-2 (all in passes made anyway)
+        inv_n, inv_n2 = np.float32(1 / n), np.float32(1 / n**2)
         gsum = xp.zeros((modes, n, n), np.complex64) if want_probe else None
         o2 = xp.zeros((n, n), np.float32) if want_probe else None
         for sl, idx_h, idx in self._chunks(batch, slot):
@@ -481,7 +488,7 @@ class LSQML(Engine):
                 xp.multiply(ramp, fprobes[k], out=pr)
                 self._fft_inplace(pr, inverse=True)  # the probe as each frame sees it (sub-pixel shifted)
                 xp.multiply(pr, ob, out=chi)  # psi = P_j O_j
-                self._fft_inplace(chi)  # F psi
+                self._fft_inplace(chi)  # n F psi
             if modes == 1:
                 xp.abs(chis[0, sl], out=mag)
             else:  # the modes add incoherently: |F psi| is the root of the summed intensities
@@ -491,6 +498,7 @@ class LSQML(Engine):
                     real *= real
                     mag += real
                 xp.sqrt(mag, out=mag)
+            mag *= inv_n
             xp.take(self.amp, idx, axis=0, out=amp)
             if self.params.likelihood == "poisson":
                 xp.subtract(mag, amp, out=real)
@@ -501,13 +509,14 @@ class LSQML(Engine):
                 xp.divide(amp, mag, out=mag)
                 xp.square(mag, out=mag)
                 mag -= 1
-                mag *= 0.5
-                xp.minimum(mag, self.params.poisson_cap, out=mag)
+                mag *= 0.5 * inv_n2
+                xp.minimum(mag, self.params.poisson_cap * inv_n2, out=mag)
             else:
                 # F chi = F psi (amp / |F psi| - 1), so sum over modes |F chi|^2 = (|F psi| - amp)^2: the misfit
                 xp.maximum(mag, 1e-12, out=mag)
                 xp.divide(amp, mag, out=mag)
                 mag -= 1
+                mag *= inv_n2
             wj = weights[idx_h]
             if (wj != 1).any():
                 mag *= xp.asarray(wj.astype(np.float32))[:, None, None]
@@ -517,8 +526,8 @@ class LSQML(Engine):
             for k in range(modes):
                 pr, chi = probes[k, sl], chis[k, sl]
                 chi *= mag
-                if self.params.likelihood != "poisson":
-                    err += self._rdot(chi, chi).sum(dtype=np.float64)
+                if self.params.likelihood != "poisson":  # chi here: n^-1 F chi
+                    err += self._rdot(chi, chi).sum(dtype=np.float64) * n**2
                 self._fft_inplace(chi, inverse=True)  # chi = P_M(psi) - psi
                 # conj(chi) serves both sums: P_j conj(chi_j) is the conjugate of the object numerator P_j* chi_j
                 # (the grid is conjugated once per batch), O_j conj(chi_j) that of the probe's
