@@ -118,6 +118,25 @@ def test_the_in_place_transform_is_the_same_with_fftw_or_without(monkeypatch, ff
         np.testing.assert_allclose(view, back, rtol=tol, atol=tol * np.abs(back).max(), err_msg=name)
 
 
+@pytest.mark.parametrize("fftw", [True, False], ids=["fftw", "scipy"])
+def test_the_orthonormal_transform_leaves_its_input_alone(monkeypatch, fftw):
+    """The engines' other transforms (single probes, the projection engines' stacks): orthonormal, a new array,
+    from complex, real or broadcast input."""
+    if fftw and backend.pyfftw is None:
+        pytest.skip("pyfftw is not installed (the 'fftw' extra)")
+    if not fftw:
+        monkeypatch.setattr(backend, "pyfftw", None)
+    ns, rng = arrays("numpy"), np.random.default_rng(4)
+    probe = (rng.normal(size=(N, N)) + 1j * rng.normal(size=(N, N))).astype(np.complex64)
+    for a in (probe, probe[None] * np.ones((3, 1, 1), np.complex64), np.broadcast_to(probe, (2, N, N)),
+              probe.real.copy(), probe.astype(np.complex128)):
+        kept = np.array(a)
+        got = ns.fft2(a, False, {"workers": 1})
+        np.testing.assert_allclose(got, scipy.fft.fft2(kept, norm="ortho"), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(ns.fft2(got, True, {}), kept, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(a, kept)
+
+
 def test_threads_transform_at_once_each_with_its_own_plans():
     """A plan's arrays are swapped before each run: threads running the same shape at once must not share one."""
     ns, rng = arrays("numpy"), np.random.default_rng(3)

@@ -63,9 +63,10 @@ def test_lsqmls_start_search_sets_an_absurd_probe_aside():
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_a_runaway_residual_is_a_divergence():
-    # measured: DM with almost no inertia in its overlap projection (reg 1e-6, the default 0.01) reaches 0.0040 at
-    # iteration 4, then 1.9e4 at iteration 6 (with the default it settles at 0.002: tests/ptycho/test_projection.py)
-    with pytest.raises(ReconstructionError, match="diverged at iteration 6: residual 1.9.* over 10 times the best 0.004"):
+    # measured: DM with almost no inertia in its overlap projection (reg 1e-6, the default 0.01) reaches 0.0039 at
+    # iteration 4, then 6.6e3 at iteration 6 (1.9e4 on scipy.fft: a run away from its best magnifies the
+    # transforms' rounding; with the default it settles at 0.002: tests/ptycho/test_projection.py)
+    with pytest.raises(ReconstructionError, match=r"diverged at iteration 6: residual \d+ is over 10 times the best 0.00(38|39|40)"):
         iterate_within(_prepared("dm", reg=1e-6), iterations=30)
     # from a probe 1000 times too bright: 1.9e3 at iteration 3, 7.6e4 at iteration 5
     with pytest.raises(ReconstructionError, match="over 10 times the best"):

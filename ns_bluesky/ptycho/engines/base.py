@@ -406,10 +406,10 @@ class Engine:
         return getattr(self._tls, "fft_kw", self.arrays.fft_kw)
 
     def _fft2(self, a):
-        return self.arrays.fft.fft2(a, axes=(-2, -1), norm="ortho", **self._fft_kw())
+        return self.arrays.fft2(a, False, self._fft_kw())
 
     def _ifft2(self, a):
-        return self.arrays.fft.ifft2(a, axes=(-2, -1), norm="ortho", **self._fft_kw())
+        return self.arrays.fft2(a, True, self._fft_kw())
 
     @contextmanager
     def _serial_ffts(self):
