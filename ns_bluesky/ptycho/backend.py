@@ -12,10 +12,21 @@ import numpy as np
 
 from ..errors import ParameterError
 
-try:  # FFTW for the engines' batched in-place transforms on numpy (the 'fftw' extra); scipy.fft without it
-    import pyfftw
-except ImportError:  # pragma: no cover - the extra is installed by both make targets
-    pyfftw = None
+_pyfftw: ModuleType | bool | None = None  # None: not tried yet; False: not installed
+
+
+def fftw_module() -> ModuleType | None:
+    """pyfftw (the 'fftw' extra, which both make targets install) for the engines' transforms on numpy, or None
+    without it (scipy.fft then). Imported on first use, not with this module: it takes 0.6-0.8 s here (its
+    interfaces import dask), which a process that never reconstructs should not pay."""
+    global _pyfftw
+    if _pyfftw is None:
+        try:
+            import pyfftw
+        except ImportError:  # pragma: no cover - installed by both make targets
+            pyfftw = False
+        _pyfftw = pyfftw
+    return _pyfftw or None
 
 
 def get_xp(name: str = "numpy") -> ModuleType:
@@ -134,6 +145,10 @@ class NumpyArrays(Arrays):
 
     serial_fft_kw: ClassVar[dict] = {"workers": 1}
 
+    def __init__(self, xp: ModuleType):
+        super().__init__(xp)
+        fftw_module()  # its import now, where an engine is made, not in its first transform
+
     def thread_parts(self, count: int, threads: int) -> int:
         return threads if count >= 2 * threads else 1
 
@@ -155,7 +170,7 @@ class NumpyArrays(Arrays):
 
     def fft2(self, a, inverse: bool, kw: dict) -> np.ndarray:
         a = np.asarray(a)
-        if pyfftw is not None and a.dtype in (np.complex64, np.complex128) and a.ndim >= 2:
+        if fftw_module() is not None and a.dtype in (np.complex64, np.complex128) and a.ndim >= 2:
             out = self.empty(a.shape, a.dtype)
             np.copyto(out, a)
             if _fftw.run(out, inverse, kw.get("workers", 1)):
@@ -196,6 +211,7 @@ class _FFTWPlans:
 
     def run(self, a: np.ndarray, inverse: bool, threads: int) -> bool:
         """Transform ``a`` in place (unnormalised); False where FFTW is not used for it (nothing done)."""
+        pyfftw = fftw_module()
         if pyfftw is None or a.ndim < 2 or a.dtype not in (np.complex64, np.complex128) or a.size == 0:
             return False
         plans = getattr(self._tls, "plans", None)

@@ -97,10 +97,10 @@ def test_in_place_ffts_and_the_backends_policies():
 def test_the_in_place_transform_is_the_same_with_fftw_or_without(monkeypatch, fftw, dtype):
     """FFTW where pyfftw is installed, scipy.fft where not or where FFTW would run without its vector
     instructions (a view off their alignment): the same transform on every layout the engines hand it."""
-    if fftw and backend.pyfftw is None:
+    if fftw and backend.fftw_module() is None:
         pytest.skip("pyfftw is not installed (the 'fftw' extra)")
     if not fftw:
-        monkeypatch.setattr(backend, "pyfftw", None)
+        monkeypatch.setattr(backend, "_pyfftw", False)
     ns, rng = arrays("numpy"), np.random.default_rng(2)
     tol = 1e-4 if dtype == np.complex64 else 1e-10
     whole = ns.empty((6, 32, 48), dtype)
@@ -122,10 +122,10 @@ def test_the_in_place_transform_is_the_same_with_fftw_or_without(monkeypatch, ff
 def test_the_orthonormal_transform_leaves_its_input_alone(monkeypatch, fftw):
     """The engines' other transforms (single probes, the projection engines' stacks): orthonormal, a new array,
     from complex, real or broadcast input."""
-    if fftw and backend.pyfftw is None:
+    if fftw and backend.fftw_module() is None:
         pytest.skip("pyfftw is not installed (the 'fftw' extra)")
     if not fftw:
-        monkeypatch.setattr(backend, "pyfftw", None)
+        monkeypatch.setattr(backend, "_pyfftw", False)
     ns, rng = arrays("numpy"), np.random.default_rng(4)
     probe = (rng.normal(size=(N, N)) + 1j * rng.normal(size=(N, N))).astype(np.complex64)
     for a in (probe, probe[None] * np.ones((3, 1, 1), np.complex64), np.broadcast_to(probe, (2, N, N)),
@@ -178,7 +178,7 @@ def test_engines_on_the_cupy_path_agree_with_the_numpy_path(name, params, fake_c
     of the residual (measured: noise of 1e-7 on each transform's output does as much as FFTW)."""
     from ns_bluesky.ptycho.engines import base, engine
 
-    monkeypatch.setattr(backend, "pyfftw", None)
+    monkeypatch.setattr(backend, "_pyfftw", False)
 
     data, _, probe, _ = _data()
     results = {}
