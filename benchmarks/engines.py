@@ -519,7 +519,7 @@ def load_ref(ref: str, into: Path):
 
         shutil.rmtree(dest)
     (dest / "ns_bluesky_ref").mkdir(parents=True)
-    paths = ["ns_bluesky/__init__.py", "ns_bluesky/errors.py", "ns_bluesky/ptycho"]
+    paths = ["ns_bluesky/__init__.py", "ns_bluesky/errors.py", "ns_bluesky/ptycho", "ns_bluesky/instrument"]
     tar = subprocess.run(["git", "-C", str(root), "archive", ref, *paths], capture_output=True, check=True, timeout=60).stdout
     import tarfile
 

@@ -148,6 +148,7 @@ class NumpyArrays(Arrays):
     def __init__(self, xp: ModuleType):
         super().__init__(xp)
         fftw_module()  # its import now, where an engine is made, not in its first transform
+        self._fftw = _FFTWPlans()  # an engine's own: its plans hold its buffers, which go with it
 
     def thread_parts(self, count: int, threads: int) -> int:
         return threads if count >= 2 * threads else 1
@@ -173,14 +174,14 @@ class NumpyArrays(Arrays):
         if fftw_module() is not None and a.dtype in (np.complex64, np.complex128) and a.ndim >= 2:
             out = self.empty(a.shape, a.dtype)
             np.copyto(out, a)
-            if _fftw.run(out, inverse, kw.get("workers", 1)):
+            if self._fftw.run(out, inverse, kw.get("workers", 1)):
                 real = out.view(out.real.dtype)  # the scale on the float view: half the multiplies
                 real *= real.dtype.type(1 / np.sqrt(a.shape[-1] * a.shape[-2]))
                 return out
         return super().fft2(a, inverse, kw)
 
     def fft2_inplace(self, a, inverse: bool, kw: dict) -> None:
-        if _fftw.run(a, inverse, kw.get("workers", 1)):
+        if self._fftw.run(a, inverse, kw.get("workers", 1)):
             return
         fn = self.fft.ifft2 if inverse else self.fft.fft2
         r = fn(a, axes=(-2, -1), norm="forward" if inverse else "backward", overwrite_x=True, **kw)
@@ -199,15 +200,16 @@ class _FFTWPlans:
     Plans are made with FFTW_ESTIMATE, which never writes the array it plans on (the engines' buffers
     hold data), and kept by everything a plan depends on: shape, strides, dtype, alignment, direction,
     threads. A plan's arrays are changed before each run, so two threads must not share one: each
-    thread keeps its own. An array FFTW would take without its vector instructions (a view 8 bytes off
-    their alignment runs 3x slower) goes to scipy.fft instead, as does every array without pyfftw.
+    thread keeps its own. A plan holds the last arrays it ran on, so the plans are an engine's (its
+    array namespace's), not the process's: a live worker's old engines' buffers must not outlive them.
+    An array FFTW would take without its vector instructions (a view 8 bytes off their alignment runs
+    3x slower) goes to scipy.fft instead, as does every array without pyfftw.
     """
 
     MAX_PLANS = 64  # per thread: the engines use a handful of chunk shapes; a caller cycling through more replans
 
     def __init__(self):
         self._tls = threading.local()
-        self._planning = threading.Lock()  # FFTW's planner is not thread-safe
 
     def run(self, a: np.ndarray, inverse: bool, threads: int) -> bool:
         """Transform ``a`` in place (unnormalised); False where FFTW is not used for it (nothing done)."""
@@ -222,7 +224,7 @@ class _FFTWPlans:
         if plan is False:
             if len(plans) >= self.MAX_PLANS:
                 plans.clear()
-            with self._planning:
+            with _planning:
                 plan = pyfftw.FFTW(a, a, axes=(-2, -1), direction="FFTW_BACKWARD" if inverse else "FFTW_FORWARD",
                                    flags=("FFTW_ESTIMATE",), threads=threads)
             plans[key] = plan = plan if plan.simd_aligned else None
@@ -233,7 +235,7 @@ class _FFTWPlans:
         return True
 
 
-_fftw = _FFTWPlans()
+_planning = threading.Lock()  # FFTW's planner is not thread-safe
 
 
 class CupyArrays(Arrays):

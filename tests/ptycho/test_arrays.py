@@ -1,7 +1,9 @@
 """The engines' array namespace (backend.arrays): the numpy path's window operations against plain slicing,
 and the cupy path's (all windows at once by fancy indexing) run on numpy arrays against the numpy path."""
 
+import gc
 import sys
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
@@ -135,6 +137,26 @@ def test_the_orthonormal_transform_leaves_its_input_alone(monkeypatch, fftw):
         np.testing.assert_allclose(got, scipy.fft.fft2(kept, norm="ortho"), rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(ns.fft2(got, True, {}), kept, rtol=1e-5, atol=1e-5)
         np.testing.assert_array_equal(a, kept)
+
+
+def test_the_plans_go_with_the_engines_buffers():
+    """A plan holds the last arrays it ran on: a live worker that makes engine after engine must not keep the old
+    ones' buffers (hundreds of MB at 1024 frames) alive through plans of its own."""
+    if backend.fftw_module() is None:
+        pytest.skip("pyfftw is not installed (the 'fftw' extra)")
+    ns = arrays("numpy")
+    buf = ns.empty((4, 32, 32), np.complex64)
+    buf[:] = 1
+    ns.fft2_inplace(buf[:2], False, {"workers": 1})
+    ns.fft2_inplace(buf, True, {"workers": 2})
+    assert buf[0, 5, 5] == 1024 and buf[2, 0, 0] == 1024 and buf[2, 5, 5] == 0  # unnormalised both ways
+    root = buf
+    while root.base is not None:
+        root = root.base
+    kept = weakref.ref(root)
+    del buf, root, ns
+    gc.collect()
+    assert kept() is None
 
 
 def test_threads_transform_at_once_each_with_its_own_plans():

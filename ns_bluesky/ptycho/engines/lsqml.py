@@ -50,7 +50,10 @@ class LSQMLParams(EngineParams):
     probe_reg: float = Field(0.05, gt=0, description="probe preconditioner floor, relative to the peak object intensity")
     step_reg: float = Field(0.1, ge=0, description="regularisation of the per-frame 2 x 2 step-size problem")
     max_step: float = Field(1.0, gt=0, description="upper bound of the optimal step sizes")
-    chunk: int = Field(8, ge=1, description="frames per vectorised step in each thread on numpy (cache-sized temporaries)")
+    chunk: int = Field(
+        8, ge=1, description="frames per vectorised step in each thread on numpy (cache-sized temporaries: 8 frames "
+        "of 128² complex64 are 1 MB; 8 ran 7-10 % faster than 16 on a host of 2 MB L2 per core)"
+    )
     likelihood: str = Field(
         "poisson", pattern="^(amplitude|poisson)$", description="noise model of the exit-wave update: poisson (half "
         "a gradient step of the Poisson likelihood) or amplitude (Gaussian on sqrt I, the modulus projection). "
