@@ -544,7 +544,8 @@ class LSQML(Engine):
                     self.win.scatter_add(self._num, idx, tmp)
                     self.win.scatter_add(self._ill, idx, real)
                 if want_probe:
-                    # sum_j F(O_j* chi_j) conj(ramp_j) = conj(sum_j F^-1(O_j conj(chi_j)) ramp_j)  (orthonormal FFTs)
+                    # sum_j F(O_j* chi_j) conj(ramp_j) = conj(sum_j F^-1(O_j conj(chi_j)) ramp_j)  (orthonormal FFTs;
+                    # this one is n times that, undone on the sum in _batch)
                     self._fft_inplace(u, inverse=True)
                     u *= ramp
                     gsum[k] += u.sum(axis=0)
@@ -608,5 +609,5 @@ class LSQML(Engine):
                 self.win.scatter_add(target, idx, u)
 
     def _fft_inplace(self, a, inverse: bool = False) -> None:
-        """2-D FFT (orthonormal) of each frame of ``a``, written back into ``a``."""
+        """2-D FFT of each frame of ``a``, written back into ``a``, unnormalised (n² from a forward and an inverse)."""
         self.arrays.fft2_inplace(a, inverse, self._fft_kw())
