@@ -171,7 +171,7 @@ class NumpyArrays(Arrays):
 
     def fft2(self, a, inverse: bool, kw: dict) -> np.ndarray:
         a = np.asarray(a)
-        if fftw_module() is not None and a.dtype in (np.complex64, np.complex128) and a.ndim >= 2:
+        if _FFTWPlans.takes(a):  # else no copy: scipy.fft below
             out = self.empty(a.shape, a.dtype)
             np.copyto(out, a)
             if self._fftw.run(out, inverse, kw.get("workers", 1)):
@@ -211,11 +211,16 @@ class _FFTWPlans:
     def __init__(self):
         self._tls = threading.local()
 
+    @staticmethod
+    def takes(a: np.ndarray) -> bool:
+        """Whether FFTW is here and ``a`` is an array it transforms (complex frames); its alignment is run's to see."""
+        return fftw_module() is not None and a.ndim >= 2 and a.dtype in (np.complex64, np.complex128) and a.size > 0
+
     def run(self, a: np.ndarray, inverse: bool, threads: int) -> bool:
         """Transform ``a`` in place (unnormalised); False where FFTW is not used for it (nothing done)."""
-        pyfftw = fftw_module()
-        if pyfftw is None or a.ndim < 2 or a.dtype not in (np.complex64, np.complex128) or a.size == 0:
+        if not self.takes(a):
             return False
+        pyfftw = fftw_module()
         plans = getattr(self._tls, "plans", None)
         if plans is None:
             plans = self._tls.plans = {}

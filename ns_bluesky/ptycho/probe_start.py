@@ -219,6 +219,7 @@ def search_defocus(
     top = defocus_range(mean_pattern)
     step = top / coarse
     residuals: dict[float, float] = {}
+
     def phased(p: float) -> np.ndarray:  # the candidate of added phase p
         return probe if p == 0 else with_defocus(probe, p)
 

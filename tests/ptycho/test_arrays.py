@@ -94,15 +94,20 @@ def test_in_place_ffts_and_the_backends_policies():
     assert ns.chunk_size(16, 100) == 16 and gpu.chunk_size(16, 100) == 100
 
 
-@pytest.mark.parametrize("fftw", [True, False], ids=["fftw", "scipy"])
+@pytest.fixture(params=["fftw", "scipy"])
+def fft_library(request, monkeypatch):
+    """The numpy path's transforms on FFTW (skipped without pyfftw), then on scipy.fft (as without pyfftw)."""
+    if request.param == "fftw" and backend.fftw_module() is None:
+        pytest.skip("pyfftw is not installed (the 'fftw' extra)")
+    if request.param == "scipy":
+        monkeypatch.setattr(backend, "_pyfftw", False)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
-def test_the_in_place_transform_is_the_same_with_fftw_or_without(monkeypatch, fftw, dtype):
+def test_the_in_place_transform_is_the_same_with_fftw_or_without(fft_library, dtype):
     """FFTW where pyfftw is installed, scipy.fft where not or where FFTW would run without its vector
     instructions (a view off their alignment): the same transform on every layout the engines hand it."""
-    if fftw and backend.fftw_module() is None:
-        pytest.skip("pyfftw is not installed (the 'fftw' extra)")
-    if not fftw:
-        monkeypatch.setattr(backend, "_pyfftw", False)
     ns, rng = arrays("numpy"), np.random.default_rng(2)
     tol = 1e-4 if dtype == np.complex64 else 1e-10
     whole = ns.empty((6, 32, 48), dtype)
@@ -120,14 +125,9 @@ def test_the_in_place_transform_is_the_same_with_fftw_or_without(monkeypatch, ff
         np.testing.assert_allclose(view, back, rtol=tol, atol=tol * np.abs(back).max(), err_msg=name)
 
 
-@pytest.mark.parametrize("fftw", [True, False], ids=["fftw", "scipy"])
-def test_the_orthonormal_transform_leaves_its_input_alone(monkeypatch, fftw):
+def test_the_orthonormal_transform_leaves_its_input_alone(fft_library):
     """The engines' other transforms (single probes, the projection engines' stacks): orthonormal, a new array,
     from complex, real or broadcast input."""
-    if fftw and backend.fftw_module() is None:
-        pytest.skip("pyfftw is not installed (the 'fftw' extra)")
-    if not fftw:
-        monkeypatch.setattr(backend, "_pyfftw", False)
     ns, rng = arrays("numpy"), np.random.default_rng(4)
     probe = (rng.normal(size=(N, N)) + 1j * rng.normal(size=(N, N))).astype(np.complex64)
     for a in (probe, probe[None] * np.ones((3, 1, 1), np.complex64), np.broadcast_to(probe, (2, N, N)),
